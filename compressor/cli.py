@@ -1,0 +1,152 @@
+"""The `mcompress` command line. Heavy libraries are imported inside commands, not at start-up."""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import sys
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from mcompress.errors import ExitCode, McompressError
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
+                  help="Compress fine-tuned Hugging Face checkpoints and build them for a deployment target.")
+
+_debug = False
+
+
+def _console():
+    from rich.console import Console
+
+    return Console(stderr=True)
+
+
+def _fail(err: McompressError) -> None:
+    _console().print(f"[bold red]error:[/] {err.one_line()}", highlight=False)
+    raise typer.Exit(int(err.exit_code))
+
+
+def _guard(fn, *args, **kwargs):
+    """Run a command body: user-facing errors become one line and their exit code."""
+    def _on_sigterm(signum, frame):
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, _on_sigterm)
+    try:
+        return fn(*args, **kwargs)
+    except McompressError as err:
+        if _debug:
+            raise
+        _fail(err)
+    except KeyboardInterrupt:
+        _console().print("[bold red]interrupted:[/] nothing was written to the output directory.")
+        raise typer.Exit(int(ExitCode.INTERRUPTED))
+    except typer.Exit:
+        raise
+    except Exception as err:  # a bug: one line by default, the traceback with --debug
+        if _debug:
+            raise
+        _console().print(f"[bold red]internal error:[/] {type(err).__name__}: {err} (rerun with --debug for the traceback)",
+                         highlight=False)
+        raise typer.Exit(int(ExitCode.INTERNAL))
+
+
+@app.callback()
+def _root(debug: bool = typer.Option(False, "--debug", help="Show tracebacks and debug logs."),
+          verbose: bool = typer.Option(False, "--verbose", "-v", help="Show progress logs.")) -> None:
+    global _debug
+    _debug = debug
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")  # mcompress never fetches from a hub
+    os.environ.setdefault("TRANSFORMERS_NO_ADVISORY_WARNINGS", "1")
+    from rich.logging import RichHandler
+
+    level = logging.DEBUG if debug else logging.INFO if verbose else logging.WARNING
+    logging.basicConfig(level=level, format="%(message)s", handlers=[RichHandler(console=_console(), show_path=False)])
+
+
+@app.command()
+def example(name: str = typer.Argument(..., help="sentiment | topics"),
+            out_dir: Path = typer.Argument(..., help="Where to write the fine-tuned checkpoint and its splits.")) -> None:
+    """Fine-tune all-MiniLM-L6-v2 into a built-in example checkpoint (offline, cached)."""
+    def body():
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+        from mcompress.examples import EXAMPLES, build_example, is_built
+
+        if name in EXAMPLES and is_built(out_dir, EXAMPLES[name]):
+            _console().print(f"example '{name}' is already built in {out_dir} (cached)")
+            return
+        with Progress(TextColumn("fine-tuning {task.description}"), BarColumn(), MofNCompleteColumn(),
+                      TextColumn("loss {task.fields[loss]:.3f}"), TimeRemainingColumn(), console=_console()) as bar:
+            task = bar.add_task(name, total=None, loss=float("nan"))
+            meta = build_example(name, out_dir, on_step=lambda s, n, loss: bar.update(task, completed=s, total=n, loss=loss))
+        _console().print(f"built '{name}' in {out_dir}: test accuracy {meta['test_accuracy']:.4f} "
+                         f"({meta['trained_on']} training examples, {meta['train_seconds']:.0f} s)")
+
+    _guard(body)
+
+
+@app.command()
+def run(
+    model_dir: Path = typer.Argument(..., help="Fine-tuned Hugging Face checkpoint (config.json, model.safetensors, tokenizer)."),
+    target: str = typer.Option("onnx-cpu", "--target", "-t", help="Deployment target: onnx-cpu."),
+    recipe: Optional[Path] = typer.Option(None, "--recipe", help="Recipe YAML (default: recipes/ptq.yaml)."),
+    eval_data: Optional[Path] = typer.Option(None, "--eval-data", help="Labelled eval data: CSV, JSONL or a split dir (default: MODEL_DIR/splits test split)."),
+    calib_data: Optional[Path] = typer.Option(None, "--calib-data", help="Calibration text: CSV, JSONL or a split dir (default: the train split)."),
+    out: Optional[Path] = typer.Option(None, "--out", "-o", help="Build directory (default: build/<model>-<target>)."),
+    text_column: str = typer.Option("text", help="Text column of the data files."),
+    label_column: str = typer.Option("label", help="Label column of the data files (names from label2id, or ids)."),
+    max_drop: Optional[float] = typer.Option(None, "--max-drop", help="Override gates.max_drop (absolute accuracy points)."),
+    max_latency_ms: Optional[float] = typer.Option(None, "--max-latency-ms", help="Override gates.max_latency_ms (p50, batch 1, sequence 128)."),
+    min_speedup: Optional[float] = typer.Option(None, "--min-speedup", help="Override gates.min_speedup (vs PyTorch FP32)."),
+    quantize_mode: Optional[str] = typer.Option(None, "--quantize", help="Override quantize.mode: auto | dynamic | static | none."),
+    eval_examples: Optional[int] = typer.Option(None, "--eval-examples", help="Evaluate on the first N eval examples only."),
+    force: bool = typer.Option(False, "--force", help="Replace --out if it exists."),
+    allow_pickle: bool = typer.Option(False, "--allow-pickle", help="Accept pytorch_model.bin (loaded with weights_only=True)."),
+) -> None:
+    """Compress MODEL_DIR for a target, gate the built artifact on held-out data, write the build."""
+    def body():
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+        from mcompress.job import RunRequest, run as run_job
+
+        request = RunRequest(model_dir, target, out, recipe, eval_data, calib_data, text_column, label_column,
+                             force, allow_pickle,
+                             {"gates.max_drop": max_drop, "gates.max_latency_ms": max_latency_ms,
+                              "gates.min_speedup": min_speedup, "quantize.mode": quantize_mode,
+                              "eval.max_examples": eval_examples})
+        with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                      console=_console(), transient=True) as bar:
+            def task(description: str, total: int):
+                task_id = bar.add_task(description, total=total)
+                return lambda n: bar.advance(task_id, n)
+
+            report = run_job(request, task)
+        _print_summary(report)
+
+    _guard(body)
+
+
+def _print_summary(report: dict) -> None:
+    console = _console()
+    gate = next(g for g in report["gates"] if g["name"] == "accuracy_drop")
+    b1 = next((r, c) for r, c in zip(report["latency"]["reference"], report["latency"]["build"]))
+    console.print(f"[bold green]PASS[/] {report['target']} build in {report['out']}", highlight=False)
+    console.print(f"  accuracy {report['reference']['accuracy']:.4f} -> {report['build']['accuracy']:.4f} "
+                  f"(drop {gate['value']:.2f} points, 95% CI [{gate['ci95'][0]:.2f}, {gate['ci95'][1]:.2f}], budget {gate['threshold']})",
+                  highlight=False)
+    console.print(f"  latency b{b1[1]['batch_size']}/s{b1[1]['sequence_length']} p50 {b1[0]['p50_ms']:.2f} -> {b1[1]['p50_ms']:.2f} ms "
+                  f"({b1[0]['p50_ms'] / b1[1]['p50_ms']:.2f}x); size {report['artifact']['size_ratio']:.3f}x "
+                  f"({report['artifact']['quantization']}); report {report['out']}/report.md", highlight=False)
+
+
+def main() -> None:
+    app()
+
+
+if __name__ == "__main__":
+    sys.exit(main())

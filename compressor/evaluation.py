@@ -1,0 +1,122 @@
+"""Running a model on labelled text: predictions, accuracy, and latency.
+
+A runner is anything with ``input_names`` and ``logits(inputs) -> np.ndarray``; the reference
+is the FP32 PyTorch original (here), candidates come from the target (e.g. ONNX Runtime).
+Latency is wall time per call on inputs padded to exactly the stated sequence length, with
+warm-up calls discarded; p50/p95 are over the timed calls.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import Protocol
+
+import numpy as np
+
+from mcompress.calibration.datasets import LabelledTexts, tokenize
+
+
+class Runner(Protocol):
+    name: str
+    input_names: list[str]
+
+    def logits(self, inputs: dict[str, np.ndarray]) -> np.ndarray: ...
+
+
+class TorchRunner:
+    """The FP32 PyTorch original, eager mode."""
+
+    def __init__(self, model, threads: int | None = None, name: str = "pytorch-fp32"):
+        import inspect
+
+        import torch
+
+        if threads:
+            torch.set_num_threads(threads)
+        self.model = model.eval()
+        self.name = name
+        params = inspect.signature(model.forward).parameters
+        self.input_names = [n for n in ("input_ids", "attention_mask", "token_type_ids") if n in params]
+
+    def logits(self, inputs: dict[str, np.ndarray]) -> np.ndarray:
+        import torch
+
+        with torch.inference_mode():
+            feed = {k: torch.from_numpy(v) for k, v in inputs.items() if k in self.input_names}
+            return self.model(**feed).logits.float().numpy()
+
+
+@dataclass
+class EvalResult:
+    accuracy: float
+    predictions: np.ndarray
+    labels: np.ndarray
+    logits: np.ndarray
+
+    @property
+    def n(self) -> int:
+        return len(self.labels)
+
+    def correct(self) -> np.ndarray:
+        return (self.predictions == self.labels).astype(np.float64)
+
+
+def predict_logits(runner: Runner, tokenizer, texts: list[str], max_length: int, batch_size: int = 32,
+                   on_batch=None) -> np.ndarray:
+    """Logits for every text, in input order. Texts are batched by length so padding stays small."""
+    lengths = np.array([len(t) for t in texts])
+    order = np.argsort(lengths, kind="stable")
+    out: np.ndarray | None = None
+    for start in range(0, len(texts), batch_size):
+        idx = order[start:start + batch_size]
+        batch = tokenize(tokenizer, [texts[i] for i in idx], max_length)
+        logits = runner.logits({k: v for k, v in batch.items() if k in runner.input_names})
+        if out is None:
+            out = np.empty((len(texts), logits.shape[-1]), dtype=np.float32)
+        out[idx] = logits
+        if on_batch:
+            on_batch(len(idx))
+    return out
+
+
+def evaluate(runner: Runner, tokenizer, data: LabelledTexts, max_length: int, batch_size: int = 32,
+             on_batch=None) -> EvalResult:
+    if data.labels is None:
+        raise ValueError(f"{data.source} has no labels to evaluate against")
+    logits = predict_logits(runner, tokenizer, data.texts, max_length, batch_size, on_batch)
+    predictions = logits.argmax(-1)
+    labels = np.asarray(data.labels)
+    return EvalResult(float((predictions == labels).mean()), predictions, labels, logits)
+
+
+@dataclass
+class LatencyResult:
+    batch_size: int
+    sequence_length: int
+    p50_ms: float
+    p95_ms: float
+    iterations: int
+
+    def as_dict(self) -> dict:
+        return {"batch_size": self.batch_size, "sequence_length": self.sequence_length,
+                "p50_ms": round(self.p50_ms, 3), "p95_ms": round(self.p95_ms, 3), "iterations": self.iterations}
+
+
+def latency_inputs(tokenizer, texts: list[str], batch_size: int, sequence_length: int) -> dict[str, np.ndarray]:
+    """Real texts, truncated or padded to exactly ``sequence_length`` tokens."""
+    chosen = [texts[i % len(texts)] for i in range(batch_size)]
+    return tokenize(tokenizer, chosen, sequence_length, pad_to=sequence_length)
+
+
+def measure_latency(runner: Runner, inputs: dict[str, np.ndarray], warmup: int = 5, iterations: int = 40) -> LatencyResult:
+    feed = {k: v for k, v in inputs.items() if k in runner.input_names}
+    for _ in range(warmup):
+        runner.logits(feed)
+    times = np.empty(iterations)
+    for i in range(iterations):
+        started = time.perf_counter()
+        runner.logits(feed)
+        times[i] = (time.perf_counter() - started) * 1000.0
+    batch, seq = feed["input_ids"].shape
+    return LatencyResult(batch, seq, float(np.percentile(times, 50)), float(np.percentile(times, 95)), iterations)

@@ -1,0 +1,204 @@
+"""The main job: validate every input, run the target's passes, gate the built artifact, write it.
+
+Order matters: everything a user can get wrong is checked before any heavy work, and the build
+directory appears only when complete (see outputs.staged_dir).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+
+from mcompress import __version__
+from mcompress.calibration.datasets import LabelledTexts, is_split_dir, load_labelled_texts, split_file, token_lengths
+from mcompress.checkpoint import inspect_checkpoint, load_model_and_tokenizer
+from mcompress.errors import GateFailure, InputError
+from mcompress.evaluation import TorchRunner, evaluate, latency_inputs, measure_latency
+from mcompress.gates import accuracy_drop_gate, latency_gates
+from mcompress.manager import PassManager, PassRecord
+from mcompress.outputs import check_output_dir, staged_dir
+from mcompress.pass_base import PassContext
+from mcompress.recipe import Recipe, load_recipe
+from mcompress.report import file_digest, library_versions, machine_info, write_report
+from mcompress.state import ModelKind, ModelState
+from mcompress.targets import get_target
+
+logger = logging.getLogger(__name__)
+
+# A UI hook: task(description, total) returns an advance(n) callable. The CLI draws rich bars.
+TaskFactory = Callable[[str, int], Callable[[int], None]]
+
+
+def _no_ui(description: str, total: int) -> Callable[[int], None]:
+    return lambda n: None
+
+
+@dataclass
+class RunRequest:
+    model_dir: Path
+    target: str = "onnx-cpu"
+    out: Path | None = None
+    recipe_path: Path | None = None
+    eval_data: Path | None = None
+    calib_data: Path | None = None
+    text_column: str = "text"
+    label_column: str = "label"
+    force: bool = False
+    allow_pickle: bool = False
+    overrides: dict = field(default_factory=dict)  # dotted recipe keys, e.g. {"gates.max_drop": 0.5}
+
+
+@dataclass
+class DataSplits:
+    eval: LabelledTexts
+    calibration: LabelledTexts
+    selection: LabelledTexts
+    notes: list[str]
+
+
+def resolve_data(req: RunRequest, label2id: dict[str, int]) -> DataSplits:
+    """Eval data is required; calibration and selection default to the example's splits.
+
+    With a split dir (``MODEL_DIR/splits`` by default), eval = test, selection = validation and
+    calibration = train. Without one, selection falls back to the eval data and calibration to
+    the eval texts, and the report says so.
+    """
+    notes = []
+    default_splits = req.model_dir / "splits"
+    eval_path = req.eval_data or (default_splits if is_split_dir(default_splits) else None)
+    if eval_path is None:
+        raise InputError("no evaluation data: the model dir has no splits/ directory.",
+                         "Pass --eval-data FILE (CSV or JSONL with text and label columns).")
+    load = lambda p, split, labels=True: load_labelled_texts(p, label2id, req.text_column, req.label_column, split, labels)
+    eval_data = load(eval_path, "test")
+    split_dir = eval_path if Path(eval_path).is_dir() else (default_splits if is_split_dir(default_splits) and req.eval_data is None else None)
+    if split_dir is not None and split_file(split_dir, "validation"):
+        selection = load(split_dir, "validation")
+    else:
+        selection = eval_data
+        notes.append("no validation split: quantization candidates were scored on the eval data")
+    if req.calib_data is not None:
+        calibration = load(req.calib_data, "train", labels=False)
+    elif split_dir is not None and split_file(split_dir, "train"):
+        calibration = load(split_dir, "train", labels=False)
+    else:
+        calibration = LabelledTexts(eval_data.texts, None, eval_data.source)
+        notes.append("no calibration data given: calibrated on the eval texts (pass --calib-data)")
+    return DataSplits(eval_data, calibration, selection, notes)
+
+
+def run(req: RunRequest, task: TaskFactory = _no_ui) -> dict:
+    started = time.perf_counter()
+    # 1. Validate everything the user gave, before any heavy work.
+    recipe: Recipe = load_recipe(req.recipe_path).with_overrides(**req.overrides)
+    target = get_target(req.target)
+    target.check_available()
+    target.validate_recipe(recipe)
+    ckpt = inspect_checkpoint(req.model_dir, allow_pickle=req.allow_pickle)
+    max_positions = ckpt.config.get("max_position_embeddings")
+    if max_positions and recipe.max_length > max_positions:
+        raise InputError(f"recipe max_length {recipe.max_length} exceeds the model's max_position_embeddings {max_positions}.",
+                         f"Set max_length <= {max_positions}.")
+    out = req.out or Path("build") / f"{req.model_dir.resolve().name}-{req.target}"
+    data = resolve_data(req, ckpt.label2id)
+    input_paths = [req.model_dir] + [p for p in (req.eval_data, req.calib_data, req.recipe_path) if p]
+    check_output_dir(out, req.force, input_paths)
+    eval_data = data.eval.head(recipe.eval.max_examples)
+
+    # 2. The reference: the FP32 PyTorch original on the same data.
+    import torch
+
+    torch.manual_seed(recipe.seed)
+    model, tokenizer = load_model_and_tokenizer(ckpt)
+    threads = recipe.latency.threads or os.cpu_count()
+    reference_runner = TorchRunner(model, threads)
+
+    def run_eval(runner, dataset: LabelledTexts, label: str):
+        advance = task(f"evaluating {label}", len(dataset))
+        return evaluate(runner, tokenizer, dataset, recipe.max_length, recipe.eval.batch_size, advance)
+
+    reference = run_eval(reference_runner, eval_data, "PyTorch FP32")
+    reference_selection = (reference if data.selection is data.eval
+                           else run_eval(reference_runner, data.selection.head(recipe.quantize.selection_examples),
+                                         "PyTorch FP32 (selection split)"))
+    reference_size = ModelState(ModelKind.TORCH, ckpt, tokenizer, torch_model=model).size_bytes()
+
+    with tempfile.TemporaryDirectory(prefix="mcompress-") as work:
+        ctx = PassContext(recipe, target, Path(work), data.calibration, data.selection,
+                          reference_selection.accuracy)
+
+        def evaluate_pass(p, result, record: PassRecord):
+            if not recipe.eval.evaluate_each_pass or not result.modified:
+                return
+            state = result.state
+            runner = TorchRunner(state.torch_model, threads) if state.kind is ModelKind.TORCH else target.runner(state.onnx_path, threads)
+            record.evaluation["accuracy"] = run_eval(runner, eval_data, f"after {p.name}").accuracy
+
+        manager = PassManager(target.pipeline(recipe), instruments=[evaluate_pass])
+        state, records = manager.run(ModelState(ModelKind.TORCH, ckpt, tokenizer, torch_model=model), ctx)
+
+        # 3. Gate the artifact that ships: a fresh session on the final file.
+        with staged_dir(out) as staging:
+            model_file = target.build(state, staging)
+            build_runner = target.runner(model_file, threads)
+            candidate = run_eval(build_runner, eval_data, "the build")
+            gates = [accuracy_drop_gate(reference, candidate, recipe.gates.max_drop, recipe.seed)]
+
+            lengths = token_lengths(tokenizer, eval_data.texts, 100_000)
+            data_length = int(max(2, min(recipe.max_length, np.median(lengths))))
+            shapes = [(b, data_length if s == "data" else s) for s in recipe.latency.sequence_lengths for b in recipe.latency.batch_sizes]
+            ref_latency, build_latency = [], []
+            advance = task("measuring latency", 2 * len(shapes))
+            for batch, seq in shapes:
+                inputs = latency_inputs(tokenizer, eval_data.texts, batch, seq)
+                for runner, results in ((reference_runner, ref_latency), (build_runner, build_latency)):
+                    results.append(measure_latency(runner, inputs, recipe.latency.warmup, recipe.latency.iterations))
+                    advance(1)
+            gate_ref = next((r for r in ref_latency if (r.batch_size, r.sequence_length) == (1, 128)), ref_latency[0])
+            gate_build = build_latency[ref_latency.index(gate_ref)]
+            gates += latency_gates(gate_ref, gate_build, recipe.gates.max_latency_ms, recipe.gates.min_speedup)
+
+            files = {p.name: {"bytes": p.stat().st_size, "sha256": file_digest(p)} for p in sorted(staging.iterdir()) if p.is_file()}
+            model_bytes = model_file.stat().st_size
+            report = {
+                "schema": 1,
+                "mcompress_version": __version__,
+                "target": target.name,
+                "recipe": recipe.model_dump(mode="json"),
+                "versions": library_versions(),
+                "machine": machine_info(),
+                "source": {"path": str(ckpt.path), "sha256": ckpt.content_hash, "model_type": ckpt.model_type,
+                           "architecture": ckpt.architecture, "task": ckpt.task, "labels": ckpt.id2label},
+                "data": {
+                    "eval": {"source": eval_data.source, "examples": len(eval_data), "sha256": eval_data.content_hash(),
+                             "median_tokens": int(np.median(lengths)),
+                             "truncated_fraction": round(float((lengths > recipe.max_length).mean()), 4)},
+                    "selection": {"source": data.selection.source, "examples": len(data.selection.head(recipe.quantize.selection_examples))},
+                    "calibration": {"source": data.calibration.source, "examples": len(data.calibration)},
+                    "notes": data.notes,
+                },
+                "reference": {"runtime": reference_runner.name, "accuracy": reference.accuracy, "size_bytes": reference_size},
+                "passes": [{"name": r.name, "wall_s": round(r.wall_s, 2), "modified": r.modified, "size_bytes": r.size_bytes,
+                            "accuracy": r.evaluation.get("accuracy"), "metrics": r.metrics} for r in records],
+                "build": {"runtime": build_runner.name, "accuracy": candidate.accuracy},
+                "latency": {"reference": [r.as_dict() for r in ref_latency], "build": [r.as_dict() for r in build_latency]},
+                "gates": [g.as_dict() for g in gates],
+                "passed": all(g.passed for g in gates),
+                "artifact": {"model_file": model_file.name, "model_bytes": model_bytes,
+                             "size_ratio": round(model_bytes / reference_size, 4),
+                             "quantization": state.annotations.get("quantization", "none"), "files": files},
+                "wall_s": round(time.perf_counter() - started, 1),
+            }
+            write_report(report, staging)
+    report["out"] = str(out.resolve())
+    if not report["passed"]:
+        failed = "; ".join(f"{g.name} {g.value:.3f} {g.unit} vs budget {g.threshold}" for g in gates if not g.passed)
+        raise GateFailure(f"gate failed: {failed}. Report: {out / 'report.md'}")
+    return report

@@ -1,0 +1,39 @@
+"""What flows between passes: one model, its kind, and where it came from."""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from enum import Enum
+from pathlib import Path
+from typing import Any
+
+from mcompress.checkpoint import Checkpoint
+
+
+class ModelKind(str, Enum):
+    TORCH = "torch"
+    ONNX = "onnx"
+    ENGINE = "engine"
+
+
+@dataclass(frozen=True)
+class ModelState:
+    kind: ModelKind
+    source: Checkpoint  # the original checkpoint: hash, task, label map, tokenizer files
+    tokenizer: Any
+    torch_model: Any = None  # set when kind is TORCH
+    onnx_path: Path | None = None  # set when kind is ONNX
+    # Facts a pass records for later passes and the report, e.g. {"quantization": "dynamic"}.
+    annotations: dict = field(default_factory=dict)
+
+    def size_bytes(self) -> int:
+        if self.kind is ModelKind.TORCH:
+            return sum(t.numel() * t.element_size() for t in self.torch_model.state_dict().values())
+        path = Path(self.onnx_path)
+        extra = path.with_name(path.name + ".data")
+        return path.stat().st_size + (extra.stat().st_size if extra.exists() else 0)
+
+    def as_onnx(self, path: Path, **annotations) -> "ModelState":
+        return dataclasses.replace(self, kind=ModelKind.ONNX, torch_model=None, onnx_path=Path(path),
+                                   annotations={**self.annotations, **annotations})

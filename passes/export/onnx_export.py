@@ -1,0 +1,88 @@
+"""Export: PyTorch -> ONNX with dynamic batch and sequence axes, then a parity check.
+
+The legacy TorchScript exporter (``dynamo=False``) is used on purpose: with the dynamo exporter of
+torch 2.13, ONNX Runtime's BERT optimizer does not fuse Attention or EmbedLayerNormalization.
+Parity: max |logit difference| between PyTorch and ONNX Runtime (FP32, all graph optimizations
+off) on real examples, at two batch shapes so the dynamic axes are exercised, must be <= atol.
+"""
+
+from __future__ import annotations
+
+import logging
+import warnings
+
+import numpy as np
+
+from mcompress.calibration.datasets import tokenize
+from mcompress.errors import PassFailure
+from mcompress.pass_base import Pass, PassContext, PassResult
+from mcompress.state import ModelKind, ModelState
+
+logger = logging.getLogger(__name__)
+
+INPUT_ORDER = ("input_ids", "attention_mask", "token_type_ids")
+
+
+def _logits_module(model, input_names: list[str]):
+    import torch
+
+    class LogitsOnly(torch.nn.Module):
+        """Positional inputs in a fixed order, one output named logits."""
+
+        def __init__(self):
+            super().__init__()
+            self.model = model
+
+        def forward(self, *args):
+            return self.model(**dict(zip(input_names, args))).logits
+
+    return LogitsOnly().eval()
+
+
+class ExportOnnx(Pass):
+    name = "export"
+    accepts = (ModelKind.TORCH,)
+    produces = ModelKind.ONNX
+
+    def call(self, state: ModelState, ctx: PassContext) -> PassResult:
+        import torch
+
+        cfg = ctx.recipe.export
+        model = state.torch_model
+        input_names = [n for n in INPUT_ORDER if n in state.tokenizer.model_input_names]
+        sample = tokenize(state.tokenizer, ctx.selection.texts[:2], ctx.recipe.max_length)
+        args = tuple(torch.from_numpy(sample[n]) for n in input_names)
+        path = ctx.work_dir / "export" / "model.onnx"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # the legacy exporter warns that it is deprecated
+            torch.onnx.export(
+                _logits_module(model, input_names), args, str(path),
+                input_names=input_names, output_names=["logits"],
+                dynamic_axes={**{n: {0: "batch", 1: "sequence"} for n in input_names}, "logits": {0: "batch"}},
+                opset_version=cfg.opset, do_constant_folding=True, dynamo=False,
+            )
+        max_diff = self._parity(state, ctx, path, input_names)
+        if not max_diff <= cfg.parity_atol:
+            raise PassFailure(self.name, f"ONNX logits differ from PyTorch by {max_diff:.2e} > parity_atol {cfg.parity_atol:.0e}")
+        return PassResult(state.as_onnx(path), True, {"opset": cfg.opset, "parity_max_abs_diff": max_diff,
+                                                       "parity_atol": cfg.parity_atol, "inputs": input_names})
+
+    @staticmethod
+    def _parity(state: ModelState, ctx: PassContext, path, input_names: list[str]) -> float:
+        import onnxruntime as ort
+        import torch
+
+        options = ort.SessionOptions()
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+        session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+        texts = ctx.selection.texts[: ctx.recipe.export.parity_examples]
+        max_diff = 0.0
+        for chunk in (texts[:1], texts):  # batch 1 and batch N: different shapes through dynamic axes
+            batch = tokenize(state.tokenizer, chunk, ctx.recipe.max_length)
+            feed = {n: batch[n] for n in input_names}
+            with torch.inference_mode():
+                expected = state.torch_model(**{k: torch.from_numpy(v) for k, v in feed.items()}).logits.numpy()
+            got = session.run(["logits"], feed)[0]
+            max_diff = max(max_diff, float(np.abs(expected - got).max()))
+        return max_diff

@@ -1,0 +1,151 @@
+"""Quantize: INT8 post-training quantization with ONNX Runtime, in both of its modes.
+
+- dynamic: weights INT8 (per output channel), activations quantized at run time per tensor with
+  a scale computed from each call's own min/max. No calibration data.
+- static: Q/DQ graph; activation ranges fixed ahead of time from calibration text with
+  MinMax (observed range), Percentile (clip at the p-th percentile of |x|), or Entropy (the range
+  that minimises KL divergence between the FP32 histogram and its 128-level quantization;
+  2,048 histogram bins, as ORT's 128-bin default makes it identical to MinMax).
+
+Quantization maps x to q = clamp(round(x / s) + z) with scale s and zero point z; the target's
+capabilities decide the integer types and whether z must be 0 (symmetric).
+
+``mode: auto`` builds every mode the target runs and keeps the fastest candidate (p50, batch 1,
+sequence 128) whose accuracy drop on the selection split stays within the recipe's budget.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import numpy as np
+
+from mcompress.calibration.datasets import tokenize
+from mcompress.errors import McompressError
+from mcompress.evaluation import evaluate, latency_inputs, measure_latency
+from mcompress.pass_base import Pass, PassContext, PassResult
+from mcompress.state import ModelKind, ModelState
+
+logger = logging.getLogger(__name__)
+
+
+class NumericalFault(McompressError):
+    pass
+
+
+class _TextCalibrationReader:
+    """Feeds calibration examples one at a time, unpadded: padding would enter the ranges."""
+
+    def __init__(self, tokenizer, texts: list[str], max_length: int, input_names: list[str]):
+        self._batches = iter([tokenize(tokenizer, [t], max_length) for t in texts])
+        self.input_names = input_names
+
+    def get_next(self):
+        batch = next(self._batches, None)
+        return None if batch is None else {n: batch[n] for n in self.input_names}
+
+
+def _input_names(path: Path) -> list[str]:
+    import onnx
+
+    model = onnx.load(str(path), load_external_data=False)
+    return [i.name for i in model.graph.input]
+
+
+def quantize_dynamic_int8(src: Path, dst: Path, per_channel: bool, capabilities) -> Path:
+    import onnx
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    quantize_dynamic(
+        str(src), str(dst), per_channel=per_channel, reduce_range=capabilities.reduce_range,
+        weight_type=QuantType[capabilities.weight_type],
+        # Fused graphs lose value_info for some weights; ORT then needs a default type (and it
+        # mutates this dict, so it is built fresh each call).
+        extra_options={"DefaultTensorType": onnx.TensorProto.FLOAT},
+    )
+    return dst
+
+
+def quantize_static_qdq(src: Path, dst: Path, state: ModelState, ctx: PassContext) -> Path:
+    import onnx
+    from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
+    from onnxruntime.quantization.calibrate import create_calibrator, save_tensors_data
+
+    cfg = ctx.recipe.quantize
+    caps = ctx.target.capabilities
+    method = {"minmax": CalibrationMethod.MinMax, "percentile": CalibrationMethod.Percentile,
+              "entropy": CalibrationMethod.Entropy}[cfg.static.calibration_method]
+    calib_options = {"symmetric": caps.int8_symmetric_only}
+    if method is not CalibrationMethod.MinMax:
+        calib_options.update(num_bins=2048, num_quantized_bins=128, percentile=cfg.static.percentile)
+    work = dst.parent
+    calibrator = create_calibrator(src, cfg.static.op_types, augmented_model_path=str(work / "augmented.onnx"),
+                                   calibrate_method=method, extra_options=calib_options)
+    texts = ctx.calibration.texts[: cfg.static.calibration_examples]
+    calibrator.collect_data(_TextCalibrationReader(state.tokenizer, texts, ctx.recipe.max_length, _input_names(src)))
+    ranges = calibrator.compute_data()
+    for name, tensor_range in ranges.data.items():
+        values = np.concatenate([np.ravel(v) for v in tensor_range.range_value]).astype(np.float64)
+        if not np.isfinite(values).all():
+            raise NumericalFault(f"calibration range of tensor '{name}' is not finite ({values.min()}, {values.max()}).",
+                                 "Check the model's weights and the calibration text for NaN/Inf.")
+    cache = work / "calibration.json"
+    save_tensors_data(ranges, cache)
+    quantize_static(
+        str(src), str(dst), None, quant_format=QuantFormat.QDQ, op_types_to_quantize=cfg.static.op_types,
+        per_channel=cfg.per_channel, reduce_range=caps.reduce_range,
+        activation_type=QuantType[caps.activation_type], weight_type=QuantType[caps.weight_type],
+        calibrate_method=method, calibration_cache_path=str(cache),
+        extra_options={"ActivationSymmetric": caps.int8_symmetric_only, "WeightSymmetric": True,
+                       "QuantizeBias": caps.quantize_bias, "DefaultTensorType": onnx.TensorProto.FLOAT},
+    )
+    return dst
+
+
+class QuantizeInt8(Pass):
+    name = "quantize"
+    accepts = (ModelKind.ONNX,)
+    produces = ModelKind.ONNX
+
+    def call(self, state: ModelState, ctx: PassContext) -> PassResult:
+        cfg = ctx.recipe.quantize
+        if cfg.mode == "none":
+            return PassResult(state, False, {"skipped": "quantize.mode is none"})
+        supported = ctx.target.capabilities.quantization_modes
+        modes = [m for m in ("dynamic", "static") if m in supported] if cfg.mode == "auto" else [cfg.mode]
+        work = ctx.work_dir / "quantize"
+        candidates: dict[str, Path] = {}
+        for mode in modes:
+            (work / mode).mkdir(parents=True, exist_ok=True)
+            dst = work / mode / "model.onnx"
+            if mode == "dynamic":
+                candidates[mode] = quantize_dynamic_int8(state.onnx_path, dst, cfg.per_channel, ctx.target.capabilities)
+            else:
+                candidates[f"static-{cfg.static.calibration_method}"] = quantize_static_qdq(state.onnx_path, dst, state, ctx)
+        metrics: dict = {"mode": cfg.mode}
+        if len(candidates) == 1:
+            chosen = next(iter(candidates))
+        else:
+            scores = {name: self._score(path, state, ctx) for name, path in candidates.items()}
+            within = [n for n, s in scores.items() if s["within_budget"]]
+            chosen = (min(within, key=lambda n: scores[n]["p50_ms_b1_s128"]) if within
+                      else max(scores, key=lambda n: scores[n]["accuracy"]))
+            metrics["candidates"] = scores
+            metrics["choice_reason"] = ("fastest candidate within the accuracy budget" if within
+                                        else "no candidate within budget; kept the most accurate")
+        metrics["chosen"] = chosen
+        logger.info("quantize: chose %s", chosen)
+        return PassResult(state.as_onnx(candidates[chosen], quantization=chosen), True, metrics)
+
+    @staticmethod
+    def _score(path: Path, state: ModelState, ctx: PassContext) -> dict:
+        recipe = ctx.recipe
+        runner = ctx.target.runner(path, recipe.latency.threads)
+        selection = ctx.selection.head(recipe.quantize.selection_examples)
+        accuracy = evaluate(runner, state.tokenizer, selection, recipe.max_length, recipe.eval.batch_size).accuracy
+        inputs = latency_inputs(state.tokenizer, selection.texts, 1, 128)
+        latency = measure_latency(runner, inputs, warmup=3, iterations=max(10, recipe.latency.iterations // 2))
+        drop = (ctx.reference_selection_accuracy - accuracy) * 100.0
+        return {"accuracy": round(accuracy, 4), "drop_points": round(drop, 3), "p50_ms_b1_s128": round(latency.p50_ms, 3),
+                "within_budget": drop <= recipe.gates.max_drop, "examples": len(selection)}

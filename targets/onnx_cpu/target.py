@@ -1,0 +1,51 @@
+"""ONNX Runtime on x86/ARM CPUs."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+from mcompress.target_base import Target, TargetCapabilities
+
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "vocab.txt",
+                   "vocab.json", "merges.txt")
+
+
+class OnnxCpuTarget(Target):
+    name = "onnx-cpu"
+    description = "ONNX Runtime, CPU execution provider"
+    capabilities = TargetCapabilities(
+        quantization_modes=("dynamic", "static"),
+        # U8S8: ORT's x86 kernels (VNNI/AMX) run uint8 activations x int8 weights; static S8S8
+        # leaves activation x activation MatMuls in FP32 and measured slower than FP32 here.
+        activation_type="QUInt8",
+        weight_type="QInt8",
+        # Float bias: ORT's static quantizer cannot derive an int32 bias scale for Gemm inputs
+        # whose type the fused graph no longer records (the BERT pooler), and float bias costs
+        # nothing measurable on CPU.
+        quantize_bias=False,
+    )
+
+    def pipeline(self, recipe):
+        from mcompress.passes.export.onnx_export import ExportOnnx
+        from mcompress.passes.optimize.transformer_fusion import FuseTransformer
+        from mcompress.passes.quantize.ort_int8 import QuantizeInt8
+
+        return [ExportOnnx(), FuseTransformer(), QuantizeInt8()]
+
+    def runner(self, model_path: Path, threads: int | None = None):
+        from mcompress.targets.onnx_cpu.runner import OrtRunner
+
+        return OrtRunner(model_path, threads)
+
+    def build(self, state, out_dir: Path) -> Path:
+        """Layout that ONNX Runtime users and Optimum's ORTModel.from_pretrained both read:
+        model.onnx, config.json (with id2label/label2id) and the tokenizer files."""
+        out_dir.mkdir(parents=True, exist_ok=True)
+        model = out_dir / "model.onnx"
+        shutil.copyfile(state.onnx_path, model)
+        shutil.copyfile(state.source.path / "config.json", out_dir / "config.json")
+        for name in TOKENIZER_FILES:
+            if (state.source.path / name).is_file():
+                shutil.copyfile(state.source.path / name, out_dir / name)
+        return model
