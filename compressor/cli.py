@@ -25,8 +25,16 @@ def _console():
     return Console(stderr=True)
 
 
+def _line(markup: str, text: str) -> None:
+    """One line on stderr: ``text`` is printed literally (escaped, so a path such as ``x[/]y``
+    is neither markup nor a crash) and never wrapped, even when stderr is not a terminal."""
+    from rich.markup import escape
+
+    _console().print(f"{markup} {escape(text)}", highlight=False, soft_wrap=True)
+
+
 def _fail(err: McompressError) -> None:
-    _console().print(f"[bold red]error:[/] {err.one_line()}", highlight=False)
+    _line("[bold red]error:[/]", err.one_line())
     raise typer.Exit(int(err.exit_code))
 
 
@@ -50,8 +58,7 @@ def _guard(fn, *args, **kwargs):
     except Exception as err:  # a bug: one line by default, the traceback with --debug
         if _debug:
             raise
-        _console().print(f"[bold red]internal error:[/] {type(err).__name__}: {err} (rerun with --debug for the traceback)",
-                         highlight=False)
+        _line("[bold red]internal error:[/]", f"{type(err).__name__}: {err} (rerun with --debug for the traceback)")
         raise typer.Exit(int(ExitCode.INTERNAL))
 
 
@@ -65,7 +72,11 @@ def _root(debug: bool = typer.Option(False, "--debug", help="Show tracebacks and
     from rich.logging import RichHandler
 
     level = logging.DEBUG if debug else logging.INFO if verbose else logging.WARNING
-    logging.basicConfig(level=level, format="%(message)s", handlers=[RichHandler(console=_console(), show_path=False)])
+    handler = RichHandler(console=_console(), show_path=False)
+    # ONNX Runtime's quantizer warns on the root logger about shape pre-processing on every call;
+    # mcompress quantizes graphs whose shapes the exporter already recorded.
+    handler.addFilter(lambda record: not record.getMessage().startswith("Please consider to run pre-processing"))
+    logging.basicConfig(level=level, format="%(message)s", handlers=[handler])
 
 
 @app.command()
@@ -132,16 +143,19 @@ def run(
 
 
 def _print_summary(report: dict) -> None:
+    from rich.markup import escape
+
     console = _console()
+    out = escape(report["out"])
     gate = next(g for g in report["gates"] if g["name"] == "accuracy_drop")
     b1 = next((r, c) for r, c in zip(report["latency"]["reference"], report["latency"]["build"]))
-    console.print(f"[bold green]PASS[/] {report['target']} build in {report['out']}", highlight=False)
+    console.print(f"[bold green]PASS[/] {report['target']} build in {out}", highlight=False)
     console.print(f"  accuracy {report['reference']['accuracy']:.4f} -> {report['build']['accuracy']:.4f} "
                   f"(drop {gate['value']:.2f} points, 95% CI [{gate['ci95'][0]:.2f}, {gate['ci95'][1]:.2f}], budget {gate['threshold']})",
                   highlight=False)
     console.print(f"  latency b{b1[1]['batch_size']}/s{b1[1]['sequence_length']} p50 {b1[0]['p50_ms']:.2f} -> {b1[1]['p50_ms']:.2f} ms "
                   f"({b1[0]['p50_ms'] / b1[1]['p50_ms']:.2f}x); size {report['artifact']['size_ratio']:.3f}x "
-                  f"({report['artifact']['quantization']}); report {report['out']}/report.md", highlight=False)
+                  f"({report['artifact']['quantization']}); report {out}/report.md", highlight=False)
 
 
 def main() -> None:

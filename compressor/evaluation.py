@@ -9,7 +9,7 @@ warm-up calls discarded; p50/p95 are over the timed calls.
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Protocol
 
 import numpy as np
@@ -97,6 +97,7 @@ class LatencyResult:
     p50_ms: float
     p95_ms: float
     iterations: int
+    raw_ms: list[float] = field(default_factory=list, repr=False)
 
     def as_dict(self) -> dict:
         return {"batch_size": self.batch_size, "sequence_length": self.sequence_length,
@@ -119,4 +120,4 @@ def measure_latency(runner: Runner, inputs: dict[str, np.ndarray], warmup: int =
         runner.logits(feed)
         times[i] = (time.perf_counter() - started) * 1000.0
     batch, seq = feed["input_ids"].shape
-    return LatencyResult(batch, seq, float(np.percentile(times, 50)), float(np.percentile(times, 95)), iterations)
+    return LatencyResult(batch, seq, float(np.percentile(times, 50)), float(np.percentile(times, 95)), iterations, times.tolist())

@@ -193,7 +193,8 @@ def run(req: RunRequest, task: TaskFactory = _no_ui) -> dict:
                 "passed": all(g.passed for g in gates),
                 "artifact": {"model_file": model_file.name, "model_bytes": model_bytes,
                              "size_ratio": round(model_bytes / reference_size, 4),
-                             "quantization": state.annotations.get("quantization", "none"), "files": files},
+                             "quantization": state.annotations.get("quantization", "none"),
+                             "graph": state.annotations.get("graph"), "files": files},
                 "wall_s": round(time.perf_counter() - started, 1),
             }
             write_report(report, staging)

@@ -90,5 +90,5 @@ def render_markdown(report: dict) -> str:
                      f"{c['p50_ms']:.2f} | {c['p95_ms']:.2f} | {r['p50_ms'] / c['p50_ms']:.2f}× |")
     art = report["artifact"]
     lines += ["", f"Build size {_mb(art['model_bytes'])} MB = {art['size_ratio']:.3f}× the FP32 checkpoint "
-              f"({_mb(ref['size_bytes'])} MB). Quantization: {art.get('quantization', 'none')}.", ""]
+              f"({_mb(ref['size_bytes'])} MB). Quantization: {art.get('quantization', 'none')} on the {art.get('graph') or 'exported'} graph.", ""]
     return "\n".join(lines)

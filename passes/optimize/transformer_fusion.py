@@ -4,6 +4,9 @@ SkipLayerNormalization, Gelu/BiasGelu) on the exported graph.
 Fusions are done by ONNX Runtime's offline optimizer at ``opt_level=0`` (pattern fusions only),
 so the saved graph holds no hardware-specific rewrites and stays portable across CPUs.
 The fused ops are ONNX Runtime contrib ops: only targets that run ONNX Runtime include this pass.
+Fusion is not always faster: on this 2-core machine the dynamically quantized unfused MiniLM ran
+at batch 1 in 4.6 ms against 6.1 ms fused. With ``fusion: auto`` the pass records both graphs as
+variants and the quantize pass keeps the faster one.
 """
 
 from __future__ import annotations
@@ -26,8 +29,8 @@ class FuseTransformer(Pass):
 
     def call(self, state: ModelState, ctx: PassContext) -> PassResult:
         cfg = ctx.recipe.optimize
-        if not cfg.enabled:
-            return PassResult(state, False, {"skipped": "optimize.enabled is false"})
+        if cfg.fusion == "unfused":
+            return PassResult(state, False, {"skipped": "optimize.fusion is unfused"})
         from onnxruntime.transformers.fusion_options import FusionOptions
         from onnxruntime.transformers.optimizer import optimize_model
 
@@ -42,4 +45,7 @@ class FuseTransformer(Pass):
         path.parent.mkdir(parents=True, exist_ok=True)
         optimized.save_model_to_file(str(path))
         logger.info("fused operators: %s", fused)
-        return PassResult(state.as_onnx(path, fused_operators=fused), True, {"fused_operators": fused})
+        # Both graphs compute the same function; with fusion 'auto' a later pass picks by measurement.
+        variants = {"fused": path} if cfg.fusion == "fused" else {"fused": path, "unfused": state.onnx_path}
+        return PassResult(state.as_onnx(path, fused_operators=fused, graph_variants=variants), True,
+                          {"fused_operators": fused, "graph_variants": sorted(variants)})

@@ -10,12 +10,15 @@
 Quantization maps x to q = clamp(round(x / s) + z) with scale s and zero point z; the target's
 capabilities decide the integer types and whether z must be 0 (symmetric).
 
-``mode: auto`` builds every mode the target runs and keeps the fastest candidate (p50, batch 1,
-sequence 128) whose accuracy drop on the selection split stays within the recipe's budget.
+Candidates are (mode x graph variant): every mode the recipe asks for (``auto``: every mode the
+target runs), on every graph variant an earlier pass recorded (fused and unfused). With more than
+one candidate, the pass keeps the fastest (p50, batch 1, sequence 128) whose accuracy drop on the
+selection split stays within the recipe's budget, and reports the table it chose from.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from pathlib import Path
 
@@ -80,6 +83,15 @@ def quantize_static_qdq(src: Path, dst: Path, state: ModelState, ctx: PassContex
     if method is not CalibrationMethod.MinMax:
         calib_options.update(num_bins=2048, num_quantized_bins=128, percentile=cfg.static.percentile)
     work = dst.parent
+    # The fused graph's contrib ops (Attention, SkipLayerNormalization, BiasGelu) are unknown to
+    # ONNX shape inference, so no tensor after them has a type, and the QDQ quantizer skips every
+    # such activation ("failed to infer the type of tensor"): a weight-only graph. ORT's symbolic
+    # shape inference knows the contrib ops.
+    from onnxruntime.tools.symbolic_shape_infer import SymbolicShapeInference
+
+    inferred = work / "shape_inferred.onnx"
+    onnx.save(SymbolicShapeInference.infer_shapes(onnx.load(str(src)), auto_merge=True), str(inferred))
+    src = inferred
     calibrator = create_calibrator(src, cfg.static.op_types, augmented_model_path=str(work / "augmented.onnx"),
                                    calibrate_method=method, extra_options=calib_options)
     texts = ctx.calibration.texts[: cfg.static.calibration_examples]
@@ -110,19 +122,27 @@ class QuantizeInt8(Pass):
 
     def call(self, state: ModelState, ctx: PassContext) -> PassResult:
         cfg = ctx.recipe.quantize
-        if cfg.mode == "none":
-            return PassResult(state, False, {"skipped": "quantize.mode is none"})
         supported = ctx.target.capabilities.quantization_modes
-        modes = [m for m in ("dynamic", "static") if m in supported] if cfg.mode == "auto" else [cfg.mode]
-        work = ctx.work_dir / "quantize"
+        if cfg.mode == "none":
+            modes = ["fp32"]
+        elif cfg.mode == "auto":
+            modes = [m for m in ("dynamic", "static") if m in supported]
+        else:
+            modes = [cfg.mode]
+        # Graph variants recorded by earlier passes (e.g. fused and unfused), else the input graph.
+        variants: dict[str, Path] = state.annotations.get("graph_variants") or {"input": state.onnx_path}
         candidates: dict[str, Path] = {}
-        for mode in modes:
-            (work / mode).mkdir(parents=True, exist_ok=True)
-            dst = work / mode / "model.onnx"
-            if mode == "dynamic":
-                candidates[mode] = quantize_dynamic_int8(state.onnx_path, dst, cfg.per_channel, ctx.target.capabilities)
-            else:
-                candidates[f"static-{cfg.static.calibration_method}"] = quantize_static_qdq(state.onnx_path, dst, state, ctx)
+        for variant, src in variants.items():
+            for mode in modes:
+                label = mode if mode != "static" else f"static-{cfg.static.calibration_method}"
+                name = f"{label}/{variant}"
+                if mode == "fp32":
+                    candidates[name] = Path(src)
+                    continue
+                dst = ctx.work_dir / "quantize" / name.replace("/", "-") / "model.onnx"
+                dst.parent.mkdir(parents=True, exist_ok=True)
+                candidates[name] = (quantize_dynamic_int8(Path(src), dst, cfg.per_channel, ctx.target.capabilities)
+                                    if mode == "dynamic" else quantize_static_qdq(Path(src), dst, state, ctx))
         metrics: dict = {"mode": cfg.mode}
         if len(candidates) == 1:
             chosen = next(iter(candidates))
@@ -136,7 +156,12 @@ class QuantizeInt8(Pass):
                                         else "no candidate within budget; kept the most accurate")
         metrics["chosen"] = chosen
         logger.info("quantize: chose %s", chosen)
-        return PassResult(state.as_onnx(candidates[chosen], quantization=chosen), True, metrics)
+        mode, _, variant = chosen.partition("/")
+        # The variants are resolved here; later passes see one graph.
+        annotations = {k: v for k, v in state.annotations.items() if k != "graph_variants"}
+        chosen_state = dataclasses.replace(state, onnx_path=candidates[chosen],
+                                           annotations={**annotations, "quantization": mode, "graph": variant})
+        return PassResult(chosen_state, candidates[chosen] != state.onnx_path, metrics)
 
     @staticmethod
     def _score(path: Path, state: ModelState, ctx: PassContext) -> dict:
@@ -148,4 +173,4 @@ class QuantizeInt8(Pass):
         latency = measure_latency(runner, inputs, warmup=3, iterations=max(10, recipe.latency.iterations // 2))
         drop = (ctx.reference_selection_accuracy - accuracy) * 100.0
         return {"accuracy": round(accuracy, 4), "drop_points": round(drop, 3), "p50_ms_b1_s128": round(latency.p50_ms, 3),
-                "within_budget": drop <= recipe.gates.max_drop, "examples": len(selection)}
+                "within_budget": round(drop, 9) <= recipe.gates.max_drop, "examples": len(selection)}
