@@ -138,7 +138,7 @@ def load_model_and_tokenizer(ckpt: Checkpoint):
         raise InputError(f"cannot load the tokenizer from {ckpt.path}: {str(err).splitlines()[0]}") from None
     if ckpt.weights_file.suffix == ".safetensors":
         model = AutoModelForSequenceClassification.from_pretrained(
-            ckpt.path, local_files_only=True, torch_dtype=torch.float32, use_safetensors=True)
+            ckpt.path, local_files_only=True, dtype=torch.float32, use_safetensors=True)
     else:
         config = AutoConfig.from_pretrained(ckpt.path, local_files_only=True)
         model = AutoModelForSequenceClassification.from_config(config)

@@ -158,6 +158,143 @@ def _print_summary(report: dict) -> None:
                   f"({report['artifact']['quantization']}); report {out}/report.md", highlight=False)
 
 
+@app.command()
+def check(
+    report: Path = typer.Argument(..., help="report.json of a build."),
+    baseline: Optional[Path] = typer.Option(None, "--baseline", help="report.json of the last accepted build."),
+    max_accuracy_regression: float = typer.Option(0.5, help="Allowed accuracy loss vs the baseline, absolute points."),
+    max_speedup_regression: float = typer.Option(0.2, help="Allowed relative loss of speedup over FP32 vs the baseline."),
+    max_size_growth: float = typer.Option(0.05, help="Allowed relative growth of the model file vs the baseline."),
+    markdown: Optional[Path] = typer.Option(None, "--markdown", help="Also write the summary here (e.g. $GITHUB_STEP_SUMMARY)."),
+) -> None:
+    """Exit non-zero (3) when a report's gates failed or it regressed against a baseline."""
+    def body():
+        from mcompress.check import check_report, load_report, render_markdown
+
+        findings = check_report(load_report(report), load_report(baseline) if baseline else None,
+                                max_accuracy_regression, max_speedup_regression, max_size_growth)
+        summary = render_markdown(findings, report)
+        typer.echo(summary)
+        if markdown:
+            with open(markdown, "a", encoding="utf-8") as f:
+                f.write(summary)
+        if not all(f.passed for f in findings):
+            raise typer.Exit(int(ExitCode.GATE_FAILED))
+
+    _guard(body)
+
+
+@app.command()
+def package(
+    build_dir: Path = typer.Argument(..., help="Build directory written by `mcompress run`."),
+    out: Path = typer.Option(..., "--out", "-o", help="Bundle to write: NAME.mcpkg."),
+    force: bool = typer.Option(False, "--force", help="Replace the bundle if it exists."),
+    allow_failed: bool = typer.Option(False, "--allow-failed", help="Package a build whose gates failed."),
+) -> None:
+    """Package a build into one reproducible NAME.mcpkg bundle (model, tokenizer, labels, manifest)."""
+    def body():
+        from mcompress.package import package_build
+        from mcompress.report import file_digest
+
+        manifest = package_build(build_dir, out, force=force, allow_failed=allow_failed)
+        size = out.stat().st_size
+        verdict = "PASS" if manifest["passed"] else "FAIL (packaged with --allow-failed)"
+        _line("[bold green]packaged[/]", f"{build_dir} -> {out} ({size / 1e6:.1f} MB, {len(manifest['files']) + 1} files, "
+                                          f"gates {verdict}, sha256 {file_digest(out)})")
+
+    _guard(body)
+
+
+@app.command()
+def predict(
+    bundle: Path = typer.Argument(..., help="Bundle written by `mcompress package` (NAME.mcpkg)."),
+    texts: Optional[list[str]] = typer.Argument(None, help="Texts to classify."),
+    input_file: Optional[Path] = typer.Option(None, "--input", help="JSONL file of texts to classify (after any TEXTS)."),
+    text_column: str = typer.Option("text", help="Text column of the --input file."),
+    batch_size: int = typer.Option(32, "--batch-size", min=1, help="Texts per model call."),
+) -> None:
+    """Classify texts with a bundle; prints one JSON line per text: text, label, score, scores."""
+    def body():
+        import json
+
+        from mcompress.runtime import load, read_jsonl_texts
+
+        all_texts = list(texts or [])
+        if input_file is not None:
+            all_texts += read_jsonl_texts(input_file, text_column)
+        if not all_texts:
+            from mcompress.errors import InputError
+
+            raise InputError("no texts to classify.", "Pass texts as arguments or --input FILE.jsonl.")
+        loaded = load(bundle)
+        for text, result in zip(all_texts, loaded.predict(all_texts, batch_size)):
+            sys.stdout.write(json.dumps({"text": text, **result}, ensure_ascii=False) + "\n")
+        sys.stdout.flush()
+
+    _guard(body)
+
+
+@app.command()
+def inspect(
+    bundle: Path = typer.Argument(..., help="Bundle written by `mcompress package` (NAME.mcpkg)."),
+    as_json: bool = typer.Option(False, "--json", help="Print the whole manifest as JSON."),
+) -> None:
+    """Verify a bundle (every file's sha256) and summarize its manifest."""
+    def body():
+        import json
+
+        from mcompress.runtime import read_bundle
+
+        manifest, members = read_bundle(bundle)
+        if as_json:
+            sys.stdout.write(json.dumps(manifest, indent=2, sort_keys=True) + "\n")
+            return
+        sys.stdout.write(_bundle_summary(bundle, manifest, members))
+
+    _guard(body)
+
+
+def _bundle_summary(bundle: Path, m: dict, members: dict[str, bytes]) -> str:
+    import json
+
+    files = m.get("files", {})
+    pre = m.get("preprocessing", {})
+    lines = [f"bundle   {bundle} ({bundle.stat().st_size / 1e6:.1f} MB; sha256 of {len(files)} files verified)",
+             f"task     {m.get('task')} on {m.get('target')} ({m.get('quantization') or 'no'} quantization), "
+             f"schema {m.get('schema_version')}"]
+    metrics = m.get("metrics", {})
+    try:
+        id2label = json.loads(members[m.get("labels_file", "labels.json")])
+        labels = ", ".join(f"{i}={name}" for i, name in sorted(id2label.items(), key=lambda kv: int(kv[0])))
+    except (KeyError, ValueError, TypeError, AttributeError):
+        labels = "? (unreadable label file)"
+    lines.append(f"labels   {labels}")
+    for spec in m.get("inputs", []):
+        shape = ", ".join(str(d) for d in spec.get("shape", []))
+        lines.append(f"input    {spec.get('name')} {spec.get('dtype')} [{shape}] <- tokenizer {pre.get('feeds', {}).get(spec.get('name'))}")
+    lines.append(f"text     {pre.get('tokenizer_file')}, truncation at {m.get('max_sequence_length')} tokens, "
+                 f"padding to the longest text (pad {pre.get('pad_token')!s}={pre.get('pad_id')})")
+    runtime = m.get("runtime", {})
+    lines.append("runtime  gated with " + ", ".join(f"{k} {v}" for k, v in runtime.items() if v))
+    lines.append(f"source   checkpoint sha256 {(m.get('source') or {}).get('sha256')}")
+    lines.append(f"gates    {'PASS' if m.get('passed') else 'FAIL'}")
+    for g in m.get("gates", []):
+        ci = f", 95% CI [{g['ci95'][0]:.2f}, {g['ci95'][1]:.2f}]" if g.get("ci95") else ""
+        lines.append(f"  {g.get('name')}: {g.get('value'):.3f} {g.get('unit')} (budget {g.get('threshold')}{ci}) "
+                     f"{'pass' if g.get('passed') else 'FAIL'}")
+    ref, build = metrics.get("reference_accuracy"), metrics.get("build_accuracy")
+    if ref is not None and build is not None:
+        lines.append(f"accuracy {ref:.4f} (reference) -> {build:.4f} (build) on {metrics.get('eval_examples')} examples")
+    latency = metrics.get("latency") or {}
+    for r, c in zip(latency.get("reference", []), latency.get("build", [])):
+        lines.append(f"latency  b{c['batch_size']}/s{c['sequence_length']} p50 {r['p50_ms']:.2f} -> {c['p50_ms']:.2f} ms "
+                     f"({r['p50_ms'] / c['p50_ms']:.2f}x)")
+    lines.append("files")
+    for name, entry in sorted(files.items()):
+        lines.append(f"  {name:<26} {entry['bytes']:>13,} bytes  sha256 {entry['sha256'][:16]}")
+    return "\n".join(lines) + "\n"
+
+
 def main() -> None:
     app()
 

@@ -40,8 +40,9 @@ class ExampleSettings:
 EXAMPLES: dict[str, ExampleSettings] = {
     # 6,000 snippets, one epoch: about 2.5 min here, about 0.80 test accuracy.
     "sentiment": ExampleSettings("rotten_tomatoes", 6000, 64, 1, 1e-4),
-    # R8 articles are longer (median 67 words), so length 128; all of train, one epoch.
-    "topics": ExampleSettings("reuters_r8", 5000, 128, 1, 1e-4),
+    # R8 articles are longer (median 67 words); the first 96 tokens carry the topic. All of
+    # train, two epochs: one epoch (length 128) reached only 0.954, below TF-IDF + LR (0.970).
+    "topics": ExampleSettings("reuters_r8", 5000, 96, 2, 1e-4),
 }
 
 CORPORA = {"rotten_tomatoes": example_data.rotten_tomatoes, "reuters_r8": example_data.reuters_r8}

@@ -78,7 +78,7 @@ def resolve_data(req: RunRequest, label2id: dict[str, int]) -> DataSplits:
                          "Pass --eval-data FILE (CSV or JSONL with text and label columns).")
     load = lambda p, split, labels=True: load_labelled_texts(p, label2id, req.text_column, req.label_column, split, labels)
     eval_data = load(eval_path, "test")
-    split_dir = eval_path if Path(eval_path).is_dir() else (default_splits if is_split_dir(default_splits) and req.eval_data is None else None)
+    split_dir = Path(eval_path) if Path(eval_path).is_dir() else None
     if split_dir is not None and split_file(split_dir, "validation"):
         selection = load(split_dir, "validation")
     else:

@@ -11,11 +11,12 @@ from mcompress.errors import InputError
 
 
 def check_output_dir(out: Path, force: bool, inputs: list[Path]) -> None:
-    """Refuse, before any work, an --out that exists (without --force) or that holds an input."""
+    """Refuse, before any work, an --out that exists (without --force), that holds an input, or
+    that lies inside an input directory (--out MODEL_DIR/splits --force would replace the eval data)."""
     out = out.resolve()
     for path in inputs:
         path = path.resolve()
-        if out == path or out in path.parents:
+        if out == path or out in path.parents or path in out.parents:
             raise InputError(f"--out {out} would overwrite the input {path}.", "Choose an output directory outside the inputs.")
     if out.exists() and not force:
         raise InputError(f"output directory {out} already exists.", "Pass --force to replace it, or choose another --out.")

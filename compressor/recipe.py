@@ -49,6 +49,9 @@ class QuantizeConfig(_Strict):
     static: StaticQuantConfig = StaticQuantConfig()
     # Examples of the selection split used to score candidates in auto mode (null = all).
     selection_examples: Optional[int] = Field(None, ge=1)
+    # Candidates whose latency score is within this fraction of the fastest count as tied; the
+    # first in candidate order wins, so near-equal timings do not flip the build between runs.
+    latency_tie_tolerance: float = Field(0.05, ge=0, le=1)
 
 
 class GateConfig(_Strict):

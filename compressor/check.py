@@ -1,0 +1,73 @@
+"""`mcompress check`: a CI verdict on a report, optionally against a baseline report.
+
+Regressions are judged on quantities that travel between machines: accuracy (absolute points on
+the same eval data, checked by its content hash), size, and speedup over the FP32 original
+measured in the same run (a ratio), not raw milliseconds.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+from mcompress.errors import InputError
+
+
+@dataclass
+class Finding:
+    check: str
+    passed: bool
+    detail: str
+
+
+def load_report(path: Path) -> dict:
+    try:
+        report = json.loads(Path(path).read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise InputError(f"report {path} does not exist.") from None
+    except (ValueError, UnicodeDecodeError) as err:
+        raise InputError(f"report {path} is not valid JSON ({err}).") from None
+    for key in ("gates", "passed", "build", "reference", "latency", "artifact"):
+        if key not in report:
+            raise InputError(f"{path} is not an mcompress report (no '{key}').", "Pass the report.json of a build.")
+    return report
+
+
+def _speedup_b1(report: dict) -> float | None:
+    for ref, build in zip(report["latency"]["reference"], report["latency"]["build"]):
+        if (build["batch_size"], build["sequence_length"]) == (1, 128):
+            return ref["p50_ms"] / build["p50_ms"]
+    return None
+
+
+def check_report(report: dict, baseline: dict | None = None, max_accuracy_regression: float = 0.5,
+                 max_speedup_regression: float = 0.2, max_size_growth: float = 0.05) -> list[Finding]:
+    findings = [Finding(f"gate {g['name']}", g["passed"],
+                        f"{g['value']:.3f} {g['unit']} (budget {g['threshold']})") for g in report["gates"]]
+    if baseline is None:
+        return findings
+    same_data = report["data"]["eval"].get("sha256") == baseline["data"]["eval"].get("sha256")
+    if not same_data:
+        findings.append(Finding("baseline eval data", False,
+                                "eval data differs from the baseline's (sha256); accuracies are not comparable"))
+    change = (report["build"]["accuracy"] - baseline["build"]["accuracy"]) * 100
+    findings.append(Finding("accuracy vs baseline", -change <= max_accuracy_regression,
+                            f"{baseline['build']['accuracy']:.4f} -> {report['build']['accuracy']:.4f} "
+                            f"({change:+.2f} points, tolerance {max_accuracy_regression})"))
+    old, new = _speedup_b1(baseline), _speedup_b1(report)
+    if old and new:
+        findings.append(Finding("speedup vs baseline", new >= old * (1 - max_speedup_regression),
+                                f"{old:.2f}x -> {new:.2f}x over FP32 at batch 1, sequence 128 "
+                                f"(tolerance {max_speedup_regression:.0%})"))
+    old_size, new_size = baseline["artifact"]["model_bytes"], report["artifact"]["model_bytes"]
+    findings.append(Finding("size vs baseline", new_size <= old_size * (1 + max_size_growth),
+                            f"{old_size / 1e6:.1f} MB -> {new_size / 1e6:.1f} MB (tolerance {max_size_growth:.0%})"))
+    return findings
+
+
+def render_markdown(findings: list[Finding], report_path: Path) -> str:
+    verdict = "PASS" if all(f.passed for f in findings) else "FAIL"
+    lines = [f"### mcompress check: {verdict}", "", f"Report: `{report_path}`", "", "| check | verdict | detail |", "|---|---|---|"]
+    lines += [f"| {f.check} | {'pass' if f.passed else '**FAIL**'} | {f.detail} |" for f in findings]
+    return "\n".join(lines) + "\n"

@@ -1,0 +1,257 @@
+"""Edge packaging: one build directory -> one reproducible ``NAME.mcpkg`` archive.
+
+A bundle is a zip (every entry ZIP_STORED, names sorted, timestamps 1980-01-01, mode 0644) that
+holds the model, the tokenizer files, ``labels.json`` (id -> label name) and ``manifest.json``,
+which records how to feed the model (input names, dtypes, dynamic axes read from the ONNX graph;
+tokenizer, truncation, padding), the sha256 and size of every other member, the recipe, the runtime
+versions the build was gated with, the source checkpoint's hash and the gate verdicts and metrics.
+Nothing in it depends on when or where it was packaged, so packaging one build twice gives the
+same bytes. ``mcompress.runtime`` loads it with only onnxruntime, tokenizers and numpy.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tempfile
+import zipfile
+from pathlib import Path
+
+from mcompress import __version__
+from mcompress.errors import InputError
+
+SCHEMA_VERSION = 1
+TASK = "text-classification"
+MANIFEST = "manifest.json"
+LABELS = "labels.json"
+MODEL_FILE = "model.onnx"
+REQUIRED_FILES = (MODEL_FILE, "report.json", "tokenizer.json")
+# The tokenizer file the runtime reads is tokenizer.json; the others ride along so the bundle's
+# contents can also be loaded with transformers' AutoTokenizer.
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "vocab.txt",
+                   "vocab.json", "merges.txt")
+# Which tokenizer output feeds which model input.
+FEEDS = {"input_ids": "ids", "attention_mask": "attention_mask", "token_type_ids": "type_ids"}
+ZIP_DATE = (1980, 1, 1, 0, 0, 0)
+FILE_MODE = 0o100644  # regular file, rw-r--r--
+
+
+def _sha256(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def _read_json(path: Path, what: str) -> dict:
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise InputError(f"cannot read {what} {path}: {err}.", "Rebuild it with `mcompress run`.") from None
+
+
+def _graph_io(model_bytes: bytes, model_path: Path) -> tuple[list[dict], list[dict]]:
+    import onnx
+    from onnx.external_data_helper import uses_external_data
+
+    try:
+        model = onnx.load_model_from_string(model_bytes)
+    except Exception as err:  # onnx raises DecodeError and friends
+        raise InputError(f"{model_path} is not a readable ONNX model: {err}.", "Rebuild it with `mcompress run`.") from None
+    if any(uses_external_data(t) for t in model.graph.initializer):
+        raise InputError(f"{model_path} stores weights as ONNX external data, which bundles do not support.",
+                         "Build a model under 2 GB with its weights inside model.onnx.")
+    initializers = {t.name for t in model.graph.initializer}
+
+    def describe(value) -> dict:
+        tensor = value.type.tensor_type
+        dims, dynamic = [], {}
+        for axis, dim in enumerate(tensor.shape.dim):
+            if dim.HasField("dim_value"):
+                dims.append(int(dim.dim_value))
+            else:
+                name = dim.dim_param or f"dim{axis}"
+                dims.append(name)
+                dynamic[str(axis)] = name
+        return {"name": value.name, "dtype": onnx.helper.tensor_dtype_to_np_dtype(tensor.elem_type).name,
+                "shape": dims, "dynamic_axes": dynamic}
+
+    inputs = [describe(v) for v in model.graph.input if v.name not in initializers]
+    outputs = [describe(v) for v in model.graph.output]
+    return inputs, outputs
+
+
+def _pad_settings(tokenizer_json: bytes, build_dir: Path) -> dict:
+    """The pad token, id and side, as transformers would use them for this build."""
+    from tokenizers import Tokenizer
+
+    tokenizer = Tokenizer.from_str(tokenizer_json.decode("utf-8"))
+    config = {}
+    if (build_dir / "tokenizer_config.json").is_file():
+        config = _read_json(build_dir / "tokenizer_config.json", "tokenizer config")
+    pad_token = config.get("pad_token")
+    if isinstance(pad_token, dict):
+        pad_token = pad_token.get("content")
+    if pad_token is None and (build_dir / "special_tokens_map.json").is_file():
+        special = _read_json(build_dir / "special_tokens_map.json", "special tokens map").get("pad_token")
+        pad_token = special.get("content") if isinstance(special, dict) else special
+    padding = tokenizer.padding or {}
+    if pad_token is None:
+        pad_token = padding.get("pad_token")
+    pad_id = tokenizer.token_to_id(pad_token) if pad_token is not None else None
+    if pad_id is None:
+        raise InputError(f"the tokenizer in {build_dir} has no pad token, so batches cannot be padded.",
+                         "Set pad_token in tokenizer_config.json and rebuild.")
+    return {"pad_token": pad_token, "pad_id": int(pad_id),
+            "pad_type_id": int(config.get("pad_token_type_id", padding.get("pad_type_id", 0))),
+            "padding_side": config.get("padding_side", "right"),
+            "truncation_side": config.get("truncation_side", "right")}
+
+
+def build_manifest(build_dir: Path, report: dict, files: dict[str, bytes], labels: dict[str, str]) -> dict:
+    inputs, outputs = _graph_io(files[MODEL_FILE], build_dir / MODEL_FILE)
+    unknown = [i["name"] for i in inputs if i["name"] not in FEEDS]
+    if unknown:
+        raise InputError(f"{build_dir / MODEL_FILE} has inputs the bundle runtime cannot feed: {', '.join(unknown)}.",
+                         f"Supported inputs: {', '.join(FEEDS)}.")
+    if not any(o["name"] == "logits" for o in outputs):
+        raise InputError(f"{build_dir / MODEL_FILE} has no 'logits' output.", "Rebuild it with `mcompress run`.")
+    recipe = report.get("recipe") or {}
+    max_length = recipe.get("max_length")
+    if not isinstance(max_length, int) or max_length < 2:
+        raise InputError(f"{build_dir / 'report.json'} has no recipe max_length.", "Rebuild it with `mcompress run`.")
+    versions = report.get("versions") or {}
+    gates = report.get("gates") or []
+    return {
+        "schema_version": SCHEMA_VERSION,
+        "task": TASK,
+        "target": report.get("target"),
+        "mcompress_version": __version__,
+        "built_with_mcompress": report.get("mcompress_version"),
+        "model_file": MODEL_FILE,
+        "labels_file": LABELS,
+        "num_labels": len(labels),
+        "inputs": inputs,
+        "outputs": outputs,
+        "max_sequence_length": max_length,
+        "preprocessing": {
+            "tokenizer_file": "tokenizer.json",
+            "truncation": True,
+            "padding": "longest",
+            "max_length": max_length,
+            "feeds": {i["name"]: FEEDS[i["name"]] for i in inputs},
+            **_pad_settings(files["tokenizer.json"], build_dir),
+        },
+        "postprocessing": {"output": "logits", "activation": "softmax"},
+        "runtime": {"onnxruntime": versions.get("onnxruntime"), "tokenizers": versions.get("tokenizers"),
+                    "numpy": versions.get("numpy"), "python": versions.get("python")},
+        "recipe": recipe,
+        "source": {"sha256": (report.get("source") or {}).get("sha256"),
+                   "model_type": (report.get("source") or {}).get("model_type"),
+                   "architecture": (report.get("source") or {}).get("architecture")},
+        "quantization": (report.get("artifact") or {}).get("quantization"),
+        "passed": bool(report.get("passed")),
+        "gates": gates,
+        "metrics": {
+            "eval_examples": ((report.get("data") or {}).get("eval") or {}).get("examples"),
+            "eval_sha256": ((report.get("data") or {}).get("eval") or {}).get("sha256"),
+            "reference_accuracy": (report.get("reference") or {}).get("accuracy"),
+            "build_accuracy": (report.get("build") or {}).get("accuracy"),
+            "latency": report.get("latency"),
+        },
+        "files": {name: {"sha256": _sha256(data), "bytes": len(data)} for name, data in sorted(files.items())},
+    }
+
+
+def _labels(build_dir: Path, report: dict) -> dict[str, str]:
+    id2label = None
+    if (build_dir / "config.json").is_file():
+        id2label = _read_json(build_dir / "config.json", "model config").get("id2label")
+    if not id2label:
+        id2label = (report.get("source") or {}).get("labels")
+    if not id2label:
+        raise InputError(f"{build_dir} has no label map (config.json id2label).", "Rebuild it with `mcompress run`.")
+    try:
+        ordered = sorted(((int(k), str(v)) for k, v in id2label.items()))
+    except (TypeError, ValueError):
+        raise InputError(f"{build_dir / 'config.json'} id2label keys are not integer ids.") from None
+    if [i for i, _ in ordered] != list(range(len(ordered))):
+        raise InputError(f"{build_dir / 'config.json'} id2label ids are not 0..{len(ordered) - 1}.")
+    return {str(i): name for i, name in ordered}
+
+
+def _zip_bytes(members: dict[str, bytes], out) -> None:
+    with zipfile.ZipFile(out, "w", compression=zipfile.ZIP_STORED, allowZip64=True) as zf:
+        for name in sorted(members):
+            info = zipfile.ZipInfo(name, date_time=ZIP_DATE)
+            info.compress_type = zipfile.ZIP_STORED
+            info.create_system = 3  # Unix, so external_attr carries the mode
+            info.external_attr = FILE_MODE << 16
+            zf.writestr(info, members[name])
+
+
+def package_build(build_dir: Path, out_file: Path, force: bool = False, allow_failed: bool = False) -> dict:
+    """Write ``out_file`` (a .mcpkg bundle) from ``build_dir``; return its manifest.
+
+    Nothing in ``build_dir`` is modified; ``out_file`` appears only when complete."""
+    build_dir, out_file = Path(build_dir), Path(out_file)
+    if not build_dir.exists():
+        raise InputError(f"build directory {build_dir} does not exist.", "Pass the --out directory of `mcompress run`.")
+    if not build_dir.is_dir():
+        raise InputError(f"build directory {build_dir} is not a directory.", "Pass the --out directory of `mcompress run`.")
+    missing = [name for name in REQUIRED_FILES if not (build_dir / name).is_file()]
+    if missing:
+        raise InputError(f"build directory {build_dir} lacks {', '.join(missing)}.",
+                         "Pass a complete build written by `mcompress run`.")
+    if out_file.suffix != ".mcpkg":
+        raise InputError(f"bundle name {out_file} must end in .mcpkg.", "Pass -o NAME.mcpkg.")
+    resolved = out_file.resolve()
+    if build_dir.resolve() in resolved.parents:
+        raise InputError(f"bundle {out_file} would be written inside the build directory {build_dir}.",
+                         "Choose an output path outside the build.")
+    if out_file.exists() and not force:
+        raise InputError(f"bundle {out_file} already exists.", "Pass --force to replace it, or choose another -o.")
+    if out_file.exists() and not out_file.is_file():
+        raise InputError(f"bundle path {out_file} exists and is not a file.")
+    if not resolved.parent.is_dir():
+        raise InputError(f"the directory of {out_file} ({resolved.parent}) does not exist.", "Create it first.")
+
+    report = _read_json(build_dir / "report.json", "build report")
+    if not report.get("passed") and not allow_failed:
+        failed = ", ".join(g.get("name", "?") for g in report.get("gates", []) if not g.get("passed")) or "unknown"
+        raise InputError(f"build {build_dir} failed its gates ({failed}); refusing to package it.",
+                         "Pass --allow-failed to package it anyway.")
+    model_file = (report.get("artifact") or {}).get("model_file", MODEL_FILE)
+    if model_file != MODEL_FILE:
+        raise InputError(f"build {build_dir} ships {model_file}; bundles support {MODEL_FILE} builds only.")
+
+    files = {MODEL_FILE: (build_dir / MODEL_FILE).read_bytes()}
+    for name in TOKENIZER_FILES:
+        if (build_dir / name).is_file():
+            files[name] = (build_dir / name).read_bytes()
+    labels = _labels(build_dir, report)
+    files[LABELS] = (json.dumps(labels, indent=2, sort_keys=True) + "\n").encode()
+    recorded = (report.get("artifact") or {}).get("files") or {}
+    for name, data in files.items():
+        expected = (recorded.get(name) or {}).get("sha256")
+        if expected and expected != _sha256(data):
+            raise InputError(f"{build_dir / name} changed since the build was gated (sha256 differs from report.json).",
+                             "Rebuild with `mcompress run`.")
+
+    manifest = build_manifest(build_dir, report, files, labels)
+    members = dict(files)
+    members[MANIFEST] = (json.dumps(manifest, indent=2, sort_keys=True) + "\n").encode()
+
+    fd, tmp_name = tempfile.mkstemp(prefix=f".{out_file.name}.", suffix=".partial", dir=resolved.parent)
+    try:
+        with os.fdopen(fd, "wb") as tmp:
+            _zip_bytes(members, tmp)
+            tmp.flush()
+            os.fsync(tmp.fileno())
+        os.chmod(tmp_name, 0o644)
+        os.replace(tmp_name, resolved)
+    except BaseException:
+        try:
+            os.unlink(tmp_name)
+        except FileNotFoundError:
+            pass
+        raise
+    return manifest

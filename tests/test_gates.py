@@ -1,0 +1,107 @@
+"""Gates: accuracy drop in points with a paired-bootstrap interval, and latency budgets."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from mcompress.evaluation import EvalResult, LatencyResult
+from mcompress.gates import accuracy_drop_gate, bootstrap_drop_ci, latency_gates
+
+
+def _result(predictions, labels) -> EvalResult:
+    predictions, labels = np.asarray(predictions), np.asarray(labels)
+    return EvalResult(float((predictions == labels).mean()), predictions, labels,
+                      np.zeros((len(labels), 2), dtype=np.float32))
+
+
+def test_accuracy_drop_value_verdict_and_ci():
+    rng = np.random.default_rng(1)
+    labels = rng.integers(0, 2, 200)
+    reference_pred = labels.copy()
+    reference_pred[:20] ^= 1  # reference: 90% accurate
+    candidate_pred = reference_pred.copy()
+    candidate_pred[100:106] ^= 1  # the candidate gets 6 more wrong: 87%
+    reference, candidate = _result(reference_pred, labels), _result(candidate_pred, labels)
+    assert reference.accuracy == pytest.approx(0.90) and candidate.accuracy == pytest.approx(0.87)
+
+    gate = accuracy_drop_gate(reference, candidate, max_drop=1.0, seed=0)
+    assert gate.name == "accuracy_drop" and gate.unit == "points"
+    assert gate.value == pytest.approx(3.0, abs=1e-9)
+    assert gate.passed is False
+    low, high = gate.ci95
+    assert low <= gate.value <= high
+    assert 0.0 <= low < high  # the candidate is never better on any example, so no resample goes negative
+    assert "predictions agree on 97.00%" in gate.detail
+
+    assert accuracy_drop_gate(reference, candidate, max_drop=3.0).passed is True  # the budget is inclusive
+    assert accuracy_drop_gate(reference, candidate, max_drop=2.99).passed is False
+
+    d = gate.as_dict()
+    assert d["value"] == 3.0 and d["ci95"] == [round(low, 4), round(high, 4)] and d["passed"] is False
+
+
+def test_drop_exactly_at_the_budget_passes():
+    # 90/100 -> 89/100 is a drop of exactly 1 point; float subtraction of the accuracies gives
+    # 1.0000000000000009, which must not fail the default 1.0-point budget.
+    labels = np.zeros(100, dtype=int)
+    reference_pred, candidate_pred = labels.copy(), labels.copy()
+    reference_pred[:10] = 1
+    candidate_pred[:11] = 1
+    gate = accuracy_drop_gate(_result(reference_pred, labels), _result(candidate_pred, labels), max_drop=1.0)
+    assert gate.value == 1.0
+    assert gate.passed is True
+
+
+def test_improvement_is_a_negative_drop():
+    labels = np.array([0, 1] * 50)
+    reference_pred = labels.copy()
+    reference_pred[:10] ^= 1
+    gate = accuracy_drop_gate(_result(reference_pred, labels), _result(labels, labels), max_drop=0.0)
+    assert gate.value == pytest.approx(-10.0)
+    assert gate.passed is True
+    assert gate.ci95[0] <= -10.0 <= gate.ci95[1] <= 0.0
+
+
+def test_identical_results_give_zero_interval():
+    labels = np.array([0, 1, 1, 0, 1, 0, 0, 1])
+    predictions = np.array([0, 1, 0, 0, 1, 1, 0, 1])
+    gate = accuracy_drop_gate(_result(predictions, labels), _result(predictions.copy(), labels), max_drop=0.0)
+    assert gate.value == 0.0 and gate.passed is True
+    assert gate.ci95 == (0.0, 0.0)
+    assert "agree on 100.00%" in gate.detail
+
+
+def test_bootstrap_is_seeded_and_paired():
+    rng = np.random.default_rng(0)
+    ref = rng.integers(0, 2, 300).astype(float)
+    cand = ref.copy()
+    cand[:15] = 0.0
+    assert bootstrap_drop_ci(ref, cand, seed=3) == bootstrap_drop_ci(ref, cand, seed=3)
+    # Paired: flipping the same examples in both leaves the differences, so the interval, unchanged.
+    assert bootstrap_drop_ci(1 - ref, 1 - cand, seed=3) == pytest.approx(tuple(-x for x in bootstrap_drop_ci(ref, cand, seed=3)[::-1]))
+
+
+def _latency(p50: float, batch: int = 1, seq: int = 128) -> LatencyResult:
+    return LatencyResult(batch, seq, p50, p50 * 1.2, 10)
+
+
+def test_latency_gates_verdicts():
+    reference, build = _latency(20.0), _latency(5.0)
+    assert latency_gates(reference, build, None, None) == []
+
+    ok_latency, ok_speedup = latency_gates(reference, build, max_latency_ms=5.0, min_speedup=4.0)
+    assert (ok_latency.name, ok_latency.passed, ok_latency.value, ok_latency.unit) == ("latency_p50", True, 5.0, "ms")
+    assert (ok_speedup.name, ok_speedup.passed, ok_speedup.unit) == ("speedup", True, "x")
+    assert ok_speedup.value == pytest.approx(4.0)
+    assert "batch 1, sequence 128" in ok_latency.detail
+
+    slow, not_fast_enough = latency_gates(reference, build, max_latency_ms=4.99, min_speedup=4.01)
+    assert slow.passed is False and slow.threshold == 4.99
+    assert not_fast_enough.passed is False and not_fast_enough.threshold == 4.01
+
+
+def test_latency_gate_reports_the_shape_it_measured():
+    (gate,) = latency_gates(_latency(3.0, 1, 16), _latency(1.0, 1, 16), None, min_speedup=2.0)
+    assert gate.passed and gate.value == pytest.approx(3.0)
+    assert "batch 1, sequence 16" in gate.detail

