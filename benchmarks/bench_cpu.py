@@ -62,20 +62,6 @@ def optimum_dynamic_int8(model_dir: Path, work: Path) -> Path:
     return next(out.glob("*quantized*.onnx")), preset.__name__
 
 
-def interleaved_latency(runners: dict, inputs: dict, rounds: int, per_round: int, warmup: int = 5) -> dict:
-    from mcompress.evaluation import measure_latency
-
-    times = {name: [] for name in runners}
-    for runner in runners.values():
-        measure_latency(runner, inputs, warmup=warmup, iterations=3)
-    for _ in range(rounds):
-        for name, runner in runners.items():
-            r = measure_latency(runner, inputs, warmup=0, iterations=per_round)
-            times[name].extend(r.raw_ms)
-    return {name: {"p50_ms": float(np.percentile(t, 50)), "p95_ms": float(np.percentile(t, 95)), "calls": len(t)}
-            for name, t in times.items()}
-
-
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("example_dir", type=Path)
@@ -90,7 +76,7 @@ def main() -> int:
 
     from mcompress.calibration.datasets import load_labelled_texts
     from mcompress.checkpoint import inspect_checkpoint, load_model_and_tokenizer
-    from mcompress.evaluation import TorchRunner, evaluate, latency_inputs
+    from mcompress.evaluation import TorchRunner, evaluate, interleaved_latency, latency_inputs
     from mcompress.job import RunRequest, run
     from mcompress.report import library_versions, machine_info
     from mcompress.targets.onnx_cpu.runner import OrtRunner
@@ -116,8 +102,10 @@ def main() -> int:
         for recipe in recipes:
             out = work / f"build-{recipe.stem}"
             started = time.perf_counter()
-            report = run(RunRequest(args.example_dir, "onnx-cpu", out, recipe, overrides={"eval.evaluate_each_pass": False}))
-            name = f"mcompress onnx-cpu ({recipe.stem}: {report['artifact']['quantization']})"
+            # no pass cache: "build wall s" is the time of a build from scratch
+            report = run(RunRequest(args.example_dir, "onnx-cpu", out, recipe, overrides={"eval.evaluate_each_pass": False},
+                                    use_cache=False))
+            name = f"mcompress onnx-cpu ({recipe.stem}: {report['artifact']['quantization']}/{report['artifact']['graph']})"
             runners[name] = OrtRunner(out / "model.onnx", threads)
             rows[name] = {"bytes": (out / "model.onnx").stat().st_size, "wall_s": round(time.perf_counter() - started, 1)}
 
@@ -127,7 +115,8 @@ def main() -> int:
         latency = {}
         for batch in (1, 8):
             inputs = latency_inputs(tokenizer, test.texts, batch, 128)
-            latency[batch] = interleaved_latency(runners, inputs, args.rounds, args.per_round if batch == 1 else max(3, args.per_round // 4))
+            measured = interleaved_latency(runners, inputs, args.rounds, args.per_round if batch == 1 else max(3, args.per_round // 4), warmup=5)
+            latency[batch] = {name: {"p50_ms": r.p50_ms, "p95_ms": r.p95_ms, "calls": r.iterations} for name, r in measured.items()}
         load_after = other_processes_cpu()
 
     base = rows["PyTorch FP32 eager"]

@@ -54,16 +54,38 @@ def _check_safetensors(path: Path) -> None:
     """Read the header and every tensor: a truncated or corrupt file fails here, not mid-run."""
     from safetensors import safe_open
 
+    fault = None
     try:
         with safe_open(str(path), framework="pt") as f:
             names = list(f.keys())
             if not names:
                 raise ValueError("it holds no tensors")
             for name in names:
-                f.get_slice(name)[:]  # materialises the bytes; fails on truncation
+                tensor = f.get_slice(name)[:]  # materialises the bytes; fails on truncation
+                fault = fault or _non_finite(name, tensor)
     except Exception as err:  # safetensors raises its own SafetensorError and others
         raise InputError(f"weights file {path} is corrupt or truncated ({str(err).splitlines()[0]}).",
                          "Re-save the checkpoint with save_pretrained(safe_serialization=True).") from None
+    if fault:
+        raise InputError(f"{fault} in {path}.", NON_FINITE_HINT)
+
+
+NON_FINITE_HINT = "The checkpoint is damaged or its training diverged; save it again from a model with finite weights."
+
+
+def _non_finite(name: str, tensor) -> str | None:
+    """'weights of NAME contain NaN (k of n values)' when a float tensor is not all finite."""
+    import torch
+
+    if not tensor.is_floating_point():
+        return None
+    finite = torch.isfinite(tensor)
+    if bool(finite.all()):
+        return None
+    nan = int(torch.isnan(tensor).sum())
+    what = "NaN" if nan else "Inf"
+    count = nan if nan else int((~finite).sum())
+    return f"weights of '{name}' contain {what} ({count} of {tensor.numel()} values)"
 
 
 def inspect_checkpoint(model_dir: str | Path, allow_pickle: bool = False) -> Checkpoint:
@@ -143,6 +165,9 @@ def load_model_and_tokenizer(ckpt: Checkpoint):
         config = AutoConfig.from_pretrained(ckpt.path, local_files_only=True)
         model = AutoModelForSequenceClassification.from_config(config)
         state = torch.load(ckpt.weights_file, map_location="cpu", weights_only=True)
+        fault = next((f for f in (_non_finite(n, t) for n, t in state.items() if isinstance(t, torch.Tensor)) if f), None)
+        if fault:
+            raise InputError(f"{fault} in {ckpt.weights_file}.", NON_FINITE_HINT)
         missing, unexpected = model.load_state_dict(state, strict=False)
         if missing:
             raise InputError(f"{ckpt.weights_file} lacks weights the model needs (e.g. {missing[0]}).")

@@ -39,11 +39,15 @@ def _fail(err: McompressError) -> None:
 
 
 def _guard(fn, *args, **kwargs):
-    """Run a command body: user-facing errors become one line and their exit code."""
-    def _on_sigterm(signum, frame):
-        raise KeyboardInterrupt
+    """Run a command body: user-facing errors become one line and their exit code.
 
-    signal.signal(signal.SIGTERM, _on_sigterm)
+    SIGINT and SIGTERM raise KeyboardInterrupt (deferred while a build is renamed into place), so
+    the staging dir, the temp work dir and any half-written cache entry are removed on the way out."""
+    from mcompress.outputs import on_interrupt_signal
+
+    previous = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
+    for s in previous:
+        signal.signal(s, on_interrupt_signal)
     try:
         return fn(*args, **kwargs)
     except McompressError as err:
@@ -51,7 +55,7 @@ def _guard(fn, *args, **kwargs):
             raise
         _fail(err)
     except KeyboardInterrupt:
-        _console().print("[bold red]interrupted:[/] nothing was written to the output directory.")
+        _console().print("[bold red]interrupted:[/] no partial build was left in the output directory.")
         raise typer.Exit(int(ExitCode.INTERRUPTED))
     except typer.Exit:
         raise
@@ -60,6 +64,9 @@ def _guard(fn, *args, **kwargs):
             raise
         _line("[bold red]internal error:[/]", f"{type(err).__name__}: {err} (rerun with --debug for the traceback)")
         raise typer.Exit(int(ExitCode.INTERNAL))
+    finally:
+        for s, handler in previous.items():
+            signal.signal(s, handler)
 
 
 @app.callback()
@@ -118,6 +125,9 @@ def run(
     eval_examples: Optional[int] = typer.Option(None, "--eval-examples", help="Evaluate on the first N eval examples only."),
     force: bool = typer.Option(False, "--force", help="Replace --out if it exists."),
     allow_pickle: bool = typer.Option(False, "--allow-pickle", help="Accept pytorch_model.bin (loaded with weights_only=True)."),
+    cache_dir: Optional[Path] = typer.Option(None, "--cache-dir", help="Pass cache (default: $MCOMPRESS_CACHE_DIR or ~/.cache/mcompress)."),
+    no_cache: bool = typer.Option(False, "--no-cache", help="Run every pass; neither read nor write the pass cache."),
+    cache_max_gb: float = typer.Option(10.0, "--cache-max-gb", min=0, help="Evict least recently used cache entries above this size."),
 ) -> None:
     """Compress MODEL_DIR for a target, gate the built artifact on held-out data, write the build."""
     def body():
@@ -129,7 +139,8 @@ def run(
                              force, allow_pickle,
                              {"gates.max_drop": max_drop, "gates.max_latency_ms": max_latency_ms,
                               "gates.min_speedup": min_speedup, "quantize.mode": quantize_mode,
-                              "eval.max_examples": eval_examples})
+                              "eval.max_examples": eval_examples},
+                             cache_dir=cache_dir, use_cache=not no_cache, cache_max_gb=cache_max_gb)
         with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                       console=_console(), transient=True) as bar:
             def task(description: str, total: int):
@@ -156,6 +167,9 @@ def _print_summary(report: dict) -> None:
     console.print(f"  latency b{b1[1]['batch_size']}/s{b1[1]['sequence_length']} p50 {b1[0]['p50_ms']:.2f} -> {b1[1]['p50_ms']:.2f} ms "
                   f"({b1[0]['p50_ms'] / b1[1]['p50_ms']:.2f}x); size {report['artifact']['size_ratio']:.3f}x "
                   f"({report['artifact']['quantization']}); report {out}/report.md", highlight=False)
+    reused = [p["name"] for p in report["passes"] if p.get("cached")]
+    if reused:
+        console.print(f"  reused cached {', '.join(reused)} (inputs unchanged; --no-cache reruns them)", highlight=False)
 
 
 @app.command()

@@ -44,6 +44,13 @@ class TargetUnavailable(McompressError):
     exit_code = ExitCode.TARGET_UNAVAILABLE
 
 
+class NumericalFault(McompressError):
+    """NaN/Inf where a finite number is needed: logits during evaluation, calibration ranges.
+    (NaN/Inf in a checkpoint's weights is an InputError: the input is wrong.)"""
+
+    exit_code = ExitCode.INTERNAL
+
+
 class PassFailure(McompressError):
     """A pass could not produce a valid model (e.g. export parity broken)."""
 

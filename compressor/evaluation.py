@@ -81,13 +81,31 @@ def predict_logits(runner: Runner, tokenizer, texts: list[str], max_length: int,
 
 
 def evaluate(runner: Runner, tokenizer, data: LabelledTexts, max_length: int, batch_size: int = 32,
-             on_batch=None) -> EvalResult:
+             on_batch=None, what: str | None = None) -> EvalResult:
+    """Accuracy of ``runner`` on ``data``; ``what`` names the model in errors (e.g. "after quantize")."""
     if data.labels is None:
         raise ValueError(f"{data.source} has no labels to evaluate against")
     logits = predict_logits(runner, tokenizer, data.texts, max_length, batch_size, on_batch)
+    check_finite_logits(logits, runner, data.source, what)
     predictions = logits.argmax(-1)
     labels = np.asarray(data.labels)
     return EvalResult(float((predictions == labels).mean()), predictions, labels, logits)
+
+
+def check_finite_logits(logits: np.ndarray, runner: Runner, source: str, what: str | None = None) -> None:
+    """A NaN/Inf logit would still give an argmax, and a silently wrong accuracy: fail instead,
+    naming the runner and the first offending example (index in the data's order)."""
+    bad = ~np.isfinite(logits).all(axis=-1)
+    if not bad.any():
+        return
+    from mcompress.errors import NumericalFault
+
+    first = int(np.argmax(bad))
+    kind = "NaN" if np.isnan(logits[first]).any() else "Inf"
+    model = f"{runner.name} ({what})" if what else runner.name
+    raise NumericalFault(f"{model} produced non-finite logits ({kind}) for example {first} of {source} "
+                         f"({int(bad.sum())} of {len(bad)} examples affected).",
+                         "Check the model for overflow (e.g. FP16 or quantization ranges) and its weights for NaN/Inf.")
 
 
 @dataclass
@@ -121,3 +139,18 @@ def measure_latency(runner: Runner, inputs: dict[str, np.ndarray], warmup: int =
         times[i] = (time.perf_counter() - started) * 1000.0
     batch, seq = feed["input_ids"].shape
     return LatencyResult(batch, seq, float(np.percentile(times, 50)), float(np.percentile(times, 95)), iterations, times.tolist())
+
+
+def interleaved_latency(runners: dict[str, Runner], inputs: dict[str, np.ndarray], rounds: int = 5,
+                        per_round: int = 8, warmup: int = 3) -> dict[str, LatencyResult]:
+    """Latency of several runners on the same inputs, measured in interleaved rounds (each runner
+    runs ``per_round`` calls per round) so that a burst of machine noise hits all of them alike."""
+    for runner in runners.values():
+        measure_latency(runner, inputs, warmup=warmup, iterations=1)
+    times: dict[str, list[float]] = {name: [] for name in runners}
+    for _ in range(rounds):
+        for name, runner in runners.items():
+            times[name] += measure_latency(runner, inputs, warmup=0, iterations=per_round).raw_ms
+    batch, seq = inputs["input_ids"].shape
+    return {name: LatencyResult(batch, seq, float(np.percentile(t, 50)), float(np.percentile(t, 95)), len(t), t)
+            for name, t in times.items()}

@@ -17,15 +17,17 @@ from typing import Callable
 import numpy as np
 
 from mcompress import __version__
+from mcompress.cache import DEFAULT_MAX_GB, PassCache, default_cache_dir
 from mcompress.calibration.datasets import LabelledTexts, is_split_dir, load_labelled_texts, split_file, token_lengths
 from mcompress.checkpoint import inspect_checkpoint, load_model_and_tokenizer
 from mcompress.errors import GateFailure, InputError
 from mcompress.evaluation import TorchRunner, evaluate, latency_inputs, measure_latency
+from mcompress.flops import encoder_flops
 from mcompress.gates import accuracy_drop_gate, latency_gates
 from mcompress.manager import PassManager, PassRecord
 from mcompress.outputs import check_output_dir, staged_dir
 from mcompress.pass_base import PassContext
-from mcompress.recipe import Recipe, load_recipe
+from mcompress.recipe import Recipe, load_recipe, validate_against_checkpoint, validate_training_data
 from mcompress.report import file_digest, library_versions, machine_info, write_report
 from mcompress.state import ModelKind, ModelState
 from mcompress.targets import get_target
@@ -53,6 +55,9 @@ class RunRequest:
     force: bool = False
     allow_pickle: bool = False
     overrides: dict = field(default_factory=dict)  # dotted recipe keys, e.g. {"gates.max_drop": 0.5}
+    cache_dir: Path | None = None  # pass cache (compressor/cache.py); None = $MCOMPRESS_CACHE_DIR or ~/.cache/mcompress
+    use_cache: bool = True
+    cache_max_gb: float = DEFAULT_MAX_GB
 
 
 @dataclass
@@ -102,14 +107,21 @@ def run(req: RunRequest, task: TaskFactory = _no_ui) -> dict:
     target.check_available()
     target.validate_recipe(recipe)
     ckpt = inspect_checkpoint(req.model_dir, allow_pickle=req.allow_pickle)
+    validate_against_checkpoint(recipe, ckpt)
     max_positions = ckpt.config.get("max_position_embeddings")
     if max_positions and recipe.max_length > max_positions:
         raise InputError(f"recipe max_length {recipe.max_length} exceeds the model's max_position_embeddings {max_positions}.",
                          f"Set max_length <= {max_positions}.")
     out = req.out or Path("build") / f"{req.model_dir.resolve().name}-{req.target}"
     data = resolve_data(req, ckpt.label2id)
+    validate_training_data(recipe, len(data.calibration), data.calibration.texts is data.eval.texts)
     input_paths = [req.model_dir] + [p for p in (req.eval_data, req.calib_data, req.recipe_path) if p]
+    cache_root = Path(req.cache_dir or default_cache_dir()).expanduser() if req.use_cache else None
     check_output_dir(out, req.force, input_paths)
+    if cache_root and out.resolve() in (cache_root.resolve(), *cache_root.resolve().parents):
+        raise InputError(f"the cache directory {cache_root} lies inside --out {out}: replacing the build would delete it.",
+                         "Choose another --cache-dir or --out.")
+    cache = PassCache.open(cache_root, req.cache_max_gb) if cache_root else None
     eval_data = data.eval.head(recipe.eval.max_examples)
 
     # 2. The reference: the FP32 PyTorch original on the same data.
@@ -122,17 +134,19 @@ def run(req: RunRequest, task: TaskFactory = _no_ui) -> dict:
 
     def run_eval(runner, dataset: LabelledTexts, label: str):
         advance = task(f"evaluating {label}", len(dataset))
-        return evaluate(runner, tokenizer, dataset, recipe.max_length, recipe.eval.batch_size, advance)
+        return evaluate(runner, tokenizer, dataset, recipe.max_length, recipe.eval.batch_size, advance, what=label)
 
     reference = run_eval(reference_runner, eval_data, "PyTorch FP32")
     reference_selection = (reference if data.selection is data.eval
                            else run_eval(reference_runner, data.selection.head(recipe.quantize.selection_examples),
                                          "PyTorch FP32 (selection split)"))
     reference_size = ModelState(ModelKind.TORCH, ckpt, tokenizer, torch_model=model).size_bytes()
+    reference_flops = encoder_flops(model, 128)
 
     with tempfile.TemporaryDirectory(prefix="mcompress-") as work:
         ctx = PassContext(recipe, target, Path(work), data.calibration, data.selection,
-                          reference_selection.accuracy)
+                          reference_selection.accuracy, progress=task,
+                          resume_dir=cache_root / "distill-resume" if cache_root else None)
 
         def evaluate_pass(p, result, record: PassRecord):
             if not recipe.eval.evaluate_each_pass or not result.modified:
@@ -141,8 +155,19 @@ def run(req: RunRequest, task: TaskFactory = _no_ui) -> dict:
             runner = TorchRunner(state.torch_model, threads) if state.kind is ModelKind.TORCH else target.runner(state.onnx_path, threads)
             record.evaluation["accuracy"] = run_eval(runner, eval_data, f"after {p.name}").accuracy
 
-        manager = PassManager(target.pipeline(recipe), instruments=[evaluate_pass])
+        flops = {"current": reference_flops}
+
+        def count_flops(p, result, record: PassRecord):
+            # FLOPs at batch 1, sequence 128. ONNX passes keep the architecture (quantization changes
+            # the precision of the same operations), so the count carries over from the last torch model.
+            if result.state.kind is ModelKind.TORCH:
+                flops["current"] = encoder_flops(result.state.torch_model, 128)
+            record.evaluation["flops_seq128"] = flops["current"]
+
+        manager = PassManager(target.pipeline(recipe), instruments=[evaluate_pass, count_flops], cache=cache)
         state, records = manager.run(ModelState(ModelKind.TORCH, ckpt, tokenizer, torch_model=model), ctx)
+        if any(r.cached for r in records):
+            logger.info("reused cached %s from %s", ", ".join(r.name for r in records if r.cached), cache.root)
 
         # 3. Gate the artifact that ships: a fresh session on the final file.
         with staged_dir(out) as staging:
@@ -184,9 +209,12 @@ def run(req: RunRequest, task: TaskFactory = _no_ui) -> dict:
                     "calibration": {"source": data.calibration.source, "examples": len(data.calibration)},
                     "notes": data.notes,
                 },
-                "reference": {"runtime": reference_runner.name, "accuracy": reference.accuracy, "size_bytes": reference_size},
+                "reference": {"runtime": reference_runner.name, "accuracy": reference.accuracy, "size_bytes": reference_size,
+                              "flops_seq128": reference_flops},
                 "passes": [{"name": r.name, "wall_s": round(r.wall_s, 2), "modified": r.modified, "size_bytes": r.size_bytes,
-                            "accuracy": r.evaluation.get("accuracy"), "metrics": r.metrics} for r in records],
+                            "accuracy": r.evaluation.get("accuracy"), "flops_seq128": r.evaluation.get("flops_seq128"),
+                            "metrics": r.metrics,
+                            "cached": r.cached, "cache_key": r.cache_key} for r in records],
                 "build": {"runtime": build_runner.name, "accuracy": candidate.accuracy},
                 "latency": {"reference": [r.as_dict() for r in ref_latency], "build": [r.as_dict() for r in build_latency]},
                 "gates": [g.as_dict() for g in gates],

@@ -7,6 +7,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Callable
 
+from mcompress.cache import PassCache, source_key
 from mcompress.errors import McompressError, PassFailure
 from mcompress.pass_base import Pass, PassContext, PassResult
 from mcompress.state import ModelState
@@ -22,6 +23,8 @@ class PassRecord:
     size_bytes: int
     metrics: dict
     evaluation: dict = field(default_factory=dict)  # filled by instruments (e.g. accuracy)
+    cached: bool = False  # the output was reused from the pass cache; wall_s is then its load time
+    cache_key: str | None = None
 
 
 # An instrument sees every finished pass; evaluation and dumps live here, not inside passes.
@@ -29,28 +32,41 @@ Instrument = Callable[[Pass, PassResult, PassRecord], None]
 
 
 class PassManager:
-    def __init__(self, passes: list[Pass], instruments: list[Instrument] | None = None):
+    def __init__(self, passes: list[Pass], instruments: list[Instrument] | None = None, cache: "PassCache | None" = None):
         self.passes = passes
         self.instruments = instruments or []
+        self.cache = cache  # reuse outputs of passes whose inputs are unchanged (compressor/cache.py)
 
     def run(self, state: ModelState, ctx: PassContext) -> tuple[ModelState, list[PassRecord]]:
         records: list[PassRecord] = []
+        key = source_key(state.source) if self.cache else None
         for p in self.passes:
             done = [r.name for r in records]
             if state.kind not in p.accepts:
                 raise PassFailure(p.name, f"accepts {[k.value for k in p.accepts]} but got a {state.kind.value} model", done)
-            logger.info("pass %s: start", p.name)
             started = time.perf_counter()
-            try:
-                result = p.call(state, ctx)
-            except McompressError:
-                raise
-            except Exception as err:
-                raise PassFailure(p.name, f"{type(err).__name__}: {err}", done) from err
+            result = None
+            if self.cache:
+                key = self.cache.key(key, p, ctx)
+                result = self.cache.load(key, state)
+            cached = result is not None and result.state.kind is p.produces
+            if cached:
+                logger.info("pass %s: reused cached output %s", p.name, key[:12])
+            else:
+                logger.info("pass %s: start", p.name)
+                try:
+                    result = p.call(state, ctx)
+                except McompressError:
+                    raise
+                except Exception as err:
+                    raise PassFailure(p.name, f"{type(err).__name__}: {err}", done) from err
             if result.state.kind is not p.produces:
                 raise PassFailure(p.name, f"declared {p.produces.value} output but produced {result.state.kind.value}", done)
-            record = PassRecord(p.name, time.perf_counter() - started, result.modified,
-                                result.state.size_bytes(), result.metrics)
+            wall_s = time.perf_counter() - started
+            if self.cache and not cached:
+                self.cache.store(key, p.name, result)
+            record = PassRecord(p.name, wall_s, result.modified, result.state.size_bytes(), result.metrics,
+                                cached=cached, cache_key=key)
             for instrument in self.instruments:
                 instrument(p, result, record)
             logger.info("pass %s: %.1f s, %d bytes", p.name, record.wall_s, record.size_bytes)

@@ -5,7 +5,7 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Callable, Optional
 
 from mcompress.state import ModelKind, ModelState
 
@@ -28,9 +28,14 @@ class PassContext:
     recipe: "Recipe"
     target: Any  # the Target: passes read its capabilities, never its name
     work_dir: Path  # scratch space for intermediate files, removed after the run
-    calibration: "LabelledTexts"  # calibration text (labels unused)
+    calibration: "LabelledTexts"  # calibration/train text; prune and distill use its labels when present
     selection: "LabelledTexts"  # labelled data for choosing between candidates (validation split)
     reference_selection_accuracy: float  # the FP32 original's accuracy on `selection`
+    # A UI hook, like job.TaskFactory: progress(description, total) returns an advance(n) callable.
+    progress: Optional[Callable[[str, int], Callable[[int], None]]] = None
+    # Persistent dir for checkpoints that let a long pass resume after an interruption (the pass
+    # cache's dir when caching is on); None = scratch space inside work_dir.
+    resume_dir: Optional[Path] = None
 
     @property
     def seed(self) -> int:
@@ -44,6 +49,18 @@ class Pass(ABC):
 
     @abstractmethod
     def call(self, state: ModelState, ctx: PassContext) -> PassResult: ...
+
+    def cache_key_parts(self, ctx: PassContext) -> dict:
+        """Everything besides the input model that this pass's output depends on (JSON-able); the
+        pass cache (compressor/cache.py) keys its output by it. Override with exactly what the pass
+        reads. The default is conservative: the whole recipe except what only describes the run
+        (name, evaluation, latency measurement), the data hashes and the target's capabilities.
+        Annotations that name files must hold them as ``pathlib.Path`` so the cache carries them."""
+        import dataclasses
+
+        return {"recipe": ctx.recipe.model_dump(mode="json", exclude={"name", "eval", "latency"}),
+                "calibration": ctx.calibration.content_hash(), "selection": ctx.selection.content_hash(),
+                "capabilities": dataclasses.asdict(ctx.target.capabilities)}
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}(name={self.name!r})"

@@ -85,6 +85,58 @@ class EvalConfig(_Strict):
     evaluate_each_pass: bool = True
 
 
+class PruneConfig(_Strict):
+    """Structured pruning budget: keep counts, or one keep_ratio (passes/prune/structured.py)."""
+
+    heads_per_layer: Optional[int] = Field(None, ge=1)  # heads kept in every layer
+    ffn_neurons_per_layer: Optional[int] = Field(None, ge=1)  # FFN width kept in every layer
+    # Fraction of heads (ranked globally, every layer keeps >= 1) and of FFN neurons (per layer) kept.
+    keep_ratio: Optional[float] = Field(None, gt=0, le=1)
+    importance_examples: int = Field(256, ge=1, le=100_000)  # calibration examples that score importance
+    batch_size: int = Field(32, ge=1)
+    max_length: Optional[int] = Field(None, ge=8, le=4096)  # null = the recipe's max_length
+    # 2:4 magnitude masks on the encoder's Linear weights after structured pruning, for sparse
+    # tensor-core targets; the CPU target runs them as dense weights that happen to hold zeros.
+    semi_structured_2_4: bool = False
+
+    @model_validator(mode="after")
+    def _one_budget(self):
+        counts = self.heads_per_layer is not None or self.ffn_neurons_per_layer is not None
+        if counts and self.keep_ratio is not None:
+            raise ValueError("give either keep_ratio or heads_per_layer/ffn_neurons_per_layer, not both")
+        if not counts and self.keep_ratio is None and not self.semi_structured_2_4:
+            raise ValueError("no budget: set keep_ratio, or heads_per_layer and/or ffn_neurons_per_layer")
+        return self
+
+
+class DistillConfig(_Strict):
+    """Knowledge distillation from the original checkpoint into the (pruned) model (passes/distill/kd.py).
+
+    Loss = alpha * KL(teacher_T || student_T) * T^2 + (1 - alpha) * CE, where CE is against the
+    train split's labels, or the teacher's argmax for unlabelled text; plus hidden_weight * MSE
+    of matched layers' hidden states. Trains on the train split (calibration data)."""
+
+    epochs: float = Field(1.0, gt=0, le=1000)  # passes over the training text (ignored when steps is set)
+    steps: Optional[int] = Field(None, ge=1)  # optimizer steps; when set, it replaces epochs
+    train_examples: Optional[int] = Field(None, ge=1)  # first N of the train split (null = all)
+    batch_size: int = Field(32, ge=1)
+    lr: float = Field(1e-4, gt=0, le=1)
+    weight_decay: float = Field(0.01, ge=0)
+    warmup_ratio: float = Field(0.06, ge=0, lt=1)  # linear warm-up over this fraction, then linear decay
+    temperature: float = Field(2.0, gt=0)
+    alpha: float = Field(0.5, ge=0, le=1)  # weight of the soft (KL) term
+    hidden_weight: float = Field(0.0, ge=0)  # weight of hidden-state MSE (0 = off)
+    hidden_tokens: Literal["cls", "all"] = "cls"  # which token states the MSE compares
+    max_length: Optional[int] = Field(None, ge=8, le=4096)  # training truncation; null = recipe max_length
+    # Early stopping on the selection (validation) split: evaluate every eval_every steps (null:
+    # 4 evaluations over the run), keep the best weights, stop after `patience` evaluations
+    # without improvement.
+    eval_every: Optional[int] = Field(None, ge=1)
+    eval_examples: Optional[int] = Field(None, ge=1)  # selection examples per evaluation (null = all)
+    patience: int = Field(3, ge=1)
+    checkpoint_every: int = Field(200, ge=1)  # steps between resume checkpoints
+
+
 class Recipe(_Strict):
     name: str = "ptq"
     seed: int = 0
@@ -95,6 +147,9 @@ class Recipe(_Strict):
     gates: GateConfig = GateConfig()
     latency: LatencyConfig = LatencyConfig()
     eval: EvalConfig = EvalConfig()
+    # Optional torch passes that run before export, in this order: prune, then distill.
+    prune: Optional[PruneConfig] = None
+    distill: Optional[DistillConfig] = None
 
     def with_overrides(self, **updates) -> "Recipe":
         """Apply CLI overrides given as dotted keys, e.g. {"gates.max_drop": 0.5}."""
@@ -105,6 +160,8 @@ class Recipe(_Strict):
             node = data
             *parents, leaf = dotted.split(".")
             for key in parents:
+                if node.get(key) is None:  # an optional section the recipe leaves out, e.g. prune
+                    node[key] = {}
                 node = node[key]
             node[leaf] = value
         return _validate(data, "command-line overrides")
@@ -120,6 +177,45 @@ def _validate(data: dict, origin: str) -> Recipe:
             raise InputError(f"recipe {origin}: unknown key '{where}'.",
                              "Check its spelling against recipes/ptq.yaml.") from None
         raise InputError(f"recipe {origin}: '{where}': {first['msg']} (got {first.get('input')!r}).") from None
+
+
+def validate_against_checkpoint(recipe: Recipe, ckpt) -> None:
+    """Recipe settings that depend on the model (InputError before any heavy work)."""
+    config = ckpt.config
+    max_positions = config.get("max_position_embeddings")
+    for key, length in (("prune.max_length", recipe.prune and recipe.prune.max_length),
+                        ("distill.max_length", recipe.distill and recipe.distill.max_length)):
+        if length and max_positions and length > max_positions:
+            raise InputError(f"recipe {key} {length} exceeds the model's max_position_embeddings {max_positions}.",
+                             f"Set {key} <= {max_positions}.")
+    prune = recipe.prune
+    if prune is None:
+        return
+    layers = int(config.get("num_hidden_layers", config.get("n_layers", 0)) or 0)
+    pruned = {int(k): v for k, v in (config.get("pruned_heads") or {}).items()}
+    # Heads still present in the layer that has fewest (a checkpoint may come pruned already).
+    heads = min((ckpt.num_attention_heads - len(pruned.get(i, [])) for i in range(layers)),
+                default=ckpt.num_attention_heads)
+    if prune.heads_per_layer is not None and prune.heads_per_layer > heads:
+        raise InputError(f"recipe prune.heads_per_layer {prune.heads_per_layer} is more than the model's "
+                         f"{heads} attention heads per layer.", f"Set prune.heads_per_layer between 1 and {heads}.")
+    ffn = config.get("intermediate_size", config.get("hidden_dim"))
+    if prune.ffn_neurons_per_layer is not None and ffn and prune.ffn_neurons_per_layer > int(ffn):
+        raise InputError(f"recipe prune.ffn_neurons_per_layer {prune.ffn_neurons_per_layer} is more than the "
+                         f"model's FFN size {ffn}.", f"Set prune.ffn_neurons_per_layer between 1 and {ffn}.")
+
+
+def validate_training_data(recipe: Recipe, train_examples: int, train_is_eval_data: bool) -> None:
+    """Distillation needs training text of its own: not the eval data, not empty."""
+    if recipe.distill is None:
+        return
+    if train_is_eval_data:
+        raise InputError("recipe distill needs training text, but there is no train split or --calib-data: "
+                         "training on the eval data would make its accuracy meaningless.",
+                         "Pass --calib-data FILE, or a split dir with train.jsonl.")
+    if train_examples < 1:
+        raise InputError("recipe distill has no training examples (the train split is empty).",
+                         "Give a train split with examples.")
 
 
 def load_recipe(path: str | Path | None) -> Recipe:

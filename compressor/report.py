@@ -58,6 +58,10 @@ def _acc(x: float | None) -> str:
     return "–" if x is None else f"{x:.4f}"
 
 
+def _gflops(n: int | None) -> str:
+    return "–" if n is None else f"{n / 1e9:.3g}"
+
+
 def render_markdown(report: dict) -> str:
     verdict = "PASS" if report["passed"] else "FAIL"
     ref = report["reference"]
@@ -78,11 +82,15 @@ def render_markdown(report: dict) -> str:
         op = "≤" if g["name"] in ("accuracy_drop", "latency_p50") else "≥"
         lines.append(f"| {g['name']} | {g['value']:.3f} {g['unit']} | {op} {g['threshold']} | {ci} | "
                      f"{'pass' if g['passed'] else '**FAIL**'} | {g['detail']} |")
-    lines += ["", "## Passes", "", "| pass | wall s | size MB | accuracy | notes |", "|---|---|---|---|---|",
-              f"| original (PyTorch FP32) | – | {_mb(ref['size_bytes'])} | {_acc(ref['accuracy'])} | |"]
+    lines += ["", "## Passes", "", "| pass | wall s | size MB | accuracy | GFLOPs (seq 128) | notes |", "|---|---|---|---|---|---|",
+              f"| original (PyTorch FP32) | – | {_mb(ref['size_bytes'])} | {_acc(ref['accuracy'])} | "
+              f"{_gflops(ref.get('flops_seq128'))} | |"]
     for p in report["passes"]:
-        notes = ", ".join(f"{k}={v}" for k, v in p["metrics"].items() if k in ("fused_operators", "chosen", "parity_max_abs_diff", "skipped"))
-        lines.append(f"| {p['name']} | {p['wall_s']:.1f} | {_mb(p['size_bytes'])} | {_acc(p.get('accuracy'))} | {notes} |")
+        notes = ", ".join(f"{k}={v}" for k, v in p["metrics"].items()
+                          if k in ("fused_operators", "chosen", "parity_max_abs_diff", "skipped", "heads_per_layer",
+                                   "ffn_size", "sparsity", "steps", "best_step", "selection_accuracy"))
+        lines.append(f"| {p['name']} | {p['wall_s']:.1f} | {_mb(p['size_bytes'])} | {_acc(p.get('accuracy'))} | "
+                     f"{_gflops(p.get('flops_seq128'))} | {notes} |")
     lines += ["", "## Latency (ms, same process)", "",
               "| batch | sequence | PyTorch FP32 p50 | p95 | build p50 | p95 | speedup (p50) |", "|---|---|---|---|---|---|---|"]
     for r, c in zip(report["latency"]["reference"], report["latency"]["build"]):

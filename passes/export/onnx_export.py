@@ -21,6 +21,8 @@ from mcompress.state import ModelKind, ModelState
 logger = logging.getLogger(__name__)
 
 INPUT_ORDER = ("input_ids", "attention_mask", "token_type_ids")
+# Config fields that describe tensor shapes and that pruning may change.
+SHAPE_CONFIG_KEYS = ("pruned_heads", "intermediate_size", "hidden_dim", "num_hidden_layers", "n_layers")
 
 
 def _logits_module(model, input_names: list[str]):
@@ -44,6 +46,12 @@ class ExportOnnx(Pass):
     accepts = (ModelKind.TORCH,)
     produces = ModelKind.ONNX
 
+    def cache_key_parts(self, ctx: PassContext) -> dict:
+        # The seed: weights a checkpoint lacks are initialised from it when the model is loaded.
+        texts = ctx.selection.head(max(2, ctx.recipe.export.parity_examples))  # the trace sample and parity texts
+        return {"export": ctx.recipe.export.model_dump(mode="json"), "max_length": ctx.recipe.max_length,
+                "seed": ctx.recipe.seed, "parity_texts": texts.content_hash()}
+
     def call(self, state: ModelState, ctx: PassContext) -> PassResult:
         import torch
 
@@ -65,7 +73,11 @@ class ExportOnnx(Pass):
         max_diff = self._parity(state, ctx, path, input_names)
         if not max_diff <= cfg.parity_atol:
             raise PassFailure(self.name, f"ONNX logits differ from PyTorch by {max_diff:.2e} > parity_atol {cfg.parity_atol:.0e}")
-        return PassResult(state.as_onnx(path), True, {"opset": cfg.opset, "parity_max_abs_diff": max_diff,
+        # Shape fields that an earlier pass (pruning) changed travel with the graph into the build.
+        exported = model.config.to_dict()
+        config_updates = {k: exported[k] for k in SHAPE_CONFIG_KEYS
+                          if k in exported and exported[k] != state.source.config.get(k, exported[k] if k != "pruned_heads" else {})}
+        return PassResult(state.as_onnx(path, config_updates=config_updates), True, {"opset": cfg.opset, "parity_max_abs_diff": max_diff,
                                                        "parity_atol": cfg.parity_atol, "inputs": input_names})
 
     @staticmethod

@@ -27,6 +27,9 @@ class FuseTransformer(Pass):
     accepts = (ModelKind.ONNX,)
     produces = ModelKind.ONNX
 
+    def cache_key_parts(self, ctx: PassContext) -> dict:
+        return {"optimize": ctx.recipe.optimize.model_dump(mode="json")}
+
     def call(self, state: ModelState, ctx: PassContext) -> PassResult:
         cfg = ctx.recipe.optimize
         if cfg.fusion == "unfused":
@@ -38,8 +41,11 @@ class FuseTransformer(Pass):
         options = FusionOptions(model_type)
         options.enable_attention = cfg.fuse_attention
         optimized = optimize_model(
-            str(state.onnx_path), model_type=model_type, num_heads=state.source.num_attention_heads,
-            hidden_size=state.source.hidden_size, optimization_options=options, opt_level=0, use_gpu=False)
+            str(state.onnx_path), model_type=model_type,
+            # 0 = detect from the graph: a pruned model has fewer (and per-layer different) heads.
+            num_heads=0 if state.annotations.get("pruned") else state.source.num_attention_heads,
+            hidden_size=0 if state.annotations.get("pruned") else state.source.hidden_size,
+            optimization_options=options, opt_level=0, use_gpu=False)
         fused = {op: n for op, n in optimized.get_fused_operator_statistics().items() if n}
         path = ctx.work_dir / "optimize" / "model.onnx"
         path.parent.mkdir(parents=True, exist_ok=True)

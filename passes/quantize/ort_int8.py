@@ -28,23 +28,21 @@ from pathlib import Path
 import numpy as np
 
 from mcompress.calibration.datasets import tokenize
-from mcompress.errors import McompressError
-from mcompress.evaluation import evaluate, latency_inputs, measure_latency
+from mcompress.errors import NumericalFault
+from mcompress.evaluation import evaluate, interleaved_latency, latency_inputs
 from mcompress.pass_base import Pass, PassContext, PassResult
 from mcompress.state import ModelKind, ModelState
 
 logger = logging.getLogger(__name__)
 
 
-class NumericalFault(McompressError):
-    pass
-
-
 class _TextCalibrationReader:
-    """Feeds calibration examples one at a time, unpadded: padding would enter the ranges."""
+    """Feeds calibration examples one at a time. MinMax gets them unpadded (padding would enter
+    the ranges); the histogram calibrators (percentile, entropy) stack every call's outputs into
+    one array, so they get every example padded to ``pad_to`` tokens."""
 
-    def __init__(self, tokenizer, texts: list[str], max_length: int, input_names: list[str]):
-        self._batches = iter([tokenize(tokenizer, [t], max_length) for t in texts])
+    def __init__(self, tokenizer, texts: list[str], max_length: int, input_names: list[str], pad_to: int | None = None):
+        self._batches = iter([tokenize(tokenizer, [t], max_length, pad_to=pad_to) for t in texts])
         self.input_names = input_names
 
     def get_next(self):
@@ -98,7 +96,8 @@ def quantize_static_qdq(src: Path, dst: Path, state: ModelState, ctx: PassContex
     calibrator = create_calibrator(src, cfg.static.op_types, augmented_model_path=str(work / "augmented.onnx"),
                                    calibrate_method=method, extra_options=calib_options)
     texts = ctx.calibration.texts[: cfg.static.calibration_examples]
-    calibrator.collect_data(_TextCalibrationReader(state.tokenizer, texts, ctx.recipe.max_length, _input_names(src)))
+    pad_to = None if method is CalibrationMethod.MinMax else ctx.recipe.max_length
+    calibrator.collect_data(_TextCalibrationReader(state.tokenizer, texts, ctx.recipe.max_length, _input_names(src), pad_to))
     ranges = calibrator.compute_data()
     for name, tensor_range in ranges.data.items():
         values = np.concatenate([np.ravel(v) for v in tensor_range.range_value]).astype(np.float64)
@@ -122,6 +121,19 @@ class QuantizeInt8(Pass):
     name = "quantize"
     accepts = (ModelKind.ONNX,)
     produces = ModelKind.ONNX
+
+    def cache_key_parts(self, ctx: PassContext) -> dict:
+        recipe, cfg = ctx.recipe, ctx.recipe.quantize
+        return {"quantize": cfg.model_dump(mode="json"), "max_drop": recipe.gates.max_drop,
+                "max_length": recipe.max_length, "seed": recipe.seed,
+                # calibration reads the texts only (labels, when the split has them, are not used)
+                "calibration": dataclasses.replace(ctx.calibration.head(cfg.static.calibration_examples), labels=None).content_hash(),
+                "selection": ctx.selection.head(cfg.selection_examples).content_hash(),
+                "reference_selection_accuracy": ctx.reference_selection_accuracy,
+                "capabilities": dataclasses.asdict(ctx.target.capabilities),
+                # what scores the candidates (_score): it can change the choice
+                "scoring": {"threads": recipe.latency.threads, "iterations": recipe.latency.iterations,
+                            "eval_batch_size": recipe.eval.batch_size}}
 
     def call(self, state: ModelState, ctx: PassContext) -> PassResult:
         cfg = ctx.recipe.quantize
@@ -150,7 +162,7 @@ class QuantizeInt8(Pass):
         if len(candidates) == 1:
             chosen = next(iter(candidates))
         else:
-            scores = {name: self._score(path, state, ctx) for name, path in candidates.items()}
+            scores = self._score_all(candidates, state, ctx)
             within = [n for n, s in scores.items() if s["within_budget"]]
             chosen = (self._fastest(within, scores, cfg.latency_tie_tolerance) if within
                       else max(scores, key=lambda n: scores[n]["accuracy"]))
@@ -175,17 +187,26 @@ class QuantizeInt8(Pass):
         return next(n for n in names if scores[n]["latency_score_ms"] <= best * (1 + tie_tolerance))
 
     @staticmethod
-    def _score(path: Path, state: ModelState, ctx: PassContext) -> dict:
-        """Accuracy on the selection split; p50 at batch 1 and 8, sequence 128. The latency score
-        is the geometric mean of batch-1 latency and batch-8 latency per example."""
+    def _score_all(candidates: dict[str, Path], state: ModelState, ctx: PassContext) -> dict[str, dict]:
+        """Accuracy on the selection split; p50 at batch 1 and 8, sequence 128, measured in
+        interleaved rounds across candidates. The latency score is the geometric mean of batch-1
+        latency and batch-8 latency per example."""
         recipe = ctx.recipe
-        runner = ctx.target.runner(path, recipe.latency.threads)
+        runners = {name: ctx.target.runner(path, recipe.latency.threads) for name, path in candidates.items()}
         selection = ctx.selection.head(recipe.quantize.selection_examples)
-        accuracy = evaluate(runner, state.tokenizer, selection, recipe.max_length, recipe.eval.batch_size).accuracy
-        iterations = max(10, recipe.latency.iterations // 2)
-        b1 = measure_latency(runner, latency_inputs(state.tokenizer, selection.texts, 1, 128), 3, iterations)
-        b8 = measure_latency(runner, latency_inputs(state.tokenizer, selection.texts, 8, 128), 2, max(3, iterations // 4))
-        drop = (ctx.reference_selection_accuracy - accuracy) * 100.0
-        return {"accuracy": round(accuracy, 4), "drop_points": round(drop, 3), "within_budget": round(drop, 9) <= recipe.gates.max_drop,
-                "p50_ms_b1_s128": round(b1.p50_ms, 3), "p50_ms_b8_s128": round(b8.p50_ms, 3),
-                "latency_score_ms": round(math.sqrt(b1.p50_ms * b8.p50_ms / 8), 3), "examples": len(selection)}
+        rounds = 5
+        per_round = max(2, recipe.latency.iterations // rounds)
+        b1 = interleaved_latency(runners, latency_inputs(state.tokenizer, selection.texts, 1, 128), rounds, per_round)
+        b8 = interleaved_latency(runners, latency_inputs(state.tokenizer, selection.texts, 8, 128), rounds,
+                                 max(1, per_round // 4))
+        scores = {}
+        for name, runner in runners.items():
+            accuracy = evaluate(runner, state.tokenizer, selection, recipe.max_length, recipe.eval.batch_size,
+                                what=f"quantize candidate {name}").accuracy
+            drop = (ctx.reference_selection_accuracy - accuracy) * 100.0
+            scores[name] = {"accuracy": round(accuracy, 4), "drop_points": round(drop, 3),
+                            "within_budget": round(drop, 9) <= recipe.gates.max_drop,
+                            "p50_ms_b1_s128": round(b1[name].p50_ms, 3), "p50_ms_b8_s128": round(b8[name].p50_ms, 3),
+                            "latency_score_ms": round(math.sqrt(b1[name].p50_ms * b8[name].p50_ms / 8), 3),
+                            "examples": len(selection)}
+        return scores

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import shutil
 from pathlib import Path
 
@@ -31,7 +32,16 @@ class OnnxCpuTarget(Target):
         from mcompress.passes.optimize.transformer_fusion import FuseTransformer
         from mcompress.passes.quantize.ort_int8 import QuantizeInt8
 
-        return [ExportOnnx(), FuseTransformer(), QuantizeInt8()]
+        passes = [ExportOnnx(), FuseTransformer(), QuantizeInt8()]
+        if recipe.distill is not None:
+            from mcompress.passes.distill.kd import Distill
+
+            passes.insert(0, Distill())
+        if recipe.prune is not None:
+            from mcompress.passes.prune.structured import PruneStructured
+
+            passes.insert(0, PruneStructured())
+        return passes
 
     def runner(self, model_path: Path, threads: int | None = None):
         from mcompress.targets.onnx_cpu.runner import OrtRunner
@@ -44,7 +54,12 @@ class OnnxCpuTarget(Target):
         out_dir.mkdir(parents=True, exist_ok=True)
         model = out_dir / "model.onnx"
         shutil.copyfile(state.onnx_path, model)
-        shutil.copyfile(state.source.path / "config.json", out_dir / "config.json")
+        updates = state.annotations.get("config_updates")
+        if updates:  # the source config with the shapes pruning changed; label map untouched
+            config = {**state.source.config, **updates}
+            (out_dir / "config.json").write_text(json.dumps(config, indent=2) + "\n")
+        else:
+            shutil.copyfile(state.source.path / "config.json", out_dir / "config.json")
         for name in TOKENIZER_FILES:
             if (state.source.path / name).is_file():
                 shutil.copyfile(state.source.path / name, out_dir / name)

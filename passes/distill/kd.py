@@ -1,0 +1,275 @@
+"""Distill: train the incoming (usually pruned) model to imitate the original checkpoint.
+
+Teacher: the original FP32 checkpoint, loaded again from ``state.source`` (frozen, eval mode).
+Student: a copy of the incoming model. Loss per batch, with temperature T and weight alpha:
+
+    alpha * KL(softmax(t/T) || softmax(s/T)) * T^2  +  (1 - alpha) * CE(s, y)
+    + hidden_weight * mean over matched layers of MSE(student hidden, teacher hidden)
+
+where y are the train split's labels, or the teacher's argmax for unlabelled text, and the
+hidden-state term compares the [CLS] state (``hidden_tokens: cls``) or every non-padding token
+(``all``) of each student layer with its teacher layer (layer i of L_s with layer
+round((i+1) L_t / L_s) of the teacher; pruning keeps the layer count and hidden size, so the
+layers pair one to one). Training text is ``ctx.calibration`` (the train split), shuffled each
+epoch with the recipe seed; AdamW with linear warm-up and linear decay.
+
+Early stopping: every ``eval_every`` steps and at the end, the student is evaluated on the
+selection (validation) split at the recipe's max_length; the best weights are kept (accuracy, ties
+broken by lower cross-entropy) and training stops after ``patience`` evaluations without
+improvement. The pass returns the best weights, not the last.
+
+Resume: every ``checkpoint_every`` steps (and on Ctrl-C) the student, optimizer, scheduler, step,
+best weights and RNG state are saved to ``<resume dir>/distill-<key>.pt``, where the key hashes
+everything that determines the run (source checkpoint, incoming weights, distill settings, seed,
+training data). A run that finds a checkpoint with its key continues from that step; the file is
+deleted when the pass finishes. The resume dir is ``ctx.resume_dir`` (the job sets it to
+``<cache dir>/distill-resume``), else ``ctx.work_dir / "distill-resume"`` (scratch space: with
+``--no-cache``, resuming works only within one run).
+
+A model pruned 2:4 (annotation ``sparsity: "2:4"``) keeps its pattern: the zero mask is read from
+the incoming weights and re-applied after every optimizer step.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import hashlib
+import json
+import logging
+import math
+import time
+from pathlib import Path
+
+import numpy as np
+
+from mcompress.checkpoint import load_model_and_tokenizer
+from mcompress.evaluation import TorchRunner, evaluate
+from mcompress.pass_base import Pass, PassContext, PassResult
+from mcompress.state import ModelKind, ModelState
+
+logger = logging.getLogger(__name__)
+
+
+def distillation_loss(student_logits, teacher_logits, targets, temperature: float, alpha: float):
+    """(total, kl, ce): KL(teacher_T || student_T) * T^2 weighted alpha, CE weighted 1 - alpha."""
+    import torch.nn.functional as F
+
+    t = temperature
+    kl = F.kl_div(F.log_softmax(student_logits / t, dim=-1), F.log_softmax(teacher_logits / t, dim=-1),
+                  reduction="batchmean", log_target=True) * (t * t)
+    ce = F.cross_entropy(student_logits, targets)
+    return alpha * kl + (1 - alpha) * ce, kl, ce
+
+
+def hidden_state_loss(student_hidden, teacher_hidden, attention_mask, tokens: str):
+    """MSE between matched layers' hidden states (tuples include the embeddings at index 0)."""
+    import torch
+
+    ls, lt = len(student_hidden) - 1, len(teacher_hidden) - 1
+    pairs = [(i, round(i * lt / ls)) for i in range(1, ls + 1)]
+    losses = []
+    for si, ti in pairs:
+        s, t = student_hidden[si], teacher_hidden[ti]
+        if tokens == "cls":
+            losses.append(torch.nn.functional.mse_loss(s[:, 0], t[:, 0]))
+        else:
+            mask = attention_mask.unsqueeze(-1).to(s.dtype)
+            losses.append(((s - t) ** 2 * mask).sum() / (mask.sum() * s.shape[-1]))
+    return torch.stack(losses).mean()
+
+
+def _state_digest(model) -> str:
+    digest = hashlib.sha256()
+    for name, tensor in model.state_dict().items():
+        digest.update(name.encode())
+        digest.update(str(tuple(tensor.shape)).encode())
+        digest.update(tensor.detach().contiguous().numpy().tobytes())
+    return digest.hexdigest()
+
+
+def resume_dir(ctx: PassContext) -> Path:
+    return Path(ctx.resume_dir) if ctx.resume_dir else Path(ctx.work_dir) / "distill-resume"
+
+
+def _lr_factor(step: int, warmup: int, total: int) -> float:
+    if warmup and step < warmup:
+        return (step + 1) / warmup
+    return max(0.0, (total - step) / max(1, total - warmup))
+
+
+class Distill(Pass):
+    name = "distill"
+    accepts = (ModelKind.TORCH,)
+    produces = ModelKind.TORCH
+
+    def cache_key_parts(self, ctx: PassContext) -> dict:
+        # The teacher is the source checkpoint, which roots the cache's key chain.
+        cfg = ctx.recipe.distill
+        return {"distill": cfg.model_dump(mode="json"), "max_length": ctx.recipe.max_length, "seed": ctx.seed,
+                "train": ctx.calibration.head(cfg.train_examples).content_hash(),
+                "selection": ctx.selection.head(cfg.eval_examples).content_hash()}
+
+    def call(self, state: ModelState, ctx: PassContext) -> PassResult:
+        import torch
+
+        from mcompress.passes.prune.structured import apply_masks, zero_pattern_masks
+
+        cfg = ctx.recipe.distill
+        tokenizer = state.tokenizer
+        torch.manual_seed(ctx.seed)
+        teacher, _ = load_model_and_tokenizer(state.source)
+        teacher.eval()
+        for p in teacher.parameters():
+            p.requires_grad_(False)
+        student = copy.deepcopy(state.torch_model)  # the incoming model may be the reference
+        for p in student.parameters():
+            p.requires_grad_(True)
+        masks = zero_pattern_masks(student) if state.annotations.get("sparsity") == "2:4" else None
+
+        data = ctx.calibration.head(cfg.train_examples)
+        if len(data) == 0:
+            raise ValueError("no training text")
+        max_length = cfg.max_length or ctx.recipe.max_length
+        input_names = [n for n in ("input_ids", "attention_mask", "token_type_ids") if n in tokenizer.model_input_names]
+        encoded = tokenizer(data.texts, truncation=True, max_length=max_length)
+        labels = None if data.labels is None else torch.tensor(data.labels, dtype=torch.long)
+        selection = ctx.selection.head(cfg.eval_examples)
+
+        steps_per_epoch = math.ceil(len(data) / cfg.batch_size)
+        total = cfg.steps or max(1, math.ceil(cfg.epochs * steps_per_epoch))
+        warmup = int(cfg.warmup_ratio * total)
+        eval_every = cfg.eval_every or max(1, math.ceil(total / 4))
+
+        decay = [p for n, p in student.named_parameters() if p.ndim >= 2]
+        no_decay = [p for n, p in student.named_parameters() if p.ndim < 2]  # biases, LayerNorm
+        optimizer = torch.optim.AdamW([{"params": decay, "weight_decay": cfg.weight_decay},
+                                       {"params": no_decay, "weight_decay": 0.0}], lr=cfg.lr)
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: _lr_factor(s, warmup, total))
+
+        key = hashlib.sha256(json.dumps({
+            "source": state.source.content_hash, "student": _state_digest(student),
+            "distill": cfg.model_dump(mode="json"), "seed": ctx.seed, "max_length": ctx.recipe.max_length,
+            "train": data.content_hash(), "selection": selection.content_hash(),
+        }, sort_keys=True).encode()).hexdigest()[:20]
+        checkpoint_path = resume_dir(ctx) / f"distill-{key}.pt"
+        # Everything the loop carries between steps: saved whole in a resume checkpoint.
+        run = {"step": 0, "best_score": None, "best_step": None, "best_state": None, "stale": 0, "history": [],
+               "losses": []}
+        resumed_from = None
+        if checkpoint_path.is_file():
+            try:
+                saved = torch.load(checkpoint_path, map_location="cpu", weights_only=True)
+                student.load_state_dict(saved["student"])
+                optimizer.load_state_dict(saved["optimizer"])
+                scheduler.load_state_dict(saved["scheduler"])
+                torch.set_rng_state(saved["rng"])
+                run = saved["run"]
+                resumed_from = run["step"]
+                logger.info("distill: resuming from step %d of %d (%s)", resumed_from, total, checkpoint_path)
+            except Exception as err:  # a truncated or foreign file: start over
+                logger.warning("distill: cannot resume from %s (%s); starting from step 0", checkpoint_path, err)
+                checkpoint_path.unlink(missing_ok=True)
+                return self.call(state, ctx)
+
+        def save_checkpoint():
+            checkpoint_path.parent.mkdir(parents=True, exist_ok=True)
+            tmp = checkpoint_path.with_suffix(".tmp")
+            torch.save({"student": student.state_dict(), "optimizer": optimizer.state_dict(),
+                        "scheduler": scheduler.state_dict(), "rng": boundary_rng, "run": run}, tmp)
+            tmp.replace(checkpoint_path)
+
+        def batch_at(step: int):
+            epoch, position = divmod(step, steps_per_epoch)
+            order = np.random.default_rng([ctx.seed, epoch]).permutation(len(data))
+            idx = order[position * cfg.batch_size:(position + 1) * cfg.batch_size]
+            feed = tokenizer.pad({n: [encoded[n][i] for i in idx] for n in input_names}, padding="longest",
+                                 return_tensors="pt")
+            return {n: feed[n] for n in input_names}, (None if labels is None else labels[torch.from_numpy(idx)])
+
+        def selection_score() -> tuple[float, float]:
+            result = evaluate(TorchRunner(student), tokenizer, selection, ctx.recipe.max_length, ctx.recipe.eval.batch_size)
+            logits = torch.from_numpy(result.logits)
+            ce = float(torch.nn.functional.cross_entropy(logits, torch.from_numpy(result.labels).long()))
+            return result.accuracy, ce
+
+        advance = ctx.progress("distilling", total) if ctx.progress else (lambda n: None)
+        advance(run["step"])
+        use_hidden = cfg.hidden_weight > 0
+        losses = run["losses"]  # (loss, kl, ce) of the steps since the last evaluation
+        started, examples = time.perf_counter(), 0
+        # False while a step is half applied: an interrupt then saves nothing (the last periodic
+        # checkpoint stays). The RNG state is taken at the last step boundary, before dropout draws.
+        consistent, boundary_rng = True, torch.get_rng_state()
+        student.train()
+        try:
+            while run["step"] < total:
+                feed, batch_labels = batch_at(run["step"])
+                with torch.no_grad():
+                    t_out = teacher(**feed, output_hidden_states=use_hidden)
+                s_out = student(**feed, output_hidden_states=use_hidden)
+                targets = batch_labels if batch_labels is not None else t_out.logits.argmax(-1)
+                loss, kl, ce = distillation_loss(s_out.logits, t_out.logits, targets, cfg.temperature, cfg.alpha)
+                if use_hidden:
+                    loss = loss + cfg.hidden_weight * hidden_state_loss(
+                        s_out.hidden_states, t_out.hidden_states, feed["attention_mask"], cfg.hidden_tokens)
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                consistent = False
+                optimizer.step()
+                scheduler.step()
+                if masks:
+                    apply_masks(student, masks)
+                run["step"] += 1
+                losses.append((loss.item(), kl.item(), ce.item()))
+                examples += len(feed["input_ids"])
+                step = run["step"]
+                if step % eval_every == 0 or step == total:
+                    accuracy, sel_ce = selection_score()
+                    student.train()
+                    mean = np.mean(losses, axis=0) if losses else (float("nan"),) * 3
+                    losses.clear()
+                    score = (accuracy, -sel_ce)
+                    improved = run["best_score"] is None or score > tuple(run["best_score"])
+                    if improved:
+                        run["best_score"], run["best_step"], run["stale"] = list(score), step, 0
+                        run["best_state"] = {k: v.detach().clone() for k, v in student.state_dict().items()}
+                    else:
+                        run["stale"] += 1
+                    run["history"].append({"step": step, "loss": round(float(mean[0]), 4), "kl": round(float(mean[1]), 4),
+                                           "ce": round(float(mean[2]), 4), "selection_accuracy": round(accuracy, 4),
+                                           "selection_ce": round(sel_ce, 4)})
+                    logger.info("distill step %d/%d: loss %.4f (KL·T² %.4f, CE %.4f), selection accuracy %.4f "
+                                "(best %.4f at step %d; teacher %.4f)", step, total, mean[0], mean[1], mean[2], accuracy,
+                                run["best_score"][0], run["best_step"], ctx.reference_selection_accuracy)
+                    if run["stale"] >= cfg.patience:
+                        logger.info("distill: early stop at step %d, no improvement in %d evaluations", step, cfg.patience)
+                        break
+                # The step and its evaluation are complete: a resume may start here.
+                consistent, boundary_rng = True, torch.get_rng_state()
+                advance(1)
+                if step % cfg.checkpoint_every == 0 and step < total:
+                    save_checkpoint()
+        except KeyboardInterrupt:
+            if consistent:
+                save_checkpoint()
+                logger.warning("distill interrupted at step %d; resume state saved to %s", run["step"], checkpoint_path)
+            raise
+        elapsed = time.perf_counter() - started
+
+        student.load_state_dict(run["best_state"])
+        student.eval()
+        checkpoint_path.unlink(missing_ok=True)
+        metrics = {
+            "steps": run["step"], "total_steps": total, "epochs": round(run["step"] / steps_per_epoch, 3),
+            "train_examples": len(data), "train_labels": "given" if labels is not None else "teacher argmax",
+            "batch_size": cfg.batch_size, "max_length": max_length, "temperature": cfg.temperature, "alpha": cfg.alpha,
+            "hidden_weight": cfg.hidden_weight, "best_step": run["best_step"],
+            "selection_accuracy": round(run["best_score"][0], 4),
+            "teacher_selection_accuracy": round(ctx.reference_selection_accuracy, 4),
+            "early_stopped": run["step"] < total, "resumed_from_step": resumed_from,
+            "train_s": round(elapsed, 1), "examples_per_s": round(examples / elapsed, 1) if elapsed > 0 else None,
+            "history": run["history"],
+        }
+        del teacher
+        return PassResult(dataclasses.replace(state, torch_model=student), True, metrics)

@@ -1,0 +1,353 @@
+"""Prune: remove whole attention heads and FFN intermediate neurons, ranked by data.
+
+Importance is measured on the calibration text (``prune.importance_examples`` examples, batched),
+not read off weight magnitudes:
+
+- head h of layer l: E_x |∂L/∂m_lh|, where m_lh is a mask (all ones) multiplying that head's slice
+  of the attention context, i.e. the input of the attention output projection (Michel et al. 2019,
+  "Are Sixteen Heads Really Better than One?"). Masking the context is the same function as
+  masking the head's attention probabilities, and works with every attention implementation.
+- FFN neuron j of layer l: E_x |Σ_tokens a_j · ∂L/∂a_j| over the intermediate activations a (the
+  input of the FFN output projection): a first-order Taylor estimate of the loss change when the
+  neuron is removed (Kwon et al. 2022, "A Fast Post-Training Pruning Framework for Transformers").
+
+L is the cross-entropy against the labels when the calibration data has them, else against the
+unpruned model's own argmax. Masks have a batch dimension, so one backward pass gives per-example
+gradients, and their absolute values are summed over examples.
+
+Budget (recipe ``prune``): ``heads_per_layer`` keeps the k best heads in every layer and
+``ffn_neurons_per_layer`` the n best neurons in every layer; or ``keep_ratio`` r keeps
+round(r × all heads) heads ranked globally (scores normalised by their L2 norm within each layer,
+as Michel et al. do; every layer keeps at least one head) and round(r × FFN size) neurons per layer.
+
+How the smaller model is stored: heads are removed with Hugging Face's ``prune_heads``, which
+slices the Q/K/V and output projections and records the removed head ids of every layer in
+``config.pruned_heads`` (original ids, so the number of heads may differ from layer to layer);
+``from_pretrained`` builds the full model, prunes those heads, then loads the smaller weights.
+The FFN is sliced by hand (intermediate rows and output columns) and ``config.intermediate_size``
+(DistilBERT: ``hidden_dim``) set to the new width; that key holds one number, which is why every
+layer keeps the same number of neurons. A saved pruned model therefore reloads with plain
+``from_pretrained`` and exports to ONNX like any other.
+
+Optional ``semi_structured_2_4``: after the structured pruning, in every encoder Linear weight
+each group of 4 consecutive input weights keeps its 2 largest magnitudes (a 2:4 pattern for
+sparse tensor cores, e.g. TensorRT on Ampere and later). Nothing on the CPU target runs faster
+from it; the state is annotated ``sparsity: "2:4"`` and the distillation pass keeps the pattern.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+import time
+from dataclasses import dataclass
+from operator import attrgetter
+
+import numpy as np
+
+from mcompress.calibration.datasets import tokenize
+from mcompress.flops import encoder_flops, parameter_count
+from mcompress.pass_base import Pass, PassContext, PassResult
+from mcompress.state import ModelKind, ModelState
+
+logger = logging.getLogger(__name__)
+
+FLOPS_SEQUENCE_LENGTH = 128
+
+
+@dataclass(frozen=True)
+class EncoderLayout:
+    """Where one BERT-family encoder keeps the pieces pruning touches (paths from the base model)."""
+
+    layers: str  # the ModuleList of transformer layers
+    attention_output: str  # Linear whose input is the concatenated head contexts
+    ffn_in: str  # Linear hidden -> intermediate
+    ffn_out: str  # Linear intermediate -> hidden
+    num_heads: str  # attribute holding the layer's current number of heads
+    head_size: str
+    ffn_config_key: str  # config key for the intermediate width
+    heads_config_key: str
+
+
+_BERT = EncoderLayout("encoder.layer", "attention.output.dense", "intermediate.dense", "output.dense",
+                      "attention.self.num_attention_heads", "attention.self.attention_head_size",
+                      "intermediate_size", "num_attention_heads")
+LAYOUTS = {
+    "bert": _BERT,
+    "roberta": _BERT,
+    "distilbert": EncoderLayout("transformer.layer", "attention.out_lin", "ffn.lin1", "ffn.lin2",
+                                "attention.n_heads", "attention.attention_head_size", "hidden_dim", "n_heads"),
+}
+
+
+def layout_of(model) -> EncoderLayout:
+    try:
+        return LAYOUTS[model.config.model_type]
+    except KeyError:
+        raise ValueError(f"structured pruning supports {sorted(LAYOUTS)}, not {model.config.model_type!r}") from None
+
+
+def encoder_layers(model) -> list:
+    return list(model.base_model.get_submodule(layout_of(model).layers))
+
+
+def heads_per_layer(model) -> list[int]:
+    get = attrgetter(layout_of(model).num_heads)
+    return [int(get(layer)) for layer in encoder_layers(model)]
+
+
+def ffn_sizes(model) -> list[int]:
+    path = layout_of(model).ffn_in
+    return [layer.get_submodule(path).out_features for layer in encoder_layers(model)]
+
+
+def original_head_ids(model, layer: int) -> list[int]:
+    """Current head index -> original head id (``prune_heads`` takes original ids)."""
+    total = getattr(model.config, layout_of(model).heads_config_key)
+    pruned = set((model.config.pruned_heads or {}).get(layer, []))
+    return [h for h in range(total) if h not in pruned]
+
+
+def importance_scores(model, batches, labels: list[np.ndarray] | None):
+    """Per layer: head scores [heads] and neuron scores [ffn size], summed over examples.
+
+    ``batches`` are tokenized dicts of numpy arrays; ``labels`` (one array per batch) or None to
+    score against the model's own predictions. The model is left unchanged.
+    """
+    import torch
+
+    layout = layout_of(model)
+    layers = encoder_layers(model)
+    n_heads = heads_per_layer(model)
+    head_size = [int(attrgetter(layout.head_size)(layer)) for layer in layers]
+    head_scores = [torch.zeros(h) for h in n_heads]
+    neuron_scores = [torch.zeros(d) for d in ffn_sizes(model)]
+    masks: dict[tuple[str, int], torch.Tensor] = {}
+
+    def head_hook(index):
+        def hook(module, args):
+            x = args[0]
+            mask = torch.ones(x.shape[0], 1, n_heads[index], requires_grad=True)
+            masks[("head", index)] = mask
+            return (x * mask.repeat_interleave(head_size[index], dim=-1),) + tuple(args[1:])
+        return hook
+
+    def neuron_hook(index):
+        def hook(module, args):
+            x = args[0]
+            mask = torch.ones(x.shape[0], 1, x.shape[-1], requires_grad=True)
+            masks[("ffn", index)] = mask
+            return (x * mask,) + tuple(args[1:])
+        return hook
+
+    was_training = model.training
+    requires = [p.requires_grad for p in model.parameters()]
+    handles = []
+    try:
+        model.eval()  # no dropout: scores of the deployed function
+        for p in model.parameters():
+            p.requires_grad_(False)  # only the masks' gradients are needed
+        for i, layer in enumerate(layers):
+            handles.append(layer.get_submodule(layout.attention_output).register_forward_pre_hook(head_hook(i)))
+            handles.append(layer.get_submodule(layout.ffn_out).register_forward_pre_hook(neuron_hook(i)))
+        for b, batch in enumerate(batches):
+            feed = {k: torch.from_numpy(v) for k, v in batch.items()}
+            logits = model(**feed).logits
+            target = torch.from_numpy(labels[b]) if labels is not None else logits.detach().argmax(-1)
+            # Summed, not averaged: each example's mask gradient is its own dL/dm.
+            loss = torch.nn.functional.cross_entropy(logits, target, reduction="sum")
+            loss.backward()
+            for i in range(len(layers)):
+                head_scores[i] += masks[("head", i)].grad.abs().sum(dim=(0, 1))
+                neuron_scores[i] += masks[("ffn", i)].grad.abs().sum(dim=(0, 1))
+            masks.clear()
+    finally:
+        for handle in handles:
+            handle.remove()
+        for p, r in zip(model.parameters(), requires):
+            p.requires_grad_(r)
+        model.train(was_training)
+    return head_scores, neuron_scores
+
+
+def choose_heads(head_scores, keep_per_layer: int | None = None, keep_ratio: float | None = None) -> list[list[int]]:
+    """Current head indices to keep in each layer (sorted)."""
+    import torch
+
+    if keep_per_layer is not None:
+        return [sorted(torch.argsort(s, descending=True)[:min(keep_per_layer, len(s))].tolist()) for s in head_scores]
+    total = sum(len(s) for s in head_scores)
+    budget = max(len(head_scores), int(round(keep_ratio * total)))
+    normalised = [s / (s.norm() + 1e-12) for s in head_scores]
+    keep = [{int(torch.argmax(s))} for s in normalised]  # every layer keeps its best head
+    ranked = sorted(((float(s[h]), layer, h) for layer, s in enumerate(normalised) for h in range(len(s))), reverse=True)
+    left = budget - len(head_scores)
+    for _, layer, h in ranked:
+        if left <= 0:
+            break
+        if h not in keep[layer]:
+            keep[layer].add(h)
+            left -= 1
+    return [sorted(k) for k in keep]
+
+
+def choose_neurons(neuron_scores, keep: int) -> list[list[int]]:
+    import torch
+
+    return [sorted(torch.argsort(s, descending=True)[:keep].tolist()) for s in neuron_scores]
+
+
+def prune_heads(model, keep: list[list[int]]) -> None:
+    """Remove every head not in ``keep`` (current indices), recording original ids in the config."""
+    remove = {}
+    for layer, kept in enumerate(keep):
+        ids = original_head_ids(model, layer)
+        dropped = [ids[h] for h in range(len(ids)) if h not in set(kept)]
+        if dropped:
+            remove[layer] = dropped
+    if remove:
+        model.prune_heads(remove)
+
+
+def prune_ffn(model, keep: list[list[int]]) -> None:
+    """Keep only the listed intermediate neurons of every layer; all layers must keep as many."""
+    import torch
+    from transformers.pytorch_utils import prune_linear_layer
+
+    widths = {len(k) for k in keep}
+    if len(widths) != 1:
+        raise ValueError(f"every layer must keep the same FFN width (config holds one number), got {sorted(widths)}")
+    layout = layout_of(model)
+    for layer, kept in zip(encoder_layers(model), keep):
+        index = torch.tensor(kept, dtype=torch.long)
+        for path, dim in ((layout.ffn_in, 0), (layout.ffn_out, 1)):
+            parent_path, _, leaf = path.rpartition(".")
+            parent = layer.get_submodule(parent_path) if parent_path else layer
+            setattr(parent, leaf, prune_linear_layer(getattr(parent, leaf), index, dim=dim))
+    setattr(model.config, layout.ffn_config_key, widths.pop())
+
+
+def semi_structured_masks(model) -> dict[str, "object"]:
+    """2:4 masks (True = kept) for every encoder Linear whose input width is a multiple of 4:
+    in each row, of every 4 consecutive weights the 2 largest |w| stay."""
+    import torch
+
+    layout = layout_of(model)
+    masks = {}
+    for name, module in model.base_model.get_submodule(layout.layers).named_modules():
+        if not isinstance(module, torch.nn.Linear) or module.in_features % 4:
+            continue
+        w = module.weight.detach().abs().reshape(module.out_features, -1, 4)
+        top = torch.topk(w, 2, dim=-1).indices
+        mask = torch.zeros_like(w, dtype=torch.bool).scatter_(-1, top, True)
+        masks[name] = mask.reshape(module.weight.shape)
+    return masks
+
+
+def apply_masks(model, masks: dict) -> None:
+    import torch
+
+    layers = model.base_model.get_submodule(layout_of(model).layers)
+    with torch.no_grad():
+        for name, mask in masks.items():
+            layers.get_submodule(name).weight.mul_(mask)
+
+
+def zero_pattern_masks(model) -> dict:
+    """The 2:4 masks of a model already pruned that way, read back from its zeros."""
+    import torch
+
+    layers = model.base_model.get_submodule(layout_of(model).layers)
+    return {name: module.weight.detach() != 0 for name, module in layers.named_modules()
+            if isinstance(module, torch.nn.Linear) and module.in_features % 4 == 0}
+
+
+def scoring_batches(tokenizer, texts: list[str], labels, max_length: int, batch_size: int):
+    """Length-sorted batches (little padding) with their labels, in a fixed order."""
+    order = np.argsort([len(t) for t in texts], kind="stable")
+    batches, batch_labels = [], []
+    for start in range(0, len(texts), batch_size):
+        idx = order[start:start + batch_size]
+        batches.append(tokenize(tokenizer, [texts[i] for i in idx], max_length))
+        if labels is not None:
+            batch_labels.append(np.asarray([labels[i] for i in idx], dtype=np.int64))
+    return batches, (batch_labels if labels is not None else None)
+
+
+class PruneStructured(Pass):
+    name = "prune"
+    accepts = (ModelKind.TORCH,)
+    produces = ModelKind.TORCH
+
+    def cache_key_parts(self, ctx: PassContext) -> dict:
+        cfg = ctx.recipe.prune
+        return {"prune": cfg.model_dump(mode="json"), "max_length": ctx.recipe.max_length, "seed": ctx.seed,
+                "scoring_data": ctx.calibration.head(cfg.importance_examples).content_hash()}
+
+    def call(self, state: ModelState, ctx: PassContext) -> PassResult:
+        import dataclasses
+
+        import torch
+
+        cfg = ctx.recipe.prune
+        torch.manual_seed(ctx.seed)
+        model = copy.deepcopy(state.torch_model)  # the original stays the reference
+        heads_before, ffn_before = heads_per_layer(model), ffn_sizes(model)
+        params_before, flops_before = parameter_count(model), encoder_flops(model, FLOPS_SEQUENCE_LENGTH)
+
+        data = ctx.calibration.head(cfg.importance_examples)
+        labels = data.labels  # None for unlabelled text: scored against the model's own argmax
+        input_names = set(state.tokenizer.model_input_names)
+        batches, batch_labels = scoring_batches(state.tokenizer, data.texts, labels,
+                                                cfg.max_length or ctx.recipe.max_length, cfg.batch_size)
+        batches = [{k: v for k, v in b.items() if k in input_names} for b in batches]
+        started = time.perf_counter()
+        head_scores, neuron_scores = importance_scores(model, batches, batch_labels)
+        scoring_s = time.perf_counter() - started
+        logger.info("importance of %d heads and %d FFN neurons from %d examples in %.1f s",
+                    sum(heads_before), sum(ffn_before), len(data), scoring_s)
+
+        if cfg.keep_ratio is not None:
+            keep_heads = choose_heads(head_scores, keep_ratio=cfg.keep_ratio)
+            ffn_keep = max(1, int(round(cfg.keep_ratio * min(ffn_before))))
+        else:
+            keep_heads = (choose_heads(head_scores, keep_per_layer=cfg.heads_per_layer)
+                          if cfg.heads_per_layer is not None else None)
+            ffn_keep = cfg.ffn_neurons_per_layer
+        if keep_heads is not None:
+            prune_heads(model, keep_heads)
+        if ffn_keep is not None and ffn_keep < max(ffn_before):
+            prune_ffn(model, choose_neurons(neuron_scores, min(ffn_keep, min(ffn_before))))
+
+        annotations = {**state.annotations, "pruned": True}
+        metrics: dict = {}
+        if cfg.semi_structured_2_4:
+            masks = semi_structured_masks(model)
+            apply_masks(model, masks)
+            annotations["sparsity"] = "2:4"
+            metrics["sparsity"] = "2:4"
+            metrics["sparse_linear_layers"] = len(masks)
+        model.eval()
+
+        heads_after, ffn_after = heads_per_layer(model), ffn_sizes(model)
+        params_after, flops_after = parameter_count(model), encoder_flops(model, FLOPS_SEQUENCE_LENGTH)
+        metrics.update({
+            "heads_per_layer": heads_after,
+            "heads_before": heads_before,
+            "ffn_size": ffn_after[0],
+            "ffn_size_before": ffn_before[0],
+            "head_ranking": "global" if cfg.keep_ratio is not None else "per_layer",
+            "importance_examples": len(data),
+            "importance_loss": "cross-entropy vs labels" if labels is not None else "cross-entropy vs own argmax",
+            "scoring_s": round(scoring_s, 2),
+            "params_before": params_before,
+            "params_after": params_after,
+            f"flops_seq{FLOPS_SEQUENCE_LENGTH}_before": flops_before,
+            f"flops_seq{FLOPS_SEQUENCE_LENGTH}_after": flops_after,
+        })
+        logger.info("pruned to heads %s, FFN %d: %.1fM -> %.1fM parameters, %.2f -> %.2f GFLOPs at sequence %d",
+                    heads_after, ffn_after[0], params_before / 1e6, params_after / 1e6,
+                    flops_before / 1e9, flops_after / 1e9, FLOPS_SEQUENCE_LENGTH)
+        new_state = dataclasses.replace(state, torch_model=model, annotations=annotations)
+        return PassResult(new_state, heads_after != heads_before or ffn_after != ffn_before or cfg.semi_structured_2_4,
+                          metrics)
