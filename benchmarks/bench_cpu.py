@@ -77,6 +77,7 @@ def main() -> int:
     from mcompress.calibration.datasets import load_labelled_texts
     from mcompress.checkpoint import inspect_checkpoint, load_model_and_tokenizer
     from mcompress.evaluation import TorchRunner, evaluate, interleaved_latency, latency_inputs
+    from mcompress.errors import GateFailure
     from mcompress.job import RunRequest, run
     from mcompress.report import library_versions, machine_info
     from mcompress.targets.onnx_cpu.runner import OrtRunner
@@ -103,11 +104,22 @@ def main() -> int:
             out = work / f"build-{recipe.stem}"
             started = time.perf_counter()
             # no pass cache: "build wall s" is the time of a build from scratch
-            report = run(RunRequest(args.example_dir, "onnx-cpu", out, recipe, overrides={"eval.evaluate_each_pass": False},
-                                    use_cache=False))
+            try:
+                run(RunRequest(args.example_dir, "onnx-cpu", out, recipe, overrides={"eval.evaluate_each_pass": False},
+                               use_cache=False))
+            except GateFailure:
+                pass  # the build and its report are written; the table shows the verdict
+            wall = round(time.perf_counter() - started, 1)
+            report = json.loads((out / "report.json").read_text())
             name = f"mcompress onnx-cpu ({recipe.stem}: {report['artifact']['quantization']}/{report['artifact']['graph']})"
             runners[name] = OrtRunner(out / "model.onnx", threads)
-            rows[name] = {"bytes": (out / "model.onnx").stat().st_size, "wall_s": round(time.perf_counter() - started, 1)}
+            rows[name] = {"bytes": (out / "model.onnx").stat().st_size, "wall_s": wall,
+                          "gflops_seq128": report["passes"][-1]["flops_seq128"] / 1e9, "gate_passed": report["passed"]}
+            rows["PyTorch FP32 eager"]["gflops_seq128"] = report["reference"]["flops_seq128"] / 1e9
+            if args.out:  # keep each build's report next to the results
+                args.out.parent.mkdir(parents=True, exist_ok=True)
+                (args.out.parent / f"{args.out.stem}-{recipe.stem}.report.json").write_text(json.dumps(report, indent=2) + "\n")
+        rows[f"Optimum dynamic INT8 ({optimum_preset})"]["gflops_seq128"] = rows["PyTorch FP32 eager"].get("gflops_seq128")
 
         for name, runner in runners.items():
             result = evaluate(runner, tokenizer, test, 128, 32)
@@ -121,14 +133,15 @@ def main() -> int:
 
     base = rows["PyTorch FP32 eager"]
     base_b1, base_b8 = latency[1]["PyTorch FP32 eager"]["p50_ms"], latency[8]["PyTorch FP32 eager"]["p50_ms"]
-    table = ["| model | accuracy | drop (points) | b1 p50 ms | b1 vs FP32 | b8 p50 ms | b8 vs FP32 | MB | size vs FP32 | build wall s |",
-             "|---|---|---|---|---|---|---|---|---|---|"]
+    table = ["| model | accuracy | drop (points) | b1 p50 ms | b1 vs FP32 | b8 p50 ms | b8 vs FP32 | MB | size vs FP32 | GFLOPs s128 | build wall s |",
+             "|---|---|---|---|---|---|---|---|---|---|---|"]
     for name, row in rows.items():
         b1, b8 = latency[1][name]["p50_ms"], latency[8][name]["p50_ms"]
         row.update(b1_p50_ms=b1, b1_p95_ms=latency[1][name]["p95_ms"], b8_p50_ms=b8, b8_p95_ms=latency[8][name]["p95_ms"])
         table.append(f"| {name} | {row['accuracy']:.4f} | {(base['accuracy'] - row['accuracy']) * 100:+.2f} | {b1:.2f} | "
                      f"{b1 / base_b1:.2f} | {b8:.1f} | {b8 / base_b8:.2f} | {row['bytes'] / 1e6:.1f} | "
-                     f"{row['bytes'] / fp32_bytes:.3f} | {row['wall_s'] if row['wall_s'] is not None else '–'} |")
+                     f"{row['bytes'] / fp32_bytes:.3f} | {row['gflops_seq128']:.2f} | "
+                     f"{row['wall_s'] if row['wall_s'] is not None else '–'}{'' if row.get('gate_passed', True) else ' (gate FAILED)'} |")
     result = {"example": str(args.example_dir), "test_examples": len(test), "sequence_length": 128, "threads": threads,
               "other_processes_cpu_percent": {"before": load_before, "after": load_after},
               "machine": machine_info(), "versions": library_versions(), "rows": rows}
