@@ -61,6 +61,25 @@ class EvalResult:
     def correct(self) -> np.ndarray:
         return (self.predictions == self.labels).astype(np.float64)
 
+    @property
+    def macro_f1(self) -> float:
+        return macro_f1(self.predictions, self.labels)
+
+
+def macro_f1(predictions: np.ndarray, labels: np.ndarray) -> float:
+    """Unweighted mean of per-class F1 over the classes present in the labels or the predictions
+    (scikit-learn's ``f1_score(average="macro")``); a class never predicted scores 0."""
+    predictions, labels = np.asarray(predictions), np.asarray(labels)
+    classes = np.union1d(predictions, labels)
+    if len(classes) == 0:
+        return 0.0
+    scores = []
+    for c in classes:
+        tp = float(np.sum((predictions == c) & (labels == c)))
+        denominator = float(np.sum(predictions == c) + np.sum(labels == c))
+        scores.append(2 * tp / denominator if denominator else 0.0)
+    return float(np.mean(scores))
+
 
 def predict_logits(runner: Runner, tokenizer, texts: list[str], max_length: int, batch_size: int = 32,
                    on_batch=None) -> np.ndarray:
@@ -144,13 +163,15 @@ def measure_latency(runner: Runner, inputs: dict[str, np.ndarray], warmup: int =
 def interleaved_latency(runners: dict[str, Runner], inputs: dict[str, np.ndarray], rounds: int = 5,
                         per_round: int = 8, warmup: int = 3) -> dict[str, LatencyResult]:
     """Latency of several runners on the same inputs, measured in interleaved rounds (each runner
-    runs ``per_round`` calls per round) so that a burst of machine noise hits all of them alike."""
+    runs ``per_round`` calls per round) so that a burst of machine noise hits all of them alike.
+    Each round starts with one untimed call: the previous runner's thread pool may still be
+    spinning for a moment after its last call, and that cost belongs to neither of them."""
     for runner in runners.values():
         measure_latency(runner, inputs, warmup=warmup, iterations=1)
     times: dict[str, list[float]] = {name: [] for name in runners}
     for _ in range(rounds):
         for name, runner in runners.items():
-            times[name] += measure_latency(runner, inputs, warmup=0, iterations=per_round).raw_ms
+            times[name] += measure_latency(runner, inputs, warmup=1, iterations=per_round).raw_ms
     batch, seq = inputs["input_ids"].shape
     return {name: LatencyResult(batch, seq, float(np.percentile(t, 50)), float(np.percentile(t, 95)), len(t), t)
             for name, t in times.items()}
