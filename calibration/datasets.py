@@ -52,7 +52,7 @@ def is_split_dir(path: Path) -> bool:
     return path.is_dir() and any(split_file(path, s) for s in SPLIT_NAMES)
 
 
-def _read_rows(path: Path) -> list[dict]:
+def read_rows(path: Path) -> list[dict]:
     suffix = path.suffix.lower()
     try:
         raw = path.read_text(encoding="utf-8")
@@ -116,7 +116,7 @@ def load_labelled_texts(
         path = chosen
     elif not path.exists():
         raise InputError(f"data file {path} does not exist.")
-    rows = _read_rows(path)
+    rows = read_rows(path)
     if not rows:
         raise InputError(f"data file {path} has a header but no examples.")
     columns = set(rows[0])
@@ -136,6 +136,20 @@ def load_labelled_texts(
         if has_labels:
             labels.append(_label_id(row.get(label_column), label2id, f"{path}: example {i}"))
     return LabelledTexts(texts, labels if has_labels else None, str(path))
+
+
+def read_texts(path: str | Path, text_column: str = "text") -> list[str]:
+    """The ``text_column`` of every row of a CSV/TSV/JSONL file, for prediction (no labels)."""
+    path = Path(path)
+    if not path.is_file():
+        raise InputError(f"input file {path} does not exist.")
+    texts = []
+    for i, row in enumerate(read_rows(path), start=1):
+        text = row.get(text_column)
+        if not isinstance(text, str):
+            raise InputError(f"{path}: row {i} has no text column '{text_column}'.", "Name it with --text-column.")
+        texts.append(text)
+    return texts
 
 
 def write_jsonl(path: Path, texts: list[str], labels: list[str]) -> None:

@@ -30,6 +30,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from mcompress.errors import InputError
+from mcompress.outputs import pid_alive
 from mcompress.state import ModelKind, ModelState
 
 if TYPE_CHECKING:
@@ -77,13 +78,6 @@ def _code_hash(p: "Pass") -> str:
         return type(p).__qualname__
 
 
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
     return True
 
 
@@ -245,7 +239,7 @@ class PassCache:
                 pid = int(path.name.split(".")[1])
             except (IndexError, ValueError):
                 continue
-            if not _pid_alive(pid):
+            if not pid_alive(pid):
                 shutil.rmtree(path, ignore_errors=True)
 
     def size_bytes(self) -> int:

@@ -82,7 +82,7 @@ def _root(debug: bool = typer.Option(False, "--debug", help="Show tracebacks and
     handler = RichHandler(console=_console(), show_path=False)
     # ONNX Runtime's quantizer warns on the root logger about shape pre-processing on every call;
     # mcompress quantizes graphs whose shapes the exporter already recorded.
-    handler.addFilter(lambda record: not record.getMessage().startswith("Please consider to run pre-processing"))
+    handler.addFilter(lambda record: not (record.getMessage().startswith("Please consider") and "pre-processing" in record.getMessage()))
     logging.basicConfig(level=level, format="%(message)s", handlers=[handler])
 
 
@@ -111,7 +111,7 @@ def example(name: str = typer.Argument(..., help="sentiment | topics"),
 @app.command()
 def run(
     model_dir: Path = typer.Argument(..., help="Fine-tuned Hugging Face checkpoint (config.json, model.safetensors, tokenizer)."),
-    target: str = typer.Option("onnx-cpu", "--target", "-t", help="Deployment target: onnx-cpu."),
+    target: str = typer.Option("onnx-cpu", "--target", "-t", help="Deployment target: onnx-cpu | tensorrt."),
     recipe: Optional[Path] = typer.Option(None, "--recipe", help="Recipe YAML (default: recipes/ptq.yaml)."),
     eval_data: Optional[Path] = typer.Option(None, "--eval-data", help="Labelled eval data: CSV, JSONL or a split dir (default: MODEL_DIR/splits test split)."),
     calib_data: Optional[Path] = typer.Option(None, "--calib-data", help="Calibration text: CSV, JSONL or a split dir (default: the train split)."),
@@ -162,11 +162,13 @@ def _print_summary(report: dict) -> None:
     b1 = next((r, c) for r, c in zip(report["latency"]["reference"], report["latency"]["build"]))
     console.print(f"[bold green]PASS[/] {report['target']} build in {out}", highlight=False)
     console.print(f"  accuracy {report['reference']['accuracy']:.4f} -> {report['build']['accuracy']:.4f} "
-                  f"(drop {gate['value']:.2f} points, 95% CI [{gate['ci95'][0]:.2f}, {gate['ci95'][1]:.2f}], budget {gate['threshold']})",
+                  f"(drop {gate['value']:.2f} {gate['unit']}, 95% CI [{gate['ci95'][0]:.2f}, {gate['ci95'][1]:.2f}], budget {gate['threshold']})",
                   highlight=False)
     console.print(f"  latency b{b1[1]['batch_size']}/s{b1[1]['sequence_length']} p50 {b1[0]['p50_ms']:.2f} -> {b1[1]['p50_ms']:.2f} ms "
                   f"({b1[0]['p50_ms'] / b1[1]['p50_ms']:.2f}x); size {report['artifact']['size_ratio']:.3f}x "
                   f"({report['artifact']['quantization']}); report {out}/report.md", highlight=False)
+    if report["artifact"].get("float_layers"):
+        console.print(f"  left in float by the fallback: {', '.join(report['artifact']['float_layers'])}", highlight=False)
     reused = [p["name"] for p in report["passes"] if p.get("cached")]
     if reused:
         console.print(f"  reused cached {', '.join(reused)} (inputs unchanged; --no-cache reruns them)", highlight=False)
@@ -223,7 +225,7 @@ def package(
 def predict(
     bundle: Path = typer.Argument(..., help="Bundle written by `mcompress package` (NAME.mcpkg)."),
     texts: Optional[list[str]] = typer.Argument(None, help="Texts to classify."),
-    input_file: Optional[Path] = typer.Option(None, "--input", help="JSONL file of texts to classify (after any TEXTS)."),
+    input_file: Optional[Path] = typer.Option(None, "--input", help="CSV/TSV/JSONL file of texts to classify (after any TEXTS)."),
     text_column: str = typer.Option("text", help="Text column of the --input file."),
     batch_size: int = typer.Option(32, "--batch-size", min=1, help="Texts per model call."),
 ) -> None:
@@ -231,11 +233,12 @@ def predict(
     def body():
         import json
 
-        from mcompress.runtime import load, read_jsonl_texts
+        from mcompress.calibration.datasets import read_texts
+        from mcompress.runtime import load
 
         all_texts = list(texts or [])
         if input_file is not None:
-            all_texts += read_jsonl_texts(input_file, text_column)
+            all_texts += read_texts(input_file, text_column)
         if not all_texts:
             from mcompress.errors import InputError
 

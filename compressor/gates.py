@@ -1,6 +1,7 @@
 """Gates: budgets a build must meet, checked on the deployed artifact's own outputs.
 
-Accuracy drop is ``(reference - candidate) * 100`` in absolute points, on the same examples.
+Accuracy drop is ``(reference - candidate) * 100`` in absolute points, on the same examples, or with
+``gates.drop_type: relative`` ``(reference - candidate) / reference * 100``, percent of the reference.
 Its 95% interval is a paired bootstrap: resample example indices with replacement, recompute
 the drop on both models' per-example correctness, and take the 2.5th and 97.5th percentiles.
 A drop whose interval straddles the budget is within noise of it; the verdict uses the point
@@ -34,25 +35,42 @@ class GateResult:
         return d
 
 
+def metric_drop(reference: float, candidate: float, drop_type: str = "absolute") -> float:
+    """Drop of a metric in [0, 1]: ``absolute`` in points, (reference - candidate) * 100;
+    ``relative`` in percent of the reference, (reference - candidate) / reference * 100."""
+    if drop_type == "relative":
+        return (reference - candidate) / reference * 100.0 if reference > 0 else 0.0
+    return (reference - candidate) * 100.0
+
+
 def bootstrap_drop_ci(reference_correct: np.ndarray, candidate_correct: np.ndarray, seed: int = 0,
-                      resamples: int = 2000) -> tuple[float, float]:
+                      resamples: int = 2000, drop_type: str = "absolute") -> tuple[float, float]:
     rng = np.random.default_rng(seed)
     n = len(reference_correct)
     diff = reference_correct - candidate_correct
     idx = rng.integers(0, n, size=(resamples, n))
     drops = diff[idx].mean(axis=1) * 100.0
+    if drop_type == "relative":
+        ref = reference_correct[idx].mean(axis=1)
+        drops = np.divide(drops, ref, out=np.zeros_like(drops), where=ref > 0)
     return float(np.percentile(drops, 2.5)), float(np.percentile(drops, 97.5))
 
 
-def accuracy_drop_gate(reference: EvalResult, candidate: EvalResult, max_drop: float, seed: int = 0) -> GateResult:
+def accuracy_drop_gate(reference: EvalResult, candidate: EvalResult, max_drop: float, seed: int = 0,
+                       drop_type: str = "absolute", name: str = "accuracy_drop") -> GateResult:
     # From the counts, in one rounding: (0.90 - 0.89) * 100 is 1.0000000000000009, which would
     # fail a 1.0-point budget that the build meets exactly.
-    drop = float(reference.correct().sum() - candidate.correct().sum()) * 100.0 / reference.n
-    ci = bootstrap_drop_ci(reference.correct(), candidate.correct(), seed)
+    ref_correct, cand_correct = float(reference.correct().sum()), float(candidate.correct().sum())
+    if drop_type == "relative":
+        drop = (ref_correct - cand_correct) * 100.0 / ref_correct if ref_correct else 0.0
+    else:
+        drop = (ref_correct - cand_correct) * 100.0 / reference.n
+    ci = bootstrap_drop_ci(reference.correct(), candidate.correct(), seed, drop_type=drop_type)
     agree = float((reference.predictions == candidate.predictions).mean())
-    detail = (f"accuracy {reference.accuracy:.4f} -> {candidate.accuracy:.4f} on {reference.n} examples; "
-              f"predictions agree on {agree:.2%}")
-    return GateResult("accuracy_drop", drop <= max_drop, drop, max_drop, "points", detail, ci)
+    detail = (f"accuracy {reference.accuracy:.4f} -> {candidate.accuracy:.4f}, macro-F1 {reference.macro_f1:.4f} -> "
+              f"{candidate.macro_f1:.4f} on {reference.n} examples; predictions agree on {agree:.2%}")
+    unit = "% of reference" if drop_type == "relative" else "points"
+    return GateResult(name, drop <= max_drop, drop, max_drop, unit, detail, ci)
 
 
 def latency_gates(reference: LatencyResult, candidate: LatencyResult, max_latency_ms: float | None,

@@ -20,16 +20,18 @@ from mcompress import __version__
 from mcompress.cache import DEFAULT_MAX_GB, PassCache, default_cache_dir
 from mcompress.calibration.datasets import LabelledTexts, is_split_dir, load_labelled_texts, split_file, token_lengths
 from mcompress.checkpoint import inspect_checkpoint, load_model_and_tokenizer
-from mcompress.errors import GateFailure, InputError
+from mcompress.errors import GateFailure, InputError, TargetUnavailable
 from mcompress.evaluation import TorchRunner, evaluate, latency_inputs, measure_latency
 from mcompress.flops import encoder_flops
 from mcompress.gates import accuracy_drop_gate, latency_gates
 from mcompress.manager import PassManager, PassRecord
 from mcompress.outputs import check_output_dir, staged_dir
 from mcompress.pass_base import PassContext
+from mcompress.pass_gates import PassGate, check_gate_passes
 from mcompress.recipe import Recipe, load_recipe, validate_against_checkpoint, validate_training_data
 from mcompress.report import file_digest, library_versions, machine_info, write_report
 from mcompress.state import ModelKind, ModelState
+from mcompress.target_base import BuildInputs
 from mcompress.targets import get_target
 
 logger = logging.getLogger(__name__)
@@ -106,6 +108,7 @@ def run(req: RunRequest, task: TaskFactory = _no_ui) -> dict:
     target = get_target(req.target)
     target.check_available()
     target.validate_recipe(recipe)
+    check_gate_passes(recipe, [p.name for p in target.pipeline(recipe)])
     ckpt = inspect_checkpoint(req.model_dir, allow_pickle=req.allow_pickle)
     validate_against_checkpoint(recipe, ckpt)
     max_positions = ckpt.config.get("max_position_embeddings")
@@ -148,12 +151,23 @@ def run(req: RunRequest, task: TaskFactory = _no_ui) -> dict:
                           reference_selection.accuracy, progress=task,
                           resume_dir=cache_root / "distill-resume" if cache_root else None)
 
+        evaluated = {}  # pass name -> EvalResult on the eval data, shared with the gates after passes
+        pass_runner = lambda s: TorchRunner(s.torch_model, threads) if s.kind is ModelKind.TORCH else target.runner(s.onnx_path, threads)
+        # Batch-1 latency of every pass's model, at the shape the latency gates use.
+        pass_seq = 128 if 128 in recipe.latency.sequence_lengths else next(
+            (s for s in recipe.latency.sequence_lengths if isinstance(s, int)), 128)
+
         def evaluate_pass(p, result, record: PassRecord):
             if not recipe.eval.evaluate_each_pass or not result.modified:
                 return
-            state = result.state
-            runner = TorchRunner(state.torch_model, threads) if state.kind is ModelKind.TORCH else target.runner(state.onnx_path, threads)
-            record.evaluation["accuracy"] = run_eval(runner, eval_data, f"after {p.name}").accuracy
+            runner = pass_runner(result.state)
+            evaluated[p.name] = evaluation = run_eval(runner, eval_data, f"after {p.name}")
+            record.evaluation.update(accuracy=evaluation.accuracy, macro_f1=round(evaluation.macro_f1, 6))
+            timing = measure_latency(runner, latency_inputs(tokenizer, eval_data.texts, 1, pass_seq),
+                                     recipe.latency.warmup, recipe.latency.iterations)
+            record.evaluation["latency"] = {"batch_size": 1, "sequence_length": pass_seq, "p50_ms": round(timing.p50_ms, 3)}
+
+        pass_gate = PassGate(recipe, reference, lambda p, s: evaluated.get(p.name) or run_eval(pass_runner(s), eval_data, f"after {p.name}"))
 
         flops = {"current": reference_flops}
 
@@ -164,19 +178,25 @@ def run(req: RunRequest, task: TaskFactory = _no_ui) -> dict:
                 flops["current"] = encoder_flops(result.state.torch_model, 128)
             record.evaluation["flops_seq128"] = flops["current"]
 
-        manager = PassManager(target.pipeline(recipe), instruments=[evaluate_pass, count_flops], cache=cache)
+        manager = PassManager(target.pipeline(recipe), instruments=[evaluate_pass, count_flops, pass_gate], cache=cache)
         state, records = manager.run(ModelState(ModelKind.TORCH, ckpt, tokenizer, torch_model=model), ctx)
         if any(r.cached for r in records):
             logger.info("reused cached %s from %s", ", ".join(r.name for r in records if r.cached), cache.root)
 
         # 3. Gate the artifact that ships: a fresh session on the final file.
         with staged_dir(out) as staging:
-            model_file = target.build(state, staging)
+            lengths = token_lengths(tokenizer, eval_data.texts, 100_000)
+            model_file = target.build(state, staging, BuildInputs(recipe, np.minimum(lengths, recipe.max_length), cache_root))
+            # A target whose artifact cannot run here (a TensorRT engine without a GPU) gates a
+            # stand-in, skips the latency gates (the stand-in's latency is not the target's) and
+            # the run ends with TargetUnavailable once the build is written.
+            target_build = target.build_summary(staging)
+            engine_measured = target_build.get("engine_measured", True)
             build_runner = target.runner(model_file, threads)
             candidate = run_eval(build_runner, eval_data, "the build")
-            gates = [accuracy_drop_gate(reference, candidate, recipe.gates.max_drop, recipe.seed)]
+            gates = [accuracy_drop_gate(reference, candidate, recipe.gates.max_drop, recipe.seed, recipe.gates.drop_type)]
+            gates += pass_gate.results
 
-            lengths = token_lengths(tokenizer, eval_data.texts, 100_000)
             data_length = int(max(2, min(recipe.max_length, np.median(lengths))))
             shapes = [(b, data_length if s == "data" else s) for s in recipe.latency.sequence_lengths for b in recipe.latency.batch_sizes]
             ref_latency, build_latency = [], []
@@ -188,7 +208,8 @@ def run(req: RunRequest, task: TaskFactory = _no_ui) -> dict:
                     advance(1)
             gate_ref = next((r for r in ref_latency if (r.batch_size, r.sequence_length) == (1, 128)), ref_latency[0])
             gate_build = build_latency[ref_latency.index(gate_ref)]
-            gates += latency_gates(gate_ref, gate_build, recipe.gates.max_latency_ms, recipe.gates.min_speedup)
+            if engine_measured:
+                gates += latency_gates(gate_ref, gate_build, recipe.gates.max_latency_ms, recipe.gates.min_speedup)
 
             files = {p.name: {"bytes": p.stat().st_size, "sha256": file_digest(p)} for p in sorted(staging.iterdir()) if p.is_file()}
             model_bytes = model_file.stat().st_size
@@ -209,25 +230,35 @@ def run(req: RunRequest, task: TaskFactory = _no_ui) -> dict:
                     "calibration": {"source": data.calibration.source, "examples": len(data.calibration)},
                     "notes": data.notes,
                 },
-                "reference": {"runtime": reference_runner.name, "accuracy": reference.accuracy, "size_bytes": reference_size,
+                "reference": {"runtime": reference_runner.name, "accuracy": reference.accuracy,
+                              "macro_f1": round(reference.macro_f1, 6), "size_bytes": reference_size,
                               "flops_seq128": reference_flops},
                 "passes": [{"name": r.name, "wall_s": round(r.wall_s, 2), "modified": r.modified, "size_bytes": r.size_bytes,
                             "accuracy": r.evaluation.get("accuracy"), "flops_seq128": r.evaluation.get("flops_seq128"),
+                            "macro_f1": r.evaluation.get("macro_f1"), "gate": r.evaluation.get("gate"),
+                            "latency": r.evaluation.get("latency"),
                             "metrics": r.metrics,
                             "cached": r.cached, "cache_key": r.cache_key} for r in records],
-                "build": {"runtime": build_runner.name, "accuracy": candidate.accuracy},
+                "build": {"runtime": build_runner.name, "accuracy": candidate.accuracy, "macro_f1": round(candidate.macro_f1, 6)},
                 "latency": {"reference": [r.as_dict() for r in ref_latency], "build": [r.as_dict() for r in build_latency]},
                 "gates": [g.as_dict() for g in gates],
                 "passed": all(g.passed for g in gates),
                 "artifact": {"model_file": model_file.name, "model_bytes": model_bytes,
                              "size_ratio": round(model_bytes / reference_size, 4),
                              "quantization": state.annotations.get("quantization", "none"),
+                             "float_layers": state.annotations.get("float_layers", []),
                              "graph": state.annotations.get("graph"), "files": files},
                 "wall_s": round(time.perf_counter() - started, 1),
             }
+            if target_build:
+                report["target_build"] = target_build
             write_report(report, staging)
     report["out"] = str(out.resolve())
     if not report["passed"]:
         failed = "; ".join(f"{g.name} {g.value:.3f} {g.unit} vs budget {g.threshold}" for g in gates if not g.passed)
         raise GateFailure(f"gate failed: {failed}. Report: {out / 'report.md'}")
+    if not engine_measured:
+        raise TargetUnavailable(f"{target.name}: {target_build.get('reason', 'the built artifact cannot run on this machine.')}",
+                                f"Build written to {out}; gated stand-in: {target_build.get('gated_artifact')}, "
+                                f"accuracy {candidate.accuracy:.4f}, gates passed.")
     return report

@@ -22,9 +22,11 @@ def check_output_dir(out: Path, force: bool, inputs: list[Path]) -> None:
         raise InputError(f"output directory {out} already exists.", "Pass --force to replace it, or choose another --out.")
     if out.exists() and not out.is_dir():
         raise InputError(f"--out {out} exists and is not a directory.")
-    parent = out.parent
-    if not parent.exists():
-        raise InputError(f"the parent of --out ({parent}) does not exist.", "Create it first.")
+    # Missing parents are created when the build is written (after every check has passed); the
+    # nearest existing ancestor must be a writable directory.
+    parent = next(p for p in out.parents if p.exists())
+    if not parent.is_dir():
+        raise InputError(f"--out {out} lies under {parent}, which is not a directory.", "Choose another --out.")
     if not os.access(parent, os.W_OK):
         raise InputError(f"cannot write into {parent}.", "Choose a writable --out.")
 
@@ -55,7 +57,7 @@ def interrupts_deferred():
             raise KeyboardInterrupt
 
 
-def _pid_alive(pid: int) -> bool:
+def pid_alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
@@ -72,7 +74,7 @@ def _sweep_stale(out: Path) -> None:
             prefix = f".{out.name}.{kind}-"
             if not path.name.startswith(prefix) or not path.name[len(prefix):].isdigit():
                 continue
-            if _pid_alive(int(path.name[len(prefix):])):
+            if pid_alive(int(path.name[len(prefix):])):
                 continue
             if kind == "previous" and not out.exists():
                 continue  # killed between the two renames: this is the only copy of the previous build
@@ -84,6 +86,7 @@ def staged_dir(out: Path):
     """Yield a fresh staging dir on the same filesystem as ``out``; on normal exit it replaces
     ``out`` by rename, on any exception (SIGINT included) it is removed and ``out`` is untouched."""
     out = out.resolve()
+    out.parent.mkdir(parents=True, exist_ok=True)
     _sweep_stale(out)
     staging = out.parent / f".{out.name}.partial-{os.getpid()}"
     shutil.rmtree(staging, ignore_errors=True)

@@ -58,6 +58,11 @@ class GateConfig(_Strict):
     metric: Literal["accuracy"] = "accuracy"
     # Largest allowed drop of the metric, in absolute points (1.0 = one percentage point).
     max_drop: float = Field(1.0, ge=0, le=100)
+    # absolute: the drop in points; relative: the drop in percent of the reference's value.
+    drop_type: Literal["absolute", "relative"] = "absolute"
+    # Passes after which the model is evaluated on the eval data and gated against max_drop; the
+    # run stops at the first that breaks it (exit 3, naming the pass) before later passes run.
+    after: list[str] = []
     max_latency_ms: Optional[float] = Field(None, gt=0)  # p50 at batch 1, sequence 128
     min_speedup: Optional[float] = Field(None, gt=0)  # vs the FP32 PyTorch original, batch 1, seq 128
 
@@ -137,6 +142,58 @@ class DistillConfig(_Strict):
     checkpoint_every: int = Field(200, ge=1)  # steps between resume checkpoints
 
 
+class TensorRTConfig(_Strict):
+    """Engine build settings of the tensorrt target (targets/tensorrt/builder.py). Unset shape
+    bounds come from the data: batch 1 / eval.batch_size / eval.batch_size, sequence 2 (an empty
+    text: [CLS] [SEP]) / the eval data's median token count / max_length."""
+
+    min_batch: Optional[int] = Field(None, ge=1)
+    opt_batch: Optional[int] = Field(None, ge=1)
+    max_batch: Optional[int] = Field(None, ge=1)
+    min_sequence: Optional[int] = Field(None, ge=1)
+    opt_sequence: Optional[int] = Field(None, ge=1)
+    max_sequence: Optional[int] = Field(None, ge=1, le=4096)
+    # TensorRT's builder optimization level: 0 builds fastest, 5 searches the most kernels.
+    builder_optimization_level: int = Field(3, ge=0, le=5)
+    # Timing cache file kept across builds; null = <cache dir>/tensorrt/ (none with --no-cache).
+    timing_cache: Optional[str] = None
+    # TensorRT-RTX only: compute capabilities to build for ahead of time, e.g. ["8.6", "8.9"];
+    # empty = the builder's portable default set.
+    compute_capabilities: list[str] = []
+    workspace_mb: Optional[int] = Field(None, ge=1)
+
+    @model_validator(mode="after")
+    def _ordered(self):
+        for what in ("batch", "sequence"):
+            values = [getattr(self, f"{k}_{what}") for k in ("min", "opt", "max")]
+            given = [v for v in values if v is not None]
+            if given != sorted(given):
+                raise ValueError(f"need min_{what} <= opt_{what} <= max_{what}")
+        return self
+
+
+class SensitivityConfig(_Strict):
+    """Per-layer INT8 sensitivity (passes/quantize/sensitivity.py): each quantized node (or block)
+    in turn is left in float while the rest stays INT8, scored against the FP32 ONNX graph."""
+
+    # on_failure: only when the fallback needs a ranking; always: every run, for the report
+    # (adds the fallback pass to the pipeline even with fallback.enabled false).
+    run: Literal["on_failure", "always"] = "on_failure"
+    examples: int = Field(256, ge=1)  # first N of the selection split
+    granularity: Literal["node", "block"] = "node"  # one ONNX node, or every node of a transformer block
+    max_seconds: float = Field(900, gt=0)  # layers not measured in time rank last
+
+
+class FallbackConfig(_Strict):
+    """Automatic float fallback (passes/quantize/fallback.py): when the INT8 build breaks
+    gates.max_drop on the selection split, leave the most sensitive layers in float, one more at a
+    time, until it passes; keep the best candidate found."""
+
+    enabled: bool = False
+    max_seconds: float = Field(600, gt=0)  # search time after the sensitivity ranking
+    max_layers: int = Field(12, ge=1)  # most layers (nodes or blocks) left in float
+
+
 class Recipe(_Strict):
     name: str = "ptq"
     seed: int = 0
@@ -150,6 +207,10 @@ class Recipe(_Strict):
     # Optional torch passes that run before export, in this order: prune, then distill.
     prune: Optional[PruneConfig] = None
     distill: Optional[DistillConfig] = None
+    sensitivity: SensitivityConfig = SensitivityConfig()
+    fallback: FallbackConfig = FallbackConfig()
+    # Engine build settings for the tensorrt target; null = derived from the data.
+    tensorrt: Optional[TensorRTConfig] = None
 
     def with_overrides(self, **updates) -> "Recipe":
         """Apply CLI overrides given as dotted keys, e.g. {"gates.max_drop": 0.5}."""

@@ -1,4 +1,5 @@
-"""report.json (for machines and CI) and report.md (the summary a person reads first)."""
+"""report.json (for machines and CI), report.md (the summary a person reads first) and report.html
+(the same with plots, self-contained: compressor/report_html.py)."""
 
 from __future__ import annotations
 
@@ -48,6 +49,9 @@ def file_digest(path: Path) -> str:
 def write_report(report: dict, out_dir: Path) -> None:
     (out_dir / "report.json").write_text(json.dumps(report, indent=2, sort_keys=False) + "\n")
     (out_dir / "report.md").write_text(render_markdown(report))
+    from mcompress.report_html import render_html
+
+    (out_dir / "report.html").write_text(render_html(report), encoding="utf-8")
 
 
 def _mb(n: int | None) -> str:
@@ -56,6 +60,23 @@ def _mb(n: int | None) -> str:
 
 def _acc(x: float | None) -> str:
     return "–" if x is None else f"{x:.4f}"
+
+
+def _ms(x: float | None) -> str:
+    return "–" if x is None else f"{x:.2f}"
+
+
+def _reference_b1(report: dict, passes: list[dict]) -> float | None:
+    """The FP32 original's p50 at the shape the passes were timed at (batch 1)."""
+    shape = next(([p["latency"]["batch_size"], p["latency"]["sequence_length"]] for p in passes if p.get("latency")), None)
+    for r in report["latency"]["reference"]:
+        if shape and [r["batch_size"], r["sequence_length"]] == shape:
+            return r["p50_ms"]
+    return None
+
+
+def _pass_ms(p: dict) -> float | None:
+    return (p.get("latency") or {}).get("p50_ms")
 
 
 def _gflops(n: int | None) -> str:
@@ -79,24 +100,99 @@ def render_markdown(report: dict) -> str:
     ]
     for g in report["gates"]:
         ci = f"[{g['ci95'][0]:.2f}, {g['ci95'][1]:.2f}]" if g.get("ci95") else "–"
-        op = "≤" if g["name"] in ("accuracy_drop", "latency_p50") else "≥"
+        op = "≥" if g["name"] == "speedup" else "≤"
         lines.append(f"| {g['name']} | {g['value']:.3f} {g['unit']} | {op} {g['threshold']} | {ci} | "
                      f"{'pass' if g['passed'] else '**FAIL**'} | {g['detail']} |")
-    lines += ["", "## Passes", "", "| pass | wall s | size MB | accuracy | GFLOPs (seq 128) | notes |", "|---|---|---|---|---|---|",
-              f"| original (PyTorch FP32) | – | {_mb(ref['size_bytes'])} | {_acc(ref['accuracy'])} | "
-              f"{_gflops(ref.get('flops_seq128'))} | |"]
+    lines += ["", "## Passes", "", "| pass | wall s | size MB | accuracy | macro-F1 | p50 ms (batch 1) | GFLOPs (seq 128) | notes |",
+              "|---|---|---|---|---|---|---|---|",
+              f"| original (PyTorch FP32) | – | {_mb(ref['size_bytes'])} | {_acc(ref['accuracy'])} | {_acc(ref.get('macro_f1'))} | "
+              f"{_ms(_reference_b1(report, report['passes']))} | {_gflops(ref.get('flops_seq128'))} | |"]
     for p in report["passes"]:
         notes = ", ".join(f"{k}={v}" for k, v in p["metrics"].items()
                           if k in ("fused_operators", "chosen", "parity_max_abs_diff", "skipped", "heads_per_layer",
-                                   "ffn_size", "sparsity", "steps", "best_step", "selection_accuracy"))
+                                   "ffn_size", "sparsity", "steps", "best_step", "selection_accuracy", "float_layers",
+                                   "latency_cost_ms"))
+        if p.get("gate"):
+            notes += f"{', ' if notes else ''}gate {'pass' if p['gate']['passed'] else 'FAIL'} ({p['gate']['value']:.3f} {p['gate']['unit']})"
         lines.append(f"| {p['name']} | {p['wall_s']:.1f} | {_mb(p['size_bytes'])} | {_acc(p.get('accuracy'))} | "
-                     f"{_gflops(p.get('flops_seq128'))} | {notes} |")
+                     f"{_acc(p.get('macro_f1'))} | {_ms(_pass_ms(p))} | {_gflops(p.get('flops_seq128'))} | {notes} |")
     lines += ["", "## Latency (ms, same process)", "",
               "| batch | sequence | PyTorch FP32 p50 | p95 | build p50 | p95 | speedup (p50) |", "|---|---|---|---|---|---|---|"]
     for r, c in zip(report["latency"]["reference"], report["latency"]["build"]):
         lines.append(f"| {c['batch_size']} | {c['sequence_length']} | {r['p50_ms']:.2f} | {r['p95_ms']:.2f} | "
                      f"{c['p50_ms']:.2f} | {c['p95_ms']:.2f} | {r['p50_ms'] / c['p50_ms']:.2f}× |")
+    lines += _target_build_lines(report.get("target_build"))
+    lines += _fallback_markdown(report)
     art = report["artifact"]
     lines += ["", f"Build size {_mb(art['model_bytes'])} MB = {art['size_ratio']:.3f}× the FP32 checkpoint "
               f"({_mb(ref['size_bytes'])} MB). Quantization: {art.get('quantization', 'none')} on the {art.get('graph') or 'exported'} graph.", ""]
     return "\n".join(lines)
+
+
+def _target_build_lines(tb: dict | None) -> list[str]:
+    """What a target's build step recorded (e.g. a TensorRT engine), and whether the gated
+    artifact is the target's own or a stand-in."""
+    if not tb:
+        return []
+    lines = ["", "## Target build", ""]
+    if tb.get("engine_measured") is False:
+        lines.append(f"**Not measured on the target:** {tb.get('reason', '')} The gates above ran on "
+                     f"{tb.get('gated_artifact')}; the latency table is that stand-in's, not the engine's, "
+                     "and latency gates were not applied.")
+        lines.append("")
+    package = tb.get("package") or {}
+    gpu = tb.get("gpu") or {}
+    build = tb.get("build") or {}
+    lines.append(f"- engine: {tb.get('engine_file') or 'not built'}"
+                 + (f" ({_mb(build.get('engine_bytes'))} MB, built in {build.get('build_s')} s, {tb.get('build_mode')})"
+                    if tb.get("engine_file") else ""))
+    lines.append(f"- builder: {package.get('distribution') or package.get('module') or 'none installed'} {package.get('version') or ''}".rstrip())
+    lines.append(f"- GPU: {gpu.get('name', 'none')}" + (f" (compute capability {gpu['compute_capability']}, CUDA {gpu.get('cuda')})" if gpu else ""))
+    if tb.get("compiled_for"):
+        cc = tb["compiled_for"]
+        lines.append(f"- compiled for: {', '.join(cc) if isinstance(cc, list) else cc}")
+    profile = tb.get("profile") or {}
+    if profile:
+        b, q = profile.get("batch", {}), profile.get("sequence", {})
+        lines.append(f"- optimization profile: batch {b.get('min')}/{b.get('opt')}/{b.get('max')}, "
+                     f"sequence {q.get('min')}/{q.get('opt')}/{q.get('max')} (min/opt/max)")
+    return lines
+
+
+
+def _fallback_markdown(report: dict) -> list[str]:
+    """Layers left in float by the fallback pass, and the sensitivity ranking it used."""
+    fallback = next((p["metrics"] for p in report["passes"] if p["name"] == "fallback"), None)
+    if not fallback or "initial" not in fallback:
+        return []
+    unit = "% rel." if fallback.get("drop_type") == "relative" else "points"
+    initial = fallback["initial"]
+    lines = ["", "## Float fallback (selection split)", "",
+             f"INT8 model ({fallback['quantization']}): accuracy {initial['accuracy']:.4f}, drop {initial['drop']:.3f} {unit} "
+             f"(budget {fallback['max_drop']}), p50 {initial['p50_ms_b1_s128']:.2f} ms at batch 1, sequence 128."]
+    if "candidates" in fallback:
+        kept = fallback["float_layers"]
+        lines += ["", f"Kept in float: {', '.join(f'`{k}`' for k in kept) or 'nothing'} "
+                      f"(latency cost {fallback['latency_cost_ms']:+.2f} ms; {fallback['reason']}; stopped: {fallback['stopped']}).",
+                  "", "| step | layers in float | accuracy | drop | within budget | p50 ms | cost ms |", "|---|---|---|---|---|---|---|"]
+        for c in fallback["candidates"]:
+            added = f"+`{c['float_layers'][-1]}`" if c["float_layers"] else "– (INT8 as quantized)"
+            lines.append(f"| {c['step']} | {added} | {c['accuracy']:.4f} | {c['drop']:.3f} | "
+                         f"{'yes' if c['within_budget'] else 'no'} | {c['p50_ms_b1_s128']:.2f} | {c['latency_cost_ms']:+.2f} |")
+    elif fallback.get("skipped"):
+        lines += ["", fallback["skipped"] + "."]
+    sens = fallback.get("sensitivity")
+    if sens:
+        lines += ["", f"Sensitivity ({sens['examples']} examples; ranked by {sens['ranked_by']}; fully INT8: accuracy "
+                      f"{sens['int8']['accuracy']:.4f}, mean KL {sens['int8']['mean_kl']:.3g}; FP32 ONNX accuracy "
+                      f"{sens['fp32_onnx_accuracy']:.4f}):", "",
+                  "| rank | layer | accuracy with it in float | Δ points | mean KL | KL reduction | max abs logit diff |",
+                  "|---|---|---|---|---|---|---|"]
+        for row in sens["layers"][:15]:
+            lines.append(f"| {row['rank']} | `{row['layer']}` | {row['accuracy']:.4f} | {row['accuracy_change_points']:+.2f} | "
+                         f"{row['mean_kl']:.3g} | {row['kl_reduction']:.3g} | {row['max_abs_logit_diff']:.3g} |")
+        if len(sens["layers"]) > 15:
+            lines.append(f"| … | {len(sens['layers']) - 15} more in report.json | | | | | |")
+        if sens["unmeasured"]:
+            lines.append(f"\nNot measured (time budget): {len(sens['unmeasured'])} layers.")
+    return lines

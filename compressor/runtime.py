@@ -322,31 +322,3 @@ def load(path: str | Path, threads: int | None = None, max_bytes: int = MAX_TOTA
     if isinstance(width, int) and width != len(labels):
         raise BundleError(f"bundle model has {width} logits but {len(labels)} labels.")
     return Bundle(Path(path), manifest, labels, session, tokenizer, input_dtypes, feeds)
-
-
-def read_jsonl_texts(path: str | Path, text_column: str = "text") -> list[str]:
-    """The ``text_column`` of every object in a JSONL file (blank lines skipped)."""
-    path = Path(path)
-    try:
-        raw = path.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise InputError(f"input file {path} does not exist.") from None
-    except UnicodeDecodeError as err:
-        raise InputError(f"input file {path} is not UTF-8 text (byte {err.start}).") from None
-    except OSError as err:
-        raise InputError(f"cannot read input file {path}: {err.strerror}.") from None
-    texts = []
-    for line_no, line in enumerate(raw.split("\n"), start=1):
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError as err:
-            raise InputError(f"{path}:{line_no} is not valid JSON ({err.msg}).", "Give one JSON object per line.") from None
-        if not isinstance(row, dict):
-            raise InputError(f"{path}:{line_no} is not a JSON object.", "Give one JSON object per line.")
-        text = row.get(text_column)
-        if not isinstance(text, str):
-            raise InputError(f"{path}:{line_no} has no text column '{text_column}'.", "Name it with --text-column.")
-        texts.append(text)
-    return texts

@@ -9,6 +9,7 @@ from mcompress.errors import InputError
 # name -> "module:Class"; a target registers itself by adding a line here.
 TARGETS = {
     "onnx-cpu": "mcompress.targets.onnx_cpu.target:OnnxCpuTarget",
+    "tensorrt": "mcompress.targets.tensorrt.target:TensorRTTarget",
 }
 
 

