@@ -31,6 +31,7 @@ from typing import TYPE_CHECKING, Any
 
 from mcompress.errors import InputError
 from mcompress.outputs import pid_alive
+from mcompress.report import file_digest
 from mcompress.state import ModelKind, ModelState
 
 if TYPE_CHECKING:
@@ -56,24 +57,16 @@ def _digest(*parts: Any) -> str:
     return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()
 
 
-def _file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
 def source_key(ckpt: "Checkpoint") -> str:
     """The chain's root: the checkpoint's content hash and its tokenizer files (contents, not paths)."""
-    tokenizer = {n: _file_sha256(ckpt.path / n) for n in TOKENIZER_FILES if (ckpt.path / n).is_file()}
+    tokenizer = {n: file_digest(ckpt.path / n) for n in TOKENIZER_FILES if (ckpt.path / n).is_file()}
     return _digest("source", ckpt.content_hash, tokenizer)
 
 
 def _code_hash(p: "Pass") -> str:
     """The pass's own module: a changed pass does not reuse outputs of its older code."""
     try:
-        return _file_sha256(Path(inspect.getsourcefile(type(p))))
+        return file_digest(Path(inspect.getsourcefile(type(p))))
     except (TypeError, OSError):
         return type(p).__qualname__
 
@@ -134,7 +127,7 @@ class PassCache:
                 raise ValueError("unknown entry format")
             for rel, info in meta["files"].items():
                 path = entry / rel
-                if path.stat().st_size != info["bytes"] or _file_sha256(path) != info["sha256"]:
+                if path.stat().st_size != info["bytes"] or file_digest(path) != info["sha256"]:
                     raise ValueError(f"{rel} does not match its recorded size/sha256")
             kind = ModelKind(meta["kind"])
             annotations = _restore_paths(meta["annotations"], entry)
@@ -217,7 +210,7 @@ class PassCache:
             _save_torch(state.torch_model, tmp / "torch")
         else:
             raise _NotCacheable(f"{state.kind.value} models are not cached")
-        meta["files"] = {str(p.relative_to(tmp)): {"bytes": p.stat().st_size, "sha256": _file_sha256(p)}
+        meta["files"] = {str(p.relative_to(tmp)): {"bytes": p.stat().st_size, "sha256": file_digest(p)}
                          for p in sorted(tmp.rglob("*")) if p.is_file()}
         return meta
 

@@ -169,7 +169,7 @@ def _fallback_markdown(report: dict) -> list[str]:
     initial = fallback["initial"]
     lines = ["", "## Float fallback (selection split)", "",
              f"INT8 model ({fallback['quantization']}): accuracy {initial['accuracy']:.4f}, drop {initial['drop']:.3f} {unit} "
-             f"(budget {fallback['max_drop']}), p50 {initial['p50_ms_b1_s128']:.2f} ms at batch 1, sequence 128."]
+             f"(budget {fallback['max_drop']}, fallback margin {fallback.get('margin', 0)}), p50 {initial['p50_ms_b1_s128']:.2f} ms at batch 1, sequence 128."]
     if "candidates" in fallback:
         kept = fallback["float_layers"]
         lines += ["", f"Kept in float: {', '.join(f'`{k}`' for k in kept) or 'nothing'} "

@@ -3,7 +3,7 @@ in float until it passes.
 
 Runs after the quantize pass, on the model it chose. The model is scored on the selection split
 (accuracy against the FP32 original's, the same budget as the final gate: ``gates.max_drop`` and
-``gates.drop_type``) and timed at batch 1, sequence 128. Within budget, nothing changes. Otherwise
+``gates.drop_type``, less ``fallback.margin``) and timed at batch 1, sequence 128. Within budget, nothing changes. Otherwise
 the layers are ranked by sensitivity (passes/quantize/sensitivity.py) and the float graph is
 quantized again with the top 1, 2, 3, ... layers left in float (``nodes_to_exclude``; static
 mode reuses one calibration), each candidate scored the same way, until one passes, or
@@ -73,13 +73,13 @@ class QuantizeFallback(Pass):
             drop = metric_drop(ctx.reference_selection_accuracy, result.accuracy, gates.drop_type)
             latency = measure_latency(runner, timing_inputs, recipe.latency.warmup, recipe.latency.iterations)
             return {"accuracy": round(result.accuracy, 6), "macro_f1": round(result.macro_f1, 6),
-                    "drop": round(drop, 4), "within_budget": round(drop, 9) <= gates.max_drop,
+                    "drop": round(drop, 4), "within_budget": round(drop, 9) <= gates.max_drop - recipe.fallback.margin,
                     "p50_ms_b1_s128": round(latency.p50_ms, 3)}
 
         started = time.perf_counter()
         initial = score(state.onnx_path, "fallback: INT8 as quantized")
         metrics: dict = {"quantization": f"{mode}/{state.annotations.get('graph')}", "examples": len(selection),
-                         "drop_type": gates.drop_type, "max_drop": gates.max_drop,
+                         "drop_type": gates.drop_type, "max_drop": gates.max_drop, "margin": recipe.fallback.margin,
                          "reference_selection_accuracy": ctx.reference_selection_accuracy, "initial": initial}
         needed = recipe.fallback.enabled and not initial["within_budget"]
         if not needed and recipe.sensitivity.run != "always":

@@ -6,7 +6,7 @@ import json
 import shutil
 from pathlib import Path
 
-from mcompress.target_base import Target, TargetCapabilities
+from mcompress.target_base import Target, TargetCapabilities, torch_front_passes
 
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "vocab.txt",
                    "vocab.json", "merges.txt")
@@ -32,19 +32,11 @@ class OnnxCpuTarget(Target):
         from mcompress.passes.optimize.transformer_fusion import FuseTransformer
         from mcompress.passes.quantize.ort_int8 import QuantizeInt8
 
-        passes = [ExportOnnx(), FuseTransformer(), QuantizeInt8()]
+        passes = [*torch_front_passes(recipe), ExportOnnx(), FuseTransformer(), QuantizeInt8()]
         if recipe.fallback.enabled or recipe.sensitivity.run == "always":
             from mcompress.passes.quantize.fallback import QuantizeFallback
 
             passes.append(QuantizeFallback())
-        if recipe.distill is not None:
-            from mcompress.passes.distill.kd import Distill
-
-            passes.insert(0, Distill())
-        if recipe.prune is not None:
-            from mcompress.passes.prune.structured import PruneStructured
-
-            passes.insert(0, PruneStructured())
         return passes
 
     def runner(self, model_path: Path, threads: int | None = None):

@@ -17,7 +17,7 @@ import re
 from pathlib import Path
 
 from mcompress.errors import InputError, TargetUnavailable
-from mcompress.target_base import BuildInputs, Target, TargetCapabilities
+from mcompress.target_base import BuildInputs, Target, TargetCapabilities, torch_front_passes
 
 logger = logging.getLogger(__name__)
 
@@ -69,16 +69,7 @@ class TensorRTTarget(Target):
         from mcompress.passes.export.onnx_export import ExportOnnx
         from mcompress.passes.quantize.ort_int8 import QuantizeInt8
 
-        passes = [ExportOnnx(), QuantizeInt8()]
-        if recipe.distill is not None:
-            from mcompress.passes.distill.kd import Distill
-
-            passes.insert(0, Distill())
-        if recipe.prune is not None:
-            from mcompress.passes.prune.structured import PruneStructured
-
-            passes.insert(0, PruneStructured())
-        return passes
+        return [*torch_front_passes(recipe), ExportOnnx(), QuantizeInt8()]
 
     def runner(self, model_path: Path, threads: int | None = None):
         """An engine file runs on the GPU; an ONNX file (the engine's input: intermediate graphs
