@@ -171,7 +171,7 @@ def markdown(r: dict) -> str:
         ("  of which interpreter / imports (numpy, onnxruntime, tokenizers, mcompress.runtime) / load (verify + session + tokenizer) / first predict",
          " / ".join(f"{cold['breakdown_median'][k]:.0f}" for k in ("interpreter", "imports", "load", "first_prediction")) + " ms"),
         ("RSS after load / after first prediction", f"{mem['after_load']:.0f} / {mem['after_first']:.0f} MiB"),
-        (f"RSS after the whole split / peak (VmHWM)", f"{mem['end']:.0f} / {mem['peak']:.0f} MiB"),
+        ("RSS after the whole split / peak (VmHWM)", f"{mem['end']:.0f} / {mem['peak']:.0f} MiB"),
         ("agreement with the build's predictions", f"{r['agreement']:.4%} ({r['agreeing']}/{r['examples']} examples)"),
     ]
     if r.get("bundle_accuracy") is not None:

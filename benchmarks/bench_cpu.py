@@ -14,13 +14,11 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import shutil
 import sys
 import tempfile
 import time
 from pathlib import Path
 
-import numpy as np
 import psutil
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")

@@ -191,3 +191,36 @@ def minilm_classifier(minilm_dir, tmp_path_factory):
     eval_data = root / "eval.jsonl"
     eval_data.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), encoding="utf-8")
     return model_dir, eval_data
+
+
+def ort_session(path: Path):
+    """A single-threaded ONNX Runtime CPU session (tests compare outputs, not speed)."""
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = 1
+    return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+
+
+def ort_logits(path: Path, batch: dict):
+    session = ort_session(path)
+    return session.run(["logits"], {i.name: batch[i.name] for i in session.get_inputs()})[0]
+
+
+@pytest.fixture(scope="module")
+def setup(tiny_checkpoint, fast_recipe):
+    """The tiny checkpoint loaded once per test module: checkpoint, model, tokenizer, the fast
+    recipe and the three splits."""
+    import torch
+
+    from mcompress.calibration.datasets import load_labelled_texts
+    from mcompress.checkpoint import inspect_checkpoint, load_model_and_tokenizer
+    from mcompress.recipe import load_recipe
+
+    torch.set_num_threads(1)
+    ckpt = inspect_checkpoint(tiny_checkpoint)
+    model, tokenizer = load_model_and_tokenizer(ckpt)
+    splits = tiny_checkpoint / "splits"
+    load = lambda split: load_labelled_texts(splits, ckpt.label2id, split=split)
+    return {"ckpt": ckpt, "model": model, "tokenizer": tokenizer, "recipe": load_recipe(fast_recipe),
+            "train": load("train"), "validation": load("validation"), "test": load("test")}

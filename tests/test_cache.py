@@ -16,8 +16,8 @@ import pytest
 from typer.testing import CliRunner
 
 from mcompress.cache import PassCache, source_key
-from mcompress.calibration.datasets import LabelledTexts, load_labelled_texts
-from mcompress.checkpoint import inspect_checkpoint, load_model_and_tokenizer
+from mcompress.calibration.datasets import LabelledTexts
+from mcompress.checkpoint import inspect_checkpoint
 from mcompress.cli import app
 from mcompress.errors import ExitCode
 from mcompress.manager import PassManager
@@ -25,19 +25,8 @@ from mcompress.pass_base import Pass, PassContext, PassResult
 from mcompress.passes.export.onnx_export import ExportOnnx
 from mcompress.passes.optimize.transformer_fusion import FuseTransformer
 from mcompress.passes.quantize.ort_int8 import QuantizeInt8
-from mcompress.recipe import load_recipe
 from mcompress.state import ModelKind, ModelState
 from mcompress.targets import get_target
-
-
-@pytest.fixture(scope="module")
-def setup(tiny_checkpoint, fast_recipe):
-    ckpt = inspect_checkpoint(tiny_checkpoint)
-    model, tokenizer = load_model_and_tokenizer(ckpt)
-    splits = tiny_checkpoint / "splits"
-    return {"ckpt": ckpt, "model": model, "tokenizer": tokenizer, "recipe": load_recipe(fast_recipe),
-            "train": load_labelled_texts(splits, ckpt.label2id, split="train"),
-            "validation": load_labelled_texts(splits, ckpt.label2id, split="validation")}
 
 
 def _ctx(setup, work_dir: Path, calibration: LabelledTexts | None = None, selection: LabelledTexts | None = None,

@@ -1,6 +1,5 @@
 """`mcompress check`: gate verdicts and regressions against a baseline report."""
 
-import copy
 import json
 
 import pytest

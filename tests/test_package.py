@@ -20,7 +20,7 @@ import numpy as np
 import pytest
 from typer.testing import CliRunner
 
-from conftest import tree_digest
+from conftest import ort_session, tree_digest
 from mcompress.cli import app
 from mcompress.errors import ExitCode, InputError, McompressError
 from mcompress.package import package_build
@@ -60,14 +60,6 @@ def test_texts(tiny_checkpoint) -> list[str]:
 
 def _report(build: Path) -> dict:
     return json.loads((build / "report.json").read_text())
-
-
-def _session(path: Path):
-    import onnxruntime as ort
-
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = 1
-    return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
 
 
 def _softmax(x: np.ndarray) -> np.ndarray:
@@ -158,7 +150,7 @@ def test_round_trip_one_text_at_a_time(build, bundle_path, test_texts):
 
     bundle = load(bundle_path)
     tokenizer = AutoTokenizer.from_pretrained(build)
-    session = _session(build / "model.onnx")
+    session = ort_session(build / "model.onnx")
     max_length = _report(build)["recipe"]["max_length"]
     id2label = {int(k): v for k, v in json.loads((build / "config.json").read_text())["id2label"].items()}
     results = bundle.predict(test_texts, batch_size=1)

@@ -8,49 +8,23 @@ from pathlib import Path
 import numpy as np
 import onnx
 import pytest
+
+from conftest import ort_logits
 from onnx import numpy_helper
 
-from mcompress.calibration.datasets import load_labelled_texts, tokenize
-from mcompress.checkpoint import inspect_checkpoint, load_model_and_tokenizer
+from mcompress.calibration.datasets import tokenize
 from mcompress.errors import PassFailure
 from mcompress.manager import PassManager
 from mcompress.pass_base import Pass, PassContext, PassResult
 from mcompress.passes.export.onnx_export import ExportOnnx
 from mcompress.passes.optimize.transformer_fusion import FuseTransformer
 from mcompress.passes.quantize.ort_int8 import QuantizeInt8
-from mcompress.recipe import load_recipe
 from mcompress.state import ModelKind, ModelState
 from mcompress.targets import get_target
 
 NUM_LAYERS = 2
 EXPORT_ATOL = 1e-4  # |logit| difference, ONNX Runtime FP32 vs PyTorch FP32
 FUSION_ATOL = 1e-4  # |logit| difference, fused vs unfused graph
-
-
-def _session(path: Path):
-    import onnxruntime as ort
-
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = 1
-    return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
-
-
-def _ort_logits(path: Path, batch: dict[str, np.ndarray]) -> np.ndarray:
-    session = _session(path)
-    return session.run(["logits"], {i.name: batch[i.name] for i in session.get_inputs()})[0]
-
-
-@pytest.fixture(scope="module")
-def setup(tiny_checkpoint, fast_recipe):
-    ckpt = inspect_checkpoint(tiny_checkpoint)
-    model, tokenizer = load_model_and_tokenizer(ckpt)
-    splits = tiny_checkpoint / "splits"
-    return {
-        "ckpt": ckpt, "model": model, "tokenizer": tokenizer, "recipe": load_recipe(fast_recipe),
-        "train": load_labelled_texts(splits, ckpt.label2id, split="train"),
-        "validation": load_labelled_texts(splits, ckpt.label2id, split="validation"),
-        "test": load_labelled_texts(splits, ckpt.label2id, split="test"),
-    }
 
 
 def _context(setup, work_dir: Path, reference_accuracy: float = 1.0, **overrides) -> PassContext:
@@ -86,7 +60,7 @@ def _ops(path: Path) -> list[str]:
 
 def _predictions(path: Path, setup) -> np.ndarray:
     texts = setup["validation"].texts + setup["test"].texts
-    return _ort_logits(path, tokenize(setup["tokenizer"], texts, 128)).argmax(-1)
+    return ort_logits(path, tokenize(setup["tokenizer"], texts, 128)).argmax(-1)
 
 
 # --- export -----------------------------------------------------------------------------------
@@ -110,7 +84,7 @@ def test_export_parity_at_a_new_shape(setup, exported):
     assert batch["input_ids"].shape == (7, 24)
     with torch.inference_mode():
         expected = setup["model"](**{k: torch.from_numpy(v) for k, v in batch.items()}).logits.numpy()
-    got = _ort_logits(exported.state.onnx_path, batch)
+    got = ort_logits(exported.state.onnx_path, batch)
     assert got.shape == (7, 2)
     np.testing.assert_allclose(got, expected, rtol=0, atol=EXPORT_ATOL)
     assert (got.argmax(-1) == expected.argmax(-1)).all()
@@ -137,7 +111,7 @@ def test_fusion_structure(fused):
 
 def test_fusion_keeps_outputs(setup, exported, fused):
     batch = _eval_batch(setup)
-    np.testing.assert_allclose(_ort_logits(fused.state.onnx_path, batch), _ort_logits(exported.state.onnx_path, batch),
+    np.testing.assert_allclose(ort_logits(fused.state.onnx_path, batch), ort_logits(exported.state.onnx_path, batch),
                                rtol=0, atol=FUSION_ATOL)
 
 

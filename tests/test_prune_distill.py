@@ -15,8 +15,7 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from mcompress.calibration.datasets import LabelledTexts, load_labelled_texts, tokenize
-from mcompress.checkpoint import inspect_checkpoint, load_model_and_tokenizer
+from mcompress.calibration.datasets import LabelledTexts, tokenize
 from mcompress.cli import app
 from mcompress.errors import ExitCode, InputError
 from mcompress.flops import encoder_flops
@@ -32,18 +31,6 @@ from mcompress.targets import get_target
 EQUAL_ATOL = 1e-5  # |logit| difference, pruned vs zeroed (same function, different summation order)
 ONNX_ATOL = 1e-4  # |logit| difference, ONNX Runtime FP32 vs PyTorch FP32
 HEAD_SIZE = 16
-
-
-@pytest.fixture(scope="module")
-def setup(tiny_checkpoint, fast_recipe):
-    torch.set_num_threads(1)
-    ckpt = inspect_checkpoint(tiny_checkpoint)
-    model, tokenizer = load_model_and_tokenizer(ckpt)
-    splits = tiny_checkpoint / "splits"
-    return {"ckpt": ckpt, "model": model, "tokenizer": tokenizer, "recipe": load_recipe(fast_recipe),
-            "train": load_labelled_texts(splits, ckpt.label2id, split="train"),
-            "validation": load_labelled_texts(splits, ckpt.label2id, split="validation"),
-            "test": load_labelled_texts(splits, ckpt.label2id, split="test")}
 
 
 def _context(setup, work_dir: Path, **overrides) -> PassContext:

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from typer.testing import CliRunner
 
-from conftest import LABELS, tree_digest
+from conftest import LABELS, ort_session, tree_digest
 from mcompress.cli import app
 from mcompress.errors import ExitCode
 
@@ -25,19 +25,11 @@ def _run_cli(model: Path, out: Path, recipe: Path, *extra: str) -> tuple[int, st
     return result.exit_code, result.output
 
 
-def _session(path: Path):
-    import onnxruntime as ort
-
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = 1
-    return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
-
-
 def _ort_predictions(build: Path, texts: list[str], max_length: int = 128) -> np.ndarray:
     from transformers import AutoTokenizer
 
     tokenizer = AutoTokenizer.from_pretrained(build)  # the build's own tokenizer files
-    session = _session(build / "model.onnx")
+    session = ort_session(build / "model.onnx")
     batch = tokenizer(texts, truncation=True, max_length=max_length, padding="longest", return_tensors="np")
     feed = {i.name: batch[i.name].astype(np.int64) for i in session.get_inputs()}
     return session.run(["logits"], feed)[0].argmax(-1)

@@ -12,8 +12,7 @@ import numpy as np
 import pytest
 from typer.testing import CliRunner
 
-from mcompress.calibration.datasets import LabelledTexts, load_labelled_texts
-from mcompress.checkpoint import inspect_checkpoint, load_model_and_tokenizer
+from mcompress.calibration.datasets import LabelledTexts
 from mcompress.cli import app
 from mcompress.errors import ExitCode, GateFailure
 from mcompress.evaluation import EvalResult, evaluate, macro_f1
@@ -26,7 +25,6 @@ from mcompress.passes.optimize.transformer_fusion import FuseTransformer
 from mcompress.passes.quantize.fallback import QuantizeFallback
 from mcompress.passes.quantize.ort_int8 import QuantizeInt8
 from mcompress.passes.quantize.sensitivity import DYNAMIC_OP_TYPES, find_layers
-from mcompress.recipe import load_recipe
 from mcompress.report_html import render_html
 from mcompress.state import ModelKind, ModelState
 from mcompress.targets import get_target
@@ -35,16 +33,6 @@ from mcompress.targets import get_target
 # changes predictions of the tiny model, so the fallback has something to repair.
 DAMAGING = {"quantize.mode": "static", "quantize.static.calibration_method": "percentile",
             "quantize.static.percentile": 90.01}
-
-
-@pytest.fixture(scope="module")
-def setup(tiny_checkpoint, fast_recipe):
-    ckpt = inspect_checkpoint(tiny_checkpoint)
-    model, tokenizer = load_model_and_tokenizer(ckpt)
-    splits = tiny_checkpoint / "splits"
-    load = lambda split: load_labelled_texts(splits, ckpt.label2id, split=split)
-    return {"ckpt": ckpt, "model": model, "tokenizer": tokenizer, "recipe": load_recipe(fast_recipe),
-            "train": load("train"), "validation": load("validation"), "test": load("test")}
 
 
 def _context(setup, work_dir: Path, selection: LabelledTexts | None = None, reference_accuracy: float = 1.0,

@@ -14,18 +14,19 @@ from pathlib import Path
 import numpy as np
 import onnx
 import pytest
+
+from conftest import ort_logits, ort_session
 from onnx import TensorProto, helper, numpy_helper
 from typer.testing import CliRunner
 
-from mcompress.calibration.datasets import load_labelled_texts, tokenize
-from mcompress.checkpoint import inspect_checkpoint, load_model_and_tokenizer
+from mcompress.calibration.datasets import tokenize
 from mcompress.cli import app
 from mcompress.errors import ExitCode, InputError
 from mcompress.pass_base import PassContext
 from mcompress.passes.export.onnx_export import ExportOnnx
 from mcompress.passes.optimize.transformer_fusion import FuseTransformer
 from mcompress.passes.quantize.ort_int8 import QuantizeInt8
-from mcompress.recipe import TensorRTConfig, load_recipe
+from mcompress.recipe import TensorRTConfig
 from mcompress.state import ModelKind, ModelState
 from mcompress.target_base import BuildInputs
 from mcompress.targets import get_target
@@ -40,30 +41,6 @@ QDQ_LOGIT_ATOL = 0.05  # measured 0.020 on logits of magnitude <= 0.9
 
 def _cuda() -> bool:
     return trt_builder.cuda_device() is not None
-
-
-def _session(path: Path):
-    import onnxruntime as ort
-
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = 1
-    return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
-
-
-def _ort_logits(path: Path, batch: dict[str, np.ndarray]) -> np.ndarray:
-    session = _session(path)
-    return session.run(["logits"], {i.name: batch[i.name] for i in session.get_inputs()})[0]
-
-
-@pytest.fixture(scope="module")
-def setup(tiny_checkpoint, fast_recipe):
-    ckpt = inspect_checkpoint(tiny_checkpoint)
-    model, tokenizer = load_model_and_tokenizer(ckpt)
-    splits = tiny_checkpoint / "splits"
-    return {"ckpt": ckpt, "model": model, "tokenizer": tokenizer, "recipe": load_recipe(fast_recipe),
-            "train": load_labelled_texts(splits, ckpt.label2id, split="train"),
-            "validation": load_labelled_texts(splits, ckpt.label2id, split="validation"),
-            "test": load_labelled_texts(splits, ckpt.label2id, split="test")}
 
 
 def _context(setup, work_dir: Path, target: str = "tensorrt", **overrides) -> PassContext:
@@ -186,7 +163,7 @@ def test_qdq_placement_gives_each_quantized_consumer_its_own_pair(tmp_path):
     onnx.save(helper.make_model(helper.make_graph(nodes, "g", [f("x")], [f("y")], inits),
                                 opset_imports=[helper.make_opsetid("", 17)]), path)
     x = np.array([[0.3, -0.7], [1.1, 0.05]], np.float32)
-    before = _session(path).run(None, {"x": x})[0]
+    before = ort_session(path).run(None, {"x": x})[0]
     assert dedicate_qdq_pairs(path, ["MatMul"]) == {"qdq_pairs_duplicated": 1, "float_inputs_restored": 1}
     graph = onnx.load(str(path)).graph
     onnx.checker.check_model(onnx.load(str(path)))
@@ -196,7 +173,7 @@ def test_qdq_placement_gives_each_quantized_consumer_its_own_pair(tmp_path):
     reads = [i for n in graph.node for i in n.input]
     assert all(reads.count(n.output[0]) == 1 for n in graph.node if n.op_type in ("QuantizeLinear", "DequantizeLinear"))
     # Only the Add changed: it now adds the float x instead of its INT8 rounding.
-    after = _session(path).run(None, {"x": x})[0]
+    after = ort_session(path).run(None, {"x": x})[0]
     xq = np.clip(np.round(x / 0.1), -128, 127) * 0.1
     np.testing.assert_allclose(after - before, x - xq, atol=1e-6)
 
@@ -205,8 +182,8 @@ def test_qdq_accuracy_against_fp32_on_onnxruntime(setup, exported, qdq):
     texts = setup["validation"].texts + setup["test"].texts
     labels = np.concatenate([setup["validation"].labels, setup["test"].labels])
     batch = tokenize(setup["tokenizer"], texts, 128)
-    fp32 = _ort_logits(exported.state.onnx_path, batch)
-    int8 = _ort_logits(qdq.state.onnx_path, batch)
+    fp32 = ort_logits(exported.state.onnx_path, batch)
+    int8 = ort_logits(qdq.state.onnx_path, batch)
     assert (fp32.argmax(-1) == int8.argmax(-1)).mean() >= MIN_AGREEMENT
     assert np.abs(fp32 - int8).max() <= QDQ_LOGIT_ATOL
     assert (int8.argmax(-1) == labels).mean() >= (fp32.argmax(-1) == labels).mean() - 0.05
@@ -239,7 +216,7 @@ def test_ahead_of_time_engine_build(setup, qdq, tmp_path):
     assert profile["batch"] == {"min": 1, "opt": 32, "max": 32}
     command = (out / "trtexec_command.txt").read_text()
     assert command.startswith("tensorrt_rtx --onnx=model.onnx --saveEngine=model.engine")
-    assert f"--maxShapes=input_ids:32x128,attention_mask:32x128,token_type_ids:32x128" in command
+    assert "--maxShapes=input_ids:32x128,attention_mask:32x128,token_type_ids:32x128" in command
     # TensorRT-RTX >= 1.2 made timing-cache calls no-ops (it tunes on the user's GPU): none is kept.
     assert meta["build"]["timing_cache_used"] is False and not (cache_dir / "tensorrt").exists()
     if not _cuda():
@@ -343,6 +320,6 @@ def test_engine_matches_onnxruntime_on_gpu(setup, qdq, tmp_path):
         pytest.skip(json.loads((tmp_path / "build" / "tensorrt_build.json").read_text()).get("reason"))
     batch = tokenize(setup["tokenizer"], setup["test"].texts, 128)
     got = target.runner(model_file).logits(batch)
-    expected = _ort_logits(qdq.state.onnx_path, batch)
+    expected = ort_logits(qdq.state.onnx_path, batch)
     assert (got.argmax(-1) == expected.argmax(-1)).mean() >= MIN_AGREEMENT
     np.testing.assert_allclose(got, expected, rtol=0, atol=QDQ_LOGIT_ATOL)
