@@ -120,6 +120,8 @@ def run(
     label_column: str = typer.Option("label", help="Label column of the data files (names from label2id, or ids)."),
     max_drop: Optional[float] = typer.Option(None, "--max-drop", help="Override gates.max_drop (absolute accuracy points)."),
     max_latency_ms: Optional[float] = typer.Option(None, "--max-latency-ms", help="Override gates.max_latency_ms (p50, batch 1, sequence 128)."),
+    max_latency_p95_ms: Optional[float] = typer.Option(None, "--max-latency-p95-ms", help="Override gates.max_latency_p95_ms (p95, batch 1, sequence 128)."),
+    max_size_ratio: Optional[float] = typer.Option(None, "--max-size-ratio", help="Override gates.max_size_ratio (model file / FP32 original)."),
     min_speedup: Optional[float] = typer.Option(None, "--min-speedup", help="Override gates.min_speedup (vs PyTorch FP32)."),
     quantize_mode: Optional[str] = typer.Option(None, "--quantize", help="Override quantize.mode: auto | dynamic | static | none."),
     eval_examples: Optional[int] = typer.Option(None, "--eval-examples", help="Evaluate on the first N eval examples only."),
@@ -138,6 +140,7 @@ def run(
         request = RunRequest(model_dir, target, out, recipe, eval_data, calib_data, text_column, label_column,
                              force, allow_pickle,
                              {"gates.max_drop": max_drop, "gates.max_latency_ms": max_latency_ms,
+                              "gates.max_latency_p95_ms": max_latency_p95_ms, "gates.max_size_ratio": max_size_ratio,
                               "gates.min_speedup": min_speedup, "quantize.mode": quantize_mode,
                               "eval.max_examples": eval_examples},
                              cache_dir=cache_dir, use_cache=not no_cache, cache_max_gb=cache_max_gb)

@@ -74,15 +74,24 @@ def accuracy_drop_gate(reference: EvalResult, candidate: EvalResult, max_drop: f
 
 
 def latency_gates(reference: LatencyResult, candidate: LatencyResult, max_latency_ms: float | None,
-                  min_speedup: float | None) -> list[GateResult]:
-    """Gates on p50 latency at the reference shape (batch 1, sequence 128 by default)."""
+                  min_speedup: float | None, max_latency_p95_ms: float | None = None) -> list[GateResult]:
+    """Gates on p50/p95 latency at the reference shape (batch 1, sequence 128 by default)."""
     gates = []
     shape = f"batch {candidate.batch_size}, sequence {candidate.sequence_length}"
     if max_latency_ms is not None:
         gates.append(GateResult("latency_p50", candidate.p50_ms <= max_latency_ms, candidate.p50_ms, max_latency_ms,
                                 "ms", f"p50 at {shape}"))
+    if max_latency_p95_ms is not None:
+        gates.append(GateResult("latency_p95", candidate.p95_ms <= max_latency_p95_ms, candidate.p95_ms,
+                                max_latency_p95_ms, "ms", f"p95 at {shape} over {candidate.iterations} calls"))
     if min_speedup is not None:
         speedup = reference.p50_ms / candidate.p50_ms
         gates.append(GateResult("speedup", speedup >= min_speedup, speedup, min_speedup, "x",
                                 f"FP32 PyTorch p50 {reference.p50_ms:.2f} ms / build p50 {candidate.p50_ms:.2f} ms at {shape}"))
     return gates
+
+
+def size_gate(model_bytes: int, reference_bytes: int, max_ratio: float) -> GateResult:
+    ratio = model_bytes / reference_bytes
+    return GateResult("size_ratio", ratio <= max_ratio, ratio, max_ratio, "x",
+                      f"model file {model_bytes / 1e6:.1f} MB / FP32 original {reference_bytes / 1e6:.1f} MB")

@@ -23,7 +23,7 @@ from mcompress.checkpoint import inspect_checkpoint, load_model_and_tokenizer
 from mcompress.errors import GateFailure, InputError, TargetUnavailable
 from mcompress.evaluation import TorchRunner, evaluate, latency_inputs, measure_latency
 from mcompress.flops import encoder_flops
-from mcompress.gates import accuracy_drop_gate, latency_gates
+from mcompress.gates import accuracy_drop_gate, latency_gates, size_gate
 from mcompress.manager import PassManager, PassRecord
 from mcompress.outputs import check_output_dir, staged_dir
 from mcompress.pass_base import PassContext
@@ -209,10 +209,13 @@ def run(req: RunRequest, task: TaskFactory = _no_ui) -> dict:
             gate_ref = next((r for r in ref_latency if (r.batch_size, r.sequence_length) == (1, 128)), ref_latency[0])
             gate_build = build_latency[ref_latency.index(gate_ref)]
             if engine_measured:
-                gates += latency_gates(gate_ref, gate_build, recipe.gates.max_latency_ms, recipe.gates.min_speedup)
+                gates += latency_gates(gate_ref, gate_build, recipe.gates.max_latency_ms, recipe.gates.min_speedup,
+                                       recipe.gates.max_latency_p95_ms)
 
             files = {p.name: {"bytes": p.stat().st_size, "sha256": file_digest(p)} for p in sorted(staging.iterdir()) if p.is_file()}
             model_bytes = model_file.stat().st_size
+            if recipe.gates.max_size_ratio is not None:
+                gates.append(size_gate(model_bytes, reference_size, recipe.gates.max_size_ratio))
             report = {
                 "schema": 1,
                 "mcompress_version": __version__,

@@ -64,7 +64,10 @@ class GateConfig(_Strict):
     # run stops at the first that breaks it (exit 3, naming the pass) before later passes run.
     after: list[str] = []
     max_latency_ms: Optional[float] = Field(None, gt=0)  # p50 at batch 1, sequence 128
+    max_latency_p95_ms: Optional[float] = Field(None, gt=0)  # p95 at batch 1, sequence 128
     min_speedup: Optional[float] = Field(None, gt=0)  # vs the FP32 PyTorch original, batch 1, seq 128
+    # Model file bytes over the FP32 original's tensor bytes (0.25 = a quarter of the size).
+    max_size_ratio: Optional[float] = Field(None, gt=0)
 
 
 class LatencyConfig(_Strict):

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from mcompress.evaluation import EvalResult, LatencyResult
-from mcompress.gates import accuracy_drop_gate, bootstrap_drop_ci, latency_gates
+from mcompress.gates import accuracy_drop_gate, bootstrap_drop_ci, latency_gates, size_gate
 
 
 def _result(predictions, labels) -> EvalResult:
@@ -105,3 +105,17 @@ def test_latency_gate_reports_the_shape_it_measured():
     (gate,) = latency_gates(_latency(3.0, 1, 16), _latency(1.0, 1, 16), None, min_speedup=2.0)
     assert gate.passed and gate.value == pytest.approx(3.0)
     assert "batch 1, sequence 16" in gate.detail
+
+
+def test_p95_latency_gate():
+    build = LatencyResult(1, 128, p50_ms=5.0, p95_ms=9.0, iterations=40)
+    (tail,) = latency_gates(_latency(20.0), build, None, None, max_latency_p95_ms=8.0)
+    assert (tail.name, tail.passed, tail.value, tail.threshold) == ("latency_p95", False, 9.0, 8.0)
+    (tail,) = latency_gates(_latency(20.0), build, None, None, max_latency_p95_ms=9.0)
+    assert tail.passed
+
+
+def test_size_gate():
+    gate = size_gate(23_000_000, 92_000_000, 0.25)
+    assert (gate.name, gate.passed, gate.unit) == ("size_ratio", True, "x") and gate.value == pytest.approx(0.25)
+    assert not size_gate(23_000_001, 92_000_000, 0.25).passed

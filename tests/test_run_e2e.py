@@ -164,3 +164,15 @@ def test_real_minilm_end_to_end(minilm_classifier, fast_recipe, tmp_path):
     assert report["artifact"]["size_ratio"] < 0.3
     assert report["data"]["eval"]["examples"] == 48
     assert {g["name"]: g["passed"] for g in report["gates"]} == {"accuracy_drop": True}
+
+
+def test_size_and_p95_gates_from_the_command_line(tiny_checkpoint, fast_recipe, tmp_path):
+    out = tmp_path / "build"
+    code, output = _run_cli(tiny_checkpoint, out, fast_recipe, "--quantize", "dynamic",
+                            "--max-size-ratio", "0.01", "--max-latency-p95-ms", "10000")
+    assert code == ExitCode.GATE_FAILED, output
+    assert "size_ratio" in output
+    gates = {g["name"]: g for g in json.loads((out / "report.json").read_text())["gates"]}
+    assert gates["size_ratio"]["passed"] is False and gates["size_ratio"]["threshold"] == 0.01
+    assert gates["latency_p95"]["passed"] is True
+
