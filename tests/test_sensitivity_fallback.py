@@ -321,3 +321,38 @@ def test_html_report_renders_without_optional_sections():
     page = render_html(report)
     assert "FAIL" in page and "&lt;t&gt;" in page and "a &lt;b&gt; c" in page and "<svg" in page
     assert not re.search(r"https?://", page)
+
+
+def test_interrupted_search_resumes_from_the_last_finished_candidate(setup, breaking, tmp_path, monkeypatch):
+    from mcompress.passes.quantize import sensitivity
+    from mcompress.passes.quantize.sensitivity import Requantizer
+
+    ctx, quantized, selection = breaking
+    uninterrupted = QuantizeFallback().call(quantized, dataclasses.replace(ctx, work_dir=tmp_path / "w0")).metrics
+    stop_at = max(1, uninterrupted["chosen_step"])  # interrupt while building the candidate that passed
+    resume = tmp_path / "resume"
+    ctx = dataclasses.replace(ctx, resume_dir=resume)
+
+    real_build = Requantizer.build
+
+    def interrupted(self, nodes, name):
+        if name == f"candidate-{stop_at}":
+            raise KeyboardInterrupt
+        return real_build(self, nodes, name)
+
+    monkeypatch.setattr(Requantizer, "build", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        QuantizeFallback().call(quantized, dataclasses.replace(ctx, work_dir=tmp_path / "w1"))
+    assert len(list(resume.glob("fallback-*.json"))) == 1  # the ranking and finished candidates survive
+
+    monkeypatch.setattr(Requantizer, "build", real_build)
+    monkeypatch.setattr(sensitivity, "measure_sensitivity",
+                        lambda *a, **k: pytest.fail("the ranking was measured again instead of resumed"))
+    result = QuantizeFallback().call(quantized, dataclasses.replace(ctx, work_dir=tmp_path / "w2"))
+    m = result.metrics
+    assert m["resumed"] == {"candidates": stop_at - 1}
+    assert [(c["float_layers"], c["accuracy"]) for c in m["candidates"]] == \
+        [(c["float_layers"], c["accuracy"]) for c in uninterrupted["candidates"]]
+    assert m["chosen_step"] == uninterrupted["chosen_step"] and m["passed"] == uninterrupted["passed"]
+    assert _eval(setup, result.state.onnx_path, selection).accuracy == pytest.approx(m["candidates"][m["chosen_step"]]["accuracy"])
+    assert not list(resume.glob("fallback-*.json"))  # removed once the search ended

@@ -14,15 +14,19 @@ The pass always ends with a model: the fastest candidate within budget, else the
 (fewest float layers among equals); the final gate then judges the build on the eval data.
 
 With ``sensitivity.run: always`` the ranking is measured (and reported) even when no fallback is
-needed. Not resumable: an interrupted fallback search starts again (the pass cache keeps its
-finished result).
+needed. Resumable: the ranking and every finished candidate are logged as they are measured
+(``_SearchLog``), so a rerun after an interruption continues from the last finished candidate;
+an interruption during the ranking itself measures the ranking again. The pass cache keeps the
+finished result.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import hashlib
+import json
 import logging
+import os
 import time
 from pathlib import Path
 
@@ -30,9 +34,34 @@ from mcompress.evaluation import evaluate, latency_inputs, measure_latency
 from mcompress.passes.quantize import ort_int8, sensitivity
 from mcompress.gates import metric_drop
 from mcompress.pass_base import Pass, PassContext, PassResult
+from mcompress.report import file_digest
 from mcompress.state import ModelKind, ModelState
 
 logger = logging.getLogger(__name__)
+
+
+class _SearchLog:
+    """The progress of one fallback search (the sensitivity ranking, then every finished candidate),
+    saved after each measurement so an interrupted run resumes where it stopped. It lives in
+    ``ctx.resume_dir`` (the pass cache's dir) and is removed when the search ends; with
+    ``--no-cache`` it lives in the run's scratch dir, so resuming then works only within one run."""
+
+    def __init__(self, path: Path):
+        self.path = path
+        try:
+            self.data = json.loads(path.read_text()) if path.is_file() else {}
+        except ValueError:  # a log cut short by a crash: start over
+            self.data = {}
+
+    def save(self, **updates) -> None:
+        self.data.update(updates)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = self.path.with_name(self.path.name + f".{os.getpid()}.tmp")
+        tmp.write_text(json.dumps(self.data))
+        os.replace(tmp, self.path)
+
+    def remove(self) -> None:
+        self.path.unlink(missing_ok=True)
 
 
 class QuantizeFallback(Pass):
@@ -91,13 +120,23 @@ class QuantizeFallback(Pass):
         work = ctx.work_dir / "fallback"
         requantizer = Requantizer(mode, Path(float_graph), state, ctx, work)
         layers = find_layers(Path(float_graph), Path(state.onnx_path), requantizer.op_types, recipe.sensitivity.granularity)
-        sensitivity = measure_sensitivity(layers, requantizer, Path(state.onnx_path), state, ctx,
-                                          recipe.sensitivity.max_seconds, recipe.sensitivity.examples)
+        key = hashlib.sha256(json.dumps([self.cache_key_parts(ctx), file_digest(Path(state.onnx_path))],
+                                        sort_keys=True, default=str).encode()).hexdigest()[:24]
+        log = _SearchLog(Path(ctx.resume_dir or ctx.work_dir) / f"fallback-{key}.json")
+        if "sensitivity" in log.data:
+            sensitivity = log.data["sensitivity"]
+            metrics["resumed"] = {"candidates": len(log.data.get("candidates", []))}
+            logger.info("fallback: resuming an interrupted search (%d candidates done)", metrics["resumed"]["candidates"])
+        else:
+            sensitivity = measure_sensitivity(layers, requantizer, Path(state.onnx_path), state, ctx,
+                                              recipe.sensitivity.max_seconds, recipe.sensitivity.examples)
+            log.save(sensitivity=sensitivity)
         metrics["sensitivity"] = sensitivity
         if not needed:
             metrics["skipped"] = ("within budget: no layer left in float" if initial["within_budget"]
                                   else "over budget, but fallback.enabled is false")
             metrics["float_layers"] = []
+            log.remove()
             return PassResult(state, False, metrics)
 
         ranked = ranking(sensitivity)
@@ -107,7 +146,15 @@ class QuantizeFallback(Pass):
         search_started = time.perf_counter()
         stopped = "no layers to leave in float" if not ranked else f"max_layers ({limit} layers in float)"
         advance = ctx.progress("float fallback", limit) if ctx.progress else (lambda n: None)
+        finished = log.data.get("candidates", [])  # from an interrupted run: measured, files not kept
         for k in range(1, limit + 1):
+            if k <= len(finished):
+                candidates.append({**finished[k - 1], "path": None})
+                advance(1)
+                if finished[k - 1]["within_budget"]:
+                    stopped = "passed"
+                    break
+                continue
             if time.perf_counter() - search_started > recipe.fallback.max_seconds:
                 stopped = f"max_seconds ({recipe.fallback.max_seconds:g} s)"
                 break
@@ -120,6 +167,7 @@ class QuantizeFallback(Pass):
                                "path": path})
             logger.info("fallback: %d layers in float: accuracy %.4f, drop %.3f, p50 %.2f ms", k, c["accuracy"],
                         c["drop"], c["p50_ms_b1_s128"])
+            log.save(candidates=[{name: v for name, v in c.items() if name != "path"} for c in candidates[1:]])
             advance(1)
             if c["within_budget"]:
                 stopped = "passed"
@@ -131,8 +179,11 @@ class QuantizeFallback(Pass):
         else:
             best = max(candidates, key=lambda c: (c["accuracy"], -c["step"]))
             reason = "no candidate within budget; kept the most accurate"
+        if best["path"] is None:  # measured before an interruption: rebuild it (quantization is deterministic)
+            best["path"] = requantizer.build(best["float_nodes"], f"candidate-{best['step']}")
+        log.remove()
         for c in candidates:  # only the kept model's file is needed later
-            if c is not best and c["step"]:
+            if c is not best and c["step"] and c["path"] is not None:
                 import shutil
 
                 shutil.rmtree(Path(c["path"]).parent, ignore_errors=True)
