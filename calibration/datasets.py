@@ -158,6 +158,15 @@ def write_jsonl(path: Path, texts: list[str], labels: list[str]) -> None:
             f.write(json.dumps({"text": text, "label": label}, ensure_ascii=False) + "\n")
 
 
+def length_batches(texts: list[str], batch_size: int):
+    """Index arrays of batches in order of character length (stable), so padding stays small.
+    Evaluation and the bundle runtime both batch this way: dynamically quantized models scale
+    activations per padded batch, so the same batches give the same predictions."""
+    order = np.argsort(np.array([len(t) for t in texts], dtype=np.int64), kind="stable")
+    for start in range(0, len(texts), batch_size):
+        yield order[start:start + batch_size]
+
+
 def tokenize(tokenizer, texts: list[str], max_length: int, pad_to: int | None = None) -> dict[str, np.ndarray]:
     """Tokenize to int64 numpy arrays; pad to the longest text, or to exactly ``pad_to``."""
     encoded = tokenizer(

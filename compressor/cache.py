@@ -53,14 +53,15 @@ def default_cache_dir() -> Path:
     return Path(env) if env else Path.home() / ".cache" / "mcompress"
 
 
-def _digest(*parts: Any) -> str:
+def json_digest(*parts: Any) -> str:
+    """sha256 of JSON-encoded parts (sorted keys; paths and other objects as str)."""
     return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()
 
 
 def source_key(ckpt: "Checkpoint") -> str:
     """The chain's root: the checkpoint's content hash and its tokenizer files (contents, not paths)."""
     tokenizer = {n: file_digest(ckpt.path / n) for n in TOKENIZER_FILES if (ckpt.path / n).is_file()}
-    return _digest("source", ckpt.content_hash, tokenizer)
+    return json_digest("source", ckpt.content_hash, tokenizer)
 
 
 def _code_hash(p: "Pass") -> str:
@@ -108,7 +109,7 @@ class PassCache:
     # --- keys ----------------------------------------------------------------------------------
 
     def key(self, parent: str, p: "Pass", ctx: "PassContext") -> str:
-        return _digest("pass", parent, p.name, type(p).__qualname__, _code_hash(p), p.cache_key_parts(ctx),
+        return json_digest("pass", parent, p.name, type(p).__qualname__, _code_hash(p), p.cache_key_parts(ctx),
                        self.versions, ctx.target.name)
 
     # --- load ----------------------------------------------------------------------------------

@@ -14,7 +14,7 @@ from typing import Protocol
 
 import numpy as np
 
-from mcompress.calibration.datasets import LabelledTexts, tokenize
+from mcompress.calibration.datasets import LabelledTexts, length_batches, tokenize
 
 
 class Runner(Protocol):
@@ -83,12 +83,9 @@ def macro_f1(predictions: np.ndarray, labels: np.ndarray) -> float:
 
 def predict_logits(runner: Runner, tokenizer, texts: list[str], max_length: int, batch_size: int = 32,
                    on_batch=None) -> np.ndarray:
-    """Logits for every text, in input order. Texts are batched by length so padding stays small."""
-    lengths = np.array([len(t) for t in texts])
-    order = np.argsort(lengths, kind="stable")
+    """Logits for every text, in input order, batched by calibration.datasets.length_batches."""
     out: np.ndarray | None = None
-    for start in range(0, len(texts), batch_size):
-        idx = order[start:start + batch_size]
+    for idx in length_batches(texts, batch_size):
         batch = tokenize(tokenizer, [texts[i] for i in idx], max_length)
         logits = runner.logits({k: v for k, v in batch.items() if k in runner.input_names})
         if out is None:

@@ -190,6 +190,8 @@ class Bundle:
         the padded batch."""
         import numpy as np
 
+        from mcompress.calibration.datasets import length_batches
+
         if isinstance(texts, str):
             raise TypeError("texts must be a list of strings, not one string")
         texts = list(texts)
@@ -199,9 +201,7 @@ class Bundle:
         if batch_size < 1:
             raise ValueError("batch_size must be >= 1")
         out = np.empty((len(texts), len(self.labels)), dtype=np.float32)
-        order = np.argsort(np.array([len(t) for t in texts], dtype=np.int64), kind="stable")
-        for start in range(0, len(texts), batch_size):
-            idx = order[start:start + batch_size]
+        for idx in length_batches(texts, batch_size):
             encodings = self.tokenizer.encode_batch([texts[i] for i in idx])
             feed = {name: np.array([getattr(e, attr) for e in encodings], dtype=self.input_dtypes[name])
                     for name, attr in self.feeds.items()}

@@ -23,7 +23,6 @@ finished result.
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import json
 import logging
 import os
@@ -34,6 +33,7 @@ from mcompress.evaluation import evaluate, latency_inputs, measure_latency
 from mcompress.passes.quantize import ort_int8, sensitivity
 from mcompress.gates import metric_drop
 from mcompress.pass_base import Pass, PassContext, PassResult
+from mcompress.cache import json_digest
 from mcompress.report import file_digest
 from mcompress.state import ModelKind, ModelState
 
@@ -82,7 +82,7 @@ class QuantizeFallback(Pass):
                 "scoring": {"threads": recipe.latency.threads, "iterations": recipe.latency.iterations,
                             "warmup": recipe.latency.warmup, "eval_batch_size": recipe.eval.batch_size},
                 # the cache hashes this module's code; the ranking and re-quantization live in these
-                "helpers": {name: hashlib.sha256(Path(module.__file__).read_bytes()).hexdigest()
+                "helpers": {name: file_digest(Path(module.__file__))
                             for name, module in (("sensitivity", sensitivity), ("ort_int8", ort_int8))}}
 
     def call(self, state: ModelState, ctx: PassContext) -> PassResult:
@@ -111,31 +111,28 @@ class QuantizeFallback(Pass):
                          "drop_type": gates.drop_type, "max_drop": gates.max_drop, "margin": recipe.fallback.margin,
                          "reference_selection_accuracy": ctx.reference_selection_accuracy, "initial": initial}
         needed = recipe.fallback.enabled and not initial["within_budget"]
+        skipped = ("within budget: no layer left in float" if initial["within_budget"]
+                   else "over budget, but fallback.enabled is false")
         if not needed and recipe.sensitivity.run != "always":
-            metrics["skipped"] = ("within budget: no layer left in float" if initial["within_budget"]
-                                  else "over budget, but fallback.enabled is false")
-            metrics["float_layers"] = []
+            metrics.update(skipped=skipped, float_layers=[])
             return PassResult(state, False, metrics)
 
         work = ctx.work_dir / "fallback"
         requantizer = Requantizer(mode, Path(float_graph), state, ctx, work)
-        layers = find_layers(Path(float_graph), Path(state.onnx_path), requantizer.op_types, recipe.sensitivity.granularity)
-        key = hashlib.sha256(json.dumps([self.cache_key_parts(ctx), file_digest(Path(state.onnx_path))],
-                                        sort_keys=True, default=str).encode()).hexdigest()[:24]
+        key = json_digest(self.cache_key_parts(ctx), file_digest(Path(state.onnx_path)))[:24]
         log = _SearchLog(Path(ctx.resume_dir or ctx.work_dir) / f"fallback-{key}.json")
         if "sensitivity" in log.data:
             sensitivity = log.data["sensitivity"]
             metrics["resumed"] = {"candidates": len(log.data.get("candidates", []))}
             logger.info("fallback: resuming an interrupted search (%d candidates done)", metrics["resumed"]["candidates"])
         else:
+            layers = find_layers(Path(float_graph), Path(state.onnx_path), requantizer.op_types, recipe.sensitivity.granularity)
             sensitivity = measure_sensitivity(layers, requantizer, Path(state.onnx_path), state, ctx,
                                               recipe.sensitivity.max_seconds, recipe.sensitivity.examples)
             log.save(sensitivity=sensitivity)
         metrics["sensitivity"] = sensitivity
         if not needed:
-            metrics["skipped"] = ("within budget: no layer left in float" if initial["within_budget"]
-                                  else "over budget, but fallback.enabled is false")
-            metrics["float_layers"] = []
+            metrics.update(skipped=skipped, float_layers=[])
             log.remove()
             return PassResult(state, False, metrics)
 
