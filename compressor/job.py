@@ -149,7 +149,7 @@ def run(req: RunRequest, task: TaskFactory = _no_ui) -> dict:
     with tempfile.TemporaryDirectory(prefix="mcompress-") as work:
         ctx = PassContext(recipe, target, Path(work), data.calibration, data.selection,
                           reference_selection.accuracy, progress=task,
-                          resume_dir=cache_root / "distill-resume" if cache_root else None)
+                          resume_dir=cache_root / "resume" if cache_root else None)
 
         evaluated = {}  # pass name -> EvalResult on the eval data, shared with the gates after passes
         pass_runner = lambda s: TorchRunner(s.torch_model, threads) if s.kind is ModelKind.TORCH else target.runner(s.onnx_path, threads)

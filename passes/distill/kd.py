@@ -23,8 +23,8 @@ best weights and RNG state are saved to ``<resume dir>/distill-<key>.pt``, where
 everything that determines the run (source checkpoint, incoming weights, distill settings, seed,
 training data). A run that finds a checkpoint with its key continues from that step; the file is
 deleted when the pass finishes. The resume dir is ``ctx.resume_dir`` (the job sets it to
-``<cache dir>/distill-resume``), else ``ctx.work_dir / "distill-resume"`` (scratch space: with
-``--no-cache``, resuming works only within one run).
+``<cache dir>/resume``, shared with the fallback search), else ``ctx.work_dir / "distill-resume"``
+(scratch space: with ``--no-cache``, resuming works only within one run).
 
 A model pruned 2:4 (annotation ``sparsity: "2:4"``) keeps its pattern: the zero mask is read from
 the incoming weights and re-applied after every optimizer step.
@@ -35,7 +35,6 @@ from __future__ import annotations
 import copy
 import dataclasses
 import hashlib
-import json
 import logging
 import math
 import time
@@ -43,6 +42,7 @@ from pathlib import Path
 
 import numpy as np
 
+from mcompress.cache import json_digest
 from mcompress.checkpoint import load_model_and_tokenizer
 from mcompress.evaluation import TorchRunner, evaluate
 from mcompress.pass_base import Pass, PassContext, PassResult
@@ -147,11 +147,11 @@ class Distill(Pass):
                                        {"params": no_decay, "weight_decay": 0.0}], lr=cfg.lr)
         scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: _lr_factor(s, warmup, total))
 
-        key = hashlib.sha256(json.dumps({
+        key = json_digest({
             "source": state.source.content_hash, "student": _state_digest(student),
             "distill": cfg.model_dump(mode="json"), "seed": ctx.seed, "max_length": ctx.recipe.max_length,
             "train": data.content_hash(), "selection": selection.content_hash(),
-        }, sort_keys=True).encode()).hexdigest()[:20]
+        })[:20]
         checkpoint_path = resume_dir(ctx) / f"distill-{key}.pt"
         # Everything the loop carries between steps: saved whole in a resume checkpoint.
         run = {"step": 0, "best_score": None, "best_step": None, "best_state": None, "stale": 0, "history": [],
