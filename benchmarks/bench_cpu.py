@@ -66,6 +66,10 @@ def main() -> int:
     parser.add_argument("--recipe", type=Path, action="append", default=None,
                         help="mcompress recipe(s) to build (default: recipes/ptq.yaml)")
     parser.add_argument("--out", type=Path, default=None, help="write results JSON here")
+    parser.add_argument("--builds", type=Path, default=None,
+                        help="keep each recipe's build in DIR/build-<recipe>; with --reuse-builds, a build already "
+                             "there is measured again instead of rebuilt (its wall time comes from its report)")
+    parser.add_argument("--reuse-builds", action="store_true")
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--per-round", type=int, default=20)
     args = parser.parse_args()
@@ -91,6 +95,7 @@ def main() -> int:
     with tempfile.TemporaryDirectory(prefix="mcompress-bench-") as tmp:
         work = Path(tmp)
         load_before = other_processes_cpu()
+        build_loads = {}  # other processes' CPU % sampled right after each build
         started = time.perf_counter()
         optimum_model, optimum_preset = optimum_dynamic_int8(args.example_dir, work)
         optimum_wall = time.perf_counter() - started
@@ -99,16 +104,22 @@ def main() -> int:
         runners[f"Optimum dynamic INT8 ({optimum_preset})"] = OrtRunner(optimum_model, threads)
         rows[f"Optimum dynamic INT8 ({optimum_preset})"] = {"bytes": optimum_model.stat().st_size, "wall_s": round(optimum_wall, 1)}
         for recipe in recipes:
-            out = work / f"build-{recipe.stem}"
-            started = time.perf_counter()
-            # no pass cache: "build wall s" is the time of a build from scratch
-            try:
-                run(RunRequest(args.example_dir, "onnx-cpu", out, recipe, overrides={"eval.evaluate_each_pass": False},
-                               use_cache=False))
-            except GateFailure:
-                pass  # the build and its report are written; the table shows the verdict
-            wall = round(time.perf_counter() - started, 1)
-            report = json.loads((out / "report.json").read_text())
+            out = (args.builds or work) / f"build-{recipe.stem}"
+            if args.reuse_builds and (out / "report.json").is_file():
+                report = json.loads((out / "report.json").read_text())
+                wall = report["wall_s"]  # the build's own run, which may have had other load
+                build_loads[recipe.stem] = "reused: see its first run"
+            else:
+                started = time.perf_counter()
+                # no pass cache: "build wall s" is the time of a build from scratch
+                try:
+                    run(RunRequest(args.example_dir, "onnx-cpu", out, recipe, overrides={"eval.evaluate_each_pass": False},
+                                   use_cache=False, force=True))
+                except GateFailure:
+                    pass  # the build and its report are written; the table shows the verdict
+                wall = round(time.perf_counter() - started, 1)
+                build_loads[recipe.stem] = round(other_processes_cpu(), 1)
+                report = json.loads((out / "report.json").read_text())
             name = f"mcompress onnx-cpu ({recipe.stem}: {report['artifact']['quantization']}/{report['artifact']['graph']})"
             runners[name] = OrtRunner(out / "model.onnx", threads)
             rows[name] = {"bytes": (out / "model.onnx").stat().st_size, "wall_s": wall,
@@ -141,7 +152,7 @@ def main() -> int:
                      f"{row['bytes'] / fp32_bytes:.3f} | {row['gflops_seq128']:.2f} | "
                      f"{row['wall_s'] if row['wall_s'] is not None else '–'}{'' if row.get('gate_passed', True) else ' (gate FAILED)'} |")
     result = {"example": str(args.example_dir), "test_examples": len(test), "sequence_length": 128, "threads": threads,
-              "other_processes_cpu_percent": {"before": load_before, "after": load_after},
+              "other_processes_cpu_percent": {"before": load_before, "after": load_after, "after_each_build": build_loads},
               "machine": machine_info(), "versions": library_versions(), "rows": rows}
     print("\n".join(table))
     print(f"\n{len(test)} test examples; other processes' CPU: {load_before}% before, {load_after}% after (100% = one core)")

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from mcompress.errors import InputError
+from mcompress.report import artifact_measured
 
 
 @dataclass
@@ -42,9 +43,15 @@ def _speedup_b1(report: dict) -> float | None:
 
 
 def check_report(report: dict, baseline: dict | None = None, max_accuracy_regression: float = 0.5,
-                 max_speedup_regression: float = 0.2, max_size_growth: float = 0.05) -> list[Finding]:
+                 max_speedup_regression: float = 0.2, max_size_growth: float = 0.05,
+                 allow_unmeasured: bool = False) -> list[Finding]:
     findings = [Finding(f"gate {g['name']}", g["passed"],
                         f"{g['value']:.3f} {g['unit']} (budget {g['threshold']})") for g in report["gates"]]
+    if not artifact_measured(report):
+        build = report["target_build"]
+        findings.append(Finding("deployed artifact measured", allow_unmeasured,
+                                f"no: gates ran on {build.get('gated_artifact', 'a stand-in')}"
+                                + (" (accepted by --allow-unmeasured)" if allow_unmeasured else "")))
     if baseline is None:
         return findings
     same_data = report["data"]["eval"].get("sha256") == baseline["data"]["eval"].get("sha256")

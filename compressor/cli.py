@@ -185,13 +185,14 @@ def check(
     max_speedup_regression: float = typer.Option(0.2, help="Allowed relative loss of speedup over FP32 vs the baseline."),
     max_size_growth: float = typer.Option(0.05, help="Allowed relative growth of the model file vs the baseline."),
     markdown: Optional[Path] = typer.Option(None, "--markdown", help="Also write the summary here (e.g. $GITHUB_STEP_SUMMARY)."),
+    allow_unmeasured: bool = typer.Option(False, "--allow-unmeasured", help="Accept a build whose gates ran on a stand-in (a TensorRT engine built without a GPU)."),
 ) -> None:
-    """Exit non-zero (3) when a report's gates failed or it regressed against a baseline."""
+    """Exit non-zero (3) when a report's gates failed, ran on a stand-in, or it regressed against a baseline."""
     def body():
         from mcompress.check import check_report, load_report, render_markdown
 
         findings = check_report(load_report(report), load_report(baseline) if baseline else None,
-                                max_accuracy_regression, max_speedup_regression, max_size_growth)
+                                max_accuracy_regression, max_speedup_regression, max_size_growth, allow_unmeasured)
         summary = render_markdown(findings, report)
         typer.echo(summary)
         if markdown:

@@ -42,9 +42,10 @@ class TorchRunner:
     def logits(self, inputs: dict[str, np.ndarray]) -> np.ndarray:
         import torch
 
+        device = next(self.model.parameters()).device  # the CPU, or a GPU while distilling there
         with torch.inference_mode():
-            feed = {k: torch.from_numpy(v) for k, v in inputs.items() if k in self.input_names}
-            return self.model(**feed).logits.float().numpy()
+            feed = {k: torch.from_numpy(v).to(device) for k, v in inputs.items() if k in self.input_names}
+            return self.model(**feed).logits.float().cpu().numpy()
 
 
 @dataclass

@@ -96,6 +96,7 @@ class EvalConfig(_Strict):
 class PruneConfig(_Strict):
     """Structured pruning budget: keep counts, or one keep_ratio (passes/prune/structured.py)."""
 
+    keep_layers: Optional[int] = Field(None, ge=1)  # encoder layers kept, chosen by greedy ablation
     heads_per_layer: Optional[int] = Field(None, ge=1)  # heads kept in every layer
     ffn_neurons_per_layer: Optional[int] = Field(None, ge=1)  # FFN width kept in every layer
     # Fraction of heads (ranked globally, every layer keeps >= 1) and of FFN neurons (per layer) kept.
@@ -112,8 +113,8 @@ class PruneConfig(_Strict):
         counts = self.heads_per_layer is not None or self.ffn_neurons_per_layer is not None
         if counts and self.keep_ratio is not None:
             raise ValueError("give either keep_ratio or heads_per_layer/ffn_neurons_per_layer, not both")
-        if not counts and self.keep_ratio is None and not self.semi_structured_2_4:
-            raise ValueError("no budget: set keep_ratio, or heads_per_layer and/or ffn_neurons_per_layer")
+        if not counts and self.keep_ratio is None and self.keep_layers is None and not self.semi_structured_2_4:
+            raise ValueError("no budget: set keep_ratio, keep_layers, or heads_per_layer and/or ffn_neurons_per_layer")
         return self
 
 
@@ -143,6 +144,7 @@ class DistillConfig(_Strict):
     eval_examples: Optional[int] = Field(None, ge=1)  # selection examples per evaluation (null = all)
     patience: int = Field(3, ge=1)
     checkpoint_every: int = Field(200, ge=1)  # steps between resume checkpoints
+    device: Literal["auto", "cpu", "cuda"] = "auto"  # auto: a CUDA GPU when torch sees one
 
 
 class TensorRTConfig(_Strict):
@@ -267,6 +269,9 @@ def validate_against_checkpoint(recipe: Recipe, ckpt) -> None:
     if prune.heads_per_layer is not None and prune.heads_per_layer > heads:
         raise InputError(f"recipe prune.heads_per_layer {prune.heads_per_layer} is more than the model's "
                          f"{heads} attention heads per layer.", f"Set prune.heads_per_layer between 1 and {heads}.")
+    if prune.keep_layers is not None and layers and prune.keep_layers > layers:
+        raise InputError(f"recipe prune.keep_layers {prune.keep_layers} is more than the model's {layers} layers.",
+                         f"Set prune.keep_layers between 1 and {layers}.")
     ffn = config.get("intermediate_size", config.get("hidden_dim"))
     if prune.ffn_neurons_per_layer is not None and ffn and prune.ffn_neurons_per_layer > int(ffn):
         raise InputError(f"recipe prune.ffn_neurons_per_layer {prune.ffn_neurons_per_layer} is more than the "
@@ -284,6 +289,12 @@ def validate_training_data(recipe: Recipe, train_examples: int, train_is_eval_da
     if train_examples < 1:
         raise InputError("recipe distill has no training examples (the train split is empty).",
                          "Give a train split with examples.")
+    if recipe.distill.device == "cuda":
+        import torch
+
+        if not torch.cuda.is_available():
+            raise InputError("recipe distill.device is cuda, but torch sees no CUDA GPU here.",
+                             "Set distill.device to auto (GPU when present, else CPU) or cpu.")
 
 
 def load_recipe(path: str | Path | None) -> Recipe:

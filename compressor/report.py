@@ -46,6 +46,19 @@ def file_digest(path: Path) -> str:
     return digest.hexdigest()
 
 
+def artifact_measured(report: dict) -> bool:
+    """False when the gates ran on a stand-in because the target's own artifact cannot run here
+    (a TensorRT engine without a GPU): its accuracy and latency are then unmeasured."""
+    return bool((report.get("target_build") or {}).get("engine_measured", True))
+
+
+def verdict(report: dict) -> str:
+    """PASS, FAIL, or UNVERIFIED: every gate passed, but on a stand-in, not the deployed artifact."""
+    if not report["passed"]:
+        return "FAIL"
+    return "PASS" if artifact_measured(report) else "UNVERIFIED"
+
+
 def write_report(report: dict, out_dir: Path) -> None:
     (out_dir / "report.json").write_text(json.dumps(report, indent=2, sort_keys=False) + "\n")
     (out_dir / "report.md").write_text(render_markdown(report))
@@ -84,12 +97,14 @@ def _gflops(n: int | None) -> str:
 
 
 def render_markdown(report: dict) -> str:
-    verdict = "PASS" if report["passed"] else "FAIL"
     ref = report["reference"]
+    stand_in = "" if artifact_measured(report) else (
+        f"**The deployed artifact was not measured**: the gates ran on "
+        f"{report['target_build'].get('gated_artifact', 'a stand-in')}. {report['target_build'].get('reason', '')}\n\n")
     lines = [
-        f"# mcompress build: {verdict}",
+        f"# mcompress build: {verdict(report)}",
         "",
-        f"Target **{report['target']}**, recipe **{report['recipe']['name']}**, source `{report['source']['path']}` "
+        stand_in + f"Target **{report['target']}**, recipe **{report['recipe']['name']}**, source `{report['source']['path']}` "
         f"(sha256 {report['source']['sha256'][:12]}…), eval data `{report['data']['eval']['source']}` "
         f"({report['data']['eval']['examples']} examples).",
         "",

@@ -14,7 +14,7 @@ from __future__ import annotations
 import html
 import math
 
-from mcompress.report import _pass_ms, _reference_b1
+from mcompress.report import _pass_ms, _reference_b1, artifact_measured, verdict
 
 _PALETTE = ["#4c78a8", "#f58518", "#54a24b", "#e45756", "#72b7b2", "#b279a2", "#9d755d"]
 
@@ -294,7 +294,8 @@ code{background:#f6f8fa;padding:1px 4px}
 
 
 def render_html(report: dict) -> str:
-    verdict = _Raw('<span class="pass">PASS</span>' if report["passed"] else '<span class="fail">FAIL</span>')
+    verdict_text = verdict(report)
+    verdict_html = _Raw(f'<span class="{"pass" if verdict_text == "PASS" else "fail"}">{verdict_text}</span>')
     ref, build, art = report["reference"], report["build"], report["artifact"]
     passes = {p["name"]: p["metrics"] for p in report["passes"]}
     fallback = passes.get("fallback") or {}
@@ -321,7 +322,10 @@ def render_html(report: dict) -> str:
                             series, "p50 latency, ms", "accuracy", hline, chosen) if series else ""
     float_layers = art.get("float_layers") or []
     body = [
-        f"<h1>mcompress build: {verdict}</h1>",
+        f"<h1>mcompress build: {verdict_html}</h1>",
+        "" if artifact_measured(report) else
+        f"<p><b>The deployed artifact was not measured</b>: the gates ran on "
+        f"{_e(report['target_build'].get('gated_artifact', 'a stand-in'))}. {_e(report['target_build'].get('reason', ''))}</p>",
         f"<p>Target <b>{_e(report['target'])}</b>, recipe <b>{_e(report['recipe']['name'])}</b>, source "
         f"<code>{_e(report['source']['path'])}</code> (sha256 {_e(report['source']['sha256'][:12])}…), eval data "
         f"<code>{_e(report['data']['eval']['source'])}</code> ({report['data']['eval']['examples']} examples). "

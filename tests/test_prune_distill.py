@@ -172,6 +172,62 @@ def test_pruned_model_exports_and_fuses(setup, pruned, tmp_path):
         assert np.abs(got - expected).max() <= ONNX_ATOL
 
 
+def _make_layer_identity(model, index: int) -> None:
+    """Zero layer ``index``'s attention and FFN outputs and reset its LayerNorms: with post-LN and
+    LayerNorm-ed inputs, the layer then passes its input on unchanged (up to LayerNorm epsilon)."""
+    layer = model.bert.encoder.layer[index]
+    with torch.no_grad():
+        for linear in (layer.attention.output.dense, layer.output.dense):
+            linear.weight.zero_()
+            linear.bias.zero_()
+        for norm in (layer.attention.output.LayerNorm, layer.output.LayerNorm):
+            norm.weight.fill_(1.0)
+            norm.bias.zero_()
+
+
+def test_layer_ablation_measures_the_loss_without_each_layer(setup):
+    model = copy.deepcopy(setup["model"])
+    _make_layer_identity(model, 1)
+    batches, labels = S.scoring_batches(setup["tokenizer"], setup["train"].texts, setup["train"].labels, 32, 8)
+    full_loss = S._mean_loss(model.eval(), batches, labels)
+    kept, rounds = S.choose_layers(model, batches, labels, keep=1)
+    losses = rounds[0]["loss_without"]
+    assert abs(losses["1"] - full_loss) < 2e-4  # skipping the identity layer changes nothing (log rounds to 1e-4)
+    assert abs(losses["0"] - full_loss) > 1e-3  # skipping a real layer does
+    assert kept == [0 if losses["1"] <= losses["0"] else 1] and rounds[0]["dropped"] != kept[0]
+    assert len(model.bert.encoder.layer) == 2  # measuring leaves the model whole
+
+
+def test_prune_pass_drops_layers_and_the_model_reloads_and_exports(setup, tmp_path):
+    from transformers import AutoModelForSequenceClassification
+
+    ctx = _context(setup, tmp_path / "work", **{"prune.keep_layers": 1, "prune.heads_per_layer": 1})
+    result = S.PruneStructured().call(_state(setup), ctx)
+    model, m = result.state.torch_model, result.metrics
+    assert result.modified and m["layers"] == 1 and m["layers_before"] == 2 and len(m["layer_ablation"]) == 1
+    kept = result.state.annotations["kept_layers"]
+    assert kept == m["kept_layers"] and len(kept) == 1 and kept[0] != m["layer_ablation"][0]["dropped"]
+    assert model.config.num_hidden_layers == 1 and S.heads_per_layer(model) == [1]
+    assert set(model.config.pruned_heads) == {0}  # re-indexed to the kept layer's new position
+    assert len(setup["model"].bert.encoder.layer) == 2  # the reference is untouched
+    model.save_pretrained(tmp_path / "saved", safe_serialization=True)
+    reloaded = AutoModelForSequenceClassification.from_pretrained(tmp_path / "saved").eval()
+    batch = _batch(setup)
+    assert torch.equal(_logits(reloaded, batch), _logits(model, batch))
+    exported = ExportOnnx().call(result.state, _context(setup, tmp_path / "export"))  # checks its own parity
+    assert exported.state.annotations["config_updates"]["num_hidden_layers"] == 1
+
+
+def test_hidden_state_matching_pairs_kept_layers_with_their_teacher_layers():
+    from mcompress.passes.distill.kd import hidden_state_loss
+
+    teacher = tuple(torch.full((2, 3, 4), float(i)) for i in range(4))  # embeddings + 3 layers
+    student = (teacher[0], teacher[1], teacher[3])  # student kept teacher layers 0 and 2 (0-based)
+    mask = torch.ones(2, 3, dtype=torch.long)
+    assert float(hidden_state_loss(student, teacher, mask, "all", teacher_layers=[0, 2])) == 0.0
+    assert float(hidden_state_loss(student, teacher, mask, "cls")) > 0  # without the map: 1->2, 2->3
+
+
 def _kl_to_teacher(student, teacher, batch, temperature: float = 2.0) -> float:
     import torch.nn.functional as F
 
@@ -266,6 +322,8 @@ def _write_recipe(tmp_path: Path, fast_recipe: Path, extra: str) -> Path:
     ("prune:\n  keep_ratio: 0\n", "greater than 0"),
     ("prune:\n  keep_ratio: 1.5\n", "less than or equal to 1"),
     ("prune:\n  heads_per_layer: 0\n", "greater than or equal to 1"),
+    ("prune:\n  keep_layers: 0\n", "greater than or equal to 1"),
+    ("distill:\n  device: tpu\n", "'auto', 'cpu' or 'cuda'"),
     ("prune:\n  keep_ratio: 0.5\n  heads_per_layer: 1\n", "not both"),
     ("prune:\n  importance_examples: 10\n", "no budget"),
     ("prune:\n  keep_ratio: 0.5\n  typo: 1\n", "unknown key 'prune.typo'"),
@@ -286,6 +344,7 @@ def _run_cli(model: Path, out: Path, recipe: Path, *extra: str):
 @pytest.mark.parametrize("extra, message", [
     ("prune:\n  heads_per_layer: 3\n", "more than the model's 2 attention heads"),
     ("prune:\n  ffn_neurons_per_layer: 65\n", "more than the model's FFN size 64"),
+    ("prune:\n  keep_layers: 3\n", "more than the model's 2 layers"),
     ("distill:\n  max_length: 1000\n", "exceeds the model's max_position_embeddings 512"),
 ])
 def test_model_dependent_budget_fails_before_work(tmp_path, tiny_checkpoint, fast_recipe, monkeypatch, extra, message):

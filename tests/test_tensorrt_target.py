@@ -286,7 +286,14 @@ def test_run_without_gpu_gates_the_qdq_onnx_and_exits_4(tiny_checkpoint, fast_re
     # The stand-in's CPU latency is not the engine's: the speedup gate (x100) was not applied.
     assert [g["name"] for g in report["gates"]] == ["accuracy_drop"] and report["passed"] is True
     assert report["artifact"]["quantization"] == "static-minmax"
-    assert "Not measured on the target" in (out / "report.md").read_text()
+    markdown = (out / "report.md").read_text()
+    assert markdown.startswith("# mcompress build: UNVERIFIED") and "Not measured on the target" in markdown
+    assert "mcompress build: <span class=\"fail\">UNVERIFIED</span>" in (out / "report.html").read_text()
+    # CI's check refuses a build gated on a stand-in unless told to accept it.
+    refused = CliRunner().invoke(app, ["check", str(out / "report.json")])
+    assert refused.exit_code == ExitCode.GATE_FAILED and "deployed artifact measured | **FAIL**" in refused.output
+    accepted = CliRunner().invoke(app, ["check", str(out / "report.json"), "--allow-unmeasured"])
+    assert accepted.exit_code == 0, accepted.output
 
 
 @pytest.mark.slow

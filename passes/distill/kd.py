@@ -8,15 +8,18 @@ Student: a copy of the incoming model. Loss per batch, with temperature T and we
 
 where y are the train split's labels, or the teacher's argmax for unlabelled text, and the
 hidden-state term compares the [CLS] state (``hidden_tokens: cls``) or every non-padding token
-(``all``) of each student layer with its teacher layer (layer i of L_s with layer
-round((i+1) L_t / L_s) of the teacher; pruning keeps the layer count and hidden size, so the
-layers pair one to one). Training text is ``ctx.calibration`` (the train split), shuffled each
+(``all``) of each student layer with its teacher layer: the layer it was copied from when
+pruning dropped layers (annotation ``kept_layers``), else layer i of L_s with layer
+round(i L_t / L_s) of the teacher (1-based; equal counts pair one to one). Training text is ``ctx.calibration`` (the train split), shuffled each
 epoch with the recipe seed; AdamW with linear warm-up and linear decay.
 
 Early stopping: every ``eval_every`` steps and at the end, the student is evaluated on the
 selection (validation) split at the recipe's max_length; the best weights are kept (accuracy, ties
 broken by lower cross-entropy) and training stops after ``patience`` evaluations without
 improvement. The pass returns the best weights, not the last.
+
+Device: ``distill.device`` ``auto`` trains on the first CUDA GPU when torch sees one, else on the
+CPU; the student is returned on the CPU. Results on a GPU differ from CPU ones in rounding only.
 
 Resume: every ``checkpoint_every`` steps (and on Ctrl-C) the student, optimizer, scheduler, step,
 best weights and RNG state are saved to ``<resume dir>/distill-<key>.pt``, where the key hashes
@@ -62,12 +65,17 @@ def distillation_loss(student_logits, teacher_logits, targets, temperature: floa
     return alpha * kl + (1 - alpha) * ce, kl, ce
 
 
-def hidden_state_loss(student_hidden, teacher_hidden, attention_mask, tokens: str):
-    """MSE between matched layers' hidden states (tuples include the embeddings at index 0)."""
+def hidden_state_loss(student_hidden, teacher_hidden, attention_mask, tokens: str,
+                      teacher_layers: list[int] | None = None):
+    """MSE between matched layers' hidden states (tuples include the embeddings at index 0).
+    ``teacher_layers[i]`` is the 0-based teacher layer student layer i was copied from."""
     import torch
 
     ls, lt = len(student_hidden) - 1, len(teacher_hidden) - 1
-    pairs = [(i, round(i * lt / ls)) for i in range(1, ls + 1)]
+    if teacher_layers is not None and len(teacher_layers) == ls:
+        pairs = [(i + 1, t + 1) for i, t in enumerate(teacher_layers)]
+    else:
+        pairs = [(i, round(i * lt / ls)) for i in range(1, ls + 1)]
     losses = []
     for si, ti in pairs:
         s, t = student_hidden[si], teacher_hidden[ti]
@@ -79,12 +87,23 @@ def hidden_state_loss(student_hidden, teacher_hidden, attention_mask, tokens: st
     return torch.stack(losses).mean()
 
 
+def resolve_device(name: str):
+    """``auto``: the first CUDA GPU when torch sees one, else the CPU."""
+    import torch
+
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError("recipe distill.device is cuda, but torch sees no CUDA GPU; set it to auto or cpu")
+    return torch.device(name)
+
+
 def _state_digest(model) -> str:
     digest = hashlib.sha256()
     for name, tensor in model.state_dict().items():
         digest.update(name.encode())
         digest.update(str(tuple(tensor.shape)).encode())
-        digest.update(tensor.detach().contiguous().numpy().tobytes())
+        digest.update(tensor.detach().cpu().contiguous().numpy().tobytes())
     return digest.hexdigest()
 
 
@@ -117,12 +136,14 @@ class Distill(Pass):
 
         cfg = ctx.recipe.distill
         tokenizer = state.tokenizer
+        device = resolve_device(cfg.device)
         torch.manual_seed(ctx.seed)
         teacher, _ = load_model_and_tokenizer(state.source)
-        teacher.eval()
+        teacher.to(device).eval()
         for p in teacher.parameters():
             p.requires_grad_(False)
-        student = copy.deepcopy(state.torch_model)  # the incoming model may be the reference
+        student = copy.deepcopy(state.torch_model).to(device)  # the incoming model may be the reference
+        teacher_layers = state.annotations.get("kept_layers")
         for p in student.parameters():
             p.requires_grad_(True)
         masks = zero_pattern_masks(student) if state.annotations.get("sparsity") == "2:4" else None
@@ -185,7 +206,8 @@ class Distill(Pass):
             idx = order[position * cfg.batch_size:(position + 1) * cfg.batch_size]
             feed = tokenizer.pad({n: [encoded[n][i] for i in idx] for n in input_names}, padding="longest",
                                  return_tensors="pt")
-            return {n: feed[n] for n in input_names}, (None if labels is None else labels[torch.from_numpy(idx)])
+            return ({n: feed[n].to(device) for n in input_names},
+                    None if labels is None else labels[torch.from_numpy(idx)].to(device))
 
         def selection_score() -> tuple[float, float]:
             result = evaluate(TorchRunner(student), tokenizer, selection, ctx.recipe.max_length, ctx.recipe.eval.batch_size)
@@ -212,7 +234,8 @@ class Distill(Pass):
                 loss, kl, ce = distillation_loss(s_out.logits, t_out.logits, targets, cfg.temperature, cfg.alpha)
                 if use_hidden:
                     loss = loss + cfg.hidden_weight * hidden_state_loss(
-                        s_out.hidden_states, t_out.hidden_states, feed["attention_mask"], cfg.hidden_tokens)
+                        s_out.hidden_states, t_out.hidden_states, feed["attention_mask"], cfg.hidden_tokens,
+                        teacher_layers)
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 consistent = False
@@ -258,13 +281,13 @@ class Distill(Pass):
         elapsed = time.perf_counter() - started
 
         student.load_state_dict(run["best_state"])
-        student.eval()
+        student.cpu().eval()
         checkpoint_path.unlink(missing_ok=True)
         metrics = {
             "steps": run["step"], "total_steps": total, "epochs": round(run["step"] / steps_per_epoch, 3),
             "train_examples": len(data), "train_labels": "given" if labels is not None else "teacher argmax",
             "batch_size": cfg.batch_size, "max_length": max_length, "temperature": cfg.temperature, "alpha": cfg.alpha,
-            "hidden_weight": cfg.hidden_weight, "best_step": run["best_step"],
+            "hidden_weight": cfg.hidden_weight, "device": str(device), "best_step": run["best_step"],
             "selection_accuracy": round(run["best_score"][0], 4),
             "teacher_selection_accuracy": round(ctx.reference_selection_accuracy, 4),
             "early_stopped": run["step"] < total, "resumed_from_step": resumed_from,

@@ -15,7 +15,13 @@ L is the cross-entropy against the labels when the calibration data has them, el
 unpruned model's own argmax. Masks have a batch dimension, so one backward pass gives per-example
 gradients, and their absolute values are summed over examples.
 
-Budget (recipe ``prune``): ``heads_per_layer`` keeps the k best heads in every layer and
+- layer l (only with ``keep_layers``): the mean loss on the scoring data when layer l is skipped
+  (its input passed on unchanged), measured by ablation. Layers are dropped greedily: the layer
+  whose removal raises the loss least goes first, then the rest are measured again without it,
+  until ``keep_layers`` remain. Layers are dropped before heads and neurons are scored, so those
+  scores describe the network that is kept.
+
+Budget (recipe ``prune``): ``keep_layers`` keeps that many encoder layers; ``heads_per_layer`` keeps the k best heads in every layer and
 ``ffn_neurons_per_layer`` the n best neurons in every layer; or ``keep_ratio`` r keeps
 round(r × all heads) heads ranked globally (scores normalised by their L2 norm within each layer,
 as Michel et al. do; every layer keeps at least one head) and round(r × FFN size) neurons per layer.
@@ -26,7 +32,11 @@ slices the Q/K/V and output projections and records the removed head ids of ever
 ``from_pretrained`` builds the full model, prunes those heads, then loads the smaller weights.
 The FFN is sliced by hand (intermediate rows and output columns) and ``config.intermediate_size``
 (DistilBERT: ``hidden_dim``) set to the new width; that key holds one number, which is why every
-layer keeps the same number of neurons. A saved pruned model therefore reloads with plain
+layer keeps the same number of neurons. Dropped layers leave the ``ModuleList``; the config's
+layer count (``num_hidden_layers``, DistilBERT ``n_layers``) is set to the number kept,
+``config.pruned_heads`` is re-indexed to the new layer positions, and the kept layers' original
+indices are recorded in the state's annotations (``kept_layers``) so distillation can match each
+student layer with the teacher layer it came from. A saved pruned model therefore reloads with plain
 ``from_pretrained`` and exports to ONNX like any other.
 
 Optional ``semi_structured_2_4``: after the structured pruning, in every encoder Linear weight
@@ -67,16 +77,18 @@ class EncoderLayout:
     head_size: str
     ffn_config_key: str  # config key for the intermediate width
     heads_config_key: str
+    layers_config_key: str  # config key for the number of layers
 
 
 _BERT = EncoderLayout("encoder.layer", "attention.output.dense", "intermediate.dense", "output.dense",
                       "attention.self.num_attention_heads", "attention.self.attention_head_size",
-                      "intermediate_size", "num_attention_heads")
+                      "intermediate_size", "num_attention_heads", "num_hidden_layers")
 LAYOUTS = {
     "bert": _BERT,
     "roberta": _BERT,
     "distilbert": EncoderLayout("transformer.layer", "attention.out_lin", "ffn.lin1", "ffn.lin2",
-                                "attention.n_heads", "attention.attention_head_size", "hidden_dim", "n_heads"),
+                                "attention.n_heads", "attention.attention_head_size", "hidden_dim", "n_heads",
+                                "n_layers"),
 }
 
 
@@ -227,6 +239,64 @@ def prune_ffn(model, keep: list[list[int]]) -> None:
     setattr(model.config, layout.ffn_config_key, widths.pop())
 
 
+def _mean_loss(model, batches, labels) -> float:
+    """Mean cross-entropy of the model on scoring batches (against labels, or the targets given)."""
+    import torch
+
+    total, count = 0.0, 0
+    with torch.inference_mode():
+        for b, batch in enumerate(batches):
+            logits = model(**{k: torch.from_numpy(v) for k, v in batch.items()}).logits
+            total += float(torch.nn.functional.cross_entropy(logits, torch.from_numpy(labels[b]), reduction="sum"))
+            count += len(labels[b])
+    return total / max(count, 1)
+
+
+def choose_layers(model, batches, labels, keep: int) -> tuple[list[int], list[dict]]:
+    """Greedy layer ablation: indices (current positions) of the ``keep`` layers to keep, and the
+    log of each round (the loss with each remaining candidate skipped). ``labels`` None scores
+    against the unpruned model's own argmax."""
+    import torch
+
+    container = model.base_model.get_submodule(layout_of(model).layers.rpartition(".")[0])
+    attr = layout_of(model).layers.rpartition(".")[2]
+    full = getattr(container, attr)
+    was_training = model.training
+    model.eval()
+    if labels is None:
+        with torch.inference_mode():
+            labels = [model(**{k: torch.from_numpy(v) for k, v in b.items()}).logits.argmax(-1).numpy() for b in batches]
+    kept, rounds = list(range(len(full))), []
+    try:
+        while len(kept) > keep:
+            losses = {}
+            for candidate in kept:
+                setattr(container, attr, torch.nn.ModuleList([full[i] for i in kept if i != candidate]))
+                losses[candidate] = _mean_loss(model, batches, labels)
+            dropped = min(losses, key=losses.get)
+            rounds.append({"dropped": dropped, "loss_without": {str(k): round(v, 4) for k, v in losses.items()}})
+            kept.remove(dropped)
+    finally:
+        setattr(container, attr, full)
+        model.train(was_training)
+    return kept, rounds
+
+
+def drop_layers(model, kept: list[int]) -> None:
+    """Keep only the listed layers (current positions, ascending); the config follows."""
+    import torch
+
+    layout = layout_of(model)
+    container_path, _, attr = layout.layers.rpartition(".")
+    container = model.base_model.get_submodule(container_path)
+    layers = getattr(container, attr)
+    setattr(container, attr, torch.nn.ModuleList([layers[i] for i in kept]))
+    position = {old: new for new, old in enumerate(kept)}
+    pruned = {int(k): v for k, v in (model.config.pruned_heads or {}).items()}
+    model.config.pruned_heads = {position[old]: heads for old, heads in pruned.items() if old in position}
+    setattr(model.config, layout.layers_config_key, len(kept))
+
+
 def semi_structured_masks(model) -> dict[str, "object"]:
     """2:4 masks (True = kept) for every encoder Linear whose input width is a multiple of 4:
     in each row, of every 4 consecutive weights the 2 largest |w| stay."""
@@ -302,6 +372,17 @@ class PruneStructured(Pass):
                                                 cfg.max_length or ctx.recipe.max_length, cfg.batch_size)
         batches = [{k: v for k, v in b.items() if k in input_names} for b in batches]
         started = time.perf_counter()
+        layers_before = len(encoder_layers(model))
+        kept_layers = list(range(layers_before))
+        metrics: dict = {}
+        if cfg.keep_layers is not None and cfg.keep_layers < layers_before:
+            kept_layers, rounds = choose_layers(model, batches, batch_labels, cfg.keep_layers)
+            drop_layers(model, kept_layers)
+            metrics["layer_ablation"] = rounds
+            logger.info("kept layers %s of %d (greedy ablation on %d examples)", kept_layers, layers_before, len(data))
+        previous = state.annotations.get("kept_layers")  # an already layer-pruned input: map to the original
+        if previous is not None:
+            kept_layers = [previous[i] for i in kept_layers]
         head_scores, neuron_scores = importance_scores(model, batches, batch_labels)
         scoring_s = time.perf_counter() - started
         logger.info("importance of %d heads and %d FFN neurons from %d examples in %.1f s",
@@ -319,8 +400,7 @@ class PruneStructured(Pass):
         if ffn_keep is not None and ffn_keep < max(ffn_before):
             prune_ffn(model, choose_neurons(neuron_scores, min(ffn_keep, min(ffn_before))))
 
-        annotations = {**state.annotations, "pruned": True}
-        metrics: dict = {}
+        annotations = {**state.annotations, "pruned": True, "kept_layers": kept_layers}
         if cfg.semi_structured_2_4:
             masks = semi_structured_masks(model)
             apply_masks(model, masks)
@@ -332,6 +412,9 @@ class PruneStructured(Pass):
         heads_after, ffn_after = heads_per_layer(model), ffn_sizes(model)
         params_after, flops_after = parameter_count(model), encoder_flops(model, FLOPS_SEQUENCE_LENGTH)
         metrics.update({
+            "layers": len(heads_after),
+            "layers_before": layers_before,
+            "kept_layers": kept_layers,
             "heads_per_layer": heads_after,
             "heads_before": heads_before,
             "ffn_size": ffn_after[0],
@@ -349,5 +432,7 @@ class PruneStructured(Pass):
                     heads_after, ffn_after[0], params_before / 1e6, params_after / 1e6,
                     flops_before / 1e9, flops_after / 1e9, FLOPS_SEQUENCE_LENGTH)
         new_state = dataclasses.replace(state, torch_model=model, annotations=annotations)
-        return PassResult(new_state, heads_after != heads_before or ffn_after != ffn_before or cfg.semi_structured_2_4,
+        changed = (len(heads_after) != layers_before or heads_after != heads_before or ffn_after != ffn_before
+                   or cfg.semi_structured_2_4)
+        return PassResult(new_state, changed,
                           metrics)
