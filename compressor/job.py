@@ -7,6 +7,7 @@ directory appears only when complete (see outputs.staged_dir).
 from __future__ import annotations
 
 import logging
+import math
 import os
 import tempfile
 import time
@@ -21,7 +22,7 @@ from mcompress.cache import DEFAULT_MAX_GB, PassCache, default_cache_dir
 from mcompress.calibration.datasets import LabelledTexts, is_split_dir, load_labelled_texts, split_file, token_lengths
 from mcompress.checkpoint import inspect_checkpoint, load_model_and_tokenizer
 from mcompress.errors import GateFailure, InputError, TargetUnavailable
-from mcompress.evaluation import TorchRunner, evaluate, latency_inputs, measure_latency
+from mcompress.evaluation import TorchRunner, evaluate, interleaved_latency, latency_inputs, measure_latency
 from mcompress.flops import encoder_flops
 from mcompress.gates import accuracy_drop_gate, latency_gates, size_gate
 from mcompress.manager import PassManager, PassRecord
@@ -35,6 +36,8 @@ from mcompress.target_base import BuildInputs
 from mcompress.targets import get_target
 
 logger = logging.getLogger(__name__)
+
+LATENCY_ROUNDS = 5  # interleaved rounds of the gate's latency measurement (recipe latency.iterations in all)
 
 # A UI hook: task(description, total) returns an advance(n) callable. The CLI draws rich bars.
 TaskFactory = Callable[[str, int], Callable[[int], None]]
@@ -200,12 +203,16 @@ def run(req: RunRequest, task: TaskFactory = _no_ui) -> dict:
             data_length = int(max(2, min(recipe.max_length, np.median(lengths))))
             shapes = [(b, data_length if s == "data" else s) for s in recipe.latency.sequence_lengths for b in recipe.latency.batch_sizes]
             ref_latency, build_latency = [], []
-            advance = task("measuring latency", 2 * len(shapes))
+            advance = task("measuring latency", len(shapes))
+            # The original and the build alternate in rounds, so machine noise hits both alike.
+            rounds = min(LATENCY_ROUNDS, recipe.latency.iterations)
             for batch, seq in shapes:
                 inputs = latency_inputs(tokenizer, eval_data.texts, batch, seq)
-                for runner, results in ((reference_runner, ref_latency), (build_runner, build_latency)):
-                    results.append(measure_latency(runner, inputs, recipe.latency.warmup, recipe.latency.iterations))
-                    advance(1)
+                measured = interleaved_latency({"reference": reference_runner, "build": build_runner}, inputs, rounds,
+                                               math.ceil(recipe.latency.iterations / rounds), recipe.latency.warmup)
+                ref_latency.append(measured["reference"])
+                build_latency.append(measured["build"])
+                advance(1)
             gate_ref = next((r for r in ref_latency if (r.batch_size, r.sequence_length) == (1, 128)), ref_latency[0])
             gate_build = build_latency[ref_latency.index(gate_ref)]
             if engine_measured:
