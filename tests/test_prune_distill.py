@@ -354,6 +354,15 @@ def test_model_dependent_budget_fails_before_work(tmp_path, tiny_checkpoint, fas
     assert not (tmp_path / "out").exists()
 
 
+@pytest.mark.skipif(torch.cuda.is_available(), reason="a CUDA GPU is present here")
+def test_distill_on_cuda_without_a_gpu_fails_before_work(tmp_path, tiny_checkpoint, fast_recipe, monkeypatch):
+    monkeypatch.setenv("MCOMPRESS_CACHE_DIR", str(tmp_path / "cache"))
+    extra = "prune:\n  heads_per_layer: 1\ndistill:\n  steps: 1\n  device: cuda\n"
+    code, output = _run_cli(tiny_checkpoint, tmp_path / "out", _write_recipe(tmp_path, fast_recipe, extra))
+    assert code == ExitCode.BAD_INPUT and "distill.device is cuda, but torch sees no CUDA GPU" in " ".join(output.split())
+    assert not (tmp_path / "out").exists()
+
+
 def test_distill_without_training_text_fails_before_work(tmp_path, checkpoint_copy, fast_recipe, monkeypatch):
     monkeypatch.setenv("MCOMPRESS_CACHE_DIR", str(tmp_path / "cache"))
     model = checkpoint_copy()
