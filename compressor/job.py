@@ -152,7 +152,7 @@ def run(req: RunRequest, task: TaskFactory = _no_ui) -> dict:
                           resume_dir=cache_root / "resume" if cache_root else None)
 
         evaluated = {}  # pass name -> EvalResult on the eval data, shared with the gates after passes
-        pass_runner = lambda s: TorchRunner(s.torch_model, threads) if s.kind is ModelKind.TORCH else target.runner(s.onnx_path, threads)
+        pass_runner = lambda s: TorchRunner(s.torch_model, threads) if s.kind is ModelKind.TORCH else target.runner(s.model_file, threads)
         # Batch-1 latency of every pass's model, at the shape the latency gates use.
         pass_seq = 128 if 128 in recipe.latency.sequence_lengths else next(
             (s for s in recipe.latency.sequence_lengths if isinstance(s, int)), 128)
@@ -214,6 +214,8 @@ def run(req: RunRequest, task: TaskFactory = _no_ui) -> dict:
 
             files = {p.name: {"bytes": p.stat().st_size, "sha256": file_digest(p)} for p in sorted(staging.iterdir()) if p.is_file()}
             model_bytes = model_file.stat().st_size
+            if model_file.suffix == ".xml":  # an OpenVINO IR: the graph, and its weights beside it
+                model_bytes += model_file.with_suffix(".bin").stat().st_size
             if recipe.gates.max_size_ratio is not None:
                 gates.append(size_gate(model_bytes, reference_size, recipe.gates.max_size_ratio))
             report = {

@@ -10,7 +10,8 @@ from importlib import metadata
 from pathlib import Path
 
 REPORT_SCHEMA = 1
-VERSIONED_PACKAGES = ("mcompress", "torch", "transformers", "tokenizers", "onnx", "onnxruntime", "numpy", "optimum")
+VERSIONED_PACKAGES = ("mcompress", "torch", "transformers", "tokenizers", "onnx", "onnxruntime", "numpy", "optimum",
+                     "openvino", "nncf")
 
 
 def library_versions() -> dict[str, str]:
@@ -121,6 +122,7 @@ def render_markdown(report: dict) -> str:
     for r, c in zip(report["latency"]["reference"], report["latency"]["build"]):
         lines.append(f"| {c['batch_size']} | {c['sequence_length']} | {r['p50_ms']:.2f} | {r['p95_ms']:.2f} | "
                      f"{c['p50_ms']:.2f} | {c['p95_ms']:.2f} | {r['p50_ms'] / c['p50_ms']:.2f}× |")
+    lines += _cpu_auto_lines(report.get("cpu_auto"))
     lines += _target_build_lines(report.get("target_build"))
     lines += _fallback_markdown(report)
     art = report["artifact"]
@@ -134,6 +136,8 @@ def _target_build_lines(tb: dict | None) -> list[str]:
     artifact is the target's own or a stand-in."""
     if not tb:
         return []
+    if tb.get("openvino"):
+        return _openvino_build_lines(tb)
     lines = ["", "## Target build", ""]
     if tb.get("engine_measured") is False:
         lines.append(f"**Not measured on the target:** {tb.get('reason', '')} The gates above ran on "
@@ -158,6 +162,37 @@ def _target_build_lines(tb: dict | None) -> list[str]:
                      f"sequence {q.get('min')}/{q.get('opt')}/{q.get('max')} (min/opt/max)")
     return lines
 
+
+
+def _openvino_build_lines(tb: dict) -> list[str]:
+    compiled, requested = tb.get("compiled") or {}, tb.get("requested") or {}
+    lines = ["", "## Target build (OpenVINO)", "",
+             f"- runtime: openvino {tb['openvino']} on {tb.get('device', 'CPU')}, NNCF {tb.get('nncf')}",
+             f"- compiled with: inference precision {compiled.get('inference_precision')} (asked "
+             f"{requested.get('inference_precision')}), {compiled.get('inference_num_threads')} threads, "
+             f"performance hint {compiled.get('performance_hint')}, {compiled.get('num_streams')} stream(s)",
+             f"- quantization: {tb.get('quantization')}"]
+    reverted = tb.get("float_layers") or []
+    lines.append(f"- reverted to float by NNCF accuracy control: {', '.join(f'`{n}`' for n in reverted) if reverted else 'nothing'}")
+    return lines
+
+
+def _cpu_auto_lines(choice: dict | None) -> list[str]:
+    """Which CPU target cpu-auto kept, why, and both candidates' numbers."""
+    if not choice:
+        return []
+    lines = ["", "## CPU target choice (cpu-auto)", "", f"**Kept {choice['chosen']}**: {choice['reason']}", "",
+             f"Criterion: {choice['criterion']}", "",
+             "| target | gates | accuracy | drop (points) | b1 p50 ms | b1 p95 ms | b8 p50 ms | b8 p95 ms | model MB |",
+             "|---|---|---|---|---|---|---|---|---|"]
+    for name, c in choice["candidates"].items():
+        lat = c.get("race") or {}
+        cells = [_ms((lat.get(k) or {}).get(q)) for k in ("b1", "b8") for q in ("p50_ms", "p95_ms")]
+        lines.append(f"| {name} | {'pass' if c['passed'] else '**FAIL**'} | {_acc(c['accuracy'])} | {c['accuracy_drop']:.3f} | "
+                     f"{' | '.join(cells)} | {_mb(c['model_bytes'])} |")
+    lines += ["", f"Latency measured in one process, interleaved ({choice['race_rounds']} rounds), at sequence "
+                  f"{choice['sequence_length']}; other processes' CPU during the race: {choice.get('other_processes_cpu_percent')}%."]
+    return lines
 
 
 def _fallback_markdown(report: dict) -> list[str]:
