@@ -121,6 +121,10 @@ class QuantizeNNCF(Pass):
         capture = _NNCFReportCapture()
         nncf_log = logging.getLogger("nncf")
         nncf_log.addHandler(capture)
+        # NNCF prints INFO to stdout through its own handler; mcompress shows it only with -v.
+        quiet = {h: h.level for h in nncf_log.handlers if h is not capture}
+        for handler in quiet:
+            handler.setLevel(max(handler.level, logging.WARNING) if not logger.isEnabledFor(logging.INFO) else handler.level)
         try:
             if cfg.accuracy_control:
                 quantized = self._with_accuracy_control(model, calibration, options, state, ctx, metrics)
@@ -128,6 +132,8 @@ class QuantizeNNCF(Pass):
                 quantized = nncf.quantize(model, calibration, **options)
         finally:
             nncf_log.removeHandler(capture)
+            for handler, level in quiet.items():
+                handler.setLevel(level)
         xml = ctx.work_dir / "quantize" / "model.xml"
         xml.parent.mkdir(parents=True, exist_ok=True)
         ov.save_model(quantized, str(xml), compress_to_fp16=False)

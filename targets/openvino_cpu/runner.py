@@ -39,9 +39,13 @@ def compiled_properties(compiled) -> dict:
     for key, prop in (("inference_precision", hints.inference_precision), ("inference_num_threads", props.inference_num_threads),
                       ("performance_hint", hints.performance_mode), ("num_streams", props.num_streams)):
         try:
-            facts[key] = str(compiled.get_property(prop))
+            value = compiled.get_property(prop)
         except Exception:  # a property this plugin version does not report
             facts[key] = None
+            continue
+        if hasattr(value, "get_type_name"):  # openvino.Type: 'f32', 'bf16'
+            value = value.get_type_name()
+        facts[key] = str(getattr(value, "name", value))  # enums (PerformanceMode.LATENCY) by name
     return facts
 
 
