@@ -102,6 +102,12 @@ def resolve_data(req: RunRequest, label2id: dict[str, int]) -> DataSplits:
 
 
 def run(req: RunRequest, task: TaskFactory = _no_ui) -> dict:
+    from mcompress.targets import CPU_AUTO
+
+    if req.target == CPU_AUTO:  # a choice between targets: each is built by this function
+        from mcompress.cpu_auto import run_cpu_auto
+
+        return run_cpu_auto(req, task)
     started = time.perf_counter()
     # 1. Validate everything the user gave, before any heavy work.
     recipe: Recipe = load_recipe(req.recipe_path).with_overrides(**req.overrides)

@@ -194,3 +194,26 @@ def test_missing_openvino_fails_up_front(tiny_checkpoint, fast_recipe, tmp_path,
         lines = [l for l in result.output.splitlines() if l.strip()]
         assert len(lines) == 1 and lines[0].startswith("error:") and "mcompress[openvino]" in lines[0], result.output
         assert not out.exists() and not list(tmp_path.glob(f".{target}*"))
+
+
+def test_cpu_auto_keeps_the_faster_passing_build_and_says_why(tiny_checkpoint, fast_recipe, tmp_path):
+    out = tmp_path / "auto"
+    result = CliRunner().invoke(app, ["run", str(tiny_checkpoint), "--target", "cpu-auto", "--recipe", str(fast_recipe),
+                                      "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    report = json.loads((out / "report.json").read_text())
+    choice = report["cpu_auto"]
+    assert set(choice["candidates"]) == {"onnx-cpu", "openvino-cpu"}
+    assert report["target"] == choice["chosen"] and f"sequence 128: " in choice["reason"]
+    b1 = {n: c["race"]["b1"]["p50_ms"] for n, c in choice["candidates"].items()}
+    assert all(c["passed"] for c in choice["candidates"].values())
+    # The kept build is the fastest at batch 1, or within the tie tolerance of it.
+    assert b1[choice["chosen"]] <= min(b1.values()) * 1.05 + 1e-9
+    assert all(c["race"]["b1"]["sequence_length"] == 128 for c in choice["candidates"].values())  # recipe max_length
+    model_file = report["artifact"]["model_file"]
+    assert (out / model_file).is_file() and (out / "report.md").is_file()
+    other = next(n for n in choice["candidates"] if n != choice["chosen"])
+    assert json.loads((out / "candidates" / f"{other}.report.json").read_text())["target"] == other
+    assert not [p for p in (out / "candidates").iterdir() if p.is_dir()]  # the other build's model is not kept
+    assert "CPU target choice (cpu-auto)" in (out / "report.md").read_text()
+    assert f"cpu-auto kept {choice['chosen']}" in result.output
