@@ -137,7 +137,7 @@ def render_markdown(report: dict) -> str:
         notes = ", ".join(f"{k}={v}" for k, v in p["metrics"].items()
                           if k in ("fused_operators", "chosen", "parity_max_abs_diff", "skipped", "heads_per_layer",
                                    "ffn_size", "sparsity", "steps", "best_step", "selection_accuracy", "float_layers",
-                                   "latency_cost_ms"))
+                                   "latency_cost_ms", "quantized_operations"))
         if p.get("gate"):
             notes += f"{', ' if notes else ''}gate {'pass' if p['gate']['passed'] else 'FAIL'} ({p['gate']['value']:.3f} {p['gate']['unit']})"
         lines.append(f"| {p['name']} | {p['wall_s']:.1f} | {_mb(p['size_bytes'])} | {_acc(p.get('accuracy'))} | "
@@ -192,7 +192,7 @@ def _target_build_lines(tb: dict | None) -> list[str]:
 def _openvino_build_lines(tb: dict) -> list[str]:
     compiled, requested = tb.get("compiled") or {}, tb.get("requested") or {}
     lines = ["", "## Target build (OpenVINO)", "",
-             f"- runtime: openvino {tb['openvino']} on {tb.get('device', 'CPU')}, NNCF {tb.get('nncf')}",
+             f"- runtime: openvino {tb['openvino'].split('-')[0]} on {tb.get('device', 'CPU')}, NNCF {tb.get('nncf')}",
              f"- compiled with: inference precision {compiled.get('inference_precision')} (asked "
              f"{requested.get('inference_precision')}), {compiled.get('inference_num_threads')} threads, "
              f"performance hint {compiled.get('performance_hint')}, {compiled.get('num_streams')} stream(s)",
