@@ -148,7 +148,7 @@ def render_markdown(report: dict) -> str:
         lines.append(f"| {c['batch_size']} | {c['sequence_length']} | {r['p50_ms']:.2f} | {r['p95_ms']:.2f} | "
                      f"{c['p50_ms']:.2f} | {c['p95_ms']:.2f} | {r['p50_ms'] / c['p50_ms']:.2f}× |")
     lines += _cpu_auto_lines(report.get("cpu_auto"))
-    lines += _target_build_lines(report.get("target_build"))
+    lines += _target_build_lines(report.get("target_build"), report)
     lines += _fallback_markdown(report)
     art = report["artifact"]
     lines += ["", f"Build size {_mb(art['model_bytes'])} MB = {art['size_ratio']:.3f}× the FP32 checkpoint "
@@ -156,13 +156,13 @@ def render_markdown(report: dict) -> str:
     return "\n".join(lines)
 
 
-def _target_build_lines(tb: dict | None) -> list[str]:
+def _target_build_lines(tb: dict | None, report: dict | None = None) -> list[str]:
     """What a target's build step recorded (e.g. a TensorRT engine), and whether the gated
     artifact is the target's own or a stand-in."""
     if not tb:
         return []
     if tb.get("openvino"):
-        return _openvino_build_lines(tb)
+        return _openvino_build_lines(tb, report or {})
     lines = ["", "## Target build", ""]
     if tb.get("engine_measured") is False:
         lines.append(f"**Not measured on the target:** {tb.get('reason', '')} The gates above ran on "
@@ -189,7 +189,7 @@ def _target_build_lines(tb: dict | None) -> list[str]:
 
 
 
-def _openvino_build_lines(tb: dict) -> list[str]:
+def _openvino_build_lines(tb: dict, report: dict) -> list[str]:
     compiled, requested = tb.get("compiled") or {}, tb.get("requested") or {}
     lines = ["", "## Target build (OpenVINO)", "",
              f"- runtime: openvino {tb['openvino'].split('-')[0]} on {tb.get('device', 'CPU')}, NNCF {tb.get('nncf')}",
@@ -197,8 +197,18 @@ def _openvino_build_lines(tb: dict) -> list[str]:
              f"{requested.get('inference_precision')}), {compiled.get('inference_num_threads')} threads, "
              f"performance hint {compiled.get('performance_hint')}, {compiled.get('num_streams')} stream(s)",
              f"- quantization: {tb.get('quantization')}"]
-    reverted = tb.get("float_layers") or []
-    lines.append(f"- reverted to float by NNCF accuracy control: {', '.join(f'`{n}`' for n in reverted) if reverted else 'nothing'}")
+    quantize = next((p["metrics"] for p in report.get("passes", []) if p["name"] == "quantize"), {})
+    control = quantize.get("accuracy_control")
+    if control:
+        reverted = control.get("reverted_operations") or []
+        lines.append(f"- NNCF accuracy control on the selection split ({control['selection_examples']} examples, budget "
+                     f"{control['budget']} {control['drop_type']}): FP32 IR {_acc(control.get('fp32_selection_accuracy'))}, "
+                     f"fully INT8 {_acc(control.get('int8_selection_accuracy'))}; {control.get('nncf_verdict')}")
+        lines.append(f"- reverted to float: {', '.join(f'`{n}`' for n in reverted) if reverted else 'nothing'} "
+                     f"({quantize.get('quantized_operations')} of {control.get('quantized_operations_before')} "
+                     "quantized operations stay INT8)")
+    elif quantize:
+        lines.append("- accuracy control off (openvino.accuracy_control: false): plain nncf.quantize")
     return lines
 
 

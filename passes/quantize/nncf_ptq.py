@@ -53,6 +53,11 @@ class _NNCFReportCapture(logging.Handler):
                 return names, int(found.group(2))
         return [], None
 
+    def metric(self, prefix: str) -> float | None:
+        """A metric NNCF logged, e.g. "Metric of initial model: 0.82" (its selection-split accuracy)."""
+        found = next((m for m in self.messages if m.startswith(prefix)), None)
+        return round(float(found.split(":", 1)[1]), 6) if found else None
+
     def completion(self) -> str | None:
         return next((m for m in self.messages if m.startswith(("Algorithm completed", "The algorithm could not"))), None)
 
@@ -141,8 +146,11 @@ class QuantizeNNCF(Pass):
         metrics["quantized_operations"] = len(int8_ops)
         if cfg.accuracy_control:
             reverted, total = capture.reverted()
-            metrics["accuracy_control"].update(reverted_operations=reverted, quantized_operations_before=total,
-                                               nncf_verdict=capture.completion())
+            metrics["accuracy_control"].update(
+                fp32_selection_accuracy=capture.metric("Metric of initial model:"),
+                int8_selection_accuracy=capture.metric("Metric of quantized model:"),
+                reverted_operations=reverted, quantized_operations_before=total if total is not None else len(int8_ops),
+                nncf_verdict=capture.completion() or "the fully quantized model was within budget")
         float_layers = metrics.get("accuracy_control", {}).get("reverted_operations", [])
         out = dataclasses.replace(state, ir_path=xml, annotations={**state.annotations, "quantization": "nncf-int8",
                                                                     "graph": "openvino-ir", "float_layers": float_layers})
