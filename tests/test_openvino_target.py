@@ -84,6 +84,18 @@ def test_convert_writes_ir_matching_onnx(setup, exported, converted):
     assert converted.metrics["parity_max_abs_diff"] <= IR_PARITY_ATOL
 
 
+def test_pass_cache_round_trips_an_openvino_ir(setup, exported, converted, tmp_path):
+    from mcompress.cache import PassCache
+
+    cache = PassCache.open(tmp_path / "cache")
+    assert cache.store("k" * 64, "convert", converted)
+    restored = cache.load("k" * 64, exported.state)
+    assert restored.state.kind is ModelKind.OPENVINO and restored.metrics == json.loads(json.dumps(converted.metrics))
+    for suffix in (".xml", ".bin"):  # the weights travel with the graph
+        assert restored.state.ir_path.with_suffix(suffix).read_bytes() == converted.state.ir_path.with_suffix(suffix).read_bytes()
+    assert restored.state.size_bytes() == converted.state.size_bytes()
+
+
 def test_nncf_int8_accuracy_within_tolerance_of_onnx_build(setup, exported, converted, tmp_path):
     ov_int8 = QuantizeNNCF().call(converted.state, _context(setup, tmp_path / "ov", **{"openvino.accuracy_control": False}))
     import openvino as ov
