@@ -259,3 +259,14 @@ def test_cpu_auto_keeps_the_faster_passing_build_and_says_why(tiny_checkpoint, f
     assert not [p for p in (out / "candidates").iterdir() if p.is_dir()]  # the other build's model is not kept
     assert "CPU target choice (cpu-auto)" in (out / "report.md").read_text()
     assert f"cpu-auto kept {choice['chosen']}" in result.output
+
+
+def test_bad_recipe_for_openvino_is_one_line_exit_2_before_any_work(tiny_checkpoint, fast_recipe, tmp_path):
+    for target in ("openvino-cpu", "cpu-auto"):
+        out = tmp_path / target
+        result = CliRunner().invoke(app, ["run", str(tiny_checkpoint), "--target", target, "--recipe", str(fast_recipe),
+                                          "--quantize", "dynamic", "--out", str(out)])
+        assert result.exit_code == ExitCode.BAD_INPUT, result.output
+        lines = [l for l in result.output.splitlines() if l.strip()]
+        assert len(lines) == 1 and "cannot run quantize.mode 'dynamic'" in lines[0], result.output
+        assert not out.exists()
