@@ -1,4 +1,4 @@
-"""CPU benchmark: PyTorch FP32 eager vs Optimum dynamic INT8 vs mcompress onnx-cpu, in ONE run.
+"""CPU benchmark: PyTorch FP32 eager vs Optimum dynamic INT8 vs mcompress onnx-cpu and openvino-cpu, in ONE run.
 
 For one example checkpoint (written by `mcompress example`), on its full test split:
 accuracy, p50/p95 latency at batch 1 and 8 (sequence 128), model file size, and mcompress's own
@@ -12,6 +12,7 @@ sampled and recorded, since a busy core skews PyTorch far more than ONNX Runtime
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import os
 import sys
@@ -19,28 +20,7 @@ import tempfile
 import time
 from pathlib import Path
 
-import psutil
-
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
-
-
-def other_processes_cpu(seconds: float = 1.0) -> float:
-    """CPU percent (100 = one core) used by processes other than this one, over `seconds`."""
-    me = os.getpid()
-    procs = [p for p in psutil.process_iter() if p.pid != me]
-    for p in procs:
-        try:
-            p.cpu_percent(None)
-        except psutil.Error:
-            pass
-    time.sleep(seconds)
-    total = 0.0
-    for p in procs:
-        try:
-            total += p.cpu_percent(None)
-        except psutil.Error:
-            pass
-    return round(total, 1)
 
 
 def optimum_dynamic_int8(model_dir: Path, work: Path) -> Path:
@@ -65,6 +45,8 @@ def main() -> int:
     parser.add_argument("example_dir", type=Path)
     parser.add_argument("--recipe", type=Path, action="append", default=None,
                         help="mcompress recipe(s) to build (default: recipes/ptq.yaml)")
+    parser.add_argument("--target", action="append", default=None,
+                        help="mcompress target(s) to build (default: onnx-cpu, and openvino-cpu when installed)")
     parser.add_argument("--out", type=Path, default=None, help="write results JSON here")
     parser.add_argument("--builds", type=Path, default=None,
                         help="keep each recipe's build in DIR/build-<recipe>; with --reuse-builds, a build already "
@@ -81,8 +63,11 @@ def main() -> int:
     from mcompress.evaluation import TorchRunner, evaluate, interleaved_latency, latency_inputs
     from mcompress.errors import GateFailure
     from mcompress.job import RunRequest, run
-    from mcompress.report import library_versions, machine_info
+    from mcompress.recipe import load_recipe
+    from mcompress.report import library_versions, machine_info, other_processes_cpu
+    from mcompress.targets import get_target
     from mcompress.targets.onnx_cpu.runner import OrtRunner
+    from mcompress.targets.openvino_cpu.target import missing_packages
 
     threads = os.cpu_count()
     torch.set_num_threads(threads)
@@ -90,6 +75,7 @@ def main() -> int:
     model, tokenizer = load_model_and_tokenizer(ckpt)
     test = load_labelled_texts(args.example_dir / "splits", ckpt.label2id, split="test")
     recipes = args.recipe or [Path("recipes/ptq.yaml")]
+    targets = args.target or ["onnx-cpu"] + ([] if missing_packages() else ["openvino-cpu"])
     fp32_bytes = ckpt.weights_file.stat().st_size
 
     with tempfile.TemporaryDirectory(prefix="mcompress-bench-") as tmp:
@@ -103,31 +89,37 @@ def main() -> int:
         rows = {"PyTorch FP32 eager": {"bytes": fp32_bytes, "wall_s": None}}
         runners[f"Optimum dynamic INT8 ({optimum_preset})"] = OrtRunner(optimum_model, threads)
         rows[f"Optimum dynamic INT8 ({optimum_preset})"] = {"bytes": optimum_model.stat().st_size, "wall_s": round(optimum_wall, 1)}
-        for recipe in recipes:
-            out = (args.builds or work) / f"build-{recipe.stem}"
+        for recipe, target_name in itertools.product(recipes, targets):
+            out = (args.builds or work) / f"build-{recipe.stem}-{target_name}"
             if args.reuse_builds and (out / "report.json").is_file():
                 report = json.loads((out / "report.json").read_text())
                 wall = report["wall_s"]  # the build's own run, which may have had other load
-                build_loads[recipe.stem] = "reused: see its first run"
+                build_loads[f"{recipe.stem}-{target_name}"] = "reused: see its first run"
             else:
                 started = time.perf_counter()
                 # no pass cache: "build wall s" is the time of a build from scratch
                 try:
-                    run(RunRequest(args.example_dir, "onnx-cpu", out, recipe, overrides={"eval.evaluate_each_pass": False},
+                    run(RunRequest(args.example_dir, target_name, out, recipe, overrides={"eval.evaluate_each_pass": False},
                                    use_cache=False, force=True))
                 except GateFailure:
                     pass  # the build and its report are written; the table shows the verdict
                 wall = round(time.perf_counter() - started, 1)
-                build_loads[recipe.stem] = round(other_processes_cpu(), 1)
+                build_loads[f"{recipe.stem}-{target_name}"] = round(other_processes_cpu(), 1)
                 report = json.loads((out / "report.json").read_text())
-            name = f"mcompress onnx-cpu ({recipe.stem}: {report['artifact']['quantization']}/{report['artifact']['graph']})"
-            runners[name] = OrtRunner(out / "model.onnx", threads)
-            rows[name] = {"bytes": (out / "model.onnx").stat().st_size, "wall_s": wall,
+            art = report["artifact"]
+            detail = (f"{art['quantization']}, {len(art.get('float_layers') or [])} ops reverted to float"
+                      if target_name == "openvino-cpu" else f"{art['quantization']}/{art['graph']}")
+            name = f"mcompress {target_name} ({recipe.stem}: {detail})"
+            target = get_target(target_name)
+            target.validate_recipe(load_recipe(recipe))  # runner settings from the recipe (OpenVINO precision)
+            runners[name] = target.runner(out / art["model_file"], threads)
+            rows[name] = {"bytes": art["model_bytes"], "wall_s": wall, "runtime": runners[name].name,
                           "gflops_seq128": report["passes"][-1]["flops_seq128"] / 1e9, "gate_passed": report["passed"]}
             rows["PyTorch FP32 eager"]["gflops_seq128"] = report["reference"]["flops_seq128"] / 1e9
             if args.out:  # keep each build's report next to the results
                 args.out.parent.mkdir(parents=True, exist_ok=True)
-                (args.out.parent / f"{args.out.stem}-{recipe.stem}.report.json").write_text(json.dumps(report, indent=2) + "\n")
+                suffix = "" if target_name == "onnx-cpu" else f"-{target_name}"
+                (args.out.parent / f"{args.out.stem}-{recipe.stem}{suffix}.report.json").write_text(json.dumps(report, indent=2) + "\n")
         rows[f"Optimum dynamic INT8 ({optimum_preset})"]["gflops_seq128"] = rows["PyTorch FP32 eager"].get("gflops_seq128")
 
         for name, runner in runners.items():

@@ -135,6 +135,9 @@ class PassCache:
             if kind is ModelKind.ONNX:
                 restored = dataclasses.replace(state, kind=kind, torch_model=None,
                                                onnx_path=_restore_paths(meta["onnx_path"], entry), annotations=annotations)
+            elif kind is ModelKind.OPENVINO:
+                restored = dataclasses.replace(state, kind=kind, torch_model=None, onnx_path=None,
+                                               ir_path=_restore_paths(meta["ir_path"], entry), annotations=annotations)
             elif kind is ModelKind.TORCH:
                 restored = dataclasses.replace(state, kind=kind, torch_model=_load_torch(entry / "torch"),
                                                onnx_path=None, annotations=annotations)
@@ -195,6 +198,9 @@ class PassCache:
                 extra = src.with_name(src.name + ".data")  # ONNX external data, as ModelState.size_bytes reads it
                 if extra.is_file():
                     shutil.copyfile(extra, tmp / (rel + ".data"))
+                weights = src.with_suffix(".bin")  # an OpenVINO IR's weights, beside its .xml
+                if src.suffix == ".xml" and weights.is_file():
+                    shutil.copyfile(weights, (tmp / rel).with_suffix(".bin"))
                 copies[src] = rel
             return {_PATH: copies[src]}
 
@@ -207,6 +213,8 @@ class PassCache:
                 "annotations": annotations, "versions": self.versions}
         if state.kind is ModelKind.ONNX:
             meta["onnx_path"] = carry(state.onnx_path)
+        elif state.kind is ModelKind.OPENVINO:
+            meta["ir_path"] = carry(state.ir_path)
         elif state.kind is ModelKind.TORCH:
             _save_torch(state.torch_model, tmp / "torch")
         else:

@@ -111,7 +111,7 @@ def example(name: str = typer.Argument(..., help="sentiment | topics"),
 @app.command()
 def run(
     model_dir: Path = typer.Argument(..., help="Fine-tuned Hugging Face checkpoint (config.json, model.safetensors, tokenizer)."),
-    target: str = typer.Option("onnx-cpu", "--target", "-t", help="Deployment target: onnx-cpu | tensorrt."),
+    target: str = typer.Option("onnx-cpu", "--target", "-t", help="Deployment target: onnx-cpu | openvino-cpu | tensorrt | cpu-auto (build onnx-cpu and openvino-cpu, keep the faster that passes)."),
     recipe: Optional[Path] = typer.Option(None, "--recipe", help="Recipe YAML (default: recipes/ptq.yaml)."),
     eval_data: Optional[Path] = typer.Option(None, "--eval-data", help="Labelled eval data: CSV, JSONL or a split dir (default: MODEL_DIR/splits test split)."),
     calib_data: Optional[Path] = typer.Option(None, "--calib-data", help="Calibration text: CSV, JSONL or a split dir (default: the train split)."),
@@ -170,6 +170,8 @@ def _print_summary(report: dict) -> None:
     console.print(f"  latency b{b1[1]['batch_size']}/s{b1[1]['sequence_length']} p50 {b1[0]['p50_ms']:.2f} -> {b1[1]['p50_ms']:.2f} ms "
                   f"({b1[0]['p50_ms'] / b1[1]['p50_ms']:.2f}x); size {report['artifact']['size_ratio']:.3f}x "
                   f"({report['artifact']['quantization']}); report {out}/report.md", highlight=False)
+    if report.get("cpu_auto"):
+        console.print(f"  cpu-auto kept {report['cpu_auto']['chosen']}: {report['cpu_auto']['reason']}", highlight=False)
     if report["artifact"].get("float_layers"):
         console.print(f"  left in float by the fallback: {', '.join(report['artifact']['float_layers'])}", highlight=False)
     reused = [p["name"] for p in report["passes"] if p.get("cached")]

@@ -105,6 +105,12 @@ def resolve_data(req: RunRequest, label2id: dict[str, int]) -> DataSplits:
 
 
 def run(req: RunRequest, task: TaskFactory = _no_ui) -> dict:
+    from mcompress.targets import CPU_AUTO
+
+    if req.target == CPU_AUTO:  # a choice between targets: each is built by this function
+        from mcompress.cpu_auto import run_cpu_auto
+
+        return run_cpu_auto(req, task)
     started = time.perf_counter()
     # 1. Validate everything the user gave, before any heavy work.
     recipe: Recipe = load_recipe(req.recipe_path).with_overrides(**req.overrides)
@@ -155,7 +161,7 @@ def run(req: RunRequest, task: TaskFactory = _no_ui) -> dict:
                           resume_dir=cache_root / "resume" if cache_root else None)
 
         evaluated = {}  # pass name -> EvalResult on the eval data, shared with the gates after passes
-        pass_runner = lambda s: TorchRunner(s.torch_model, threads) if s.kind is ModelKind.TORCH else target.runner(s.onnx_path, threads)
+        pass_runner = lambda s: TorchRunner(s.torch_model, threads) if s.kind is ModelKind.TORCH else target.runner(s.model_file, threads)
         # Batch-1 latency of every pass's model, at the shape the latency gates use.
         pass_seq = 128 if 128 in recipe.latency.sequence_lengths else next(
             (s for s in recipe.latency.sequence_lengths if isinstance(s, int)), 128)
@@ -221,6 +227,8 @@ def run(req: RunRequest, task: TaskFactory = _no_ui) -> dict:
 
             files = {p.name: {"bytes": p.stat().st_size, "sha256": file_digest(p)} for p in sorted(staging.iterdir()) if p.is_file()}
             model_bytes = model_file.stat().st_size
+            if model_file.suffix == ".xml":  # an OpenVINO IR: the graph, and its weights beside it
+                model_bytes += model_file.with_suffix(".bin").stat().st_size
             if recipe.gates.max_size_ratio is not None:
                 gates.append(size_gate(model_bytes, reference_size, recipe.gates.max_size_ratio))
             report = {

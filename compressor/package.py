@@ -6,7 +6,9 @@ which records how to feed the model (input names, dtypes, dynamic axes read from
 tokenizer, truncation, padding), the sha256 and size of every other member, the recipe, the runtime
 versions the build was gated with, the source checkpoint's hash and the gate verdicts and metrics.
 Nothing in it depends on when or where it was packaged, so packaging one build twice gives the
-same bytes. ``mcompress.runtime`` loads it with only onnxruntime, tokenizers and numpy.
+same bytes. ``mcompress.runtime`` loads it with only onnxruntime, tokenizers and numpy; a bundle of
+an openvino-cpu build (``model_format: openvino-ir``: model.xml + model.bin) with only openvino,
+tokenizers and numpy.
 """
 
 from __future__ import annotations
@@ -26,7 +28,8 @@ TASK = "text-classification"
 MANIFEST = "manifest.json"
 LABELS = "labels.json"
 MODEL_FILE = "model.onnx"
-REQUIRED_FILES = (MODEL_FILE, "report.json", "tokenizer.json")
+IR_FILE, IR_WEIGHTS = "model.xml", "model.bin"  # an OpenVINO IR build (targets/openvino_cpu)
+REQUIRED_FILES = ("report.json", "tokenizer.json")
 # The tokenizer file the runtime reads is tokenizer.json; the others ride along so the bundle's
 # contents can also be loaded with transformers' AutoTokenizer.
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "vocab.txt",
@@ -79,6 +82,30 @@ def _graph_io(model_bytes: bytes, model_path: Path) -> tuple[list[dict], list[di
     return inputs, outputs
 
 
+def _ir_io(xml: bytes, weights: bytes, model_path: Path) -> tuple[list[dict], list[dict]]:
+    """Inputs and outputs of an OpenVINO IR, described like _graph_io describes an ONNX graph."""
+    import openvino as ov
+
+    try:
+        model = ov.Core().read_model(xml, weights)
+    except Exception as err:  # openvino raises RuntimeError with a multi-line message
+        raise InputError(f"{model_path} is not a readable OpenVINO IR: {str(err).splitlines()[0]}.",
+                         "Rebuild it with `mcompress run --target openvino-cpu`.") from None
+
+    def describe(port) -> dict:
+        dims, dynamic = [], {}
+        for axis, dim in enumerate(port.get_partial_shape()):
+            if dim.is_static:
+                dims.append(int(dim.get_length()))
+            else:
+                dims.append(f"dim{axis}")
+                dynamic[str(axis)] = f"dim{axis}"
+        return {"name": port.get_any_name(), "dtype": port.get_element_type().to_dtype().name, "shape": dims,
+                "dynamic_axes": dynamic}
+
+    return [describe(p) for p in model.inputs], [describe(p) for p in model.outputs]
+
+
 def _pad_settings(tokenizer_json: bytes, build_dir: Path) -> dict:
     """The pad token, id and side, as transformers would use them for this build."""
     from tokenizers import Tokenizer
@@ -107,13 +134,18 @@ def _pad_settings(tokenizer_json: bytes, build_dir: Path) -> dict:
 
 
 def build_manifest(build_dir: Path, report: dict, files: dict[str, bytes], labels: dict[str, str]) -> dict:
-    inputs, outputs = _graph_io(files[MODEL_FILE], build_dir / MODEL_FILE)
+    openvino_ir = IR_FILE in files
+    model_file = IR_FILE if openvino_ir else MODEL_FILE
+    if openvino_ir:
+        inputs, outputs = _ir_io(files[IR_FILE], files[IR_WEIGHTS], build_dir / IR_FILE)
+    else:
+        inputs, outputs = _graph_io(files[MODEL_FILE], build_dir / MODEL_FILE)
     unknown = [i["name"] for i in inputs if i["name"] not in FEEDS]
     if unknown:
-        raise InputError(f"{build_dir / MODEL_FILE} has inputs the bundle runtime cannot feed: {', '.join(unknown)}.",
+        raise InputError(f"{build_dir / model_file} has inputs the bundle runtime cannot feed: {', '.join(unknown)}.",
                          f"Supported inputs: {', '.join(FEEDS)}.")
     if not any(o["name"] == "logits" for o in outputs):
-        raise InputError(f"{build_dir / MODEL_FILE} has no 'logits' output.", "Rebuild it with `mcompress run`.")
+        raise InputError(f"{build_dir / model_file} has no 'logits' output.", "Rebuild it with `mcompress run`.")
     recipe = report.get("recipe") or {}
     max_length = recipe.get("max_length")
     if not isinstance(max_length, int) or max_length < 2:
@@ -126,7 +158,9 @@ def build_manifest(build_dir: Path, report: dict, files: dict[str, bytes], label
         "target": report.get("target"),
         "mcompress_version": __version__,
         "built_with_mcompress": report.get("mcompress_version"),
-        "model_file": MODEL_FILE,
+        "model_file": model_file,
+        "model_format": "openvino-ir" if openvino_ir else "onnx",
+        **({"weights_file": IR_WEIGHTS} if openvino_ir else {}),
         "labels_file": LABELS,
         "num_labels": len(labels),
         "inputs": inputs,
@@ -141,8 +175,13 @@ def build_manifest(build_dir: Path, report: dict, files: dict[str, bytes], label
             **_pad_settings(files["tokenizer.json"], build_dir),
         },
         "postprocessing": {"output": "logits", "activation": "softmax"},
-        "runtime": {"onnxruntime": versions.get("onnxruntime"), "tokenizers": versions.get("tokenizers"),
-                    "numpy": versions.get("numpy"), "python": versions.get("python")},
+        "runtime": {**({"openvino": versions.get("openvino"),
+                        # how the build was compiled when it was gated; the runtime compiles the same way
+                        "inference_precision": (((report.get("target_build") or {}).get("requested") or {})
+                                                .get("inference_precision", "f32"))}
+                       if openvino_ir else {"onnxruntime": versions.get("onnxruntime")}),
+                    "tokenizers": versions.get("tokenizers"), "numpy": versions.get("numpy"),
+                    "python": versions.get("python")},
         "recipe": recipe,
         "source": {"sha256": (report.get("source") or {}).get("sha256"),
                    "model_type": (report.get("source") or {}).get("model_type"),
@@ -220,10 +259,16 @@ def package_build(build_dir: Path, out_file: Path, force: bool = False, allow_fa
         raise InputError(f"build {build_dir} failed its gates ({failed}); refusing to package it.",
                          "Pass --allow-failed to package it anyway.")
     model_file = (report.get("artifact") or {}).get("model_file", MODEL_FILE)
-    if model_file != MODEL_FILE:
-        raise InputError(f"build {build_dir} ships {model_file}; bundles support {MODEL_FILE} builds only.")
+    model_files = {MODEL_FILE: (MODEL_FILE,), IR_FILE: (IR_FILE, IR_WEIGHTS)}.get(model_file)
+    if model_files is None:
+        raise InputError(f"build {build_dir} ships {model_file}; bundles support {MODEL_FILE} and {IR_FILE} "
+                         "(OpenVINO IR) builds only.")
+    missing = [name for name in model_files if not (build_dir / name).is_file()]
+    if missing:
+        raise InputError(f"build directory {build_dir} lacks {', '.join(missing)}.",
+                         "Pass a complete build written by `mcompress run`.")
 
-    files = {MODEL_FILE: (build_dir / MODEL_FILE).read_bytes()}
+    files = {name: (build_dir / name).read_bytes() for name in model_files}
     for name in TOKENIZER_FILES:
         if (build_dir / name).is_file():
             files[name] = (build_dir / name).read_bytes()

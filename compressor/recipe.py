@@ -177,6 +177,34 @@ class TensorRTConfig(_Strict):
         return self
 
 
+class OpenVINOConfig(_Strict):
+    """The openvino-cpu target (targets/openvino_cpu): NNCF post-training INT8 of the OpenVINO IR,
+    and how the OpenVINO CPU plugin compiles the model that is gated and shipped."""
+
+    # Calibration examples (first N of the calibration split) NNCF collects statistics on
+    # (nncf.quantize's subset_size; SmoothQuant uses the same subset).
+    calibration_examples: int = Field(300, ge=1, le=100_000)
+    # null = NNCF's default for ModelType.TRANSFORMER: mixed (symmetric int8 weights, asymmetric
+    # activations); performance = symmetric activations too.
+    preset: Optional[Literal["mixed", "performance"]] = None
+    # SmoothQuant migration strength for MatMuls (NNCF default 0.95); -1 switches SmoothQuant off.
+    smooth_quant_alpha: Optional[float] = Field(None, ge=-1, le=1)
+    fast_bias_correction: bool = True
+    # Accuracy control (nncf.quantize_with_accuracy_control): the INT8 model is scored on the
+    # selection split against gates.max_drop / gates.drop_type, and while it is over budget the
+    # quantized operations that cost most accuracy are reverted to float, one at a time.
+    # false = plain nncf.quantize.
+    accuracy_control: bool = True
+    max_reverted_layers: Optional[int] = Field(None, ge=1)  # null = as many as needed
+    ranking_examples: Optional[int] = Field(None, ge=1)  # validation items used to rank layers (null = NNCF's default)
+    validation_batch_size: int = Field(8, ge=1)  # examples per validation item (length-sorted batches)
+    # Inference precision of the CPU plugin for the operations left in float. f32 by default: on
+    # CPUs with AMX or AVX512-BF16, OpenVINO would otherwise pick bf16 on its own.
+    inference_precision: Literal["f32", "bf16", "f16"] = "f32"
+    # Max |logit difference| between ONNX Runtime (FP32 ONNX) and the FP32 IR on the CPU plugin.
+    parity_atol: float = Field(1e-3, gt=0)
+
+
 class SensitivityConfig(_Strict):
     """Per-layer INT8 sensitivity (passes/quantize/sensitivity.py): each quantized node (or block)
     in turn is left in float while the rest stays INT8, scored against the FP32 ONNX graph."""
@@ -220,6 +248,8 @@ class Recipe(_Strict):
     fallback: FallbackConfig = FallbackConfig()
     # Engine build settings for the tensorrt target; null = derived from the data.
     tensorrt: Optional[TensorRTConfig] = None
+    # NNCF quantization and CPU plugin settings for the openvino-cpu target.
+    openvino: OpenVINOConfig = OpenVINOConfig()
 
     def with_overrides(self, **updates) -> "Recipe":
         """Apply CLI overrides given as dotted keys, e.g. {"gates.max_drop": 0.5}."""

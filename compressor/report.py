@@ -10,7 +10,8 @@ from importlib import metadata
 from pathlib import Path
 
 REPORT_SCHEMA = 1
-VERSIONED_PACKAGES = ("mcompress", "torch", "transformers", "tokenizers", "onnx", "onnxruntime", "numpy", "optimum")
+VERSIONED_PACKAGES = ("mcompress", "torch", "transformers", "tokenizers", "onnx", "onnxruntime", "numpy", "optimum",
+                     "openvino", "nncf")
 
 
 def library_versions() -> dict[str, str]:
@@ -36,6 +37,31 @@ def machine_info() -> dict:
     except OSError:
         pass
     return info
+
+
+def other_processes_cpu(seconds: float = 1.0) -> float:
+    """CPU percent (100 = one core) used by processes other than this one, over ``seconds``: a
+    busy core skews latency (PyTorch far more than ONNX Runtime), so timings record it."""
+    import os
+    import time
+
+    import psutil
+
+    me = os.getpid()
+    procs = [p for p in psutil.process_iter() if p.pid != me]
+    for p in procs:
+        try:
+            p.cpu_percent(None)
+        except psutil.Error:
+            pass
+    time.sleep(seconds)
+    total = 0.0
+    for p in procs:
+        try:
+            total += p.cpu_percent(None)
+        except psutil.Error:
+            pass
+    return round(total, 1)
 
 
 def file_digest(path: Path) -> str:
@@ -126,7 +152,7 @@ def render_markdown(report: dict) -> str:
         notes = ", ".join(f"{k}={v}" for k, v in p["metrics"].items()
                           if k in ("fused_operators", "chosen", "parity_max_abs_diff", "skipped", "heads_per_layer",
                                    "ffn_size", "sparsity", "steps", "best_step", "selection_accuracy", "float_layers",
-                                   "latency_cost_ms"))
+                                   "latency_cost_ms", "quantized_operations"))
         if p.get("gate"):
             notes += f"{', ' if notes else ''}gate {'pass' if p['gate']['passed'] else 'FAIL'} ({p['gate']['value']:.3f} {p['gate']['unit']})"
         lines.append(f"| {p['name']} | {p['wall_s']:.1f} | {_mb(p['size_bytes'])} | {_acc(p.get('accuracy'))} | "
@@ -136,7 +162,8 @@ def render_markdown(report: dict) -> str:
     for r, c in zip(report["latency"]["reference"], report["latency"]["build"]):
         lines.append(f"| {c['batch_size']} | {c['sequence_length']} | {r['p50_ms']:.2f} | {r['p95_ms']:.2f} | "
                      f"{c['p50_ms']:.2f} | {c['p95_ms']:.2f} | {r['p50_ms'] / c['p50_ms']:.2f}× |")
-    lines += _target_build_lines(report.get("target_build"))
+    lines += _cpu_auto_lines(report.get("cpu_auto"))
+    lines += _target_build_lines(report.get("target_build"), report)
     lines += _fallback_markdown(report)
     art = report["artifact"]
     lines += ["", f"Build size {_mb(art['model_bytes'])} MB = {art['size_ratio']:.3f}× the FP32 checkpoint "
@@ -144,11 +171,13 @@ def render_markdown(report: dict) -> str:
     return "\n".join(lines)
 
 
-def _target_build_lines(tb: dict | None) -> list[str]:
+def _target_build_lines(tb: dict | None, report: dict | None = None) -> list[str]:
     """What a target's build step recorded (e.g. a TensorRT engine), and whether the gated
     artifact is the target's own or a stand-in."""
     if not tb:
         return []
+    if tb.get("openvino"):
+        return _openvino_build_lines(tb, report or {})
     lines = ["", "## Target build", ""]
     if tb.get("engine_measured") is False:
         lines.append(f"**Not measured on the target:** {tb.get('reason', '')} The gates above ran on "
@@ -173,6 +202,47 @@ def _target_build_lines(tb: dict | None) -> list[str]:
                      f"sequence {q.get('min')}/{q.get('opt')}/{q.get('max')} (min/opt/max)")
     return lines
 
+
+
+def _openvino_build_lines(tb: dict, report: dict) -> list[str]:
+    compiled, requested = tb.get("compiled") or {}, tb.get("requested") or {}
+    lines = ["", "## Target build (OpenVINO)", "",
+             f"- runtime: openvino {tb['openvino'].split('-')[0]} on {tb.get('device', 'CPU')}, NNCF {tb.get('nncf')}",
+             f"- compiled with: inference precision {compiled.get('inference_precision')} (asked "
+             f"{requested.get('inference_precision')}), {compiled.get('inference_num_threads')} threads, "
+             f"performance hint {compiled.get('performance_hint')}, {compiled.get('num_streams')} stream(s)",
+             f"- quantization: {tb.get('quantization')}"]
+    quantize = next((p["metrics"] for p in report.get("passes", []) if p["name"] == "quantize"), {})
+    control = quantize.get("accuracy_control")
+    if control:
+        reverted = control.get("reverted_operations") or []
+        lines.append(f"- NNCF accuracy control on the selection split ({control['selection_examples']} examples, budget "
+                     f"{control['budget']} {control['drop_type']}): FP32 IR {_acc(control.get('fp32_selection_accuracy'))}, "
+                     f"fully INT8 {_acc(control.get('int8_selection_accuracy'))}; {control.get('nncf_verdict')}")
+        lines.append(f"- reverted to float: {', '.join(f'`{n}`' for n in reverted) if reverted else 'nothing'} "
+                     f"({quantize.get('quantized_operations')} of {control.get('quantized_operations_before')} "
+                     "quantized operations stay INT8)")
+    elif quantize:
+        lines.append("- accuracy control off (openvino.accuracy_control: false): plain nncf.quantize")
+    return lines
+
+
+def _cpu_auto_lines(choice: dict | None) -> list[str]:
+    """Which CPU target cpu-auto kept, why, and both candidates' numbers."""
+    if not choice:
+        return []
+    lines = ["", "## CPU target choice (cpu-auto)", "", f"**Kept {choice['chosen']}**: {choice['reason']}", "",
+             f"Criterion: {choice['criterion']}", "",
+             "| target | gates | accuracy | drop (points) | b1 p50 ms | b1 p95 ms | b8 p50 ms | b8 p95 ms | model MB |",
+             "|---|---|---|---|---|---|---|---|---|"]
+    for name, c in choice["candidates"].items():
+        lat = c.get("race") or {}
+        cells = [_ms((lat.get(k) or {}).get(q)) for k in ("b1", "b8") for q in ("p50_ms", "p95_ms")]
+        lines.append(f"| {name} | {'pass' if c['passed'] else '**FAIL**'} | {_acc(c['accuracy'])} | {c['accuracy_drop']:.3f} | "
+                     f"{' | '.join(cells)} | {_mb(c['model_bytes'])} |")
+    lines += ["", f"Latency measured in one process, interleaved ({choice['race_rounds']} rounds), at sequence "
+                  f"{choice['sequence_length']}; other processes' CPU during the race: {choice.get('other_processes_cpu_percent')}%."]
+    return lines
 
 
 def _fallback_markdown(report: dict) -> list[str]:

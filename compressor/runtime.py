@@ -1,4 +1,6 @@
-"""Load and run a ``.mcpkg`` bundle with only onnxruntime, tokenizers and numpy installed.
+"""Load and run a ``.mcpkg`` bundle with only onnxruntime, tokenizers and numpy installed (or,
+for a bundle of an openvino-cpu build, ``model_format: openvino-ir``, only openvino, tokenizers
+and numpy).
 
     from mcompress.runtime import load
     bundle = load("sentiment.mcpkg")
@@ -301,6 +303,14 @@ def load(path: str | Path, threads: int | None = None, max_bytes: int = MAX_TOTA
             raise BundleError(f"bundle model input {name!r} has dtype {spec.get('dtype')!r}; expected int64 or int32.")
         input_dtypes[name], feeds[name] = spec["dtype"], attr
 
+    if manifest.get("model_format", "onnx") == "openvino-ir":
+        session = _openvino_session(manifest, members, model_name, threads)
+        if set(session.input_names) != set(feeds):
+            raise BundleError(f"bundle model inputs {sorted(session.input_names)} differ from the manifest's {sorted(feeds)}.")
+        if session.num_logits is not None and session.num_logits != len(labels):
+            raise BundleError(f"bundle model has {session.num_logits} logits but {len(labels)} labels.")
+        return Bundle(Path(path), manifest, labels, session, tokenizer, input_dtypes, feeds)
+
     import onnxruntime as ort
 
     options = ort.SessionOptions()
@@ -322,3 +332,49 @@ def load(path: str | Path, threads: int | None = None, max_bytes: int = MAX_TOTA
     if isinstance(width, int) and width != len(labels):
         raise BundleError(f"bundle model has {width} logits but {len(labels)} labels.")
     return Bundle(Path(path), manifest, labels, session, tokenizer, input_dtypes, feeds)
+
+
+class _OpenVINOSession:
+    """An OpenVINO CPU compiled model behind the one call Bundle.logits makes: run(["logits"], feed)."""
+
+    def __init__(self, compiled):
+        self.compiled = compiled
+        self.request = compiled.create_infer_request()
+        self.input_names = [i.get_any_name() for i in compiled.inputs]
+        self._outputs = {name: port for port in compiled.outputs for name in port.get_names()}
+        if "logits" not in self._outputs:
+            raise BundleError("bundle model has no 'logits' output.")
+        width = self._outputs["logits"].get_partial_shape()[-1]
+        self.num_logits = width.get_length() if width.is_static else None
+
+    def run(self, output_names: list[str], feed: dict):
+        import numpy as np
+
+        self.request.infer(feed)
+        return [np.array(self.request.get_tensor(self._outputs[n]).data, copy=True) for n in output_names]
+
+
+def _openvino_session(manifest: dict, members: dict[str, bytes], model_name: str, threads: int | None):
+    """Compile the bundle's IR from memory on the OpenVINO CPU plugin, with the inference precision
+    the build was gated with."""
+    weights_name = _manifest_field(manifest, "weights_file", kind=str)
+    if weights_name not in members:
+        raise BundleError(f"bundle manifest names weights file {weights_name!r}, which it does not contain.")
+    precision = (manifest.get("runtime") or {}).get("inference_precision", "f32")
+    try:
+        import openvino as ov
+    except ImportError:
+        raise BundleError("this bundle holds an OpenVINO IR and needs the openvino package.",
+                          "pip install openvino (with tokenizers and numpy).") from None
+    from mcompress.targets.openvino_cpu.runner import PRECISIONS, compile_config
+
+    if precision not in PRECISIONS:
+        raise BundleError(f"bundle asks for OpenVINO inference precision {precision!r}; expected one of {', '.join(PRECISIONS)}.")
+    try:
+        core = ov.Core()
+        model = core.read_model(members.pop(model_name), members.pop(weights_name))
+        compiled = core.compile_model(model, "CPU", compile_config(threads, precision))
+    except Exception as err:  # openvino raises RuntimeError with multi-line messages
+        raise BundleError(f"bundle model {model_name!r} cannot be loaded by openvino {ov.__version__}: "
+                          f"{str(err).splitlines()[0] if str(err) else type(err).__name__}.") from None
+    return _OpenVINOSession(compiled)

@@ -10,11 +10,16 @@ from mcompress.errors import InputError
 TARGETS = {
     "onnx-cpu": "mcompress.targets.onnx_cpu.target:OnnxCpuTarget",
     "tensorrt": "mcompress.targets.tensorrt.target:TensorRTTarget",
+    "openvino-cpu": "mcompress.targets.openvino_cpu.target:OpenVINOCpuTarget",
 }
+# Not a target but a choice between targets (compressor/cpu_auto.py): build every CPU target,
+# gate each, keep the fastest that passes.
+CPU_AUTO = "cpu-auto"
+CPU_AUTO_TARGETS = ("onnx-cpu", "openvino-cpu")
 
 
 def get_target(name: str):
     if name not in TARGETS:
-        raise InputError(f"unknown target '{name}'.", f"Available targets: {', '.join(TARGETS)}.")
+        raise InputError(f"unknown target '{name}'.", f"Available targets: {', '.join([*TARGETS, CPU_AUTO])}.")
     module, _, cls = TARGETS[name].partition(":")
     return getattr(importlib.import_module(module), cls)()

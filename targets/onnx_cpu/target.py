@@ -50,13 +50,18 @@ class OnnxCpuTarget(Target):
         out_dir.mkdir(parents=True, exist_ok=True)
         model = out_dir / "model.onnx"
         shutil.copyfile(state.onnx_path, model)
-        updates = state.annotations.get("config_updates")
-        if updates:  # the source config with the shapes pruning changed; label map untouched
-            config = {**state.source.config, **updates}
-            (out_dir / "config.json").write_text(json.dumps(config, indent=2) + "\n")
-        else:
-            shutil.copyfile(state.source.path / "config.json", out_dir / "config.json")
-        for name in TOKENIZER_FILES:
-            if (state.source.path / name).is_file():
-                shutil.copyfile(state.source.path / name, out_dir / name)
+        write_config_and_tokenizer(state, out_dir)
         return model
+
+
+def write_config_and_tokenizer(state, out_dir: Path) -> None:
+    """config.json (the label map, and the shapes pruning changed) and the tokenizer files."""
+    updates = state.annotations.get("config_updates")
+    if updates:  # the source config with the shapes pruning changed; label map untouched
+        config = {**state.source.config, **updates}
+        (out_dir / "config.json").write_text(json.dumps(config, indent=2) + "\n")
+    else:
+        shutil.copyfile(state.source.path / "config.json", out_dir / "config.json")
+    for name in TOKENIZER_FILES:
+        if (state.source.path / name).is_file():
+            shutil.copyfile(state.source.path / name, out_dir / name)

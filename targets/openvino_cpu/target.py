@@ -1,0 +1,126 @@
+"""OpenVINO on Intel (and other x86) CPUs: the exported ONNX lowered to OpenVINO IR, INT8 through
+NNCF (passes/quantize/nncf_ptq.py), compiled and gated on the OpenVINO CPU plugin.
+
+Pipeline: [prune] -> [distill] -> export (ONNX, parity vs PyTorch) -> convert (OpenVINO IR, parity
+vs ONNX Runtime) -> quantize (NNCF; with accuracy control against the recipe's budget by default).
+No ONNX Runtime transformer fusion: OpenVINO fuses the graph itself when the CPU plugin compiles it.
+The build holds model.xml + model.bin, config.json (label map), the tokenizer files,
+openvino_build.json (versions, how the CPU plugin compiled the model) and the report.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import shutil
+from pathlib import Path
+
+from mcompress.errors import InputError, TargetUnavailable
+from mcompress.target_base import BuildInputs, Target, TargetCapabilities, torch_front_passes
+
+METADATA_FILE = "openvino_build.json"
+MODEL_FILE = "model.xml"
+# recipe openvino.inference_precision -> the CPU plugin's OPTIMIZATION_CAPABILITIES entry it needs
+PRECISION_CAPABILITY = {"f32": "FP32", "bf16": "BF16", "f16": "FP16"}
+INSTALL_HINT = "pip install 'mcompress[openvino]' (openvino and nncf), or use --target onnx-cpu."
+
+
+def missing_packages() -> list[str]:
+    return [name for name in ("openvino", "nncf") if importlib.util.find_spec(name) is None]
+
+
+class OpenVINOCpuTarget(Target):
+    name = "openvino-cpu"
+    description = "OpenVINO runtime, CPU plugin (IR, INT8 via NNCF)"
+    capabilities = TargetCapabilities(
+        # NNCF quantizes ahead of time with calibrated ranges (FakeQuantize); OpenVINO has no
+        # run-time (dynamic) activation quantization of the ONNX Runtime kind.
+        quantization_modes=("static",),
+        # NNCF's mixed preset, its default for transformers: asymmetric (uint8-like) activations,
+        # symmetric int8 weights per output channel. The CPU plugin runs u8 x s8 on VNNI/AMX.
+        activation_type="QUInt8",
+        weight_type="QInt8",
+        int8_symmetric_only=False,
+        quantize_bias=False,  # biases stay float; NNCF's bias correction adjusts them
+        contrib_ops=False,  # the IR comes from the standard-op export; OpenVINO fuses on compile
+    )
+
+    def __init__(self):
+        self.inference_precision = "f32"  # set from the recipe (validate_recipe / pipeline)
+
+    def check_available(self) -> None:
+        missing = missing_packages()
+        if missing:
+            raise TargetUnavailable(f"target openvino-cpu needs {' and '.join(missing)}, which "
+                                    f"{'is' if len(missing) == 1 else 'are'} not installed.", INSTALL_HINT)
+
+    def validate_recipe(self, recipe) -> None:
+        self.inference_precision = recipe.openvino.inference_precision
+        mode = recipe.quantize.mode
+        if mode not in ("auto", "static", "none"):
+            raise InputError(f"target openvino-cpu cannot run quantize.mode '{mode}': NNCF quantizes with calibrated "
+                             "(static) ranges only.", "Use --quantize static (or auto), or none for an FP32 IR.")
+        if recipe.fallback.enabled or recipe.sensitivity.run == "always":
+            raise InputError("recipe fallback/sensitivity apply to the onnx-cpu target only; openvino-cpu reverts "
+                             "layers to float with NNCF's accuracy control.",
+                             "Remove the fallback/sensitivity sections, and use openvino.accuracy_control.")
+        precision = recipe.openvino.inference_precision
+        if precision != "f32" and not missing_packages():
+            import openvino as ov
+            import openvino.properties.device as device
+
+            supported = ov.Core().get_property("CPU", device.capabilities)
+            if PRECISION_CAPABILITY[precision] not in supported:
+                raise InputError(f"recipe openvino.inference_precision {precision}: this CPU's OpenVINO plugin supports "
+                                 f"{', '.join(supported)}.", "Use f32.")
+
+    def pipeline(self, recipe):
+        from mcompress.passes.convert.openvino_ir import ConvertOpenVINO
+        from mcompress.passes.export.onnx_export import ExportOnnx
+        from mcompress.passes.quantize.nncf_ptq import QuantizeNNCF
+
+        self.inference_precision = recipe.openvino.inference_precision
+        return [*torch_front_passes(recipe), ExportOnnx(), ConvertOpenVINO(), QuantizeNNCF()]
+
+    def runner(self, model_path: Path, threads: int | None = None):
+        """An IR (.xml) runs on the OpenVINO CPU plugin; an ONNX file (the export pass's output,
+        evaluated after that pass) on ONNX Runtime CPU."""
+        if Path(model_path).suffix == ".xml":
+            from mcompress.targets.openvino_cpu.runner import OpenVINORunner
+
+            return OpenVINORunner(model_path, threads, self.inference_precision)
+        from mcompress.targets.onnx_cpu.runner import OrtRunner
+
+        return OrtRunner(model_path, threads)
+
+    def build(self, state, out_dir: Path, inputs: BuildInputs | None = None) -> Path:
+        import nncf
+        import openvino as ov
+
+        from mcompress.recipe import Recipe
+        from mcompress.targets.onnx_cpu.target import write_config_and_tokenizer
+        from mcompress.targets.openvino_cpu.runner import OpenVINORunner
+
+        inputs = inputs or BuildInputs()
+        recipe = inputs.recipe or Recipe()
+        out_dir.mkdir(parents=True, exist_ok=True)
+        xml = out_dir / MODEL_FILE
+        shutil.copyfile(state.ir_path, xml)
+        shutil.copyfile(Path(state.ir_path).with_suffix(".bin"), xml.with_suffix(".bin"))
+        write_config_and_tokenizer(state, out_dir)
+        threads = recipe.latency.threads or os.cpu_count()
+        compiled = OpenVINORunner(xml, threads, recipe.openvino.inference_precision)
+        meta = {"schema": 1, "model_file": MODEL_FILE, "weights_file": xml.with_suffix(".bin").name,
+                "openvino": ov.__version__, "nncf": nncf.__version__, "device": "CPU",
+                "requested": {"inference_precision": recipe.openvino.inference_precision, "threads": threads,
+                              "performance_hint": "LATENCY"},
+                "compiled": compiled.properties,
+                "quantization": state.annotations.get("quantization"),
+                "float_layers": state.annotations.get("float_layers", [])}
+        (out_dir / METADATA_FILE).write_text(json.dumps(meta, indent=2) + "\n")
+        return xml
+
+    def build_summary(self, out_dir: Path) -> dict:
+        path = Path(out_dir) / METADATA_FILE
+        return json.loads(path.read_text()) if path.is_file() else {}
