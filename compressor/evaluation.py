@@ -180,6 +180,24 @@ def predict_word_logits(runner: Runner, tokenizer, words: list[list[str]], max_l
     return out
 
 
+def scored_logits(runner: Runner, tokenizer, data, max_length: int, batch_size: int = 32,
+                  what: str | None = None) -> tuple[np.ndarray, np.ndarray | None]:
+    """(logits, labels) of the units a task's predictions are made on, as 2-D rows: one per text;
+    for a tagger one per word kept within max_length (first sub-token), sentences concatenated.
+    For comparing models row by row (passes/quantize/sensitivity.py); checked finite."""
+    if data.task != "token-classification":
+        logits = predict_logits(runner, tokenizer, data.texts, max_length, batch_size)
+        check_finite_logits(logits, runner, data.source, what)
+        return logits, None if data.labels is None else np.asarray(data.labels)
+    per_sentence = predict_word_logits(runner, tokenizer, data.words, max_length, batch_size)
+    kept = np.array([len(x) for x in per_sentence])
+    logits = np.concatenate(per_sentence)
+    check_finite_logits(logits, runner, data.source, what, example_of_row=np.repeat(np.arange(len(kept)), kept))
+    labels = None if data.labels is None else np.concatenate(
+        [np.asarray(tags[:count], dtype=np.int64) for tags, count in zip(data.labels, kept)])
+    return logits, labels
+
+
 def _evaluate_tagging(runner: Runner, tokenizer, data, max_length: int, batch_size: int,
                       on_batch, what: str | None) -> EvalResult:
     """Entity-level F1 (seqeval semantics, compressor/entity_metrics.py) over sentences; each word

@@ -34,9 +34,9 @@ TASKS = {
         "token-classification", "ForTokenClassification", "AutoModelForTokenClassification",
         "ORTModelForTokenClassification", "entity_f1", ("entity_f1",), ("batch", "sequence"),
         "tokens", "tags",
-        # Pruning importance, distillation losses and the sensitivity ranking score per-text
-        # logits; their per-word versions are not written yet.
-        unsupported=("prune", "distill", "fallback", "sensitivity")),
+        # Pruning importance and the distillation losses are computed on per-text logits; their
+        # per-token versions are not written yet.
+        unsupported=("prune", "distill")),
 }
 
 

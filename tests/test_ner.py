@@ -307,3 +307,18 @@ def test_packaging_a_tagger_build_is_refused_clearly(tagger_build, tmp_path):
     with pytest.raises(InputError, match="is a token-classification model; bundles and the bundle runtime support"):
         package_build(out, tmp_path / "t.mcpkg")
     assert not (tmp_path / "t.mcpkg").exists()
+
+
+def test_tagger_sensitivity_ranks_layers_over_words(tiny_tagger, fast_recipe, tmp_path):
+    recipe = tmp_path / "sensitivity.yaml"
+    recipe.write_text(fast_recipe.read_text().replace("quantize:\n", "quantize:\n  mode: dynamic\n")
+                      + "sensitivity:\n  run: always\n  examples: 16\n  granularity: block\n")
+    out = tmp_path / "build"
+    code, output = _run(str(tiny_tagger), "--out", str(out), "--recipe", str(recipe))
+    assert code == ExitCode.OK, output
+    report = json.loads((out / "report.json").read_text())
+    fallback = next(p for p in report["passes"] if p["name"] == "fallback")["metrics"]
+    sens = fallback["sensitivity"]
+    assert sens["examples"] == 16 and any(row["layer"].endswith("encoder.layer.1") for row in sens["layers"])
+    assert all(0 <= row["accuracy"] <= 1 and row["mean_kl"] >= 0 for row in sens["layers"])
+    assert 0 <= fallback["initial"]["accuracy"] <= 1  # entity F1 on the selection split
