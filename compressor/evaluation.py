@@ -97,6 +97,11 @@ class EvalResult:
     def correct(self) -> np.ndarray:
         return (self.predictions == self.labels).astype(np.float64)
 
+    def logit_labels(self) -> np.ndarray:
+        """The labels of ``logits``' rows: ``labels``, or for a tagger those of the words kept
+        within max_length (words beyond it have no logits)."""
+        return self.details.get("logit_labels", self.labels)
+
     @property
     def macro_f1(self) -> float:
         return macro_f1(self.predictions, self.labels)
@@ -223,6 +228,7 @@ def _evaluate_tagging(runner: Runner, tokenizer, data, max_length: int, batch_si
     labels = np.concatenate([np.asarray(t, dtype=np.int64) for t in data.labels])
     report = entity_report(counts, types)
     report["truncated_words"] = int(sum(len(w) for w in data.words) - kept.sum())
+    report["logit_labels"] = np.concatenate([np.asarray(t[:k], dtype=np.int64) for t, k in zip(data.labels, kept)])
     return EvalResult(float((predictions == labels).mean()), predictions, labels, flat, metric="entity_f1",
                       stats=counts.sum(axis=1), details=report)
 

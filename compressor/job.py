@@ -34,7 +34,7 @@ from mcompress.report import file_digest, library_versions, machine_info, write_
 from mcompress.state import ModelKind, ModelState
 from mcompress.target_base import BuildInputs
 from mcompress.targets import get_target
-from mcompress.tasks import TASKS, TaskSpec, check_recipe_supported, gated_metric, load_task_data
+from mcompress.tasks import TASKS, TaskSpec, gated_metric, load_task_data
 
 logger = logging.getLogger(__name__)
 
@@ -115,7 +115,6 @@ def run(req: RunRequest, task: TaskFactory = _no_ui) -> dict:
     target.validate_recipe(recipe)
     check_gate_passes(recipe, [p.name for p in target.pipeline(recipe)])
     ckpt = inspect_checkpoint(req.model_dir, allow_pickle=req.allow_pickle)
-    check_recipe_supported(ckpt.task_spec, recipe)
     metric = gated_metric(ckpt.task_spec, recipe.gates.metric)
     validate_against_checkpoint(recipe, ckpt)
     max_positions = ckpt.config.get("max_position_embeddings")

@@ -3,8 +3,7 @@
 The task is read from the checkpoint's architecture (``*ForSequenceClassification`` or
 ``*ForTokenClassification``, compressor/checkpoint.py) and flows through the run as a TaskSpec:
 which transformers class loads it, which data loader reads its eval/calibration data, which
-metric gates it, the shape of its logits in the exported graph, and which recipe sections are
-not implemented for it yet (an InputError before any work, never a silently wrong run).
+metric gates it, and the shape of its logits in the exported graph.
 """
 
 from __future__ import annotations
@@ -23,7 +22,6 @@ class TaskSpec:
     logits_axes: tuple[str, ...]  # dynamic axes of the exported logits output
     text_column: str  # default data columns of JSONL/CSV inputs
     label_column: str
-    unsupported: tuple[str, ...] = ()  # recipe sections not implemented for this task yet
 
 
 TASKS = {
@@ -33,10 +31,7 @@ TASKS = {
     "token-classification": TaskSpec(
         "token-classification", "ForTokenClassification", "AutoModelForTokenClassification",
         "ORTModelForTokenClassification", "entity_f1", ("entity_f1",), ("batch", "sequence"),
-        "tokens", "tags",
-        # Pruning importance and the distillation losses are computed on per-text logits; their
-        # per-token versions are not written yet.
-        unsupported=("prune", "distill")),
+        "tokens", "tags"),
 }
 
 
@@ -67,16 +62,3 @@ def gated_metric(task: TaskSpec, recipe_metric: str) -> str:
         raise InputError(f"recipe gates.metric '{recipe_metric}' does not apply to a {task.name} model.",
                          f"Use one of: auto, {', '.join(task.metrics)}.")
     return metric
-
-
-def check_recipe_supported(task: TaskSpec, recipe) -> None:
-    from mcompress.errors import InputError
-
-    used = [s for s in task.unsupported
-            if (s in ("prune", "distill") and getattr(recipe, s) is not None)
-            or (s == "fallback" and recipe.fallback.enabled)
-            or (s == "sensitivity" and recipe.sensitivity.run == "always")]
-    if used:
-        raise InputError(f"recipe section '{used[0]}' is not supported for {task.name} models yet.",
-                         f"Remove it from the recipe (e.g. use recipes/ptq.yaml); {task.name} runs export, "
-                         "optimize and quantize.")

@@ -242,7 +242,7 @@ def test_optimum_loads_the_tagger_build(tagger_build):
     assert model.config.id2label[1] == "B-PER"
 
 
-@pytest.mark.parametrize("case", ["iob1_eval_data", "unknown_tag", "bioes_checkpoint", "prune_recipe", "classifier_metric"])
+@pytest.mark.parametrize("case", ["iob1_eval_data", "unknown_tag", "bioes_checkpoint", "classifier_metric"])
 def test_tagger_bad_input(case, tiny_tagger, fast_recipe, tmp_path):
     model = tmp_path / "tagger"
     shutil.copytree(tiny_tagger, model)
@@ -261,10 +261,6 @@ def test_tagger_bad_input(case, tiny_tagger, fast_recipe, tmp_path):
         config["label2id"] = {n: int(i) for i, n in config["id2label"].items()}
         (model / "config.json").write_text(json.dumps(config))
         expect = "which is not an IOB2 tag"
-    elif case == "prune_recipe":
-        recipe = tmp_path / "prune.yaml"
-        recipe.write_text(fast_recipe.read_text() + "prune:\n  keep_ratio: 0.5\n")
-        extra, expect = ["--recipe", str(recipe)], "recipe section 'prune' is not supported for token-classification"
     else:
         recipe = tmp_path / "metric.yaml"
         recipe.write_text(fast_recipe.read_text() + "gates:\n  metric: accuracy\n")
@@ -322,3 +318,30 @@ def test_tagger_sensitivity_ranks_layers_over_words(tiny_tagger, fast_recipe, tm
     assert sens["examples"] == 16 and any(row["layer"].endswith("encoder.layer.1") for row in sens["layers"])
     assert all(0 <= row["accuracy"] <= 1 and row["mean_kl"] >= 0 for row in sens["layers"])
     assert 0 <= fallback["initial"]["accuracy"] <= 1  # entity F1 on the selection split
+
+
+def test_tagger_prune_and_distill(tiny_tagger, fast_recipe, tmp_path):
+    """Structured pruning scored on per-word losses, then word-level distillation from the
+    original, early-stopped on entity F1; the pruned tagger exports and is gated like any other."""
+    recipe = tmp_path / "prune-distill.yaml"
+    recipe.write_text(fast_recipe.read_text().replace("quantize:\n", "quantize:\n  mode: dynamic\n")
+                      + "prune:\n  heads_per_layer: 1\n  ffn_neurons_per_layer: 32\n  importance_examples: 64\n"
+                      + "distill:\n  steps: 6\n  batch_size: 16\n  eval_every: 3\n  eval_examples: 24\n  lr: 0.003\n"
+                      + "gates:\n  max_drop: 100\n")
+    out = tmp_path / "build"
+    code, output = _run(str(tiny_tagger), "--out", str(out), "--recipe", str(recipe), "--no-cache")
+    assert code == ExitCode.OK, output
+    report = json.loads((out / "report.json").read_text())
+    passes = {p["name"]: p for p in report["passes"]}
+    assert list(passes) == ["prune", "distill", "export", "optimize", "quantize"]
+    assert passes["prune"]["metrics"]["heads_per_layer"] == [1, 1] and passes["prune"]["metrics"]["ffn_size"] == 32
+    assert passes["prune"]["metrics"]["importance_loss"] == "cross-entropy vs labels"
+    distill = passes["distill"]["metrics"]
+    assert distill["steps"] >= 3 and distill["train_labels"] == "given" and len(distill["history"]) >= 1
+    # early stopping kept the step with the best selection entity F1 (ties: lower CE)
+    best = max(distill["history"], key=lambda h: (h["selection_accuracy"], -h["selection_ce"]))
+    assert distill["best_step"] == best["step"] and all(np.isfinite(h["loss"]) for h in distill["history"])
+    assert 0 <= passes["distill"]["score"] <= 1 and report["metric"] == "entity_f1"
+    assert passes["export"]["flops_seq128"] < report["reference"]["flops_seq128"]
+    config = json.loads((out / "config.json").read_text())
+    assert config["intermediate_size"] == 32 and config["architectures"] == ["BertForTokenClassification"]

@@ -12,7 +12,8 @@ not read off weight magnitudes:
   neuron is removed (Kwon et al. 2022, "A Fast Post-Training Pruning Framework for Transformers").
 
 L is the cross-entropy against the labels when the calibration data has them, else against the
-unpruned model's own argmax. Masks have a batch dimension, so one backward pass gives per-example
+unpruned model's own argmax; for a tagger it is summed over the words of a sentence, each scored
+at its first sub-token (calibration/tagged.py), so one example is one sentence. Masks have a batch dimension, so one backward pass gives per-example
 gradients, and their absolute values are summed over examples.
 
 Budget (recipe ``prune``): ``heads_per_layer`` keeps the k best heads in every layer and
@@ -46,6 +47,7 @@ from operator import attrgetter
 import numpy as np
 
 from mcompress.calibration.datasets import tokenize
+from mcompress.calibration.tagged import token_logits_and_targets, tokenize_words, word_targets
 from mcompress.flops import encoder_flops, parameter_count
 from mcompress.pass_base import Pass, PassContext, PassResult
 from mcompress.state import ModelKind, ModelState
@@ -153,7 +155,10 @@ def importance_scores(model, batches, labels: list[np.ndarray] | None):
         for b, batch in enumerate(batches):
             feed = {k: torch.from_numpy(v) for k, v in batch.items()}
             logits = model(**feed).logits
-            target = torch.from_numpy(labels[b]) if labels is not None else logits.detach().argmax(-1)
+            if logits.dim() == 3:  # a tagger: targets per sub-token (IGNORE_INDEX off the words' first)
+                logits, target, _ = token_logits_and_targets(logits, torch.from_numpy(labels[b]), logits.detach())
+            else:
+                target = torch.from_numpy(labels[b]) if labels is not None else logits.detach().argmax(-1)
             # Summed, not averaged: each example's mask gradient is its own dL/dm.
             loss = torch.nn.functional.cross_entropy(logits, target, reduction="sum")
             loss.backward()
@@ -262,16 +267,26 @@ def zero_pattern_masks(model) -> dict:
             if isinstance(module, torch.nn.Linear) and module.in_features % 4 == 0}
 
 
-def scoring_batches(tokenizer, texts: list[str], labels, max_length: int, batch_size: int):
-    """Length-sorted batches (little padding) with their labels, in a fixed order."""
+def scoring_batches(tokenizer, data, max_length: int, batch_size: int):
+    """Length-sorted batches (little padding) with their labels, in a fixed order. A tagger's
+    labels are per sub-token (calibration.tagged.word_targets), and always given: untagged words
+    are marked to be scored against the model's own argmax."""
+    texts, labels = data.texts, data.labels
+    tagger = data.task == "token-classification"
     order = np.argsort([len(t) for t in texts], kind="stable")
     batches, batch_labels = [], []
     for start in range(0, len(texts), batch_size):
         idx = order[start:start + batch_size]
+        if tagger:
+            inputs, first = tokenize_words(tokenizer, [data.words[i] for i in idx], max_length)
+            batches.append(inputs)
+            batch_labels.append(word_targets(first, None if labels is None else [labels[i] for i in idx],
+                                             inputs["input_ids"].shape[1]))
+            continue
         batches.append(tokenize(tokenizer, [texts[i] for i in idx], max_length))
         if labels is not None:
             batch_labels.append(np.asarray([labels[i] for i in idx], dtype=np.int64))
-    return batches, (batch_labels if labels is not None else None)
+    return batches, (batch_labels if labels is not None or tagger else None)
 
 
 class PruneStructured(Pass):
@@ -298,8 +313,8 @@ class PruneStructured(Pass):
         data = ctx.calibration.head(cfg.importance_examples)
         labels = data.labels  # None for unlabelled text: scored against the model's own argmax
         input_names = set(state.tokenizer.model_input_names)
-        batches, batch_labels = scoring_batches(state.tokenizer, data.texts, labels,
-                                                cfg.max_length or ctx.recipe.max_length, cfg.batch_size)
+        batches, batch_labels = scoring_batches(state.tokenizer, data, cfg.max_length or ctx.recipe.max_length,
+                                                cfg.batch_size)
         batches = [{k: v for k, v in b.items() if k in input_names} for b in batches]
         started = time.perf_counter()
         head_scores, neuron_scores = importance_scores(model, batches, batch_labels)
