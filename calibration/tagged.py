@@ -35,6 +35,7 @@ from pathlib import Path
 
 import numpy as np
 
+from mcompress.calibration.datasets import read_rows, split_file
 from mcompress.errors import InputError
 
 CONLL_SUFFIXES = (".conll", ".txt", ".iob", ".bio", ".iob2")
@@ -161,7 +162,6 @@ def read_conll(path: Path) -> tuple[list[list[str]], list[list[str]] | None, lis
 
 
 def _jsonl_sentences(path: Path, tokens_column: str, tags_column: str):
-    from mcompress.calibration.datasets import read_rows
 
     rows = read_rows(path)
     if not rows:
@@ -190,7 +190,6 @@ def _jsonl_sentences(path: Path, tokens_column: str, tags_column: str):
 def load_tagged_sentences(path: str | Path, label2id: dict[str, int], tokens_column: str = "tokens",
                           tags_column: str = "tags", split: str = "test", require_labels: bool = True) -> TaggedSentences:
     """Load a CoNLL/JSONL file (or one split of a split dir), check the tags, map them to ids."""
-    from mcompress.calibration.datasets import split_file
 
     tag_names = tuple(name for name, _ in sorted(label2id.items(), key=lambda kv: kv[1]))
     path = Path(path)

@@ -8,6 +8,7 @@ classification (calibration/tagged.py) by entity-level F1 (compressor/entity_met
 each word predicted from its first sub-token. Either metric is a function of per-example counts
 (``EvalResult.stats``: [correct, 1] per text; [TP, predicted, gold entities] per sentence), which
 is what the gates' paired bootstrap resamples.
+
 Latency is wall time per call on inputs padded to exactly the stated sequence length, with
 warm-up calls discarded; p50/p95 are over the timed calls.
 """
@@ -185,6 +186,21 @@ def predict_word_logits(runner: Runner, tokenizer, words: list[list[str]], max_l
     return out
 
 
+def _word_rows(runner: Runner, tokenizer, data, max_length: int, batch_size: int, on_batch=None,
+               what: str | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """A tagger's logits as rows, one per word kept within max_length (sentences concatenated),
+    checked finite; and the number of words kept per sentence."""
+    per_sentence = predict_word_logits(runner, tokenizer, data.words, max_length, batch_size, on_batch)
+    kept = np.array([len(x) for x in per_sentence], dtype=np.int64)
+    logits = np.concatenate(per_sentence)
+    check_finite_logits(logits, runner, data.source, what, example_of_row=np.repeat(np.arange(len(kept)), kept))
+    return logits, kept
+
+
+def _kept_tags(labels: list[list[int]], kept: np.ndarray) -> np.ndarray:
+    return np.concatenate([np.asarray(tags[:count], dtype=np.int64) for tags, count in zip(labels, kept)])
+
+
 def scored_logits(runner: Runner, tokenizer, data, max_length: int, batch_size: int = 32,
                   what: str | None = None) -> tuple[np.ndarray, np.ndarray | None]:
     """(logits, labels) of the units a task's predictions are made on, as 2-D rows: one per text;
@@ -194,13 +210,8 @@ def scored_logits(runner: Runner, tokenizer, data, max_length: int, batch_size: 
         logits = predict_logits(runner, tokenizer, data.texts, max_length, batch_size)
         check_finite_logits(logits, runner, data.source, what)
         return logits, None if data.labels is None else np.asarray(data.labels)
-    per_sentence = predict_word_logits(runner, tokenizer, data.words, max_length, batch_size)
-    kept = np.array([len(x) for x in per_sentence])
-    logits = np.concatenate(per_sentence)
-    check_finite_logits(logits, runner, data.source, what, example_of_row=np.repeat(np.arange(len(kept)), kept))
-    labels = None if data.labels is None else np.concatenate(
-        [np.asarray(tags[:count], dtype=np.int64) for tags, count in zip(data.labels, kept)])
-    return logits, labels
+    logits, kept = _word_rows(runner, tokenizer, data, max_length, batch_size, what=what)
+    return logits, None if data.labels is None else _kept_tags(data.labels, kept)
 
 
 def _evaluate_tagging(runner: Runner, tokenizer, data, max_length: int, batch_size: int,
@@ -212,24 +223,19 @@ def _evaluate_tagging(runner: Runner, tokenizer, data, max_length: int, batch_si
 
     names = list(data.tag_names)
     outside = names.index("O")
-    word_logits = predict_word_logits(runner, tokenizer, data.words, max_length, batch_size, on_batch)
-    kept = np.array([len(x) for x in word_logits])
-    flat = np.concatenate([x for x in word_logits if len(x)]) if kept.sum() else np.zeros((0, len(names)), np.float32)
-    check_finite_logits(flat, runner, data.source, what, example_of_row=np.repeat(np.arange(len(kept)), kept))
-    predicted_ids, cursor = [], 0
-    for i, count in enumerate(kept):
-        ids = flat[cursor:cursor + count].argmax(-1).tolist() if count else []
-        cursor += count
-        predicted_ids.append(ids + [outside] * (len(data.words[i]) - count))
+    logits, kept = _word_rows(runner, tokenizer, data, max_length, batch_size, on_batch, what)
+    predicted_ids, ends = [], np.cumsum(kept)
+    for words, count, end in zip(data.words, kept, ends):
+        predicted_ids.append(logits[end - count:end].argmax(-1).tolist() + [outside] * (len(words) - count))
     types = entity_types(dict(enumerate(names)))
     counts = sentence_counts([[names[t] for t in tags] for tags in data.labels],
                              [[names[t] for t in tags] for tags in predicted_ids], types)
     predictions = np.concatenate([np.asarray(p, dtype=np.int64) for p in predicted_ids])
     labels = np.concatenate([np.asarray(t, dtype=np.int64) for t in data.labels])
     report = entity_report(counts, types)
-    report["truncated_words"] = int(sum(len(w) for w in data.words) - kept.sum())
-    report["logit_labels"] = np.concatenate([np.asarray(t[:k], dtype=np.int64) for t, k in zip(data.labels, kept)])
-    return EvalResult(float((predictions == labels).mean()), predictions, labels, flat, metric="entity_f1",
+    report["truncated_words"] = int(len(labels) - kept.sum())
+    report["logit_labels"] = _kept_tags(data.labels, kept)
+    return EvalResult(float((predictions == labels).mean()), predictions, labels, logits, metric="entity_f1",
                       stats=counts.sum(axis=1), details=report)
 
 
