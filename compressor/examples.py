@@ -49,7 +49,7 @@ EXAMPLES: dict[str, ExampleSettings] = {
     # CoNLL-2003 NER, 8,000 of the 14,041 train sentences, one epoch (about 10 min on this shared
     # machine; all of train did not fit the budget); sentences are short (median 10 words),
     # 128 sub-tokens truncate almost none of them.
-    "ner": ExampleSettings("conll2003", 14041, 128, 1, 2e-4),
+    "ner": ExampleSettings("conll2003", 8000, 128, 1, 1e-4),
 }
 
 CORPORA = {"rotten_tomatoes": example_data.rotten_tomatoes, "reuters_r8": example_data.reuters_r8,
