@@ -27,6 +27,8 @@ class LabelledTexts:
     labels: list[int] | None  # None for unlabelled text (calibration only)
     source: str
 
+    task = "text-classification"
+
     def __len__(self) -> int:
         return len(self.texts)
 
@@ -34,6 +36,9 @@ class LabelledTexts:
         if n is None or n >= len(self.texts):
             return self
         return LabelledTexts(self.texts[:n], None if self.labels is None else self.labels[:n], self.source)
+
+    def without_labels(self) -> "LabelledTexts":
+        return LabelledTexts(self.texts, None, self.source)
 
     def content_hash(self) -> str:
         digest = hashlib.sha256()

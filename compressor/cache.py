@@ -324,9 +324,15 @@ def _save_torch(model, path: Path) -> None:
 
 
 def _load_torch(path: Path):
-    import torch
-    from transformers import AutoModelForSequenceClassification
+    import json
 
-    model = AutoModelForSequenceClassification.from_pretrained(path, local_files_only=True, dtype=torch.float32,
-                                                               use_safetensors=True)
+    import torch
+    import transformers
+
+    from mcompress.tasks import TASKS, task_for_architecture
+
+    architectures = json.loads((Path(path) / "config.json").read_text()).get("architectures") or [""]
+    task = task_for_architecture(architectures[0]) or TASKS["text-classification"]
+    model = getattr(transformers, task.auto_model).from_pretrained(path, local_files_only=True, dtype=torch.float32,
+                                                                   use_safetensors=True)
     return model.eval()

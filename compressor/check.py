@@ -58,9 +58,12 @@ def check_report(report: dict, baseline: dict | None = None, max_accuracy_regres
     if not same_data:
         findings.append(Finding("baseline eval data", False,
                                 "eval data differs from the baseline's (sha256); accuracies are not comparable"))
-    change = (report["build"]["accuracy"] - baseline["build"]["accuracy"]) * 100
-    findings.append(Finding("accuracy vs baseline", -change <= max_accuracy_regression,
-                            f"{baseline['build']['accuracy']:.4f} -> {report['build']['accuracy']:.4f} "
+    # the gated metric: accuracy, or entity F1 for a tagger ("score"; older reports have accuracy only)
+    metric = report.get("metric", "accuracy")
+    new_score, old_score = (r["build"].get("score", r["build"]["accuracy"]) for r in (report, baseline))
+    change = (new_score - old_score) * 100
+    findings.append(Finding(f"{metric.replace('_', ' ')} vs baseline", -change <= max_accuracy_regression,
+                            f"{old_score:.4f} -> {new_score:.4f} "
                             f"({change:+.2f} points, tolerance {max_accuracy_regression})"))
     old, new = _speedup_b1(baseline), _speedup_b1(report)
     if old and new:

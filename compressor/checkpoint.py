@@ -13,10 +13,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from mcompress.errors import InputError
+from mcompress.tasks import TASKS, task_for_architecture
 
 # BERT-family encoders whose ONNX export and ONNX Runtime fusions are tested (tests/test_checkpoint.py).
 SUPPORTED_MODEL_TYPES = ("bert", "roberta", "distilbert")
-SUPPORTED_HEADS = {"ForSequenceClassification": "text-classification"}
 TOKENIZER_FILES = ("tokenizer.json", "vocab.txt", "vocab.json")
 PICKLE_WEIGHTS = ("pytorch_model.bin",)
 
@@ -38,6 +38,10 @@ class Checkpoint:
     @property
     def num_labels(self) -> int:
         return len(self.id2label)
+
+    @property
+    def task_spec(self):
+        return TASKS[self.task]
 
 
 def _sha256(paths: list[Path]) -> str:
@@ -111,12 +115,12 @@ def inspect_checkpoint(model_dir: str | Path, allow_pickle: bool = False) -> Che
         raise InputError(f"model type '{model_type}' is not supported.",
                          f"Supported model types: {', '.join(SUPPORTED_MODEL_TYPES)}.")
     architectures = config.get("architectures") or []
-    architecture = next((a for a in architectures if any(a.endswith(h) for h in SUPPORTED_HEADS)), None)
+    architecture = next((a for a in architectures if task_for_architecture(a)), None)
     if architecture is None:
-        heads = ", ".join(f"*{h}" for h in SUPPORTED_HEADS)
+        heads = ", ".join(f"*{t.head_suffix}" for t in TASKS.values())
         raise InputError(f"architecture {architectures or '(none)'} is not supported; mcompress needs a task head.",
                          f"Supported: {heads} (fine-tune the model for your task first).")
-    task = next(t for h, t in SUPPORTED_HEADS.items() if architecture.endswith(h))
+    task = task_for_architecture(architecture).name
 
     id2label_raw = config.get("id2label") or {}
     try:
@@ -127,6 +131,10 @@ def inspect_checkpoint(model_dir: str | Path, allow_pickle: bool = False) -> Che
         raise InputError(f"{config_path}: id2label must map 0..N-1 to label names.",
                          "Save the checkpoint with id2label/label2id set.")
     label2id = {v: k for k, v in id2label.items()}
+    if task == "token-classification":
+        from mcompress.calibration.tagged import entity_types
+
+        entity_types(id2label, f"{config_path} id2label")  # IOB2, checked before any work
 
     weights = path / "model.safetensors"
     if weights.is_file():
@@ -152,18 +160,21 @@ def inspect_checkpoint(model_dir: str | Path, allow_pickle: bool = False) -> Che
 def load_model_and_tokenizer(ckpt: Checkpoint):
     """Load the PyTorch model (eval mode, FP32) and its tokenizer, offline."""
     import torch
-    from transformers import AutoConfig, AutoModelForSequenceClassification, AutoTokenizer
+    import transformers
+    from transformers import AutoConfig, AutoTokenizer
+
+    auto_model = getattr(transformers, ckpt.task_spec.auto_model)
 
     try:
         tokenizer = AutoTokenizer.from_pretrained(ckpt.path, local_files_only=True)
     except Exception as err:
         raise InputError(f"cannot load the tokenizer from {ckpt.path}: {str(err).splitlines()[0]}") from None
     if ckpt.weights_file.suffix == ".safetensors":
-        model = AutoModelForSequenceClassification.from_pretrained(
+        model = auto_model.from_pretrained(
             ckpt.path, local_files_only=True, dtype=torch.float32, use_safetensors=True)
     else:
         config = AutoConfig.from_pretrained(ckpt.path, local_files_only=True)
-        model = AutoModelForSequenceClassification.from_config(config)
+        model = auto_model.from_config(config)
         state = torch.load(ckpt.weights_file, map_location="cpu", weights_only=True)
         fault = next((f for f in (_non_finite(n, t) for n, t in state.items() if isinstance(t, torch.Tensor)) if f), None)
         if fault:

@@ -87,7 +87,7 @@ def _root(debug: bool = typer.Option(False, "--debug", help="Show tracebacks and
 
 
 @app.command()
-def example(name: str = typer.Argument(..., help="sentiment | topics"),
+def example(name: str = typer.Argument(..., help="sentiment | topics | ner"),
             out_dir: Path = typer.Argument(..., help="Where to write the fine-tuned checkpoint and its splits.")) -> None:
     """Fine-tune all-MiniLM-L6-v2 into a built-in example checkpoint (offline, cached)."""
     def body():
@@ -102,7 +102,9 @@ def example(name: str = typer.Argument(..., help="sentiment | topics"),
                       TextColumn("loss {task.fields[loss]:.3f}"), TimeRemainingColumn(), console=_console()) as bar:
             task = bar.add_task(name, total=None, loss=float("nan"))
             meta = build_example(name, out_dir, on_step=lambda s, n, loss: bar.update(task, completed=s, total=n, loss=loss))
-        _console().print(f"built '{name}' in {out_dir}: test accuracy {meta['test_accuracy']:.4f} "
+        score = (f"test entity F1 {meta['test_entity_f1']:.4f}" if "test_entity_f1" in meta
+                 else f"test accuracy {meta['test_accuracy']:.4f}")
+        _console().print(f"built '{name}' in {out_dir}: {score} "
                          f"({meta['trained_on']} training examples, {meta['train_seconds']:.0f} s)")
 
     _guard(body)
@@ -116,8 +118,8 @@ def run(
     eval_data: Optional[Path] = typer.Option(None, "--eval-data", help="Labelled eval data: CSV, JSONL or a split dir (default: MODEL_DIR/splits test split)."),
     calib_data: Optional[Path] = typer.Option(None, "--calib-data", help="Calibration text: CSV, JSONL or a split dir (default: the train split)."),
     out: Optional[Path] = typer.Option(None, "--out", "-o", help="Build directory (default: build/<model>-<target>)."),
-    text_column: str = typer.Option("text", help="Text column of the data files."),
-    label_column: str = typer.Option("label", help="Label column of the data files (names from label2id, or ids)."),
+    text_column: Optional[str] = typer.Option(None, help="Text column of the data files (default: text; tokens for a tagger's JSONL)."),
+    label_column: Optional[str] = typer.Option(None, help="Label column of the data files, names from label2id or ids (default: label; tags for a tagger's JSONL)."),
     max_drop: Optional[float] = typer.Option(None, "--max-drop", help="Override gates.max_drop (absolute accuracy points)."),
     max_latency_ms: Optional[float] = typer.Option(None, "--max-latency-ms", help="Override gates.max_latency_ms (p50, batch 1, sequence 128)."),
     max_latency_p95_ms: Optional[float] = typer.Option(None, "--max-latency-p95-ms", help="Override gates.max_latency_p95_ms (p95, batch 1, sequence 128)."),
@@ -161,10 +163,12 @@ def _print_summary(report: dict) -> None:
 
     console = _console()
     out = escape(report["out"])
-    gate = next(g for g in report["gates"] if g["name"] == "accuracy_drop")
+    metric = report.get("metric", "accuracy")
+    gate = next(g for g in report["gates"] if g["name"] == f"{metric}_drop")
     b1 = next((r, c) for r, c in zip(report["latency"]["reference"], report["latency"]["build"]))
     console.print(f"[bold green]PASS[/] {report['target']} build in {out}", highlight=False)
-    console.print(f"  accuracy {report['reference']['accuracy']:.4f} -> {report['build']['accuracy']:.4f} "
+    score = lambda side: report[side].get("score", report[side]["accuracy"])
+    console.print(f"  {metric.replace('_', ' ')} {score('reference'):.4f} -> {score('build'):.4f} "
                   f"(drop {gate['value']:.2f} {gate['unit']}, 95% CI [{gate['ci95'][0]:.2f}, {gate['ci95'][1]:.2f}], budget {gate['threshold']})",
                   highlight=False)
     console.print(f"  latency b{b1[1]['batch_size']}/s{b1[1]['sequence_length']} p50 {b1[0]['p50_ms']:.2f} -> {b1[1]['p50_ms']:.2f} ms "

@@ -19,7 +19,8 @@ import numpy as np
 
 from mcompress import __version__
 from mcompress.cache import DEFAULT_MAX_GB, PassCache, default_cache_dir
-from mcompress.calibration.datasets import LabelledTexts, is_split_dir, load_labelled_texts, split_file, token_lengths
+from mcompress.calibration.datasets import LabelledTexts, is_split_dir, split_file, token_lengths
+from mcompress.calibration.tagged import TaggedSentences
 from mcompress.checkpoint import inspect_checkpoint, load_model_and_tokenizer
 from mcompress.errors import GateFailure, InputError, TargetUnavailable
 from mcompress.evaluation import TorchRunner, evaluate, interleaved_latency, latency_inputs, measure_latency
@@ -34,6 +35,7 @@ from mcompress.report import file_digest, library_versions, machine_info, write_
 from mcompress.state import ModelKind, ModelState
 from mcompress.target_base import BuildInputs
 from mcompress.targets import get_target
+from mcompress.tasks import TASKS, TaskSpec, gated_metric, load_task_data
 
 logger = logging.getLogger(__name__)
 
@@ -55,8 +57,8 @@ class RunRequest:
     recipe_path: Path | None = None
     eval_data: Path | None = None
     calib_data: Path | None = None
-    text_column: str = "text"
-    label_column: str = "label"
+    text_column: str | None = None  # None: the task's default (text/label; tokens/tags for a tagger)
+    label_column: str | None = None
     force: bool = False
     allow_pickle: bool = False
     overrides: dict = field(default_factory=dict)  # dotted recipe keys, e.g. {"gates.max_drop": 0.5}
@@ -67,13 +69,14 @@ class RunRequest:
 
 @dataclass
 class DataSplits:
-    eval: LabelledTexts
-    calibration: LabelledTexts
-    selection: LabelledTexts
+    eval: LabelledTexts | TaggedSentences
+    calibration: LabelledTexts | TaggedSentences
+    selection: LabelledTexts | TaggedSentences
     notes: list[str]
+    calibration_is_eval: bool = False
 
 
-def resolve_data(req: RunRequest, label2id: dict[str, int]) -> DataSplits:
+def resolve_data(req: RunRequest, label2id: dict[str, int], task: TaskSpec = TASKS["text-classification"]) -> DataSplits:
     """Eval data is required; calibration and selection default to the example's splits.
 
     With a split dir (``MODEL_DIR/splits`` by default), eval = test, selection = validation and
@@ -85,8 +88,9 @@ def resolve_data(req: RunRequest, label2id: dict[str, int]) -> DataSplits:
     eval_path = req.eval_data or (default_splits if is_split_dir(default_splits) else None)
     if eval_path is None:
         raise InputError("no evaluation data: the model dir has no splits/ directory.",
-                         "Pass --eval-data FILE (CSV or JSONL with text and label columns).")
-    load = lambda p, split, labels=True: load_labelled_texts(p, label2id, req.text_column, req.label_column, split, labels)
+                         "Pass --eval-data FILE (CSV or JSONL with text and label columns; CoNLL or JSONL with "
+                         "tokens and tags for a tagger).")
+    load = lambda p, split, labels=True: load_task_data(task, p, label2id, req.text_column, req.label_column, split, labels)
     eval_data = load(eval_path, "test")
     split_dir = Path(eval_path) if Path(eval_path).is_dir() else None
     if split_dir is not None and split_file(split_dir, "validation"):
@@ -99,8 +103,9 @@ def resolve_data(req: RunRequest, label2id: dict[str, int]) -> DataSplits:
     elif split_dir is not None and split_file(split_dir, "train"):
         calibration = load(split_dir, "train", labels=False)
     else:
-        calibration = LabelledTexts(eval_data.texts, None, eval_data.source)
+        calibration = eval_data.without_labels()
         notes.append("no calibration data given: calibrated on the eval texts (pass --calib-data)")
+        return DataSplits(eval_data, calibration, selection, notes, calibration_is_eval=True)
     return DataSplits(eval_data, calibration, selection, notes)
 
 
@@ -119,14 +124,15 @@ def run(req: RunRequest, task: TaskFactory = _no_ui) -> dict:
     target.validate_recipe(recipe)
     check_gate_passes(recipe, [p.name for p in target.pipeline(recipe)])
     ckpt = inspect_checkpoint(req.model_dir, allow_pickle=req.allow_pickle)
+    metric = gated_metric(ckpt.task_spec, recipe.gates.metric)
     validate_against_checkpoint(recipe, ckpt)
     max_positions = ckpt.config.get("max_position_embeddings")
     if max_positions and recipe.max_length > max_positions:
         raise InputError(f"recipe max_length {recipe.max_length} exceeds the model's max_position_embeddings {max_positions}.",
                          f"Set max_length <= {max_positions}.")
     out = req.out or Path("build") / f"{req.model_dir.resolve().name}-{req.target}"
-    data = resolve_data(req, ckpt.label2id)
-    validate_training_data(recipe, len(data.calibration), data.calibration.texts is data.eval.texts)
+    data = resolve_data(req, ckpt.label2id, ckpt.task_spec)
+    validate_training_data(recipe, len(data.calibration), data.calibration_is_eval)
     input_paths = [req.model_dir] + [p for p in (req.eval_data, req.calib_data, req.recipe_path) if p]
     cache_root = Path(req.cache_dir or default_cache_dir()).expanduser() if req.use_cache else None
     check_output_dir(out, req.force, input_paths)
@@ -157,7 +163,7 @@ def run(req: RunRequest, task: TaskFactory = _no_ui) -> dict:
 
     with tempfile.TemporaryDirectory(prefix="mcompress-") as work:
         ctx = PassContext(recipe, target, Path(work), data.calibration, data.selection,
-                          reference_selection.accuracy, progress=task,
+                          reference_selection.score, progress=task,
                           resume_dir=cache_root / "resume" if cache_root else None)
 
         evaluated = {}  # pass name -> EvalResult on the eval data, shared with the gates after passes
@@ -171,7 +177,7 @@ def run(req: RunRequest, task: TaskFactory = _no_ui) -> dict:
                 return
             runner = pass_runner(result.state)
             evaluated[p.name] = evaluation = run_eval(runner, eval_data, f"after {p.name}")
-            record.evaluation.update(accuracy=evaluation.accuracy, macro_f1=round(evaluation.macro_f1, 6))
+            record.evaluation.update(evaluation.summary())
             timing = measure_latency(runner, latency_inputs(tokenizer, eval_data.texts, 1, pass_seq),
                                      recipe.latency.warmup, recipe.latency.iterations)
             record.evaluation["latency"] = {"batch_size": 1, "sequence_length": pass_seq, "p50_ms": round(timing.p50_ms, 3)}
@@ -248,16 +254,16 @@ def run(req: RunRequest, task: TaskFactory = _no_ui) -> dict:
                     "calibration": {"source": data.calibration.source, "examples": len(data.calibration)},
                     "notes": data.notes,
                 },
-                "reference": {"runtime": reference_runner.name, "accuracy": reference.accuracy,
-                              "macro_f1": round(reference.macro_f1, 6), "size_bytes": reference_size,
-                              "flops_seq128": reference_flops},
+                "metric": metric,
+                "reference": {"runtime": reference_runner.name, **reference.summary(), **_entity_details(reference),
+                              "size_bytes": reference_size, "flops_seq128": reference_flops},
                 "passes": [{"name": r.name, "wall_s": round(r.wall_s, 2), "modified": r.modified, "size_bytes": r.size_bytes,
-                            "accuracy": r.evaluation.get("accuracy"), "flops_seq128": r.evaluation.get("flops_seq128"),
-                            "macro_f1": r.evaluation.get("macro_f1"), "gate": r.evaluation.get("gate"),
+                            **_pass_scores(r.evaluation),
+                            "flops_seq128": r.evaluation.get("flops_seq128"), "gate": r.evaluation.get("gate"),
                             "latency": r.evaluation.get("latency"),
                             "metrics": r.metrics,
                             "cached": r.cached, "cache_key": r.cache_key} for r in records],
-                "build": {"runtime": build_runner.name, "accuracy": candidate.accuracy, "macro_f1": round(candidate.macro_f1, 6)},
+                "build": {"runtime": build_runner.name, **candidate.summary(), **_entity_details(candidate)},
                 "latency": {"reference": [r.as_dict() for r in ref_latency], "build": [r.as_dict() for r in build_latency]},
                 "gates": [g.as_dict() for g in gates],
                 "passed": all(g.passed for g in gates),
@@ -278,5 +284,21 @@ def run(req: RunRequest, task: TaskFactory = _no_ui) -> dict:
     if not engine_measured:
         raise TargetUnavailable(f"{target.name}: {target_build.get('reason', 'the built artifact cannot run on this machine.')}",
                                 f"Build written to {out}; gated stand-in: {target_build.get('gated_artifact')}, "
-                                f"accuracy {candidate.accuracy:.4f}, gates passed.")
+                                f"{metric.replace('_', ' ')} {candidate.score:.4f}, gates passed.")
     return report
+
+
+def _pass_scores(evaluation: dict) -> dict:
+    """A pass's figures on the eval data (EvalResult.summary()); accuracy and macro-F1 are None
+    when the pass's model was not evaluated."""
+    keys = ("score", "accuracy", "macro_f1", "entity_f1", "precision", "recall")
+    return {"accuracy": None, "macro_f1": None, **{k: evaluation[k] for k in keys if k in evaluation}}
+
+
+def _entity_details(result) -> dict:
+    """A tagger's per entity type scores and truncated words, for the report."""
+    if result.metric != "entity_f1":
+        return {}
+    per_type = {t: {k: round(v, 6) if isinstance(v, float) else v for k, v in s.items()}
+                for t, s in result.details["per_type"].items()}
+    return {"per_entity": per_type, "truncated_words": result.details["truncated_words"]}

@@ -254,6 +254,10 @@ def package_build(build_dir: Path, out_file: Path, force: bool = False, allow_fa
         raise InputError(f"the directory of {out_file} ({resolved.parent}) does not exist.", "Create it first.")
 
     report = _read_json(build_dir / "report.json", "build report")
+    task = (report.get("source") or {}).get("task", TASK)
+    if task != TASK:
+        raise InputError(f"build {build_dir} is a {task} model; bundles and the bundle runtime support {TASK} only so far.",
+                         "Deploy the build directory itself (model.onnx, config.json, tokenizer files) with ONNX Runtime or Optimum.")
     if not report.get("passed") and not allow_failed:
         failed = ", ".join(g.get("name", "?") for g in report.get("gates", []) if not g.get("passed")) or "unknown"
         raise InputError(f"build {build_dir} failed its gates ({failed}); refusing to package it.",

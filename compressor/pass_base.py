@@ -30,7 +30,8 @@ class PassContext:
     work_dir: Path  # scratch space for intermediate files, removed after the run
     calibration: "LabelledTexts"  # calibration/train text; prune and distill use its labels when present
     selection: "LabelledTexts"  # labelled data for choosing between candidates (validation split)
-    reference_selection_accuracy: float  # the FP32 original's accuracy on `selection`
+    # The FP32 original's score on `selection` in the gated metric (accuracy; entity F1 for a tagger).
+    reference_selection_accuracy: float
     # A UI hook, like job.TaskFactory: progress(description, total) returns an advance(n) callable.
     progress: Optional[Callable[[str, int], Callable[[int], None]]] = None
     # Persistent dir for checkpoints that let a long pass resume after an interruption (the pass

@@ -43,12 +43,12 @@ class PassGate:
             return
         candidate = self.evaluate(p, result.state)
         gate = accuracy_drop_gate(self.reference, candidate, self.max_drop, self.seed, self.drop_type,
-                                  name=f"accuracy_drop_after_{p.name}")
+                                  name=f"{self.reference.metric}_drop_after_{p.name}")
         self.results.append(gate)
         record.evaluation["gate"] = gate.as_dict()
         logger.info("gate after %s: drop %.3f %s (budget %s): %s", p.name, gate.value, gate.unit, gate.threshold,
                     "pass" if gate.passed else "FAIL")
         if not gate.passed:
-            raise GateFailure(f"gate failed after pass '{p.name}': accuracy drop {gate.value:.3f} {gate.unit} > "
+            raise GateFailure(f"gate failed after pass '{p.name}': {self.reference.metric.replace('_', ' ')} drop {gate.value:.3f} {gate.unit} > "
                               f"budget {gate.threshold} ({gate.detail}); later passes did not run.",
                               "Relax gates.max_drop, or change that pass's settings.")

@@ -55,7 +55,9 @@ class QuantizeConfig(_Strict):
 
 
 class GateConfig(_Strict):
-    metric: Literal["accuracy"] = "accuracy"
+    # auto: the task's metric, accuracy for a classifier, entity-level F1 for a tagger (IOB2,
+    # seqeval semantics: compressor/entity_metrics.py). max_drop is in points of that metric.
+    metric: Literal["auto", "accuracy", "entity_f1"] = "auto"
     # Largest allowed drop of the metric, in absolute points (1.0 = one percentage point).
     max_drop: float = Field(1.0, ge=0, le=100)
     # absolute: the drop in points; relative: the drop in percent of the reference's value.

@@ -118,6 +118,35 @@ def _pass_ms(p: dict) -> float | None:
     return (p.get("latency") or {}).get("p50_ms")
 
 
+def metric_columns(report: dict) -> list[tuple[str, str]]:
+    """(title, key) of the two metric columns of the pass tables and charts: the gated metric
+    first, then the task's other figure (macro-F1; for a tagger, the accuracy of words' tags)."""
+    if report.get("metric") == "entity_f1":
+        return [("entity F1", "score"), ("word accuracy", "accuracy")]
+    return [("accuracy", "accuracy"), ("macro-F1", "macro_f1")]
+
+
+def _per_entity_lines(report: dict) -> list[str]:
+    """A tagger's per entity type precision/recall/F1, original against build."""
+    ref, build = report["reference"].get("per_entity"), report["build"].get("per_entity")
+    if not ref or not build:
+        return []
+    lines = ["", "## Entities (eval data, seqeval semantics)", "",
+             "| type | gold entities | original P | R | F1 | build P | R | F1 | F1 change (points) |",
+             "|---|---|---|---|---|---|---|---|---|"]
+    for kind, r in ref.items():
+        b = build[kind]
+        lines.append(f"| {kind} | {r['support']} | {r['precision']:.4f} | {r['recall']:.4f} | {r['f1']:.4f} | "
+                     f"{b['precision']:.4f} | {b['recall']:.4f} | {b['f1']:.4f} | {(b['f1'] - r['f1']) * 100:+.2f} |")
+    lines.append(f"| all (micro) | {sum(r['support'] for r in ref.values())} | {report['reference']['precision']:.4f} | "
+                 f"{report['reference']['recall']:.4f} | {report['reference']['entity_f1']:.4f} | "
+                 f"{report['build']['precision']:.4f} | {report['build']['recall']:.4f} | {report['build']['entity_f1']:.4f} | "
+                 f"{(report['build']['entity_f1'] - report['reference']['entity_f1']) * 100:+.2f} |")
+    if report["reference"].get("truncated_words"):
+        lines.append(f"\n{report['reference']['truncated_words']} words lay beyond max_length and were tagged O.")
+    return lines
+
+
 def _gflops(n: int | None) -> str:
     return "–" if n is None else f"{n / 1e9:.3g}"
 
@@ -144,9 +173,10 @@ def render_markdown(report: dict) -> str:
         op = "≥" if g["name"] == "speedup" else "≤"
         lines.append(f"| {g['name']} | {g['value']:.3f} {g['unit']} | {op} {g['threshold']} | {ci} | "
                      f"{'pass' if g['passed'] else '**FAIL**'} | {g['detail']} |")
-    lines += ["", "## Passes", "", "| pass | wall s | size MB | accuracy | macro-F1 | p50 ms (batch 1) | GFLOPs (seq 128) | notes |",
+    (first_title, first), (second_title, second) = metric_columns(report)
+    lines += ["", "## Passes", "", f"| pass | wall s | size MB | {first_title} | {second_title} | p50 ms (batch 1) | GFLOPs (seq 128) | notes |",
               "|---|---|---|---|---|---|---|---|",
-              f"| original (PyTorch FP32) | – | {_mb(ref['size_bytes'])} | {_acc(ref['accuracy'])} | {_acc(ref.get('macro_f1'))} | "
+              f"| original (PyTorch FP32) | – | {_mb(ref['size_bytes'])} | {_acc(ref.get(first))} | {_acc(ref.get(second))} | "
               f"{_ms(_reference_b1(report, report['passes']))} | {_gflops(ref.get('flops_seq128'))} | |"]
     for p in report["passes"]:
         notes = ", ".join(f"{k}={v}" for k, v in p["metrics"].items()
@@ -155,14 +185,15 @@ def render_markdown(report: dict) -> str:
                                    "latency_cost_ms", "quantized_operations"))
         if p.get("gate"):
             notes += f"{', ' if notes else ''}gate {'pass' if p['gate']['passed'] else 'FAIL'} ({p['gate']['value']:.3f} {p['gate']['unit']})"
-        lines.append(f"| {p['name']} | {p['wall_s']:.1f} | {_mb(p['size_bytes'])} | {_acc(p.get('accuracy'))} | "
-                     f"{_acc(p.get('macro_f1'))} | {_ms(_pass_ms(p))} | {_gflops(p.get('flops_seq128'))} | {notes} |")
+        lines.append(f"| {p['name']} | {p['wall_s']:.1f} | {_mb(p['size_bytes'])} | {_acc(p.get(first))} | "
+                     f"{_acc(p.get(second))} | {_ms(_pass_ms(p))} | {_gflops(p.get('flops_seq128'))} | {notes} |")
     lines += ["", "## Latency (ms, same process)", "",
               "| batch | sequence | PyTorch FP32 p50 | p95 | build p50 | p95 | speedup (p50) |", "|---|---|---|---|---|---|---|"]
     for r, c in zip(report["latency"]["reference"], report["latency"]["build"]):
         lines.append(f"| {c['batch_size']} | {c['sequence_length']} | {r['p50_ms']:.2f} | {r['p95_ms']:.2f} | "
                      f"{c['p50_ms']:.2f} | {c['p95_ms']:.2f} | {r['p50_ms'] / c['p50_ms']:.2f}× |")
     lines += _cpu_auto_lines(report.get("cpu_auto"))
+    lines += _per_entity_lines(report)
     lines += _target_build_lines(report.get("target_build"), report)
     lines += _fallback_markdown(report)
     art = report["artifact"]

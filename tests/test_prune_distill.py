@@ -91,7 +91,7 @@ def test_importance_comes_from_data(setup):
     model = copy.deepcopy(setup["model"])
     model.bert.encoder.layer[0].attention.output.dense.weight.data[:, :HEAD_SIZE] = 0  # head 0 of layer 0
     model.bert.encoder.layer[1].output.dense.weight.data[:, 5] = 0  # neuron 5 of layer 1
-    batches, labels = S.scoring_batches(setup["tokenizer"], setup["train"].texts, setup["train"].labels, 32, 8)
+    batches, labels = S.scoring_batches(setup["tokenizer"], setup["train"], 32, 8)
     heads, neurons = S.importance_scores(model, batches, labels)
     assert heads[0][0] == 0 and heads[0][1] > 0 and (heads[1] > 0).all()
     assert neurons[1][5] == 0 and (neurons[1] > 0).sum() >= 60

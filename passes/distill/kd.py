@@ -31,6 +31,11 @@ deleted when the pass finishes. The resume dir is ``ctx.resume_dir`` (the job se
 
 A model pruned 2:4 (annotation ``sparsity: "2:4"``) keeps its pattern: the zero mask is read from
 the incoming weights and re-applied after every optimizer step.
+
+A tagger (token classification) is distilled word by word: KL and CE are taken at each word's
+first sub-token (the positions it is scored at, calibration/tagged.py) and averaged over the
+words of the batch; untagged words are trained towards the teacher's argmax. The hidden-state
+term is unchanged. Early stopping ranks by the selection split's entity F1.
 """
 
 from __future__ import annotations
@@ -55,9 +60,14 @@ logger = logging.getLogger(__name__)
 
 
 def distillation_loss(student_logits, teacher_logits, targets, temperature: float, alpha: float):
-    """(total, kl, ce): KL(teacher_T || student_T) * T^2 weighted alpha, CE weighted 1 - alpha."""
+    """(total, kl, ce): KL(teacher_T || student_T) * T^2 weighted alpha, CE weighted 1 - alpha.
+    Per-token logits (a tagger) are first reduced to the words' first sub-tokens."""
     import torch.nn.functional as F
 
+    if student_logits.dim() == 3:
+        from mcompress.calibration.tagged import token_logits_and_targets
+
+        student_logits, targets, teacher_logits = token_logits_and_targets(student_logits, targets, teacher_logits)
     t = temperature
     kl = F.kl_div(F.log_softmax(student_logits / t, dim=-1), F.log_softmax(teacher_logits / t, dim=-1),
                   reduction="batchmean", log_target=True) * (t * t)
@@ -153,8 +163,9 @@ class Distill(Pass):
             raise ValueError("no training text")
         max_length = cfg.max_length or ctx.recipe.max_length
         input_names = [n for n in ("input_ids", "attention_mask", "token_type_ids") if n in tokenizer.model_input_names]
-        encoded = tokenizer(data.texts, truncation=True, max_length=max_length)
-        labels = None if data.labels is None else torch.tensor(data.labels, dtype=torch.long)
+        tagger = data.task == "token-classification"
+        encoded = None if tagger else tokenizer(data.texts, truncation=True, max_length=max_length)
+        labels = None if data.labels is None or tagger else torch.tensor(data.labels, dtype=torch.long)
         selection = ctx.selection.head(cfg.eval_examples)
 
         steps_per_epoch = math.ceil(len(data) / cfg.batch_size)
@@ -204,6 +215,13 @@ class Distill(Pass):
             epoch, position = divmod(step, steps_per_epoch)
             order = np.random.default_rng([ctx.seed, epoch]).permutation(len(data))
             idx = order[position * cfg.batch_size:(position + 1) * cfg.batch_size]
+            if tagger:  # per-word targets at first sub-tokens; untagged words: the teacher's argmax
+                from mcompress.calibration.tagged import tokenize_words, word_targets
+
+                inputs, first = tokenize_words(tokenizer, [data.words[i] for i in idx], max_length)
+                tags = None if data.labels is None else [data.labels[i] for i in idx]
+                return ({n: torch.from_numpy(inputs[n]) for n in input_names},
+                        torch.from_numpy(word_targets(first, tags, inputs["input_ids"].shape[1])))
             feed = tokenizer.pad({n: [encoded[n][i] for i in idx] for n in input_names}, padding="longest",
                                  return_tensors="pt")
             return ({n: feed[n].to(device) for n in input_names},
@@ -212,8 +230,8 @@ class Distill(Pass):
         def selection_score() -> tuple[float, float]:
             result = evaluate(TorchRunner(student), tokenizer, selection, ctx.recipe.max_length, ctx.recipe.eval.batch_size)
             logits = torch.from_numpy(result.logits)
-            ce = float(torch.nn.functional.cross_entropy(logits, torch.from_numpy(result.labels).long()))
-            return result.accuracy, ce
+            ce = float(torch.nn.functional.cross_entropy(logits, torch.from_numpy(result.logit_labels()).long()))
+            return result.score, ce
 
         advance = ctx.progress("distilling", total) if ctx.progress else (lambda n: None)
         advance(run["step"])
@@ -285,7 +303,7 @@ class Distill(Pass):
         checkpoint_path.unlink(missing_ok=True)
         metrics = {
             "steps": run["step"], "total_steps": total, "epochs": round(run["step"] / steps_per_epoch, 3),
-            "train_examples": len(data), "train_labels": "given" if labels is not None else "teacher argmax",
+            "train_examples": len(data), "train_labels": "given" if data.labels is not None else "teacher argmax",
             "batch_size": cfg.batch_size, "max_length": max_length, "temperature": cfg.temperature, "alpha": cfg.alpha,
             "hidden_weight": cfg.hidden_weight, "device": str(device), "best_step": run["best_step"],
             "selection_accuracy": round(run["best_score"][0], 4),

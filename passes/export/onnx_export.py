@@ -4,6 +4,8 @@ The legacy TorchScript exporter (``dynamo=False``) is used on purpose: with the 
 torch 2.13, ONNX Runtime's BERT optimizer does not fuse Attention or EmbedLayerNormalization.
 Parity: max |logit difference| between PyTorch and ONNX Runtime (FP32, all graph optimizations
 off) on real examples, at two batch shapes so the dynamic axes are exercised, must be <= atol.
+The logits output's dynamic axes come from the task (compressor/tasks.py): (batch) for a
+classifier, (batch, sequence) for a tagger, whose logits are per sub-token.
 """
 
 from __future__ import annotations
@@ -67,7 +69,8 @@ class ExportOnnx(Pass):
             torch.onnx.export(
                 _logits_module(model, input_names), args, str(path),
                 input_names=input_names, output_names=["logits"],
-                dynamic_axes={**{n: {0: "batch", 1: "sequence"} for n in input_names}, "logits": {0: "batch"}},
+                dynamic_axes={**{n: {0: "batch", 1: "sequence"} for n in input_names},
+                              "logits": dict(enumerate(state.source.task_spec.logits_axes))},
                 opset_version=cfg.opset, do_constant_folding=True, dynamo=False,
             )
         max_diff = self._parity(state, ctx, path, input_names)

@@ -12,7 +12,8 @@ not read off weight magnitudes:
   neuron is removed (Kwon et al. 2022, "A Fast Post-Training Pruning Framework for Transformers").
 
 L is the cross-entropy against the labels when the calibration data has them, else against the
-unpruned model's own argmax. Masks have a batch dimension, so one backward pass gives per-example
+unpruned model's own argmax; for a tagger it is summed over the words of a sentence, each scored
+at its first sub-token (calibration/tagged.py), so one example is one sentence. Masks have a batch dimension, so one backward pass gives per-example
 gradients, and their absolute values are summed over examples.
 
 - layer l (only with ``keep_layers``): the mean loss on the scoring data when layer l is skipped
@@ -56,6 +57,7 @@ from operator import attrgetter
 import numpy as np
 
 from mcompress.calibration.datasets import tokenize
+from mcompress.calibration.tagged import token_logits_and_targets, tokenize_words, word_targets
 from mcompress.flops import encoder_flops, parameter_count
 from mcompress.pass_base import Pass, PassContext, PassResult
 from mcompress.state import ModelKind, ModelState
@@ -165,7 +167,10 @@ def importance_scores(model, batches, labels: list[np.ndarray] | None):
         for b, batch in enumerate(batches):
             feed = {k: torch.from_numpy(v) for k, v in batch.items()}
             logits = model(**feed).logits
-            target = torch.from_numpy(labels[b]) if labels is not None else logits.detach().argmax(-1)
+            if logits.dim() == 3:  # a tagger: targets per sub-token (IGNORE_INDEX off the words' first)
+                logits, target, _ = token_logits_and_targets(logits, torch.from_numpy(labels[b]), logits.detach())
+            else:
+                target = torch.from_numpy(labels[b]) if labels is not None else logits.detach().argmax(-1)
             # Summed, not averaged: each example's mask gradient is its own dL/dm.
             loss = torch.nn.functional.cross_entropy(logits, target, reduction="sum")
             loss.backward()
@@ -239,16 +244,23 @@ def prune_ffn(model, keep: list[list[int]]) -> None:
     setattr(model.config, layout.ffn_config_key, widths.pop())
 
 
-def _mean_loss(model, batches, labels) -> float:
-    """Mean cross-entropy of the model on scoring batches (against labels, or the targets given)."""
+def _mean_loss(model, batches, targets) -> float:
+    """Mean cross-entropy per scored example (a text, or a tagger's word at its first sub-token)
+    against fixed targets (IGNORE_INDEX positions of a tagger are skipped)."""
     import torch
+
+    from mcompress.calibration.tagged import IGNORE_INDEX
 
     total, count = 0.0, 0
     with torch.inference_mode():
         for b, batch in enumerate(batches):
             logits = model(**{k: torch.from_numpy(v) for k, v in batch.items()}).logits
-            total += float(torch.nn.functional.cross_entropy(logits, torch.from_numpy(labels[b]), reduction="sum"))
-            count += len(labels[b])
+            target = torch.from_numpy(targets[b])
+            if logits.dim() == 3:
+                keep = target != IGNORE_INDEX
+                logits, target = logits[keep], target[keep]
+            total += float(torch.nn.functional.cross_entropy(logits, target, reduction="sum"))
+            count += len(target)
     return total / max(count, 1)
 
 
@@ -263,9 +275,13 @@ def choose_layers(model, batches, labels, keep: int) -> tuple[list[int], list[di
     full = getattr(container, attr)
     was_training = model.training
     model.eval()
-    if labels is None:
-        with torch.inference_mode():
-            labels = [model(**{k: torch.from_numpy(v) for k, v in b.items()}).logits.argmax(-1).numpy() for b in batches]
+    from mcompress.calibration.tagged import PREDICTED
+
+    # Fixed targets: the labels, with unlabelled texts (and a tagger's untagged words) scored
+    # against the whole model's argmax, so every ablation is measured against the same targets.
+    with torch.inference_mode():
+        predicted = [model(**{k: torch.from_numpy(v) for k, v in b.items()}).logits.argmax(-1).numpy() for b in batches]
+    labels = predicted if labels is None else [np.where(t == PREDICTED, p, t) for t, p in zip(labels, predicted)]
     kept, rounds = list(range(len(full))), []
     try:
         while len(kept) > keep:
@@ -332,16 +348,26 @@ def zero_pattern_masks(model) -> dict:
             if isinstance(module, torch.nn.Linear) and module.in_features % 4 == 0}
 
 
-def scoring_batches(tokenizer, texts: list[str], labels, max_length: int, batch_size: int):
-    """Length-sorted batches (little padding) with their labels, in a fixed order."""
+def scoring_batches(tokenizer, data, max_length: int, batch_size: int):
+    """Length-sorted batches (little padding) with their labels, in a fixed order. A tagger's
+    labels are per sub-token (calibration.tagged.word_targets), and always given: untagged words
+    are marked to be scored against the model's own argmax."""
+    texts, labels = data.texts, data.labels
+    tagger = data.task == "token-classification"
     order = np.argsort([len(t) for t in texts], kind="stable")
     batches, batch_labels = [], []
     for start in range(0, len(texts), batch_size):
         idx = order[start:start + batch_size]
+        if tagger:
+            inputs, first = tokenize_words(tokenizer, [data.words[i] for i in idx], max_length)
+            batches.append(inputs)
+            batch_labels.append(word_targets(first, None if labels is None else [labels[i] for i in idx],
+                                             inputs["input_ids"].shape[1]))
+            continue
         batches.append(tokenize(tokenizer, [texts[i] for i in idx], max_length))
         if labels is not None:
             batch_labels.append(np.asarray([labels[i] for i in idx], dtype=np.int64))
-    return batches, (batch_labels if labels is not None else None)
+    return batches, (batch_labels if labels is not None or tagger else None)
 
 
 class PruneStructured(Pass):
@@ -368,8 +394,8 @@ class PruneStructured(Pass):
         data = ctx.calibration.head(cfg.importance_examples)
         labels = data.labels  # None for unlabelled text: scored against the model's own argmax
         input_names = set(state.tokenizer.model_input_names)
-        batches, batch_labels = scoring_batches(state.tokenizer, data.texts, labels,
-                                                cfg.max_length or ctx.recipe.max_length, cfg.batch_size)
+        batches, batch_labels = scoring_batches(state.tokenizer, data, cfg.max_length or ctx.recipe.max_length,
+                                                cfg.batch_size)
         batches = [{k: v for k, v in b.items() if k in input_names} for b in batches]
         started = time.perf_counter()
         layers_before = len(encoder_layers(model))

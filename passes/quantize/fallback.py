@@ -99,9 +99,9 @@ class QuantizeFallback(Pass):
         def score(path: Path, what: str) -> dict:
             runner = ctx.target.runner(path, recipe.latency.threads)
             result = evaluate(runner, state.tokenizer, selection, recipe.max_length, recipe.eval.batch_size, what=what)
-            drop = metric_drop(ctx.reference_selection_accuracy, result.accuracy, gates.drop_type)
+            drop = metric_drop(ctx.reference_selection_accuracy, result.score, gates.drop_type)
             latency = measure_latency(runner, timing_inputs, recipe.latency.warmup, recipe.latency.iterations)
-            return {"accuracy": round(result.accuracy, 6), "macro_f1": round(result.macro_f1, 6),
+            return {"accuracy": round(result.score, 6), "macro_f1": round(result.macro_f1, 6),
                     "drop": round(drop, 4), "within_budget": round(drop, 9) <= gates.max_drop - recipe.fallback.margin,
                     "p50_ms_b1_s128": round(latency.p50_ms, 3)}
 

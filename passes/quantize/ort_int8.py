@@ -237,8 +237,9 @@ class QuantizeInt8(Pass):
                                  max(1, per_round // 4))
         scores = {}
         for name, runner in runners.items():
+            # the task's metric: accuracy, or entity F1 for a tagger
             accuracy = evaluate(runner, state.tokenizer, selection, recipe.max_length, recipe.eval.batch_size,
-                                what=f"quantize candidate {name}").accuracy
+                                what=f"quantize candidate {name}").score
             drop = metric_drop(ctx.reference_selection_accuracy, accuracy, recipe.gates.drop_type)
             scores[name] = {"accuracy": round(accuracy, 4), "drop_points": round(drop, 3),
                             "within_budget": round(drop, 9) <= recipe.gates.max_drop,

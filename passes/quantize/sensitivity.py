@@ -31,7 +31,7 @@ from pathlib import Path
 
 import numpy as np
 
-from mcompress.evaluation import check_finite_logits, predict_logits
+from mcompress.evaluation import scored_logits
 
 logger = logging.getLogger(__name__)
 
@@ -220,13 +220,14 @@ def measure_sensitivity(layers: list[Layer], requantizer: Requantizer, quantized
     """Scores every layer (until ``max_seconds``) and ranks them; returns a JSON-able dict."""
     recipe = ctx.recipe
     data = ctx.selection.head(examples)
-    labels = np.asarray(data.labels)
     threads = recipe.latency.threads
+    # rows: one per text, or one per word for a tagger (KL, accuracy and agreement over words)
+    labels = None
 
     def logits_of(path: Path, what: str) -> np.ndarray:
+        nonlocal labels
         runner = ctx.target.runner(path, threads)
-        logits = predict_logits(runner, state.tokenizer, data.texts, recipe.max_length, recipe.eval.batch_size)
-        check_finite_logits(logits, runner, data.source, what)
+        logits, labels = scored_logits(runner, state.tokenizer, data, recipe.max_length, recipe.eval.batch_size, what)
         return logits
 
     started = time.perf_counter()
