@@ -188,7 +188,7 @@ def _make_layer_identity(model, index: int) -> None:
 def test_layer_ablation_measures_the_loss_without_each_layer(setup):
     model = copy.deepcopy(setup["model"])
     _make_layer_identity(model, 1)
-    batches, labels = S.scoring_batches(setup["tokenizer"], setup["train"].texts, setup["train"].labels, 32, 8)
+    batches, labels = S.scoring_batches(setup["tokenizer"], setup["train"], 32, 8)
     full_loss = S._mean_loss(model.eval(), batches, labels)
     kept, rounds = S.choose_layers(model, batches, labels, keep=1)
     losses = rounds[0]["loss_without"]
