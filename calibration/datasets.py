@@ -103,6 +103,19 @@ def _label_id(value, label2id: dict[str, int], where: str) -> int:
                      "Fix the label or the checkpoint's config.json label2id.")
 
 
+def resolve_data_file(path: str | Path, split: str, hint: str) -> Path:
+    """The file to read: ``path`` itself, or its ``<split>.jsonl`` when it is a split dir."""
+    path = Path(path)
+    if path.is_dir():
+        chosen = split_file(path, split)
+        if chosen is None:
+            raise InputError(f"{path} is a directory without {split}.jsonl.", hint)
+        return chosen
+    if not path.exists():
+        raise InputError(f"data file {path} does not exist.")
+    return path
+
+
 def load_labelled_texts(
     path: str | Path,
     label2id: dict[str, int],
@@ -112,15 +125,7 @@ def load_labelled_texts(
     require_labels: bool = True,
 ) -> LabelledTexts:
     """Load a data file (or one split of a split dir) and map its labels to ids."""
-    path = Path(path)
-    if path.is_dir():
-        chosen = split_file(path, split)
-        if chosen is None:
-            raise InputError(f"{path} is a directory without {split}.jsonl.",
-                             "Pass a CSV/JSONL file or a split dir written by `mcompress example`.")
-        path = chosen
-    elif not path.exists():
-        raise InputError(f"data file {path} does not exist.")
+    path = resolve_data_file(path, split, "Pass a CSV/JSONL file or a split dir written by `mcompress example`.")
     rows = read_rows(path)
     if not rows:
         raise InputError(f"data file {path} has a header but no examples.")

@@ -35,7 +35,7 @@ from pathlib import Path
 
 import numpy as np
 
-from mcompress.calibration.datasets import read_rows, split_file
+from mcompress.calibration.datasets import read_rows, resolve_data_file
 from mcompress.errors import InputError
 
 CONLL_SUFFIXES = (".conll", ".txt", ".iob", ".bio", ".iob2")
@@ -192,15 +192,7 @@ def load_tagged_sentences(path: str | Path, label2id: dict[str, int], tokens_col
     """Load a CoNLL/JSONL file (or one split of a split dir), check the tags, map them to ids."""
 
     tag_names = tuple(name for name, _ in sorted(label2id.items(), key=lambda kv: kv[1]))
-    path = Path(path)
-    if path.is_dir():
-        chosen = split_file(path, split)
-        if chosen is None:
-            raise InputError(f"{path} is a directory without {split}.jsonl.",
-                             "Pass a CoNLL/JSONL file or a split dir written by `mcompress example ner`.")
-        path = chosen
-    elif not path.exists():
-        raise InputError(f"data file {path} does not exist.")
+    path = resolve_data_file(path, split, "Pass a CoNLL/JSONL file or a split dir written by `mcompress example ner`.")
     suffix = path.suffix.lower()
     if suffix in CONLL_SUFFIXES:
         words, tags, starts = read_conll(path)

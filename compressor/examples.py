@@ -146,18 +146,26 @@ def build_example(name: str, out_dir: Path, on_step: StepCallback | None = None)
     return meta
 
 
-class _ClassifierTask:
-    """Text classification: one label per text, batches in random order."""
+class _ExampleTask:
+    """MiniLM with a fresh head of the corpus's labels (``model_class`` names the transformers Auto class)."""
+
+    model_class = ""
 
     def __init__(self, corpus, settings: ExampleSettings):
-        from transformers import AutoModelForSequenceClassification, AutoTokenizer
+        import transformers
 
         base = example_data.minilm_path()
         self.corpus, self.settings = corpus, settings
         self.label2id = {label: i for i, label in enumerate(corpus.labels)}
-        self.tokenizer = AutoTokenizer.from_pretrained(base)
-        self.model = AutoModelForSequenceClassification.from_pretrained(
+        self.tokenizer = transformers.AutoTokenizer.from_pretrained(base)
+        self.model = getattr(transformers, self.model_class).from_pretrained(
             base, num_labels=len(corpus.labels), id2label=dict(enumerate(corpus.labels)), label2id=self.label2id)
+
+
+class _ClassifierTask(_ExampleTask):
+    """Text classification: one label per text, batches in random order."""
+
+    model_class = "AutoModelForSequenceClassification"
 
     def batch_order(self, train, rng: random.Random):
         order = list(range(len(train)))
@@ -188,18 +196,10 @@ class _ClassifierTask:
         write_jsonl(path, [t for t, _ in rows], [l for _, l in rows])
 
 
-class _TaggerTask:
+class _TaggerTask(_ExampleTask):
     """Token classification (IOB2): each word's first sub-token is trained and scored."""
 
-    def __init__(self, corpus, settings: ExampleSettings):
-        from transformers import AutoModelForTokenClassification, AutoTokenizer
-
-        base = example_data.minilm_path()
-        self.corpus, self.settings = corpus, settings
-        self.label2id = {label: i for i, label in enumerate(corpus.labels)}
-        self.tokenizer = AutoTokenizer.from_pretrained(base)
-        self.model = AutoModelForTokenClassification.from_pretrained(
-            base, num_labels=len(corpus.labels), id2label=dict(enumerate(corpus.labels)), label2id=self.label2id)
+    model_class = "AutoModelForTokenClassification"
 
     def batch_order(self, train, rng: random.Random):
         """Shuffled, then sorted by length within chunks of 20 batches; the batches shuffled."""
