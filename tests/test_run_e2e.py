@@ -90,7 +90,10 @@ def test_report_contents(tiny_build):
     assert set(files) == BUILD_FILES - {"report.json", "report.md", "report.html"}
     assert files["model.onnx"]["bytes"] == (out / "model.onnx").stat().st_size == report["artifact"]["model_bytes"]
     assert files["model.onnx"]["sha256"] == tree_digest(out / "model.onnx")["model.onnx"]
-    assert 0 < report["artifact"]["size_ratio"] < 0.5  # INT8: the 30522 x 32 embedding dominates
+    # Dynamic INT8 also quantizes the 30522 x 32 embedding, which dominates; static Q/DQ (chosen
+    # when it measures faster, e.g. on a busy machine) quantizes MatMul/Gemm weights only.
+    limit = 0.5 if report["artifact"]["quantization"] == "dynamic" else 1.0
+    assert 0 < report["artifact"]["size_ratio"] < limit
     markdown = (out / "report.md").read_text()
     assert markdown.startswith("# mcompress build: PASS") and "accuracy_drop" in markdown
 
