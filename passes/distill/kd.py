@@ -220,8 +220,8 @@ class Distill(Pass):
 
                 inputs, first = tokenize_words(tokenizer, [data.words[i] for i in idx], max_length)
                 tags = None if data.labels is None else [data.labels[i] for i in idx]
-                return ({n: torch.from_numpy(inputs[n]) for n in input_names},
-                        torch.from_numpy(word_targets(first, tags, inputs["input_ids"].shape[1])))
+                return ({n: torch.from_numpy(inputs[n]).to(device) for n in input_names},
+                        torch.from_numpy(word_targets(first, tags, inputs["input_ids"].shape[1])).to(device))
             feed = tokenizer.pad({n: [encoded[n][i] for i in idx] for n in input_names}, padding="longest",
                                  return_tensors="pt")
             return ({n: feed[n].to(device) for n in input_names},
