@@ -195,7 +195,9 @@ class Distill(Pass):
                 student.load_state_dict(saved["student"])
                 optimizer.load_state_dict(saved["optimizer"])
                 scheduler.load_state_dict(saved["scheduler"])
-                torch.set_rng_state(saved["rng"])
+                torch.set_rng_state(saved["rng"]["cpu"])
+                if device.type == "cuda":
+                    torch.cuda.set_rng_state(saved["rng"]["cuda"], device)
                 run = saved["run"]
                 resumed_from = run["step"]
                 logger.info("distill: resuming from step %d of %d (%s)", resumed_from, total, checkpoint_path)
@@ -210,6 +212,13 @@ class Distill(Pass):
             torch.save({"student": student.state_dict(), "optimizer": optimizer.state_dict(),
                         "scheduler": scheduler.state_dict(), "rng": boundary_rng, "run": run}, tmp)
             tmp.replace(checkpoint_path)
+
+        def rng_state() -> dict:
+            """The generators dropout draws from: the CPU's, and the GPU's when training there."""
+            state = {"cpu": torch.get_rng_state()}
+            if device.type == "cuda":
+                state["cuda"] = torch.cuda.get_rng_state(device)
+            return state
 
         def batch_at(step: int):
             epoch, position = divmod(step, steps_per_epoch)
@@ -240,7 +249,7 @@ class Distill(Pass):
         started, examples = time.perf_counter(), 0
         # False while a step is half applied: an interrupt then saves nothing (the last periodic
         # checkpoint stays). The RNG state is taken at the last step boundary, before dropout draws.
-        consistent, boundary_rng = True, torch.get_rng_state()
+        consistent, boundary_rng = True, rng_state()
         student.train()
         try:
             while run["step"] < total:
@@ -287,7 +296,7 @@ class Distill(Pass):
                         logger.info("distill: early stop at step %d, no improvement in %d evaluations", step, cfg.patience)
                         break
                 # The step and its evaluation are complete: a resume may start here.
-                consistent, boundary_rng = True, torch.get_rng_state()
+                consistent, boundary_rng = True, rng_state()
                 advance(1)
                 if step % cfg.checkpoint_every == 0 and step < total:
                     save_checkpoint()
