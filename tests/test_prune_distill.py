@@ -433,6 +433,9 @@ def test_other_families_prune_save_and_reload(model_type, tmp_path):
     S.prune_heads(model, S.choose_heads(heads, keep_ratio=0.5))
     S.prune_ffn(model, S.choose_neurons(neurons, 24))
     assert sum(S.heads_per_layer(model)) == 4 and S.ffn_sizes(model) == [24, 24]
+    kept_heads = S.heads_per_layer(model)[1]
+    S.drop_layers(model, [1])  # the config's layer count and pruned_heads follow
+    assert S.heads_per_layer(model) == [kept_heads] and S.ffn_sizes(model) == [24]
     model.save_pretrained(tmp_path)
     reloaded = AutoModelForSequenceClassification.from_pretrained(tmp_path).eval()
     feed = {k: torch.from_numpy(v) for k, v in batch.items()}

@@ -264,19 +264,24 @@ def _mean_loss(model, batches, targets) -> float:
     return total / max(count, 1)
 
 
+def _layer_list(model):
+    """(module, attribute name) holding the encoder's ModuleList of layers, to swap it."""
+    container_path, _, attr = layout_of(model).layers.rpartition(".")
+    return model.base_model.get_submodule(container_path), attr
+
+
 def choose_layers(model, batches, labels, keep: int) -> tuple[list[int], list[dict]]:
     """Greedy layer ablation: indices (current positions) of the ``keep`` layers to keep, and the
     log of each round (the loss with each remaining candidate skipped). ``labels`` None scores
     against the unpruned model's own argmax."""
     import torch
 
-    container = model.base_model.get_submodule(layout_of(model).layers.rpartition(".")[0])
-    attr = layout_of(model).layers.rpartition(".")[2]
+    from mcompress.calibration.tagged import PREDICTED
+
+    container, attr = _layer_list(model)
     full = getattr(container, attr)
     was_training = model.training
     model.eval()
-    from mcompress.calibration.tagged import PREDICTED
-
     # Fixed targets: the labels, with unlabelled texts (and a tagger's untagged words) scored
     # against the whole model's argmax, so every ablation is measured against the same targets.
     with torch.inference_mode():
@@ -302,15 +307,13 @@ def drop_layers(model, kept: list[int]) -> None:
     """Keep only the listed layers (current positions, ascending); the config follows."""
     import torch
 
-    layout = layout_of(model)
-    container_path, _, attr = layout.layers.rpartition(".")
-    container = model.base_model.get_submodule(container_path)
+    container, attr = _layer_list(model)
     layers = getattr(container, attr)
     setattr(container, attr, torch.nn.ModuleList([layers[i] for i in kept]))
     position = {old: new for new, old in enumerate(kept)}
     pruned = {int(k): v for k, v in (model.config.pruned_heads or {}).items()}
     model.config.pruned_heads = {position[old]: heads for old, heads in pruned.items() if old in position}
-    setattr(model.config, layout.layers_config_key, len(kept))
+    setattr(model.config, layout_of(model).layers_config_key, len(kept))
 
 
 def semi_structured_masks(model) -> dict[str, "object"]:
