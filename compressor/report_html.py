@@ -13,8 +13,10 @@ from __future__ import annotations
 
 import html
 import math
+import re
 
-from mcompress.report import _pass_ms, _per_entity_lines, _reference_b1, artifact_measured, metric_columns, verdict
+from mcompress.report import (_cpu_auto_lines, _pass_ms, _per_entity_lines, _reference_b1, _target_build_lines,
+                              artifact_measured, metric_columns, verdict)
 
 _PALETTE = ["#4c78a8", "#f58518", "#54a24b", "#e45756", "#72b7b2", "#b279a2", "#9d755d"]
 
@@ -174,6 +176,44 @@ def _table(header: list[str], rows: list[list]) -> str:
 
 class _Raw(str):
     """Cell content that is already HTML."""
+
+
+def _inline(text: str) -> _Raw:
+    """Escape, then the two markdown marks report.md's sections use: **bold** and `code`."""
+    out = re.sub(r"\*\*(.+?)\*\*", r"<b>\1</b>", _e(text))
+    return _Raw(re.sub(r"`(.+?)`", r"<code>\1</code>", out))
+
+
+def _markdown_section(lines: list[str]) -> str:
+    """HTML for one of report.md's section line lists (report.py): headings, paragraphs, bullet
+    lists and pipe tables; the markdown and the HTML report then say the same thing."""
+    parts, bullets, rows = [], [], []
+
+    def flush():
+        if bullets:
+            parts.append("<ul>" + "".join(f"<li>{b}</li>" for b in bullets) + "</ul>")
+            bullets.clear()
+        if rows:
+            parts.append(_table(rows[0], [[_inline(c) for c in r] for r in rows[1:]]))
+            rows.clear()
+
+    for line in lines + [""]:
+        if line.startswith("|"):
+            cells = [c.strip() for c in line.strip().strip("|").split("|")]
+            if not all(set(c) <= set("-: ") for c in cells):  # not the |---| separator
+                rows.append(cells)
+            continue
+        if line.startswith("- "):
+            if rows:
+                flush()
+            bullets.append(_inline(line[2:]))
+            continue
+        flush()
+        if line.startswith("## "):
+            parts.append(f"<h2>{_inline(line[3:])}</h2>")
+        elif line.strip():
+            parts.append(f"<p>{_inline(line)}</p>")
+    return "".join(parts)
 
 
 def _num(x, fmt: str = ".4f") -> str:
@@ -349,6 +389,7 @@ def render_html(report: dict) -> str:
         body += ["<h2>Candidates</h2>", "<p>Every model the quantize pass (mode × graph) and the fallback pass (layers "
                  "in float) scored; the dashed line is the lowest accuracy within the budget.</p>", scatter]
     body += [_fallback(fallback), _sensitivity(fallback)]
+    body.append(_markdown_section(_cpu_auto_lines(report.get("cpu_auto")) + _target_build_lines(report.get("target_build"), report)))
     versions = ", ".join(f"{k} {v}" for k, v in report.get("versions", {}).items())
     body.append(f"<p><small>{_e(versions)}; {report.get('wall_s', '–')} s; mcompress {_e(report.get('mcompress_version', ''))}."
                 "</small></p>")

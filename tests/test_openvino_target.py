@@ -176,6 +176,7 @@ def test_cli_build_holds_ir_tokenizer_labels_and_report(ov_build, tiny_checkpoin
     assert "accuracy_control" in report["passes"][-1]["metrics"]
     assert json.loads((ov_build / "config.json").read_text())["id2label"] == {"0": "neg", "1": "pos"}
     assert "Target build (OpenVINO)" in (ov_build / "report.md").read_text()
+    assert "<h2>Target build (OpenVINO)</h2>" in (ov_build / "report.html").read_text()
     assert {(r["batch_size"], r["sequence_length"]) for r in report["latency"]["build"]} == {(1, 16)}
 
 
@@ -258,6 +259,7 @@ def test_cpu_auto_keeps_the_faster_passing_build_and_says_why(tiny_checkpoint, f
     assert json.loads((out / "candidates" / f"{other}.report.json").read_text())["target"] == other
     assert not [p for p in (out / "candidates").iterdir() if p.is_dir()]  # the other build's model is not kept
     assert "CPU target choice (cpu-auto)" in (out / "report.md").read_text()
+    assert "<h2>CPU target choice (cpu-auto)</h2>" in (out / "report.html").read_text()
     assert f"cpu-auto kept {choice['chosen']}" in result.output
 
 
