@@ -57,6 +57,48 @@ def write_jsonl(path: Path, rows: list[dict]) -> None:
     path.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), encoding="utf-8")
 
 
+_BLOCKED_IMPORTS_SCRIPT = """
+import json, sys
+
+BLOCKED = set(sys.argv[2].split(","))
+
+class Blocker:
+    def find_spec(self, name, path=None, target=None):
+        if name.split(".")[0] in BLOCKED:
+            raise ModuleNotFoundError(f"blocked: {name}")
+        return None
+
+sys.meta_path.insert(0, Blocker())
+from mcompress.runtime import load
+
+threads = int(sys.argv[4]) if sys.argv[4] else None
+results = load(sys.argv[1], threads=threads).predict(json.loads(sys.argv[3]))
+print(json.dumps({"results": results, "loaded": sorted(m for m in sys.modules if m.split(".")[0] in BLOCKED)}))
+"""
+
+
+def predict_with_imports_blocked(bundle: Path, blocked: set[str], texts: list[str], threads: int | None = None) -> dict:
+    """Load a bundle and predict in a fresh interpreter in which importing any of ``blocked``
+    fails: {"results": predictions, "loaded": blocked modules that got imported anyway}."""
+    import subprocess
+    import sys
+
+    proc = subprocess.run([sys.executable, "-c", _BLOCKED_IMPORTS_SCRIPT, str(bundle), ",".join(sorted(blocked)),
+                           json.dumps(texts), "" if threads is None else str(threads)],
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def tiny_bert_config(labels: list[str]):
+    """2 layers, hidden 32, 2 heads of 16, FFN 64, with MiniLM's vocabulary: the tiny test models."""
+    from transformers import BertConfig
+
+    return BertConfig(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64,
+                      vocab_size=30522, max_position_embeddings=512,
+                      id2label=dict(enumerate(labels)), label2id={n: i for i, n in enumerate(labels)})
+
+
 def tree_digest(path: Path) -> dict[str, str]:
     """relative path -> sha256 of every file under ``path`` (for byte-identity checks)."""
     path = Path(path)
@@ -95,17 +137,14 @@ def tiny_checkpoint(tmp_path_factory, minilm_dir) -> Path:
     deterministic on one thread) give it input-dependent predictions with clear logit margins.
     """
     import torch
-    from transformers import AutoTokenizer, BertConfig, BertForSequenceClassification
+    from transformers import AutoTokenizer, BertForSequenceClassification
 
     torch.set_num_threads(1)
     out = tmp_path_factory.mktemp("tiny") / "tiny-bert"
     splits = {split: synthetic_rows(n, seed) for seed, (split, n) in enumerate(SPLIT_SIZES.items())}
     tokenizer = AutoTokenizer.from_pretrained(minilm_dir)
     torch.manual_seed(0)
-    config = BertConfig(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64,
-                        vocab_size=30522, max_position_embeddings=512,
-                        id2label=dict(enumerate(LABELS)), label2id={n: i for i, n in enumerate(LABELS)})
-    model = BertForSequenceClassification(config)
+    model = BertForSequenceClassification(tiny_bert_config(LABELS))
     batch = tokenizer([r["text"] for r in splits["train"]], padding=True, return_tensors="pt")
     labels = torch.tensor([LABELS.index(r["label"]) for r in splits["train"]])
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
@@ -257,7 +296,7 @@ def tiny_tagger(tmp_path_factory, minilm_dir) -> Path:
     deterministic on one thread), so that it tags some entities right; splits/ holds JSONL subsets
     of train/valid/test, and conll/ the same validation and test sentences as CoNLL files."""
     import torch
-    from transformers import AutoTokenizer, BertConfig, BertForTokenClassification
+    from transformers import AutoTokenizer, BertForTokenClassification
 
     from mcompress.calibration.tagged import aligned_labels, tokenize_words, write_tagged_jsonl
 
@@ -266,10 +305,7 @@ def tiny_tagger(tmp_path_factory, minilm_dir) -> Path:
     splits = {split: conll_subset(split, n) for split, n in NER_SPLIT_SIZES.items()}
     tokenizer = AutoTokenizer.from_pretrained(minilm_dir)
     torch.manual_seed(0)
-    config = BertConfig(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64,
-                        vocab_size=30522, max_position_embeddings=512,
-                        id2label=dict(enumerate(NER_LABELS)), label2id={n: i for i, n in enumerate(NER_LABELS)})
-    model = BertForTokenClassification(config)
+    model = BertForTokenClassification(tiny_bert_config(NER_LABELS))
     train = splits["train"]
     inputs, first = tokenize_words(tokenizer, [w for w, _ in train], 64)
     labels = aligned_labels(first, [[NER_LABELS.index(t) for t in tags] for _, tags in train], inputs["input_ids"].shape[1])

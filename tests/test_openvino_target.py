@@ -196,32 +196,12 @@ def test_bundle_of_openvino_build_reproduces_its_predictions(ov_build, tmp_path,
 
 
 def test_bundle_runtime_needs_only_openvino_tokenizers_numpy(ov_build, tmp_path):
-    import subprocess
-    import sys
-    import textwrap
+    from conftest import predict_with_imports_blocked
 
     bundle = tmp_path / "tiny.mcpkg"
     assert CliRunner().invoke(app, ["package", str(ov_build), "-o", str(bundle)]).exit_code == 0
-    script = textwrap.dedent("""
-        import json, sys
-
-        BLOCKED = {"torch", "transformers", "pydantic", "typer", "rich", "onnxruntime", "onnx", "nncf", "optimum"}
-
-        class Blocker:
-            def find_spec(self, name, path=None, target=None):
-                if name.split(".")[0] in BLOCKED:
-                    raise ModuleNotFoundError(f"blocked: {name}")
-                return None
-
-        sys.meta_path.insert(0, Blocker())
-        from mcompress.runtime import load
-
-        results = load(sys.argv[1], threads=1).predict(["a wonderful, moving film", "dull and tedious"])
-        print(json.dumps({"results": results, "loaded": sorted(m for m in sys.modules if m.split(".")[0] in BLOCKED)}))
-    """)
-    proc = subprocess.run([sys.executable, "-c", script, str(bundle)], capture_output=True, text=True, timeout=120)
-    assert proc.returncode == 0, proc.stderr
-    out = json.loads(proc.stdout.strip().splitlines()[-1])
+    blocked = {"torch", "transformers", "pydantic", "typer", "rich", "onnxruntime", "onnx", "nncf", "optimum"}
+    out = predict_with_imports_blocked(bundle, blocked, ["a wonderful, moving film", "dull and tedious"], threads=1)
     assert out["loaded"] == [] and [r["label"] for r in out["results"]] and len(out["results"]) == 2
 
 

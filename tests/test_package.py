@@ -12,7 +12,6 @@ import shutil
 import struct
 import subprocess
 import sys
-import textwrap
 import zipfile
 from pathlib import Path
 
@@ -20,7 +19,7 @@ import numpy as np
 import pytest
 from typer.testing import CliRunner
 
-from conftest import ort_session, tree_digest
+from conftest import ort_session, predict_with_imports_blocked, tree_digest
 from mcompress.cli import app
 from mcompress.errors import ExitCode, InputError, McompressError
 from mcompress.package import package_build
@@ -377,31 +376,11 @@ def test_read_bundle_returns_verified_members(bundle_path, build):
 
 
 def test_runtime_runs_without_torch_transformers_pydantic_typer_rich(bundle_path):
-    script = textwrap.dedent("""
-        import json, sys
-
-        BLOCKED = {"torch", "transformers", "pydantic", "typer", "rich"}
-
-        class Blocker:
-            def find_spec(self, name, path=None, target=None):
-                if name.split(".")[0] in BLOCKED:
-                    raise ModuleNotFoundError(f"blocked: {name}")
-                return None
-
-        sys.meta_path.insert(0, Blocker())
-        from mcompress.runtime import load
-
-        bundle = load(sys.argv[1])
-        results = bundle.predict(["a wonderful, moving film", "dull and tedious"])
-        loaded = sorted(m for m in sys.modules if m.split(".")[0] in BLOCKED)
-        print(json.dumps({"results": results, "loaded": loaded}))
-    """)
-    proc = subprocess.run([sys.executable, "-c", script, str(bundle_path)], capture_output=True, text=True, timeout=120)
-    assert proc.returncode == 0, proc.stderr
-    out = json.loads(proc.stdout.strip().splitlines()[-1])
+    texts = ["a wonderful, moving film", "dull and tedious"]
+    out = predict_with_imports_blocked(bundle_path, {"torch", "transformers", "pydantic", "typer", "rich"}, texts)
     assert out["loaded"] == []
     assert len(out["results"]) == 2 and all(set(r) == {"label", "score", "scores"} for r in out["results"])
-    assert out["results"] == load(bundle_path).predict(["a wonderful, moving film", "dull and tedious"])
+    assert out["results"] == load(bundle_path).predict(texts)
 
 
 # --- CLI -----------------------------------------------------------------------------------------
