@@ -80,11 +80,12 @@ def main() -> None:
     texts = (test.texts * (64 // len(test.texts) + 1))[:64]
     for name, dtype in (("pytorch-fp32-eager", torch.float32), ("pytorch-fp16-eager", torch.float16)):
         m = model.to("cuda", dtype=dtype).eval()
-        accuracy = evaluate(TorchRunner(m), tokenizer, test, 128, 64).accuracy
+        runner = TorchRunner(m)
+        accuracy = evaluate(runner, tokenizer, test, 128, 64).accuracy
         row = {"accuracy": round(accuracy, 4)}
         for batch in (1, 64):
             feed = {k: torch.from_numpy(v).cuda() for k, v in tokenize(tokenizer, texts[:batch], SEQUENCE, pad_to=SEQUENCE).items()
-                    if k in TorchRunner(m).input_names}
+                    if k in runner.input_names}
             with torch.inference_mode():
                 times = cuda_event_times(lambda: m(**feed), args.iterations, 20)
             p50 = float(np.percentile(times, 50))

@@ -380,11 +380,7 @@ def render_html(report: dict) -> str:
         f'<div class="charts">{_pass_charts(report)}</div>',
         "<h2>Latency (ms, same process)</h2>", latency,
     ]
-    entity_rows = [line for line in _per_entity_lines(report) if line.startswith("| ") and not line.startswith("| type")]
-    if entity_rows:
-        body += ["<h2>Entities (eval data, seqeval semantics)</h2>",
-                 _table(["type", "gold entities", "original P", "R", "F1", "build P", "R", "F1", "F1 change (points)"],
-                        [[cell.strip() for cell in row.strip("| ").split(" | ")] for row in entity_rows])]
+    body.append(_markdown_section(_per_entity_lines(report)))
     if scatter:
         body += ["<h2>Candidates</h2>", "<p>Every model the quantize pass (mode × graph) and the fallback pass (layers "
                  "in float) scored; the dashed line is the lowest accuracy within the budget.</p>", scatter]
