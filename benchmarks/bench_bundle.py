@@ -138,9 +138,9 @@ def build_predictions(bundle: Path, build: Path | None, texts: list[str], work: 
     """The build's labels for ``texts``: ONNX Runtime on model.onnx + transformers' tokenizer."""
     from transformers import AutoTokenizer
 
-    from mcompress.evaluation import predict_logits
+    from mcompress.metrics.evaluation import predict_logits
     from mcompress.runtime import read_bundle
-    from mcompress.targets.onnx_cpu.runner import OrtRunner
+    from mcompress.engines.onnxruntime_cpu import OrtRunner
 
     manifest, members = read_bundle(bundle)
     if build is None:  # take the build's files from the bundle

@@ -35,7 +35,7 @@ def optimum_dynamic_int8(model_dir: Path, work: Path, optimum_model: str = "ORTM
     from optimum.onnxruntime import ORTQuantizer
     from optimum.onnxruntime.configuration import AutoQuantizationConfig
 
-    from mcompress.report import machine_info
+    from mcompress.metrics.machine import machine_info
 
     exported = work / "optimum-fp32"
     getattr(optimum.onnxruntime, optimum_model).from_pretrained(model_dir, export=True).save_pretrained(exported)
@@ -65,16 +65,16 @@ def main() -> int:
 
     import torch
 
-    from mcompress.checkpoint import inspect_checkpoint, load_model_and_tokenizer
-    from mcompress.evaluation import TorchRunner, evaluate, interleaved_latency, latency_inputs
-    from mcompress.errors import GateFailure
-    from mcompress.job import RunRequest, run
-    from mcompress.recipe import load_recipe
-    from mcompress.report import library_versions, machine_info, other_processes_cpu
+    from mcompress.core.checkpoint import inspect_checkpoint, load_model_and_tokenizer
+    from mcompress.metrics.evaluation import TorchRunner, evaluate, interleaved_latency, latency_inputs
+    from mcompress.core.errors import GateFailure
+    from mcompress.pipeline.job import RunRequest, run
+    from mcompress.core.recipe import load_recipe
+    from mcompress.metrics.machine import library_versions, machine_info, other_processes_cpu
     from mcompress.targets import get_target
-    from mcompress.targets.onnx_cpu.runner import OrtRunner
+    from mcompress.engines.onnxruntime_cpu import OrtRunner
     from mcompress.targets.openvino_cpu.target import missing_packages
-    from mcompress.tasks import load_task_data
+    from mcompress.core.tasks import load_task_data
 
     threads = os.cpu_count()
     torch.set_num_threads(threads)

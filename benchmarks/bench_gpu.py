@@ -62,8 +62,8 @@ def main() -> None:
     import torch
 
     from mcompress.calibration.datasets import load_labelled_texts, tokenize
-    from mcompress.checkpoint import inspect_checkpoint, load_model_and_tokenizer
-    from mcompress.evaluation import TorchRunner, evaluate
+    from mcompress.core.checkpoint import inspect_checkpoint, load_model_and_tokenizer
+    from mcompress.metrics.evaluation import TorchRunner, evaluate
 
     if not torch.cuda.is_available():
         raise SystemExit("error: torch sees no CUDA GPU; this benchmark needs one.")

@@ -34,14 +34,14 @@ def main() -> None:
     import torch
 
     from mcompress.calibration.datasets import load_labelled_texts
-    from mcompress.checkpoint import inspect_checkpoint, load_model_and_tokenizer
-    from mcompress.evaluation import TorchRunner, evaluate
-    from mcompress.flops import encoder_flops, parameter_count
-    from mcompress.pass_base import PassContext
+    from mcompress.core.checkpoint import inspect_checkpoint, load_model_and_tokenizer
+    from mcompress.metrics.evaluation import TorchRunner, evaluate
+    from mcompress.metrics.flops import encoder_flops, parameter_count
+    from mcompress.core.pass_base import PassContext
     from mcompress.passes.distill.kd import Distill
     from mcompress.passes.prune.structured import PruneStructured
-    from mcompress.recipe import load_recipe
-    from mcompress.state import ModelKind, ModelState
+    from mcompress.core.recipe import load_recipe
+    from mcompress.core.state import ModelKind, ModelState
     from mcompress.targets import get_target
 
     ckpt = inspect_checkpoint(args.model_dir)

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
-from mcompress.errors import InputError
+from mcompress.core.errors import InputError
 
 SPLIT_NAMES = ("train", "validation", "test")
 

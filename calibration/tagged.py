@@ -36,7 +36,7 @@ from pathlib import Path
 import numpy as np
 
 from mcompress.calibration.datasets import read_rows, resolve_data_file
-from mcompress.errors import InputError
+from mcompress.core.errors import InputError
 
 CONLL_SUFFIXES = (".conll", ".txt", ".iob", ".bio", ".iob2")
 IGNORE_INDEX = -100  # the label of sub-tokens that are not a word's first (PyTorch's CE default)

@@ -8,5 +8,7 @@ extras="${1:-}"
 pip="./.venv/bin/python -m pip --disable-pip-version-check -q"
 $pip install --upgrade pip
 $pip install -c constraints.txt torch==2.13.0        # CPU wheel; an unpinned torch pulls CUDA builds
-$pip install -c constraints.txt -e ".${extras:+[$extras]}"
+# Strict editable mode: setuptools links the real package layout (compressor/ -> mcompress/, passes/ ->
+# mcompress/passes/, ...), which import-linter needs to see every layer; a new module needs a rerun.
+$pip install -c constraints.txt -e ".${extras:+[$extras]}" --config-settings editable_mode=strict
 $pip install --no-deps -r requirements-data.txt

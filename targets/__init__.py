@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import importlib
 
-from mcompress.errors import InputError
+from mcompress.core.errors import InputError
 
 # name -> "module:Class"; a target registers itself by adding a line here.
 TARGETS = {
@@ -12,7 +12,7 @@ TARGETS = {
     "tensorrt": "mcompress.targets.tensorrt.target:TensorRTTarget",
     "openvino-cpu": "mcompress.targets.openvino_cpu.target:OpenVINOCpuTarget",
 }
-# Not a target but a choice between targets (compressor/cpu_auto.py): build every CPU target,
+# Not a target but a choice between targets (compressor/pipeline/cpu_auto.py): build every CPU target,
 # gate each, keep the fastest that passes.
 CPU_AUTO = "cpu-auto"
 CPU_AUTO_TARGETS = ("onnx-cpu", "openvino-cpu")

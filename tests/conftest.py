@@ -253,8 +253,8 @@ def setup(tiny_checkpoint, fast_recipe):
     import torch
 
     from mcompress.calibration.datasets import load_labelled_texts
-    from mcompress.checkpoint import inspect_checkpoint, load_model_and_tokenizer
-    from mcompress.recipe import load_recipe
+    from mcompress.core.checkpoint import inspect_checkpoint, load_model_and_tokenizer
+    from mcompress.core.recipe import load_recipe
 
     torch.set_num_threads(1)
     ckpt = inspect_checkpoint(tiny_checkpoint)

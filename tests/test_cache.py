@@ -1,4 +1,4 @@
-"""The pass cache (compressor/cache.py): keys that change exactly when a pass's inputs change,
+"""The pass cache (compressor/pipeline/cache.py): keys that change exactly when a pass's inputs change,
 entries that restore the same state (files, graph variants, metrics, torch models), crash safety
 (atomic entries, corrupt entries rebuilt, dead processes' temp dirs swept) and LRU eviction."""
 
@@ -15,17 +15,17 @@ import numpy as np
 import pytest
 from typer.testing import CliRunner
 
-from mcompress.cache import PassCache, source_key
+from mcompress.pipeline.cache import PassCache, source_key
 from mcompress.calibration.datasets import LabelledTexts
-from mcompress.checkpoint import inspect_checkpoint
+from mcompress.core.checkpoint import inspect_checkpoint
 from mcompress.cli import app
-from mcompress.errors import ExitCode
-from mcompress.manager import PassManager
-from mcompress.pass_base import Pass, PassContext, PassResult
+from mcompress.core.errors import ExitCode
+from mcompress.core.manager import PassManager
+from mcompress.core.pass_base import Pass, PassContext, PassResult
 from mcompress.passes.export.onnx_export import ExportOnnx
 from mcompress.passes.optimize.transformer_fusion import FuseTransformer
 from mcompress.passes.quantize.ort_int8 import QuantizeInt8
-from mcompress.state import ModelKind, ModelState
+from mcompress.core.state import ModelKind, ModelState
 from mcompress.targets import get_target
 
 
@@ -175,7 +175,7 @@ def test_damaged_entry_is_ignored_and_rebuilt(setup, tmp_path, damage, caplog):
         model.write_bytes(bytes(data))
 
     again = _Writer("one")
-    with caplog.at_level(logging.WARNING, logger="mcompress.cache"):
+    with caplog.at_level(logging.WARNING, logger="mcompress.pipeline.cache"):
         state, records = _run([again], setup, tmp_path / "w2", PassCache.open(tmp_path / "cache"))
     assert again.calls == 1 and records[0].cached is False
     assert "is unusable" in caplog.text
@@ -188,7 +188,7 @@ def test_damaged_entry_is_ignored_and_rebuilt(setup, tmp_path, damage, caplog):
 
 def test_interrupted_store_leaves_no_entry_and_dead_processes_temp_dirs_are_swept(setup, tmp_path, monkeypatch):
     cache = PassCache.open(tmp_path / "cache")
-    import mcompress.cache as cache_module
+    import mcompress.pipeline.cache as cache_module
 
     def interrupted(*args, **kwargs):
         raise KeyboardInterrupt
@@ -228,7 +228,7 @@ def test_lru_eviction_keeps_recently_used_entries(setup, tmp_path):
 def test_uncacheable_output_is_logged_and_the_run_goes_on(setup, tmp_path, caplog):
     cache = PassCache.open(tmp_path / "cache")
     odd = _Writer("odd", annotations={"per_layer": {0: [1]}})  # int keys do not survive JSON
-    with caplog.at_level(logging.INFO, logger="mcompress.cache"):
+    with caplog.at_level(logging.INFO, logger="mcompress.pipeline.cache"):
         state, records = _run([odd], setup, tmp_path / "w1", cache)
     assert "pass odd: output not cached" in caplog.text and records[0].cached is False
     assert not list((tmp_path / "cache" / "entries").iterdir()) and not list((tmp_path / "cache" / "tmp").iterdir())
@@ -282,7 +282,7 @@ def test_a_failing_cache_write_does_not_fail_the_run(setup, tmp_path, monkeypatc
         raise OSError(28, "No space left on device")
 
     monkeypatch.setattr(cache, "_write", disk_full)
-    with caplog.at_level(logging.WARNING, logger="mcompress.cache"):
+    with caplog.at_level(logging.WARNING, logger="mcompress.pipeline.cache"):
         state, records = _run([_Writer("one")], setup, tmp_path / "w1", cache)
     assert "pass one: output not cached: OSError" in caplog.text
     assert state.onnx_path.read_bytes() == b"torch:onea" and records[0].cached is False

@@ -5,9 +5,9 @@ import json
 import pytest
 from typer.testing import CliRunner
 
-from mcompress.check import check_report
+from mcompress.report.check import check_report
 from mcompress.cli import app
-from mcompress.errors import ExitCode
+from mcompress.core.errors import ExitCode
 
 
 def _report(accuracy=0.82, size=23_000_000, ref_ms=20.0, build_ms=5.0, passed=True):

@@ -17,7 +17,7 @@ from typer.testing import CliRunner
 
 from conftest import tree_digest
 from mcompress.cli import app
-from mcompress.errors import ExitCode
+from mcompress.core.errors import ExitCode
 
 
 @dataclass

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from mcompress.calibration.datasets import is_split_dir, load_labelled_texts, split_file
-from mcompress.errors import InputError
+from mcompress.core.errors import InputError
 
 LABEL2ID = {"neg": 0, "pos": 1}
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from mcompress.evaluation import EvalResult, LatencyResult
-from mcompress.gates import accuracy_drop_gate, bootstrap_drop_ci, latency_gates, size_gate
+from mcompress.metrics.evaluation import EvalResult, LatencyResult
+from mcompress.metrics.gates import accuracy_drop_gate, bootstrap_drop_ci, latency_gates, size_gate
 
 
 def _result(predictions, labels) -> EvalResult:

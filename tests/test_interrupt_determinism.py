@@ -27,7 +27,7 @@ from pathlib import Path
 import pytest
 
 from conftest import synthetic_rows, write_jsonl
-from mcompress.errors import ExitCode
+from mcompress.core.errors import ExitCode
 
 RECIPE = """\
 name: interrupt-test
@@ -168,13 +168,13 @@ def test_two_uncached_runs_are_identical(inputs, reference, tmp_path):
 
 def test_each_pass_is_byte_deterministic(tiny_checkpoint, fast_recipe, tmp_path):
     from mcompress.calibration.datasets import load_labelled_texts
-    from mcompress.checkpoint import inspect_checkpoint, load_model_and_tokenizer
-    from mcompress.pass_base import PassContext
+    from mcompress.core.checkpoint import inspect_checkpoint, load_model_and_tokenizer
+    from mcompress.core.pass_base import PassContext
     from mcompress.passes.export.onnx_export import ExportOnnx
     from mcompress.passes.optimize.transformer_fusion import FuseTransformer
     from mcompress.passes.quantize.ort_int8 import QuantizeInt8
-    from mcompress.recipe import load_recipe
-    from mcompress.state import ModelKind, ModelState
+    from mcompress.core.recipe import load_recipe
+    from mcompress.core.state import ModelKind, ModelState
     from mcompress.targets import get_target
 
     ckpt = inspect_checkpoint(tiny_checkpoint)
@@ -209,7 +209,7 @@ def _dead_pid() -> int:
 
 
 def test_a_signal_during_the_final_rename_waits_for_it(tmp_path, monkeypatch):
-    from mcompress.outputs import on_interrupt_signal, staged_dir
+    from mcompress.pipeline.outputs import on_interrupt_signal, staged_dir
 
     out = tmp_path / "build"
     out.mkdir()
@@ -233,7 +233,7 @@ def test_a_signal_during_the_final_rename_waits_for_it(tmp_path, monkeypatch):
 
 
 def test_leftovers_of_killed_runs_are_swept(tmp_path):
-    from mcompress.outputs import staged_dir
+    from mcompress.pipeline.outputs import staged_dir
 
     dead, alive = _dead_pid(), os.getppid()
     out = tmp_path / "build"
@@ -248,7 +248,7 @@ def test_leftovers_of_killed_runs_are_swept(tmp_path):
 
 
 def test_an_interrupt_while_staging_leaves_the_previous_build(tmp_path):
-    from mcompress.outputs import staged_dir
+    from mcompress.pipeline.outputs import staged_dir
 
     out = tmp_path / "build"
     out.mkdir()

@@ -15,8 +15,8 @@ from conftest import NER_LABELS, ort_session, tree_digest, write_conll
 from mcompress.calibration.tagged import (IGNORE_INDEX, aligned_labels, entity_types,
                                           load_tagged_sentences, tokenize_words)
 from mcompress.cli import app
-from mcompress.entity_metrics import entities, entity_report, f1_from_counts, sentence_counts
-from mcompress.errors import ExitCode, InputError
+from mcompress.metrics.entity_metrics import entities, entity_report, f1_from_counts, sentence_counts
+from mcompress.core.errors import ExitCode, InputError
 
 LABEL2ID = {n: i for i, n in enumerate(NER_LABELS)}
 TYPES = ["LOC", "MISC", "ORG", "PER"]
@@ -118,7 +118,7 @@ def test_first_subtoken_carries_the_tag(minilm_dir):
 def tagger(tiny_tagger):
     import torch
 
-    from mcompress.checkpoint import inspect_checkpoint, load_model_and_tokenizer
+    from mcompress.core.checkpoint import inspect_checkpoint, load_model_and_tokenizer
 
     torch.set_num_threads(1)
     ckpt = inspect_checkpoint(tiny_tagger)
@@ -133,7 +133,7 @@ def test_tagger_checkpoint_is_detected(tagger):
 
 
 def test_evaluation_scores_entities_and_tags_truncated_words_o(tagger):
-    from mcompress.evaluation import TorchRunner, evaluate
+    from mcompress.metrics.evaluation import TorchRunner, evaluate
 
     _, model, tokenizer, test = tagger
     result = evaluate(TorchRunner(model), tokenizer, test, 128, 8)
@@ -160,8 +160,8 @@ def test_evaluation_scores_entities_and_tags_truncated_words_o(tagger):
 
 
 def test_entity_f1_gate_bootstraps_sentences(tagger):
-    from mcompress.evaluation import EvalResult
-    from mcompress.gates import accuracy_drop_gate
+    from mcompress.metrics.evaluation import EvalResult
+    from mcompress.metrics.gates import accuracy_drop_gate
 
     stats = np.array([[2, 2, 2], [1, 1, 1], [0, 1, 1], [3, 3, 4]] * 10)
     worse = stats.copy()
@@ -198,8 +198,8 @@ def tagger_build(tiny_tagger, fast_recipe, tmp_path_factory):
 
 
 def test_tagger_run_end_to_end_on_conll_subset(tagger_build, tagger):
-    from mcompress.evaluation import TorchRunner, evaluate
-    from mcompress.targets.onnx_cpu.runner import OrtRunner
+    from mcompress.metrics.evaluation import TorchRunner, evaluate
+    from mcompress.engines.onnxruntime_cpu import OrtRunner
 
     code, output, out, model, before = tagger_build
     _, torch_model, tokenizer, test = tagger
@@ -275,7 +275,7 @@ def test_tagger_bad_input(case, tiny_tagger, fast_recipe, tmp_path):
 
 
 def test_ner_example_settings_are_recorded():
-    from mcompress.examples import CORPORA, EXAMPLES
+    from mcompress.examples.finetune import CORPORA, EXAMPLES
 
     settings = EXAMPLES["ner"]
     assert settings.corpus == "conll2003" and CORPORA["conll2003"] is not None
@@ -283,7 +283,7 @@ def test_ner_example_settings_are_recorded():
 
 
 def test_conll2003_corpus_is_iob2_with_standard_split():
-    from mcompress.calibration import example_data
+    from mcompress.examples import corpora as example_data
     from mcompress.calibration.tagged import check_iob2_order
 
     corpus = example_data.conll2003(0)
@@ -295,7 +295,7 @@ def test_conll2003_corpus_is_iob2_with_standard_split():
 
 
 def test_packaging_a_tagger_build_is_refused_clearly(tagger_build, tmp_path):
-    from mcompress.package import package_build
+    from mcompress.bundle.package import package_build
 
     code, _, out, _, _ = tagger_build
     assert code == ExitCode.OK

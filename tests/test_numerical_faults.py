@@ -12,15 +12,15 @@ import pytest
 from typer.testing import CliRunner
 
 from mcompress.calibration.datasets import LabelledTexts, load_labelled_texts
-from mcompress.checkpoint import inspect_checkpoint, load_model_and_tokenizer
+from mcompress.core.checkpoint import inspect_checkpoint, load_model_and_tokenizer
 from mcompress.cli import app
-from mcompress.errors import ExitCode, NumericalFault
-from mcompress.evaluation import evaluate
-from mcompress.pass_base import PassContext
+from mcompress.core.errors import ExitCode, NumericalFault
+from mcompress.metrics.evaluation import evaluate
+from mcompress.core.pass_base import PassContext
 from mcompress.passes.export.onnx_export import ExportOnnx
 from mcompress.passes.quantize.ort_int8 import quantize_static_qdq
-from mcompress.recipe import load_recipe
-from mcompress.state import ModelKind, ModelState
+from mcompress.core.recipe import load_recipe
+from mcompress.core.state import ModelKind, ModelState
 from mcompress.targets import get_target
 
 QUERY = "bert.encoder.layer.0.attention.self.query.weight"

@@ -17,14 +17,14 @@ from typer.testing import CliRunner  # noqa: E402
 
 from mcompress.calibration.datasets import LabelledTexts, tokenize  # noqa: E402
 from mcompress.cli import app  # noqa: E402
-from mcompress.errors import ExitCode, InputError  # noqa: E402
-from mcompress.evaluation import evaluate  # noqa: E402
-from mcompress.pass_base import PassContext  # noqa: E402
+from mcompress.core.errors import ExitCode, InputError  # noqa: E402
+from mcompress.metrics.evaluation import evaluate  # noqa: E402
+from mcompress.core.pass_base import PassContext  # noqa: E402
 from mcompress.passes.convert.openvino_ir import ConvertOpenVINO  # noqa: E402
 from mcompress.passes.export.onnx_export import ExportOnnx  # noqa: E402
 from mcompress.passes.quantize.nncf_ptq import QuantizeNNCF, quantized_operations  # noqa: E402
 from mcompress.passes.quantize.ort_int8 import QuantizeInt8  # noqa: E402
-from mcompress.state import ModelKind, ModelState  # noqa: E402
+from mcompress.core.state import ModelKind, ModelState  # noqa: E402
 from mcompress.targets import get_target  # noqa: E402
 
 from conftest import ort_logits  # noqa: E402
@@ -85,7 +85,7 @@ def test_convert_writes_ir_matching_onnx(setup, exported, converted):
 
 
 def test_pass_cache_round_trips_an_openvino_ir(setup, exported, converted, tmp_path):
-    from mcompress.cache import PassCache
+    from mcompress.pipeline.cache import PassCache
 
     cache = PassCache.open(tmp_path / "cache")
     assert cache.store("k" * 64, "convert", converted)

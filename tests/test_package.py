@@ -21,8 +21,8 @@ from typer.testing import CliRunner
 
 from conftest import ort_session, predict_with_imports_blocked, tree_digest
 from mcompress.cli import app
-from mcompress.errors import ExitCode, InputError, McompressError
-from mcompress.package import package_build
+from mcompress.core.errors import ExitCode, InputError, McompressError
+from mcompress.bundle.package import package_build
 from mcompress.runtime import MAX_MEMBERS, BundleError, load, read_bundle
 
 EXTRA_TEXTS = [
@@ -36,7 +36,7 @@ EXTRA_TEXTS = [
 @pytest.fixture(scope="module")
 def build(tiny_checkpoint, fast_recipe, tmp_path_factory) -> Path:
     """A passing build of the tiny checkpoint, made through the library (no CLI)."""
-    from mcompress.job import RunRequest, run
+    from mcompress.pipeline.job import RunRequest, run
 
     out = tmp_path_factory.mktemp("pkg") / "build"
     # The gate budget is not what these tests are about: a flipped prediction on 24 examples is 4 points.
@@ -170,8 +170,8 @@ def test_round_trip_batched_reproduces_the_gated_build(build, bundle_path, test_
     accuracy the build was gated with."""
     from transformers import AutoTokenizer
 
-    from mcompress.evaluation import predict_logits
-    from mcompress.targets.onnx_cpu.runner import OrtRunner
+    from mcompress.metrics.evaluation import predict_logits
+    from mcompress.engines.onnxruntime_cpu import OrtRunner
 
     bundle = load(bundle_path)
     report = _report(build)

@@ -13,13 +13,13 @@ from conftest import ort_logits
 from onnx import numpy_helper
 
 from mcompress.calibration.datasets import tokenize
-from mcompress.errors import PassFailure
-from mcompress.manager import PassManager
-from mcompress.pass_base import Pass, PassContext, PassResult
+from mcompress.core.errors import PassFailure
+from mcompress.core.manager import PassManager
+from mcompress.core.pass_base import Pass, PassContext, PassResult
 from mcompress.passes.export.onnx_export import ExportOnnx
 from mcompress.passes.optimize.transformer_fusion import FuseTransformer
 from mcompress.passes.quantize.ort_int8 import QuantizeInt8
-from mcompress.state import ModelKind, ModelState
+from mcompress.core.state import ModelKind, ModelState
 from mcompress.targets import get_target
 
 NUM_LAYERS = 2

@@ -17,15 +17,15 @@ from typer.testing import CliRunner
 
 from mcompress.calibration.datasets import LabelledTexts, tokenize
 from mcompress.cli import app
-from mcompress.errors import ExitCode, InputError
-from mcompress.flops import encoder_flops
-from mcompress.pass_base import PassContext
+from mcompress.core.errors import ExitCode, InputError
+from mcompress.metrics.flops import encoder_flops
+from mcompress.core.pass_base import PassContext
 from mcompress.passes.distill.kd import Distill
 from mcompress.passes.export.onnx_export import ExportOnnx
 from mcompress.passes.optimize.transformer_fusion import FuseTransformer
 from mcompress.passes.prune import structured as S
-from mcompress.recipe import load_recipe
-from mcompress.state import ModelKind, ModelState
+from mcompress.core.recipe import load_recipe
+from mcompress.core.state import ModelKind, ModelState
 from mcompress.targets import get_target
 
 EQUAL_ATOL = 1e-5  # |logit| difference, pruned vs zeroed (same function, different summation order)

@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from mcompress.errors import ExitCode, InputError
-from mcompress.recipe import RECIPES_DIR, Recipe, load_recipe
+from mcompress.core.errors import ExitCode, InputError
+from mcompress.core.recipe import Recipe, load_recipe, recipes_dir
 
 
 def _write(tmp_path: Path, text: str) -> Path:
@@ -18,7 +18,7 @@ def _write(tmp_path: Path, text: str) -> Path:
 
 def test_default_recipe_loads_and_matches_the_model_defaults():
     recipe = load_recipe(None)
-    assert recipe == load_recipe(RECIPES_DIR / "ptq.yaml")
+    assert recipe == load_recipe(recipes_dir() / "ptq.yaml")
     # ptq.yaml spells out the defaults: it must not drift from the pydantic model's.
     assert recipe == Recipe()
     assert recipe.quantize.mode == "auto"

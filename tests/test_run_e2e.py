@@ -13,7 +13,7 @@ from typer.testing import CliRunner
 
 from conftest import LABELS, ort_session, tree_digest
 from mcompress.cli import app
-from mcompress.errors import ExitCode
+from mcompress.core.errors import ExitCode
 
 BUILD_FILES = {"model.onnx", "config.json", "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json",
                "vocab.txt", "report.json", "report.md", "report.html"}

@@ -14,19 +14,19 @@ from typer.testing import CliRunner
 
 from mcompress.calibration.datasets import LabelledTexts
 from mcompress.cli import app
-from mcompress.errors import ExitCode, GateFailure
-from mcompress.evaluation import EvalResult, evaluate, macro_f1
-from mcompress.gates import accuracy_drop_gate, metric_drop
-from mcompress.manager import PassManager
-from mcompress.pass_base import Pass, PassContext, PassResult
-from mcompress.pass_gates import PassGate
+from mcompress.core.errors import ExitCode, GateFailure
+from mcompress.metrics.evaluation import EvalResult, evaluate, macro_f1
+from mcompress.metrics.gates import accuracy_drop_gate, metric_drop
+from mcompress.core.manager import PassManager
+from mcompress.core.pass_base import Pass, PassContext, PassResult
+from mcompress.pipeline.pass_gates import PassGate
 from mcompress.passes.export.onnx_export import ExportOnnx
 from mcompress.passes.optimize.transformer_fusion import FuseTransformer
 from mcompress.passes.quantize.fallback import QuantizeFallback
 from mcompress.passes.quantize.ort_int8 import QuantizeInt8
 from mcompress.passes.quantize.sensitivity import DYNAMIC_OP_TYPES, find_layers
-from mcompress.report_html import render_html
-from mcompress.state import ModelKind, ModelState
+from mcompress.report.html import render_html
+from mcompress.core.state import ModelKind, ModelState
 from mcompress.targets import get_target
 
 # A static Q/DQ build clipped at the 90.01th percentile of |activation|: damaged enough that INT8
@@ -178,7 +178,7 @@ class _ZeroClassifier(Pass):
 
 
 def test_gate_after_a_pass_stops_the_run_naming_it(setup, tmp_path):
-    from mcompress.evaluation import TorchRunner
+    from mcompress.metrics.evaluation import TorchRunner
 
     recipe = setup["recipe"].with_overrides(**{"gates.after": ["sabotage"], "gates.max_drop": 0.0})
     data = setup["test"]

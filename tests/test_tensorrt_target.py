@@ -21,14 +21,14 @@ from typer.testing import CliRunner
 
 from mcompress.calibration.datasets import tokenize
 from mcompress.cli import app
-from mcompress.errors import ExitCode, InputError
-from mcompress.pass_base import PassContext
+from mcompress.core.errors import ExitCode, InputError
+from mcompress.core.pass_base import PassContext
 from mcompress.passes.export.onnx_export import ExportOnnx
 from mcompress.passes.optimize.transformer_fusion import FuseTransformer
 from mcompress.passes.quantize.ort_int8 import QuantizeInt8
-from mcompress.recipe import TensorRTConfig
-from mcompress.state import ModelKind, ModelState
-from mcompress.target_base import BuildInputs
+from mcompress.core.recipe import TensorRTConfig
+from mcompress.core.state import ModelKind, ModelState
+from mcompress.core.target_base import BuildInputs
 from mcompress.targets import get_target
 from mcompress.targets.tensorrt import builder as trt_builder
 

@@ -15,9 +15,9 @@ import logging
 import numpy as np
 
 from mcompress.calibration.datasets import tokenize
-from mcompress.errors import PassFailure
-from mcompress.pass_base import Pass, PassContext, PassResult
-from mcompress.state import ModelKind, ModelState
+from mcompress.core.errors import PassFailure
+from mcompress.core.pass_base import Pass, PassContext, PassResult
+from mcompress.core.state import ModelKind, ModelState
 
 logger = logging.getLogger(__name__)
 
@@ -52,7 +52,7 @@ class ConvertOpenVINO(Pass):
     def _parity(state: ModelState, ctx: PassContext, xml) -> float:
         import onnxruntime as ort
 
-        from mcompress.targets.openvino_cpu.runner import OpenVINORunner
+        from mcompress.engines.openvino_cpu import OpenVINORunner
 
         options = ort.SessionOptions()
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL

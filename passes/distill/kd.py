@@ -50,11 +50,11 @@ from pathlib import Path
 
 import numpy as np
 
-from mcompress.cache import json_digest
-from mcompress.checkpoint import load_model_and_tokenizer
-from mcompress.evaluation import TorchRunner, evaluate
-from mcompress.pass_base import Pass, PassContext, PassResult
-from mcompress.state import ModelKind, ModelState
+from mcompress.core.hashing import json_digest
+from mcompress.core.checkpoint import load_model_and_tokenizer
+from mcompress.metrics.evaluation import TorchRunner, evaluate
+from mcompress.core.pass_base import Pass, PassContext, PassResult
+from mcompress.core.state import ModelKind, ModelState
 
 logger = logging.getLogger(__name__)
 

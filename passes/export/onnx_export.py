@@ -4,7 +4,7 @@ The legacy TorchScript exporter (``dynamo=False``) is used on purpose: with the 
 torch 2.13, ONNX Runtime's BERT optimizer does not fuse Attention or EmbedLayerNormalization.
 Parity: max |logit difference| between PyTorch and ONNX Runtime (FP32, all graph optimizations
 off) on real examples, at two batch shapes so the dynamic axes are exercised, must be <= atol.
-The logits output's dynamic axes come from the task (compressor/tasks.py): (batch) for a
+The logits output's dynamic axes come from the task (compressor/core/tasks.py): (batch) for a
 classifier, (batch, sequence) for a tagger, whose logits are per sub-token.
 """
 
@@ -16,9 +16,9 @@ import warnings
 import numpy as np
 
 from mcompress.calibration.datasets import tokenize
-from mcompress.errors import PassFailure
-from mcompress.pass_base import Pass, PassContext, PassResult
-from mcompress.state import ModelKind, ModelState
+from mcompress.core.errors import PassFailure
+from mcompress.core.pass_base import Pass, PassContext, PassResult
+from mcompress.core.state import ModelKind, ModelState
 
 logger = logging.getLogger(__name__)
 

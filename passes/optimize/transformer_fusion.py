@@ -13,8 +13,8 @@ from __future__ import annotations
 
 import logging
 
-from mcompress.pass_base import Pass, PassContext, PassResult
-from mcompress.state import ModelKind, ModelState
+from mcompress.core.pass_base import Pass, PassContext, PassResult
+from mcompress.core.state import ModelKind, ModelState
 
 logger = logging.getLogger(__name__)
 

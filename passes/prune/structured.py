@@ -58,9 +58,9 @@ import numpy as np
 
 from mcompress.calibration.datasets import tokenize
 from mcompress.calibration.tagged import token_logits_and_targets, tokenize_words, word_targets
-from mcompress.flops import encoder_flops, parameter_count
-from mcompress.pass_base import Pass, PassContext, PassResult
-from mcompress.state import ModelKind, ModelState
+from mcompress.metrics.flops import encoder_flops, parameter_count
+from mcompress.core.pass_base import Pass, PassContext, PassResult
+from mcompress.core.state import ModelKind, ModelState
 
 logger = logging.getLogger(__name__)
 

@@ -29,13 +29,13 @@ import os
 import time
 from pathlib import Path
 
-from mcompress.evaluation import evaluate, latency_inputs, measure_latency
+from mcompress.metrics.evaluation import evaluate, latency_inputs, measure_latency
 from mcompress.passes.quantize import ort_int8, sensitivity
-from mcompress.gates import metric_drop
-from mcompress.pass_base import Pass, PassContext, PassResult
-from mcompress.cache import json_digest
-from mcompress.report import file_digest
-from mcompress.state import ModelKind, ModelState
+from mcompress.metrics.gates import metric_drop
+from mcompress.core.pass_base import Pass, PassContext, PassResult
+from mcompress.core.hashing import json_digest
+from mcompress.core.hashing import file_digest
+from mcompress.core.state import ModelKind, ModelState
 
 logger = logging.getLogger(__name__)
 

@@ -27,8 +27,8 @@ import re
 import numpy as np
 
 from mcompress.calibration.datasets import length_batches, tokenize
-from mcompress.pass_base import Pass, PassContext, PassResult
-from mcompress.state import ModelKind, ModelState
+from mcompress.core.pass_base import Pass, PassContext, PassResult
+from mcompress.core.state import ModelKind, ModelState
 
 logger = logging.getLogger(__name__)
 

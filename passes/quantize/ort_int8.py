@@ -28,11 +28,11 @@ from pathlib import Path
 import numpy as np
 
 from mcompress.calibration.datasets import tokenize
-from mcompress.errors import NumericalFault
-from mcompress.evaluation import evaluate, interleaved_latency, latency_inputs
-from mcompress.gates import metric_drop
-from mcompress.pass_base import Pass, PassContext, PassResult
-from mcompress.state import ModelKind, ModelState
+from mcompress.core.errors import NumericalFault
+from mcompress.metrics.evaluation import evaluate, interleaved_latency, latency_inputs
+from mcompress.metrics.gates import metric_drop
+from mcompress.core.pass_base import Pass, PassContext, PassResult
+from mcompress.core.state import ModelKind, ModelState
 
 logger = logging.getLogger(__name__)
 

@@ -31,7 +31,7 @@ from pathlib import Path
 
 import numpy as np
 
-from mcompress.evaluation import scored_logits
+from mcompress.metrics.evaluation import scored_logits
 
 logger = logging.getLogger(__name__)
 

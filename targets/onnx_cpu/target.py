@@ -6,7 +6,8 @@ import json
 import shutil
 from pathlib import Path
 
-from mcompress.target_base import Target, TargetCapabilities, torch_front_passes
+from mcompress.core.target_base import Target, TargetCapabilities
+from mcompress.targets.front import torch_front_passes
 
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "vocab.txt",
                    "vocab.json", "merges.txt")
@@ -40,7 +41,7 @@ class OnnxCpuTarget(Target):
         return passes
 
     def runner(self, model_path: Path, threads: int | None = None):
-        from mcompress.targets.onnx_cpu.runner import OrtRunner
+        from mcompress.engines.onnxruntime_cpu import OrtRunner
 
         return OrtRunner(model_path, threads)
 

@@ -16,8 +16,9 @@ import os
 import shutil
 from pathlib import Path
 
-from mcompress.errors import InputError, TargetUnavailable
-from mcompress.target_base import BuildInputs, Target, TargetCapabilities, torch_front_passes
+from mcompress.core.errors import InputError, TargetUnavailable
+from mcompress.core.target_base import BuildInputs, Target, TargetCapabilities
+from mcompress.targets.front import torch_front_passes
 
 METADATA_FILE = "openvino_build.json"
 MODEL_FILE = "model.xml"
@@ -87,10 +88,10 @@ class OpenVINOCpuTarget(Target):
         """An IR (.xml) runs on the OpenVINO CPU plugin; an ONNX file (the export pass's output,
         evaluated after that pass) on ONNX Runtime CPU."""
         if Path(model_path).suffix == ".xml":
-            from mcompress.targets.openvino_cpu.runner import OpenVINORunner
+            from mcompress.engines.openvino_cpu import OpenVINORunner
 
             return OpenVINORunner(model_path, threads, self.inference_precision)
-        from mcompress.targets.onnx_cpu.runner import OrtRunner
+        from mcompress.engines.onnxruntime_cpu import OrtRunner
 
         return OrtRunner(model_path, threads)
 
@@ -98,9 +99,9 @@ class OpenVINOCpuTarget(Target):
         import nncf
         import openvino as ov
 
-        from mcompress.recipe import Recipe
+        from mcompress.core.recipe import Recipe
         from mcompress.targets.onnx_cpu.target import write_config_and_tokenizer
-        from mcompress.targets.openvino_cpu.runner import OpenVINORunner
+        from mcompress.engines.openvino_cpu import OpenVINORunner
 
         inputs = inputs or BuildInputs()
         recipe = inputs.recipe or Recipe()

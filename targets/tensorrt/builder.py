@@ -26,7 +26,7 @@ from pathlib import Path
 
 import numpy as np
 
-from mcompress.errors import InputError, McompressError
+from mcompress.core.errors import InputError, McompressError
 
 logger = logging.getLogger(__name__)
 

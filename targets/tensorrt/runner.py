@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
-from mcompress.errors import TargetUnavailable
+from mcompress.core.errors import TargetUnavailable
 from mcompress.targets.tensorrt.builder import cuda_device, find_tensorrt
 
 

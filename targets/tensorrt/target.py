@@ -15,8 +15,9 @@ import json
 import logging
 from pathlib import Path
 
-from mcompress.errors import InputError, TargetUnavailable
-from mcompress.target_base import BuildInputs, Target, TargetCapabilities, torch_front_passes
+from mcompress.core.errors import InputError, TargetUnavailable
+from mcompress.core.target_base import BuildInputs, Target, TargetCapabilities
+from mcompress.targets.front import torch_front_passes
 
 logger = logging.getLogger(__name__)
 
@@ -77,12 +78,12 @@ class TensorRTTarget(Target):
             from mcompress.targets.tensorrt.runner import TensorRTRunner
 
             return TensorRTRunner(model_path)
-        from mcompress.targets.onnx_cpu.runner import OrtRunner
+        from mcompress.engines.onnxruntime_cpu import OrtRunner
 
         return OrtRunner(model_path, threads, name="onnxruntime-cpu (TensorRT-ready Q/DQ ONNX, stand-in for the engine)")
 
     def build(self, state, out_dir: Path, inputs: BuildInputs | None = None) -> Path:
-        from mcompress.recipe import Recipe, TensorRTConfig
+        from mcompress.core.recipe import Recipe, TensorRTConfig
         from mcompress.targets.onnx_cpu.target import OnnxCpuTarget
         from mcompress.targets.tensorrt import builder as b
 

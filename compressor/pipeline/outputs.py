@@ -7,7 +7,7 @@ import shutil
 from contextlib import contextmanager
 from pathlib import Path
 
-from mcompress.errors import InputError
+from mcompress.core.errors import InputError
 
 
 def check_output_dir(out: Path, force: bool, inputs: list[Path]) -> None:

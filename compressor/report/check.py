@@ -11,8 +11,8 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
-from mcompress.errors import InputError
-from mcompress.report import artifact_measured
+from mcompress.core.errors import InputError
+from mcompress.report.markdown import artifact_measured
 
 
 @dataclass

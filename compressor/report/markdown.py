@@ -1,77 +1,12 @@
 """report.json (for machines and CI), report.md (the summary a person reads first) and report.html
-(the same with plots, self-contained: compressor/report_html.py)."""
+(the same with plots, self-contained: report/html.py)."""
 
 from __future__ import annotations
 
-import hashlib
 import json
-import platform
-from importlib import metadata
 from pathlib import Path
 
 REPORT_SCHEMA = 1
-VERSIONED_PACKAGES = ("mcompress", "torch", "transformers", "tokenizers", "onnx", "onnxruntime", "numpy", "optimum",
-                     "openvino", "nncf")
-
-
-def library_versions() -> dict[str, str]:
-    versions = {"python": platform.python_version()}
-    for name in VERSIONED_PACKAGES:
-        try:
-            versions[name] = metadata.version(name)
-        except metadata.PackageNotFoundError:
-            pass
-    return versions
-
-
-def machine_info() -> dict:
-    import os
-
-    info = {"machine": platform.machine(), "cores": os.cpu_count()}
-    try:
-        cpuinfo = Path("/proc/cpuinfo").read_text()
-        model = next((l.split(":", 1)[1].strip() for l in cpuinfo.splitlines() if l.startswith("model name")), None)
-        flags = next((l.split(":", 1)[1].split() for l in cpuinfo.splitlines() if l.startswith("flags")), [])
-        info["cpu"] = model
-        info["isa"] = [f for f in ("avx2", "avx512f", "avx512_vnni", "avx_vnni", "amx_int8") if f in flags]
-    except OSError:
-        pass
-    return info
-
-
-def other_processes_cpu(seconds: float = 1.0) -> float:
-    """CPU percent (100 = one core) used by processes other than this one, over ``seconds``: a
-    busy core skews latency (PyTorch far more than ONNX Runtime), so timings record it."""
-    import os
-    import time
-
-    import psutil
-
-    me = os.getpid()
-    procs = [p for p in psutil.process_iter() if p.pid != me]
-    for p in procs:
-        try:
-            p.cpu_percent(None)
-        except psutil.Error:
-            pass
-    time.sleep(seconds)
-    total = 0.0
-    for p in procs:
-        try:
-            total += p.cpu_percent(None)
-        except psutil.Error:
-            pass
-    return round(total, 1)
-
-
-def file_digest(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
 def artifact_measured(report: dict) -> bool:
     """False when the gates ran on a stand-in because the target's own artifact cannot run here
     (a TensorRT engine without a GPU): its accuracy and latency are then unmeasured."""
@@ -88,7 +23,7 @@ def verdict(report: dict) -> str:
 def write_report(report: dict, out_dir: Path) -> None:
     (out_dir / "report.json").write_text(json.dumps(report, indent=2, sort_keys=False) + "\n")
     (out_dir / "report.md").write_text(render_markdown(report))
-    from mcompress.report_html import render_html
+    from mcompress.report.html import render_html
 
     (out_dir / "report.html").write_text(render_html(report), encoding="utf-8")
 

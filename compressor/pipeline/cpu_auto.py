@@ -9,7 +9,7 @@ Batch 8 is measured and reported too, but does not decide. Builds whose batch-1 
 timings do not flip the choice between runs. When neither build passes its gates, the one with the
 smallest accuracy drop is kept and the run fails (exit 3), as a single-target run would.
 
-Each candidate is built by the ordinary job (compressor/job.py) inside the final build's staging
+Each candidate is built by the ordinary job (compressor/pipeline/job.py) inside the final build's staging
 dir; the kept build's files move to the top of it, the other's report stays in ``candidates/``,
 and the kept report gains a ``cpu_auto`` section: the criterion, both candidates' gates, accuracy
 and raced latency, and the reason for the choice. The build appears in ``--out`` only when complete.
@@ -23,20 +23,21 @@ import os
 import shutil
 from pathlib import Path
 
-from mcompress.errors import GateFailure
-from mcompress.evaluation import interleaved_latency, latency_inputs
-from mcompress.outputs import check_output_dir, staged_dir
-from mcompress.recipe import load_recipe
-from mcompress.report import other_processes_cpu, write_report
+from mcompress.core.errors import GateFailure
+from mcompress.metrics.evaluation import interleaved_latency, latency_inputs
+from mcompress.pipeline.outputs import check_output_dir, staged_dir
+from mcompress.core.recipe import load_recipe
+from mcompress.metrics.machine import other_processes_cpu
+from mcompress.report.markdown import write_report
 from mcompress.targets import CPU_AUTO, CPU_AUTO_TARGETS, get_target
 
 CANDIDATES_DIR = "candidates"
 
 
 def run_cpu_auto(req, task) -> dict:
-    from mcompress.checkpoint import inspect_checkpoint
-    from mcompress.job import run
-    from mcompress.pass_gates import check_gate_passes
+    from mcompress.core.checkpoint import inspect_checkpoint
+    from mcompress.pipeline.job import run
+    from mcompress.pipeline.pass_gates import check_gate_passes
 
     # Everything a user can get wrong, for every target, before the first build starts.
     recipe = load_recipe(req.recipe_path).with_overrides(**req.overrides)
@@ -83,8 +84,8 @@ def _race(reports: dict[str, dict], builds: dict[str, Path], targets: dict, reci
     """Interleaved latency of the built artifacts; the choice and why."""
     from transformers import AutoTokenizer
 
-    from mcompress.checkpoint import inspect_checkpoint
-    from mcompress.job import resolve_data
+    from mcompress.core.checkpoint import inspect_checkpoint
+    from mcompress.pipeline.job import resolve_data
 
     ckpt = inspect_checkpoint(req.model_dir, allow_pickle=req.allow_pickle)
     tokenizer = AutoTokenizer.from_pretrained(ckpt.path, local_files_only=True)

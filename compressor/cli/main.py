@@ -11,7 +11,7 @@ from typing import Optional
 
 import typer
 
-from mcompress.errors import ExitCode, McompressError
+from mcompress.core.errors import ExitCode, McompressError
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="Compress fine-tuned Hugging Face checkpoints and build them for a deployment target.")
@@ -43,7 +43,7 @@ def _guard(fn, *args, **kwargs):
 
     SIGINT and SIGTERM raise KeyboardInterrupt (deferred while a build is renamed into place), so
     the staging dir, the temp work dir and any half-written cache entry are removed on the way out."""
-    from mcompress.outputs import on_interrupt_signal
+    from mcompress.pipeline.outputs import on_interrupt_signal
 
     previous = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
     for s in previous:
@@ -93,7 +93,7 @@ def example(name: str = typer.Argument(..., help="sentiment | topics | ner"),
     def body():
         from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
-        from mcompress.examples import EXAMPLES, build_example, is_built
+        from mcompress.examples.finetune import EXAMPLES, build_example, is_built
 
         if name in EXAMPLES and is_built(out_dir, EXAMPLES[name]):
             _console().print(f"example '{name}' is already built in {out_dir} (cached)")
@@ -137,7 +137,7 @@ def run(
     def body():
         from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-        from mcompress.job import RunRequest, run as run_job
+        from mcompress.pipeline.job import RunRequest, run as run_job
 
         request = RunRequest(model_dir, target, out, recipe, eval_data, calib_data, text_column, label_column,
                              force, allow_pickle,
@@ -195,7 +195,7 @@ def check(
 ) -> None:
     """Exit non-zero (3) when a report's gates failed, ran on a stand-in, or it regressed against a baseline."""
     def body():
-        from mcompress.check import check_report, load_report, render_markdown
+        from mcompress.report.check import check_report, load_report, render_markdown
 
         findings = check_report(load_report(report), load_report(baseline) if baseline else None,
                                 max_accuracy_regression, max_speedup_regression, max_size_growth, allow_unmeasured)
@@ -219,8 +219,8 @@ def package(
 ) -> None:
     """Package a build into one reproducible NAME.mcpkg bundle (model, tokenizer, labels, manifest)."""
     def body():
-        from mcompress.package import package_build
-        from mcompress.report import file_digest
+        from mcompress.bundle.package import package_build
+        from mcompress.core.hashing import file_digest
 
         manifest = package_build(build_dir, out, force=force, allow_failed=allow_failed)
         size = out.stat().st_size
@@ -244,13 +244,13 @@ def predict(
         import json
 
         from mcompress.calibration.datasets import read_texts
-        from mcompress.runtime import load
+        from mcompress.bundle.runtime import load
 
         all_texts = list(texts or [])
         if input_file is not None:
             all_texts += read_texts(input_file, text_column)
         if not all_texts:
-            from mcompress.errors import InputError
+            from mcompress.core.errors import InputError
 
             raise InputError("no texts to classify.", "Pass texts as arguments or --input FILE.jsonl.")
         loaded = load(bundle)
@@ -270,7 +270,7 @@ def inspect(
     def body():
         import json
 
-        from mcompress.runtime import read_bundle
+        from mcompress.bundle.runtime import read_bundle
 
         manifest, members = read_bundle(bundle)
         if as_json:

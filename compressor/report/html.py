@@ -15,7 +15,7 @@ import html
 import math
 import re
 
-from mcompress.report import (_cpu_auto_lines, _pass_ms, _per_entity_lines, _reference_b1, _target_build_lines,
+from mcompress.report.markdown import (_cpu_auto_lines, _pass_ms, _per_entity_lines, _reference_b1, _target_build_lines,
                               artifact_measured, metric_columns, verdict)
 
 _PALETTE = ["#4c78a8", "#f58518", "#54a24b", "#e45756", "#72b7b2", "#b279a2", "#9d755d"]

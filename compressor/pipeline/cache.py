@@ -29,14 +29,14 @@ import uuid
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from mcompress.errors import InputError
-from mcompress.outputs import pid_alive
-from mcompress.report import file_digest
-from mcompress.state import ModelKind, ModelState
+from mcompress.core.errors import InputError
+from mcompress.pipeline.outputs import pid_alive
+from mcompress.core.hashing import file_digest, json_digest
+from mcompress.core.state import ModelKind, ModelState
 
 if TYPE_CHECKING:
-    from mcompress.checkpoint import Checkpoint
-    from mcompress.pass_base import Pass, PassContext, PassResult
+    from mcompress.core.checkpoint import Checkpoint
+    from mcompress.core.pass_base import Pass, PassContext, PassResult
 
 logger = logging.getLogger(__name__)
 
@@ -51,11 +51,6 @@ _PATH = "__path__"  # marks a file path inside entry.json, relative to the entry
 def default_cache_dir() -> Path:
     env = os.environ.get("MCOMPRESS_CACHE_DIR")
     return Path(env) if env else Path.home() / ".cache" / "mcompress"
-
-
-def json_digest(*parts: Any) -> str:
-    """sha256 of JSON-encoded parts (sorted keys; paths and other objects as str)."""
-    return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()
 
 
 def source_key(ckpt: "Checkpoint") -> str:
@@ -81,7 +76,7 @@ class _NotCacheable(Exception):
 
 class PassCache:
     def __init__(self, root: Path, max_bytes: int, versions: dict | None = None):
-        from mcompress.report import library_versions
+        from mcompress.metrics.machine import library_versions
 
         self.root = Path(root)
         self.max_bytes = max_bytes
@@ -108,6 +103,10 @@ class PassCache:
 
     # --- keys ----------------------------------------------------------------------------------
 
+    def root_key(self, ckpt: "Checkpoint") -> str:
+        """The key chain's root for a run on ``ckpt`` (see source_key)."""
+        return source_key(ckpt)
+
     def key(self, parent: str, p: "Pass", ctx: "PassContext") -> str:
         return json_digest("pass", parent, p.name, type(p).__qualname__, _code_hash(p), p.cache_key_parts(ctx),
                        self.versions, ctx.target.name)
@@ -117,7 +116,7 @@ class PassCache:
     def load(self, key: str, state: ModelState) -> "PassResult | None":
         """The cached result of the pass with this key, applied to its input ``state``; None on a
         miss. An entry that fails verification is removed (the caller reruns the pass)."""
-        from mcompress.pass_base import PassResult
+        from mcompress.core.pass_base import PassResult
 
         entry = self.entries / key
         if not entry.is_dir():
@@ -329,7 +328,7 @@ def _load_torch(path: Path):
     import torch
     import transformers
 
-    from mcompress.tasks import TASKS, task_for_architecture
+    from mcompress.core.tasks import TASKS, task_for_architecture
 
     architectures = json.loads((Path(path) / "config.json").read_text()).get("architectures") or [""]
     task = task_for_architecture(architectures[0]) or TASKS["text-classification"]

@@ -20,7 +20,7 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 
-from mcompress.evaluation import EvalResult, LatencyResult, metric_from_counts
+from mcompress.metrics.evaluation import EvalResult, LatencyResult, metric_from_counts
 
 
 @dataclass

@@ -12,8 +12,8 @@ import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from mcompress.errors import InputError
-from mcompress.tasks import TASKS, task_for_architecture
+from mcompress.core.errors import InputError
+from mcompress.core.tasks import TASKS, task_for_architecture
 
 # BERT-family encoders whose ONNX export and ONNX Runtime fusions are tested (tests/test_checkpoint.py).
 SUPPORTED_MODEL_TYPES = ("bert", "roberta", "distilbert")

@@ -8,7 +8,7 @@ from enum import Enum
 from pathlib import Path
 from typing import Any
 
-from mcompress.checkpoint import Checkpoint
+from mcompress.core.checkpoint import Checkpoint
 
 
 class ModelKind(str, Enum):

@@ -21,7 +21,7 @@ import zipfile
 from pathlib import Path
 
 from mcompress import __version__
-from mcompress.errors import InputError
+from mcompress.core.errors import InputError
 
 SCHEMA_VERSION = 1
 TASK = "text-classification"

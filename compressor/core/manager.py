@@ -5,12 +5,14 @@ from __future__ import annotations
 import logging
 import time
 from dataclasses import dataclass, field
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
-from mcompress.cache import PassCache, source_key
-from mcompress.errors import McompressError, PassFailure
-from mcompress.pass_base import Pass, PassContext, PassResult
-from mcompress.state import ModelState
+from mcompress.core.errors import McompressError, PassFailure
+from mcompress.core.pass_base import Pass, PassContext, PassResult
+from mcompress.core.state import ModelState
+
+if TYPE_CHECKING:  # the pass cache is the pipeline's; the manager only calls it
+    from mcompress.pipeline.cache import PassCache
 
 logger = logging.getLogger(__name__)
 
@@ -35,11 +37,11 @@ class PassManager:
     def __init__(self, passes: list[Pass], instruments: list[Instrument] | None = None, cache: "PassCache | None" = None):
         self.passes = passes
         self.instruments = instruments or []
-        self.cache = cache  # reuse outputs of passes whose inputs are unchanged (compressor/cache.py)
+        self.cache = cache  # reuse outputs of passes whose inputs are unchanged (pipeline/cache.py)
 
     def run(self, state: ModelState, ctx: PassContext) -> tuple[ModelState, list[PassRecord]]:
         records: list[PassRecord] = []
-        key = source_key(state.source) if self.cache else None
+        key = self.cache.root_key(state.source) if self.cache else None
         for p in self.passes:
             done = [r.name for r in records]
             if state.kind not in p.accepts:

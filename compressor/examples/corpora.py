@@ -13,7 +13,7 @@ import random
 from dataclasses import dataclass
 from pathlib import Path
 
-from mcompress.errors import InputError
+from mcompress.core.errors import InputError
 
 
 @dataclass(frozen=True)

@@ -4,7 +4,7 @@ A runner is anything with ``input_names`` and ``logits(inputs) -> np.ndarray``; 
 is the FP32 PyTorch original (here), candidates come from the target (e.g. ONNX Runtime).
 
 The data decides the task (``data.task``): text classification is scored by accuracy, token
-classification (calibration/tagged.py) by entity-level F1 (compressor/entity_metrics.py), with
+classification (calibration/tagged.py) by entity-level F1 (compressor/metrics/entity_metrics.py), with
 each word predicted from its first sub-token. Either metric is a function of per-example counts
 (``EvalResult.stats``: [correct, 1] per text; [TP, predicted, gold entities] per sentence), which
 is what the gates' paired bootstrap resamples.
@@ -62,7 +62,7 @@ def _accuracy_from_counts(counts: np.ndarray) -> np.ndarray:
 
 def metric_from_counts(metric: str, counts: np.ndarray) -> np.ndarray:
     """The metric of summed per-example counts (last axis): accuracy or entity_f1."""
-    from mcompress.entity_metrics import f1_from_counts
+    from mcompress.metrics.entity_metrics import f1_from_counts
 
     return {"accuracy": _accuracy_from_counts, "entity_f1": f1_from_counts}[metric](counts)
 
@@ -217,10 +217,10 @@ def scored_logits(runner: Runner, tokenizer, data, max_length: int, batch_size: 
 
 def _evaluate_tagging(runner: Runner, tokenizer, data, max_length: int, batch_size: int,
                       on_batch, what: str | None) -> EvalResult:
-    """Entity-level F1 (seqeval semantics, compressor/entity_metrics.py) over sentences; each word
+    """Entity-level F1 (seqeval semantics, compressor/metrics/entity_metrics.py) over sentences; each word
     is tagged from its first sub-token's argmax, words cut off by max_length are tagged O."""
     from mcompress.calibration.tagged import entity_types
-    from mcompress.entity_metrics import entity_report, sentence_counts
+    from mcompress.metrics.entity_metrics import entity_report, sentence_counts
 
     names = list(data.tag_names)
     outside = names.index("O")
@@ -248,7 +248,7 @@ def check_finite_logits(logits: np.ndarray, runner: Runner, source: str, what: s
     bad_rows = ~np.isfinite(logits).all(axis=-1)
     if not bad_rows.any():
         return
-    from mcompress.errors import NumericalFault
+    from mcompress.core.errors import NumericalFault
 
     first_row = int(np.argmax(bad_rows))
     kind = "NaN" if np.isnan(logits[first_row]).any() else "Inf"

@@ -18,24 +18,26 @@ from typing import Callable
 import numpy as np
 
 from mcompress import __version__
-from mcompress.cache import DEFAULT_MAX_GB, PassCache, default_cache_dir
+from mcompress.pipeline.cache import DEFAULT_MAX_GB, PassCache, default_cache_dir
 from mcompress.calibration.datasets import LabelledTexts, is_split_dir, split_file, token_lengths
 from mcompress.calibration.tagged import TaggedSentences
-from mcompress.checkpoint import inspect_checkpoint, load_model_and_tokenizer
-from mcompress.errors import GateFailure, InputError, TargetUnavailable
-from mcompress.evaluation import TorchRunner, evaluate, interleaved_latency, latency_inputs, measure_latency
-from mcompress.flops import encoder_flops
-from mcompress.gates import accuracy_drop_gate, latency_gates, size_gate
-from mcompress.manager import PassManager, PassRecord
-from mcompress.outputs import check_output_dir, staged_dir
-from mcompress.pass_base import PassContext
-from mcompress.pass_gates import PassGate, check_gate_passes
-from mcompress.recipe import Recipe, load_recipe, validate_against_checkpoint, validate_training_data
-from mcompress.report import file_digest, library_versions, machine_info, write_report
-from mcompress.state import ModelKind, ModelState
-from mcompress.target_base import BuildInputs
+from mcompress.core.checkpoint import inspect_checkpoint, load_model_and_tokenizer
+from mcompress.core.errors import GateFailure, InputError, TargetUnavailable
+from mcompress.metrics.evaluation import TorchRunner, evaluate, interleaved_latency, latency_inputs, measure_latency
+from mcompress.metrics.flops import encoder_flops
+from mcompress.metrics.gates import accuracy_drop_gate, latency_gates, size_gate
+from mcompress.core.manager import PassManager, PassRecord
+from mcompress.pipeline.outputs import check_output_dir, staged_dir
+from mcompress.core.pass_base import PassContext
+from mcompress.pipeline.pass_gates import PassGate, check_gate_passes
+from mcompress.core.recipe import Recipe, load_recipe, validate_against_checkpoint, validate_training_data
+from mcompress.core.hashing import file_digest
+from mcompress.metrics.machine import library_versions, machine_info
+from mcompress.report.markdown import write_report
+from mcompress.core.state import ModelKind, ModelState
+from mcompress.core.target_base import BuildInputs
 from mcompress.targets import get_target
-from mcompress.tasks import TASKS, TaskSpec, gated_metric, load_task_data
+from mcompress.core.tasks import TASKS, TaskSpec, gated_metric, load_task_data
 
 logger = logging.getLogger(__name__)
 
@@ -62,7 +64,7 @@ class RunRequest:
     force: bool = False
     allow_pickle: bool = False
     overrides: dict = field(default_factory=dict)  # dotted recipe keys, e.g. {"gates.max_drop": 0.5}
-    cache_dir: Path | None = None  # pass cache (compressor/cache.py); None = $MCOMPRESS_CACHE_DIR or ~/.cache/mcompress
+    cache_dir: Path | None = None  # pass cache (compressor/pipeline/cache.py); None = $MCOMPRESS_CACHE_DIR or ~/.cache/mcompress
     use_cache: bool = True
     cache_max_gb: float = DEFAULT_MAX_GB
 
@@ -113,7 +115,7 @@ def run(req: RunRequest, task: TaskFactory = _no_ui) -> dict:
     from mcompress.targets import CPU_AUTO
 
     if req.target == CPU_AUTO:  # a choice between targets: each is built by this function
-        from mcompress.cpu_auto import run_cpu_auto
+        from mcompress.pipeline.cpu_auto import run_cpu_auto
 
         return run_cpu_auto(req, task)
     started = time.perf_counter()

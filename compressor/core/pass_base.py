@@ -7,11 +7,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Optional
 
-from mcompress.state import ModelKind, ModelState
+from mcompress.core.state import ModelKind, ModelState
 
 if TYPE_CHECKING:
     from mcompress.calibration.datasets import LabelledTexts
-    from mcompress.recipe import Recipe
+    from mcompress.core.recipe import Recipe
 
 
 @dataclass
@@ -53,7 +53,7 @@ class Pass(ABC):
 
     def cache_key_parts(self, ctx: PassContext) -> dict:
         """Everything besides the input model that this pass's output depends on (JSON-able); the
-        pass cache (compressor/cache.py) keys its output by it. Override with exactly what the pass
+        pass cache (compressor/pipeline/cache.py) keys its output by it. Override with exactly what the pass
         reads. The default is conservative: the whole recipe except what only describes the run
         (name, evaluation, latency measurement), the data hashes and the target's capabilities.
         Annotations that name files must hold them as ``pathlib.Path`` so the cache carries them."""

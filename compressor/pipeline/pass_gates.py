@@ -11,8 +11,8 @@ from __future__ import annotations
 import logging
 from typing import Callable
 
-from mcompress.errors import GateFailure, InputError
-from mcompress.gates import GateResult, accuracy_drop_gate
+from mcompress.core.errors import GateFailure, InputError
+from mcompress.metrics.gates import GateResult, accuracy_drop_gate
 
 logger = logging.getLogger(__name__)
 

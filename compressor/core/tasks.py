@@ -1,7 +1,7 @@
 """The tasks mcompress compresses, as data: what differs between a classifier and a tagger.
 
 The task is read from the checkpoint's architecture (``*ForSequenceClassification`` or
-``*ForTokenClassification``, compressor/checkpoint.py) and flows through the run as a TaskSpec:
+``*ForTokenClassification``, compressor/core/checkpoint.py) and flows through the run as a TaskSpec:
 which transformers class loads it, which data loader reads its eval/calibration data, which
 metric gates it, and the shape of its logits in the exported graph.
 """
@@ -55,7 +55,7 @@ def load_task_data(task: TaskSpec, path, label2id: dict[str, int], text_column: 
 def gated_metric(task: TaskSpec, recipe_metric: str) -> str:
     """The metric the accuracy gate uses: the task's own for ``auto``, else the recipe's, which
     must be one the task has (InputError otherwise)."""
-    from mcompress.errors import InputError
+    from mcompress.core.errors import InputError
 
     metric = task.metric if recipe_metric == "auto" else recipe_metric
     if metric not in task.metrics:

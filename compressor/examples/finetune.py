@@ -21,9 +21,9 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Callable
 
-from mcompress.calibration import example_data
+from mcompress.examples import corpora as example_data
 from mcompress.calibration.datasets import write_jsonl
-from mcompress.errors import InputError
+from mcompress.core.errors import InputError
 
 logger = logging.getLogger(__name__)
 
@@ -225,7 +225,7 @@ class _TaggerTask(_ExampleTask):
 
     def test_metrics(self) -> dict:
         from mcompress.calibration.tagged import TaggedSentences
-        from mcompress.evaluation import TorchRunner, evaluate
+        from mcompress.metrics.evaluation import TorchRunner, evaluate
 
         data = TaggedSentences([w for w, _ in self.corpus.test],
                                [[self.label2id[t] for t in tags] for _, tags in self.corpus.test], "conll2003 test",

@@ -7,8 +7,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional
 
-from mcompress.pass_base import Pass
-from mcompress.state import ModelState
+from mcompress.core.pass_base import Pass
+from mcompress.core.state import ModelState
 
 
 @dataclass(frozen=True)
@@ -72,18 +72,3 @@ class Target(ABC):
         built artifact could not be run here returns ``{"engine_measured": False, "reason": ...}``:
         the run then gates a stand-in (what ``build`` returned) and ends with TargetUnavailable."""
         return {}
-
-
-def torch_front_passes(recipe) -> list[Pass]:
-    """The passes every target runs on the PyTorch model before export, as the recipe asks:
-    structured pruning, then distillation from the original."""
-    passes: list[Pass] = []
-    if recipe.prune is not None:
-        from mcompress.passes.prune.structured import PruneStructured
-
-        passes.append(PruneStructured())
-    if recipe.distill is not None:
-        from mcompress.passes.distill.kd import Distill
-
-        passes.append(Distill())
-    return passes

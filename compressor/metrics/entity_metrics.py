@@ -15,7 +15,7 @@ all sentences, with TP true positives, P predicted and G gold entities::
 same counts are taken over that type's entities only.
 
 Because F1 is a function of the summed counts, each sentence contributes a row (TP, P, G): the
-paired bootstrap of the gates (compressor/gates.py) resamples sentences and recomputes F1 from
+paired bootstrap of the gates (compressor/metrics/gates.py) resamples sentences and recomputes F1 from
 the resampled rows' sums, so the drop's interval respects that entities come in sentences.
 """
 

@@ -11,9 +11,8 @@ from typing import Literal, Optional, Union
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from mcompress.errors import InputError
+from mcompress.core.errors import InputError
 
-RECIPES_DIR = Path(__file__).resolve().parent.parent / "recipes"
 
 
 class _Strict(BaseModel):
@@ -56,7 +55,7 @@ class QuantizeConfig(_Strict):
 
 class GateConfig(_Strict):
     # auto: the task's metric, accuracy for a classifier, entity-level F1 for a tagger (IOB2,
-    # seqeval semantics: compressor/entity_metrics.py). max_drop is in points of that metric.
+    # seqeval semantics: compressor/metrics/entity_metrics.py). max_drop is in points of that metric.
     metric: Literal["auto", "accuracy", "entity_f1"] = "auto"
     # Largest allowed drop of the metric, in absolute points (1.0 = one percentage point).
     max_drop: float = Field(1.0, ge=0, le=100)
@@ -329,15 +328,18 @@ def validate_training_data(recipe: Recipe, train_examples: int, train_is_eval_da
                              "Set distill.device to auto (GPU when present, else CPU) or cpu.")
 
 
+def recipes_dir() -> Path:
+    """The shipped recipes (package data of mcompress.recipes), wherever mcompress is installed."""
+    from importlib.resources import files
+
+    return Path(str(files("mcompress.recipes")))
+
+
 def load_recipe(path: str | Path | None) -> Recipe:
     import yaml
 
     if path is None:
-        path = RECIPES_DIR / "ptq.yaml"
-        if not path.is_file():  # installed non-editable: recipes ship as package data
-            from importlib.resources import files
-
-            path = Path(str(files("mcompress.recipes") / "ptq.yaml"))
+        path = recipes_dir() / "ptq.yaml"
     path = Path(path)
     if not path.is_file():
         raise InputError(f"recipe file {path} does not exist.", "Pass --recipe with a YAML file, e.g. recipes/ptq.yaml.")

@@ -1,0 +1,1 @@
+"""Edge bundles: ``package`` writes a reproducible .mcpkg; ``runtime`` loads one without torch."""

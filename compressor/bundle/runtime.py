@@ -1,0 +1,380 @@
+"""Load and run a ``.mcpkg`` bundle with only onnxruntime, tokenizers and numpy installed (or,
+for a bundle of an openvino-cpu build, ``model_format: openvino-ir``, only openvino, tokenizers
+and numpy).
+
+    from mcompress.runtime import load
+    bundle = load("sentiment.mcpkg")
+    bundle.predict(["a gripping, funny film"])  # [{"label": "fresh", "score": 0.97, "scores": {...}}]
+
+``load`` reads the zip in memory (nothing is extracted to disk) and refuses, with a one-line
+``BundleError``, anything that is not exactly what ``mcompress package`` writes: unsafe member names
+(``..``, absolute paths, backslashes, drive letters), symlinks or other non-regular members,
+encrypted or oddly compressed members, archives over the size limits, a missing or unreadable
+manifest, members the manifest does not list, listed files that are missing, and any size or
+sha256 mismatch. The checks prove integrity against the manifest; they do not prove who made the
+bundle (the manifest itself is not signed).
+
+This module must stay importable without torch, transformers, pydantic, typer or rich.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+import stat
+import struct
+import zipfile
+import zlib
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from mcompress.core.errors import InputError
+
+SCHEMA_VERSION = 1
+MANIFEST = "manifest.json"
+MAX_TOTAL_BYTES = 2 * 1024 ** 3  # uncompressed, all members together
+MAX_MEMBERS = 10_000
+MAX_MANIFEST_BYTES = 16 * 1024 ** 2
+_DRIVE = re.compile(r"^[A-Za-z]:")
+_ZIP_ERRORS = (zipfile.BadZipFile, zipfile.LargeZipFile, EOFError, OSError, ValueError, NotImplementedError,
+               RuntimeError, struct.error, zlib.error, KeyError)
+
+
+class BundleError(InputError):
+    """A bundle is missing, corrupt, unsafe or not what its manifest says. Exit code 2 (BAD_INPUT)."""
+
+
+def _check_name(name: str) -> None:
+    if not name:
+        raise BundleError("bundle has a member with an empty name; refusing it.")
+    if "\\" in name:
+        raise BundleError(f"bundle member {name!r} contains a backslash; refusing a possible path traversal.")
+    if name.startswith("/") or _DRIVE.match(name):
+        raise BundleError(f"bundle member {name!r} is an absolute path; refusing a possible path traversal.")
+    parts = name.split("/")
+    if ".." in parts:
+        raise BundleError(f"bundle member {name!r} contains '..'; refusing a possible path traversal.")
+    if any(p in ("", ".") for p in parts) or "\0" in name:
+        raise BundleError(f"bundle member {name!r} is not a plain file name; refusing it.")
+
+
+def _check_info(info: zipfile.ZipInfo) -> None:
+    _check_name(info.filename)
+    mode = info.external_attr >> 16
+    if stat.S_ISLNK(mode):
+        raise BundleError(f"bundle member {info.filename!r} is a symlink; refusing it.")
+    if info.is_dir() or (stat.S_IFMT(mode) and not stat.S_ISREG(mode)):
+        raise BundleError(f"bundle member {info.filename!r} is not a regular file; refusing it.")
+    if info.flag_bits & 0x1:
+        raise BundleError(f"bundle member {info.filename!r} is encrypted; refusing it.")
+    if info.compress_type not in (zipfile.ZIP_STORED, zipfile.ZIP_DEFLATED):
+        raise BundleError(f"bundle member {info.filename!r} uses unsupported compression {info.compress_type}.")
+
+
+def _read_member(zf: zipfile.ZipFile, info: zipfile.ZipInfo, expected: dict | None = None) -> bytes:
+    name = info.filename
+    try:
+        data = zf.read(info)
+    except zipfile.BadZipFile as err:
+        sha = f" (manifest sha256 {expected.get('sha256', '?')[:16]}…)" if expected else ""
+        raise BundleError(f"bundle member {name!r} is corrupt or was modified: {err}; its content cannot match "
+                          f"the manifest's sha256{sha}.") from None
+    except _ZIP_ERRORS as err:
+        raise BundleError(f"bundle member {name!r} cannot be read ({type(err).__name__}: {err}); "
+                          "the bundle is truncated or corrupt.") from None
+    if len(data) != info.file_size:
+        raise BundleError(f"bundle member {name!r} is {len(data)} bytes, the zip directory says {info.file_size}.")
+    return data
+
+
+def read_bundle(path: str | Path, max_bytes: int = MAX_TOTAL_BYTES,
+                max_members: int = MAX_MEMBERS) -> tuple[dict, dict[str, bytes]]:
+    """Verify a bundle and return (manifest, {member name: bytes}) for every member but the manifest."""
+    path = Path(path)
+    if not path.exists():
+        raise BundleError(f"bundle {path} does not exist.")
+    if not path.is_file():
+        raise BundleError(f"bundle {path} is not a file.")
+    try:
+        zf = zipfile.ZipFile(path, "r")
+    except _ZIP_ERRORS as err:
+        raise BundleError(f"bundle {path} is not a readable zip ({type(err).__name__}: {err}); "
+                          "it is truncated, corrupt or not a .mcpkg.") from None
+    with zf:
+        infos = zf.infolist()
+        if len(infos) > max_members:
+            raise BundleError(f"bundle {path} has {len(infos)} members, over the limit of {max_members}.")
+        seen = set()
+        for info in infos:
+            _check_info(info)
+            if info.filename in seen:
+                raise BundleError(f"bundle {path} has the member {info.filename!r} twice; refusing it.")
+            seen.add(info.filename)
+        total = sum(i.file_size for i in infos)
+        if total > max_bytes:
+            raise BundleError(f"bundle {path} unpacks to {total} bytes, over the limit of {max_bytes}.")
+        by_name = {i.filename: i for i in infos}
+        if MANIFEST not in by_name:
+            raise BundleError(f"bundle {path} has no {MANIFEST}; it was not written by `mcompress package`.")
+        if by_name[MANIFEST].file_size > MAX_MANIFEST_BYTES:
+            raise BundleError(f"bundle {path}: {MANIFEST} is over {MAX_MANIFEST_BYTES} bytes.")
+        try:
+            manifest = json.loads(_read_member(zf, by_name[MANIFEST]).decode("utf-8"))
+        except (UnicodeDecodeError, json.JSONDecodeError) as err:
+            raise BundleError(f"bundle {path}: {MANIFEST} is not valid JSON ({err}).") from None
+        if not isinstance(manifest, dict):
+            raise BundleError(f"bundle {path}: {MANIFEST} is not a JSON object.")
+        if manifest.get("schema_version") != SCHEMA_VERSION:
+            raise BundleError(f"bundle {path} has manifest schema_version {manifest.get('schema_version')!r}; "
+                              f"this runtime reads {SCHEMA_VERSION}.", "Repackage it with this mcompress version.")
+        files = manifest.get("files")
+        if not isinstance(files, dict) or not files:
+            raise BundleError(f"bundle {path}: {MANIFEST} lists no files.")
+        for name, entry in files.items():
+            if not (isinstance(entry, dict) and isinstance(entry.get("sha256"), str) and isinstance(entry.get("bytes"), int)):
+                raise BundleError(f"bundle {path}: {MANIFEST} entry for {name!r} lacks sha256/bytes.")
+        unlisted = sorted(set(by_name) - set(files) - {MANIFEST})
+        if unlisted:
+            raise BundleError(f"bundle {path} has members its manifest does not list: {', '.join(unlisted)}.")
+        missing = sorted(set(files) - set(by_name))
+        if missing:
+            raise BundleError(f"bundle {path} lacks files its manifest lists: {', '.join(missing)}.")
+        members = {}
+        for name in sorted(files):
+            expected = files[name]
+            info = by_name[name]
+            if info.file_size != expected["bytes"]:
+                raise BundleError(f"bundle member {name!r} is {info.file_size} bytes, the manifest says "
+                                  f"{expected['bytes']}; the bundle was modified.")
+            data = _read_member(zf, info, expected)
+            digest = hashlib.sha256(data).hexdigest()
+            if digest != expected["sha256"]:
+                raise BundleError(f"bundle member {name!r} fails its sha256 check (manifest {expected['sha256'][:16]}…, "
+                                  f"content {digest[:16]}…); the bundle was modified.")
+            members[name] = data
+    return manifest, members
+
+
+def softmax(logits):
+    import numpy as np
+
+    z = np.asarray(logits, dtype=np.float64)
+    z = z - z.max(axis=-1, keepdims=True)
+    e = np.exp(z)
+    return e / e.sum(axis=-1, keepdims=True)
+
+
+@dataclass
+class Bundle:
+    path: Path
+    manifest: dict
+    labels: list[str]
+    session: object = field(repr=False)
+    tokenizer: object = field(repr=False)
+    input_dtypes: dict = field(default_factory=dict)  # model input name -> numpy dtype name
+    feeds: dict = field(default_factory=dict)  # model input name -> Encoding attribute
+
+    @property
+    def max_sequence_length(self) -> int:
+        return int(self.manifest["max_sequence_length"])
+
+    @property
+    def input_names(self) -> list[str]:
+        return list(self.feeds)
+
+    def logits(self, texts: list[str], batch_size: int = 32):
+        """Logits for every text, in input order.
+
+        Texts are batched in order of character length (stable), exactly as `mcompress run`
+        batched the eval data it gated the build on, so the bundle reproduces the gated
+        predictions even for dynamically quantized models, whose activation scales depend on
+        the padded batch."""
+        import numpy as np
+
+        from mcompress.calibration.datasets import length_batches
+
+        if isinstance(texts, str):
+            raise TypeError("texts must be a list of strings, not one string")
+        texts = list(texts)
+        for i, text in enumerate(texts):
+            if not isinstance(text, str):
+                raise TypeError(f"texts[{i}] is {type(text).__name__}, not str")
+        if batch_size < 1:
+            raise ValueError("batch_size must be >= 1")
+        out = np.empty((len(texts), len(self.labels)), dtype=np.float32)
+        for idx in length_batches(texts, batch_size):
+            encodings = self.tokenizer.encode_batch([texts[i] for i in idx])
+            feed = {name: np.array([getattr(e, attr) for e in encodings], dtype=self.input_dtypes[name])
+                    for name, attr in self.feeds.items()}
+            out[idx] = self.session.run(["logits"], feed)[0]
+        return out
+
+    def predict(self, texts: list[str], batch_size: int = 32) -> list[dict]:
+        """For each text: {"label": name, "score": its softmax probability, "scores": {label: prob}}."""
+        probs = softmax(self.logits(texts, batch_size)) if len(texts) else []
+        results = []
+        for row in probs:
+            best = int(row.argmax())
+            results.append({"label": self.labels[best], "score": float(row[best]),
+                            "scores": {label: float(p) for label, p in zip(self.labels, row)}})
+        return results
+
+
+def _manifest_field(manifest: dict, *keys, kind=None):
+    value = manifest
+    for key in keys:
+        value = value.get(key) if isinstance(value, dict) else None
+    if value is None or (kind is not None and not isinstance(value, kind)):
+        raise BundleError(f"bundle manifest lacks a valid {'.'.join(keys)}.")
+    return value
+
+
+def _tokenizer(manifest: dict, members: dict[str, bytes]):
+    from tokenizers import Tokenizer
+
+    pre = _manifest_field(manifest, "preprocessing", kind=dict)
+    name = _manifest_field(manifest, "preprocessing", "tokenizer_file", kind=str)
+    if name not in members:
+        raise BundleError(f"bundle manifest names tokenizer file {name!r}, which it does not contain.")
+    max_length = _manifest_field(manifest, "max_sequence_length", kind=int)
+    try:
+        tokenizer = Tokenizer.from_str(members[name].decode("utf-8"))
+    except Exception as err:  # tokenizers raises plain Exception on a bad file
+        raise BundleError(f"bundle tokenizer {name!r} cannot be loaded: {err}.") from None
+    if pre.get("truncation", True):
+        tokenizer.enable_truncation(max_length=max_length, strategy="longest_first",
+                                    direction=pre.get("truncation_side", "right"))
+    else:
+        tokenizer.no_truncation()
+    existing = tokenizer.padding or {}
+    pad_token = pre.get("pad_token", existing.get("pad_token"))
+    pad_id = pre.get("pad_id")
+    if pad_id is None and pad_token is not None:
+        pad_id = tokenizer.token_to_id(pad_token)
+    if pad_id is None:
+        pad_id = existing.get("pad_id")
+    if pad_id is None or pad_token is None:
+        raise BundleError("bundle tokenizer has no pad token; batches cannot be padded.")
+    if pre.get("padding", "longest") != "longest":
+        raise BundleError(f"bundle asks for padding {pre.get('padding')!r}; this runtime supports 'longest'.")
+    tokenizer.enable_padding(direction=pre.get("padding_side", "right"), pad_id=int(pad_id),
+                             pad_type_id=int(pre.get("pad_type_id", existing.get("pad_type_id", 0))),
+                             pad_token=pad_token, length=None)
+    return tokenizer
+
+
+def _labels(manifest: dict, members: dict[str, bytes]) -> list[str]:
+    name = manifest.get("labels_file", "labels.json")
+    if name not in members:
+        raise BundleError(f"bundle lacks its label file {name!r}.")
+    try:
+        id2label = json.loads(members[name].decode("utf-8"))
+        labels = [str(id2label[str(i)]) for i in range(len(id2label))]
+    except (UnicodeDecodeError, json.JSONDecodeError, KeyError, TypeError, AttributeError):
+        raise BundleError(f"bundle label file {name!r} is not a map of ids 0..N-1 to label names.") from None
+    if not labels:
+        raise BundleError(f"bundle label file {name!r} is empty.")
+    return labels
+
+
+def load(path: str | Path, threads: int | None = None, max_bytes: int = MAX_TOTAL_BYTES,
+         max_members: int = MAX_MEMBERS) -> Bundle:
+    """Verify ``path`` and return a ready-to-run Bundle (an ONNX Runtime CPU session built from the
+    model's bytes, and the bundle's tokenizer with truncation at max_sequence_length and padding
+    to the longest text in a batch)."""
+    manifest, members = read_bundle(path, max_bytes, max_members)
+    if manifest.get("task") != "text-classification":
+        raise BundleError(f"bundle task {manifest.get('task')!r} is not supported; this runtime runs text-classification.")
+    labels = _labels(manifest, members)
+    tokenizer = _tokenizer(manifest, members)
+    model_name = _manifest_field(manifest, "model_file", kind=str)
+    if model_name not in members:
+        raise BundleError(f"bundle manifest names model file {model_name!r}, which it does not contain.")
+    inputs = _manifest_field(manifest, "inputs", kind=list)
+    feeds_map = _manifest_field(manifest, "preprocessing", "feeds", kind=dict)
+    input_dtypes, feeds = {}, {}
+    for spec in inputs:
+        name = spec.get("name") if isinstance(spec, dict) else None
+        attr = feeds_map.get(name)
+        if attr not in ("ids", "attention_mask", "type_ids"):
+            raise BundleError(f"bundle model input {name!r} has no tokenizer feed this runtime knows.")
+        if spec.get("dtype") not in ("int64", "int32"):
+            raise BundleError(f"bundle model input {name!r} has dtype {spec.get('dtype')!r}; expected int64 or int32.")
+        input_dtypes[name], feeds[name] = spec["dtype"], attr
+
+    if manifest.get("model_format", "onnx") == "openvino-ir":
+        session = _openvino_session(manifest, members, model_name, threads)
+        if set(session.input_names) != set(feeds):
+            raise BundleError(f"bundle model inputs {sorted(session.input_names)} differ from the manifest's {sorted(feeds)}.")
+        if session.num_logits is not None and session.num_logits != len(labels):
+            raise BundleError(f"bundle model has {session.num_logits} logits but {len(labels)} labels.")
+        return Bundle(Path(path), manifest, labels, session, tokenizer, input_dtypes, feeds)
+
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    if threads:
+        options.intra_op_num_threads = threads
+    options.inter_op_num_threads = 1
+    try:
+        session = ort.InferenceSession(members.pop(model_name), options, providers=["CPUExecutionProvider"])
+    except Exception as err:  # ORT raises its own pybind exception types
+        raise BundleError(f"bundle model {model_name!r} cannot be loaded by onnxruntime {ort.__version__}: "
+                          f"{str(err).splitlines()[0] if str(err) else type(err).__name__}.") from None
+    session_inputs = {i.name for i in session.get_inputs()}
+    if session_inputs != set(feeds):
+        raise BundleError(f"bundle model inputs {sorted(session_inputs)} differ from the manifest's {sorted(feeds)}.")
+    if "logits" not in {o.name for o in session.get_outputs()}:
+        raise BundleError(f"bundle model {model_name!r} has no 'logits' output.")
+    width = session.get_outputs()[[o.name for o in session.get_outputs()].index("logits")].shape[-1]
+    if isinstance(width, int) and width != len(labels):
+        raise BundleError(f"bundle model has {width} logits but {len(labels)} labels.")
+    return Bundle(Path(path), manifest, labels, session, tokenizer, input_dtypes, feeds)
+
+
+class _OpenVINOSession:
+    """An OpenVINO CPU compiled model behind the one call Bundle.logits makes: run(["logits"], feed)."""
+
+    def __init__(self, compiled):
+        self.compiled = compiled
+        self.request = compiled.create_infer_request()
+        self.input_names = [i.get_any_name() for i in compiled.inputs]
+        self._outputs = {name: port for port in compiled.outputs for name in port.get_names()}
+        if "logits" not in self._outputs:
+            raise BundleError("bundle model has no 'logits' output.")
+        width = self._outputs["logits"].get_partial_shape()[-1]
+        self.num_logits = width.get_length() if width.is_static else None
+
+    def run(self, output_names: list[str], feed: dict):
+        import numpy as np
+
+        self.request.infer(feed)
+        return [np.array(self.request.get_tensor(self._outputs[n]).data, copy=True) for n in output_names]
+
+
+def _openvino_session(manifest: dict, members: dict[str, bytes], model_name: str, threads: int | None):
+    """Compile the bundle's IR from memory on the OpenVINO CPU plugin, with the inference precision
+    the build was gated with."""
+    weights_name = _manifest_field(manifest, "weights_file", kind=str)
+    if weights_name not in members:
+        raise BundleError(f"bundle manifest names weights file {weights_name!r}, which it does not contain.")
+    precision = (manifest.get("runtime") or {}).get("inference_precision", "f32")
+    try:
+        import openvino as ov
+    except ImportError:
+        raise BundleError("this bundle holds an OpenVINO IR and needs the openvino package.",
+                          "pip install openvino (with tokenizers and numpy).") from None
+    from mcompress.engines.openvino_cpu import PRECISIONS, compile_config
+
+    if precision not in PRECISIONS:
+        raise BundleError(f"bundle asks for OpenVINO inference precision {precision!r}; expected one of {', '.join(PRECISIONS)}.")
+    try:
+        core = ov.Core()
+        model = core.read_model(members.pop(model_name), members.pop(weights_name))
+        compiled = core.compile_model(model, "CPU", compile_config(threads, precision))
+    except Exception as err:  # openvino raises RuntimeError with multi-line messages
+        raise BundleError(f"bundle model {model_name!r} cannot be loaded by openvino {ov.__version__}: "
+                          f"{str(err).splitlines()[0] if str(err) else type(err).__name__}.") from None
+    return _OpenVINOSession(compiled)

@@ -1,0 +1,3 @@
+from mcompress.cli.main import main
+
+main()

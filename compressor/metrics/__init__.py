@@ -1,0 +1,1 @@
+"""Measuring models: evaluation on labelled data, entity metrics, gates, FLOPs, latency, machine facts."""
