@@ -37,6 +37,11 @@ class LabelledTexts:
             return self
         return LabelledTexts(self.texts[:n], None if self.labels is None else self.labels[:n], self.source)
 
+    def select(self, indices) -> "LabelledTexts":
+        """The examples at ``indices``, in that order."""
+        return LabelledTexts([self.texts[i] for i in indices],
+                             None if self.labels is None else [self.labels[i] for i in indices], self.source)
+
     def without_labels(self) -> "LabelledTexts":
         return LabelledTexts(self.texts, None, self.source)
 

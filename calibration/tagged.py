@@ -65,6 +65,12 @@ class TaggedSentences:
         return TaggedSentences(self.words[:n], None if self.labels is None else self.labels[:n], self.source,
                                self.tag_names)
 
+    def select(self, indices) -> "TaggedSentences":
+        """The sentences at ``indices``, in that order."""
+        return TaggedSentences([self.words[i] for i in indices],
+                               None if self.labels is None else [self.labels[i] for i in indices], self.source,
+                               self.tag_names)
+
     def without_labels(self) -> "TaggedSentences":
         return TaggedSentences(self.words, None, self.source, self.tag_names)
 

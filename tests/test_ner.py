@@ -221,6 +221,53 @@ def test_tagger_run_end_to_end_on_conll_subset(tagger_build, tagger):
     assert "Entities (eval data" in (out / "report.html").read_text()
 
 
+@pytest.mark.slow
+def test_tagger_openvino_cpu_build_gates_entity_f1(tiny_tagger, fast_recipe, tmp_path):
+    pytest.importorskip("openvino")
+    pytest.importorskip("nncf")
+    from mcompress.engines.openvino_cpu import OpenVINORunner
+    from mcompress.metrics.evaluation import evaluate
+
+    out = tmp_path / "ov"
+    code, output = _run(str(tiny_tagger), "--target", "openvino-cpu", "--out", str(out), "--recipe", str(fast_recipe))
+    assert code == ExitCode.OK, output
+    report = json.loads((out / "report.json").read_text())
+    assert report["target"] == "openvino-cpu" and report["metric"] == "entity_f1"
+    assert report["gates"][0]["name"] == "entity_f1_drop"
+    assert set(report["build"]["per_entity"]) == set(TYPES)
+    # the shipped IR, re-scored here on a fresh CPU plugin, gives the report's figure
+    from transformers import AutoTokenizer
+
+    from mcompress.calibration.tagged import load_tagged_sentences
+
+    test = load_tagged_sentences(tiny_tagger / "splits", LABEL2ID, "tokens", "tags", "test")
+    rescored = evaluate(OpenVINORunner(out / report["artifact"]["model_file"], 1),
+                        AutoTokenizer.from_pretrained(out), test, 128)
+    assert report["build"]["score"] == pytest.approx(rescored.score, abs=1e-6)
+
+
+@pytest.mark.slow
+def test_tagger_cpu_auto_races_both_builds_and_gates_entity_f1(tiny_tagger, fast_recipe, tmp_path):
+    pytest.importorskip("openvino")
+    pytest.importorskip("nncf")
+    out = tmp_path / "auto"
+    code, output = _run(str(tiny_tagger), "--target", "cpu-auto", "--out", str(out), "--recipe", str(fast_recipe))
+    assert code == ExitCode.OK, output
+    report = json.loads((out / "report.json").read_text())
+    choice = report["cpu_auto"]
+    assert set(choice["candidates"]) == {"onnx-cpu", "openvino-cpu"} and report["target"] == choice["chosen"]
+    assert report["metric"] == "entity_f1" and report["gates"][0]["name"] == "entity_f1_drop"
+    for name, candidate in choice["candidates"].items():
+        assert candidate["metric"] == "entity_f1" and candidate["passed"], (name, candidate)
+        assert candidate["drop"] == candidate["accuracy_drop"]
+        assert candidate["race"]["b1"]["p50_ms"] > 0
+    other = next(n for n in choice["candidates"] if n != choice["chosen"])
+    other_report = json.loads((out / "candidates" / f"{other}.report.json").read_text())
+    assert other_report["gates"][0]["name"] == "entity_f1_drop"
+    assert choice["candidates"][other]["drop"] == other_report["gates"][0]["value"]
+    assert "## Entities" in (out / "report.md").read_text()
+
+
 def test_tagger_build_has_per_token_logits_with_dynamic_sequence(tagger_build, tagger):
     code, _, out, _, _ = tagger_build
     assert code == ExitCode.OK

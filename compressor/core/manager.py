@@ -29,14 +29,34 @@ class PassRecord:
     cache_key: str | None = None
 
 
-# An instrument sees every finished pass; evaluation and dumps live here, not inside passes.
-Instrument = Callable[[Pass, PassResult, PassRecord], None]
+class Instrument:
+    """Watches passes from outside them (TVM's pass instruments): evaluation, gates after passes,
+    FLOPs, dumps. Each hook sees one pass; an instrument must not depend on the order of the
+    instruments list (what two instruments share, e.g. an evaluation, they share through an
+    object both hold)."""
+
+    def run_before_pass(self, p: Pass, state: ModelState, ctx: PassContext) -> None:
+        pass
+
+    def run_after_pass(self, p: Pass, result: PassResult, record: PassRecord) -> None:
+        pass
+
+
+class _AfterPass(Instrument):
+    """A plain callable ``(pass, result, record)`` used as an after-pass instrument."""
+
+    def __init__(self, fn: Callable[[Pass, PassResult, PassRecord], None]):
+        self.fn = fn
+
+    def run_after_pass(self, p: Pass, result: PassResult, record: PassRecord) -> None:
+        self.fn(p, result, record)
 
 
 class PassManager:
-    def __init__(self, passes: list[Pass], instruments: list[Instrument] | None = None, cache: "PassCache | None" = None):
+    def __init__(self, passes: list[Pass], instruments: "list[Instrument | Callable] | None" = None,
+                 cache: "PassCache | None" = None):
         self.passes = passes
-        self.instruments = instruments or []
+        self.instruments = [i if isinstance(i, Instrument) else _AfterPass(i) for i in instruments or []]
         self.cache = cache  # reuse outputs of passes whose inputs are unchanged (pipeline/cache.py)
 
     def run(self, state: ModelState, ctx: PassContext) -> tuple[ModelState, list[PassRecord]]:
@@ -46,6 +66,8 @@ class PassManager:
             done = [r.name for r in records]
             if state.kind not in p.accepts:
                 raise PassFailure(p.name, f"accepts {[k.value for k in p.accepts]} but got a {state.kind.value} model", done)
+            for instrument in self.instruments:
+                instrument.run_before_pass(p, state, ctx)
             started = time.perf_counter()
             result = None
             if self.cache:
@@ -70,7 +92,7 @@ class PassManager:
             record = PassRecord(p.name, wall_s, result.modified, result.state.size_bytes(), result.metrics,
                                 cached=cached, cache_key=key)
             for instrument in self.instruments:
-                instrument(p, result, record)
+                instrument.run_after_pass(p, result, record)
             logger.info("pass %s: %.1f s, %d bytes", p.name, record.wall_s, record.size_bytes)
             records.append(record)
             state = result.state

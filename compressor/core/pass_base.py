@@ -32,7 +32,7 @@ class PassContext:
     selection: "LabelledTexts"  # labelled data for choosing between candidates (validation split)
     # The FP32 original's score on `selection` in the gated metric (accuracy; entity F1 for a tagger).
     reference_selection_accuracy: float
-    # A UI hook, like job.TaskFactory: progress(description, total) returns an advance(n) callable.
+    # A UI hook, like pipeline.prepare.ProgressFactory: progress(description, total) returns an advance(n) callable.
     progress: Optional[Callable[[str, int], Callable[[int], None]]] = None
     # Persistent dir for checkpoints that let a long pass resume after an interruption (the pass
     # cache's dir when caching is on); None = scratch space inside work_dir.

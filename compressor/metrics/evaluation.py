@@ -15,6 +15,7 @@ warm-up calls discarded; p50/p95 are over the timed calls.
 
 from __future__ import annotations
 
+import math
 import time
 from dataclasses import dataclass, field
 from typing import Protocol
@@ -293,6 +294,30 @@ def measure_latency(runner: Runner, inputs: dict[str, np.ndarray], warmup: int =
         times[i] = (time.perf_counter() - started) * 1000.0
     batch, seq = feed["input_ids"].shape
     return LatencyResult(batch, seq, float(np.percentile(times, 50)), float(np.percentile(times, 95)), iterations, times.tolist())
+
+
+RACE_ROUNDS = 5  # interleaved rounds of every latency comparison (the gate, quantize candidates, CPU targets)
+
+
+def b1_b8_shapes(sequence_length: int, iterations: int) -> list[tuple[int, int, int]]:
+    """(batch, sequence, calls) for a choice between builds: batch 1 with ``iterations`` calls,
+    batch 8 with a quarter of them (each call is about 8x longer)."""
+    return [(1, sequence_length, iterations), (8, sequence_length, max(RACE_ROUNDS, iterations // 4))]
+
+
+def latency_race(runners: dict[str, Runner], tokenizer, texts: list[str], shapes: list[tuple[int, int, int]],
+                 warmup: int = 3, on_shape=None) -> dict[tuple[int, int], dict[str, LatencyResult]]:
+    """Every runner at every (batch, sequence, calls) shape on the same real texts, in
+    ``RACE_ROUNDS`` interleaved rounds (fewer when there are fewer calls), so that machine noise
+    hits all runners alike: {(batch, sequence): {runner name: LatencyResult}}."""
+    results = {}
+    for batch, sequence, calls in shapes:
+        rounds = min(RACE_ROUNDS, calls)
+        inputs = latency_inputs(tokenizer, texts, batch, sequence)
+        results[(batch, sequence)] = interleaved_latency(runners, inputs, rounds, math.ceil(calls / rounds), warmup)
+        if on_shape:
+            on_shape(1)
+    return results
 
 
 def interleaved_latency(runners: dict[str, Runner], inputs: dict[str, np.ndarray], rounds: int = 5,

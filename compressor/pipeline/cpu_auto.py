@@ -1,146 +1,155 @@
 """``--target cpu-auto``: build every CPU target (onnx-cpu, openvino-cpu), gate each on the eval
 data, race the builds, and keep the faster one that passes its gates.
 
-Criterion: p50 latency at batch 1 and the recipe's ``max_length``, both builds measured in ONE
-process in interleaved rounds (evaluation.interleaved_latency), so machine noise hits both alike.
-Batch 8 is measured and reported too, but does not decide. Builds whose batch-1 p50 are within
-``quantize.latency_tie_tolerance`` of each other are tied, and the first target in
-``CPU_AUTO_TARGETS`` wins (onnx-cpu: the build with fewer runtime dependencies), so near-equal
-timings do not flip the choice between runs. When neither build passes its gates, the one with the
-smallest accuracy drop is kept and the run fails (exit 3), as a single-target run would.
+An orchestrator above the job: one validation for every target, one reference (the FP32
+original is evaluated once), then ``job.build_target`` per target into ``candidates/NAME`` of the
+final build's staging dir. A target stopped by a gate after a pass has no build and counts as
+failed.
 
-Each candidate is built by the ordinary job (compressor/pipeline/job.py) inside the final build's staging
-dir; the kept build's files move to the top of it, the other's report stays in ``candidates/``,
-and the kept report gains a ``cpu_auto`` section: the criterion, both candidates' gates, accuracy
-and raced latency, and the reason for the choice. The build appears in ``--out`` only when complete.
+Criterion: p50 latency at batch 1 and the recipe's ``max_length``, the builds measured in ONE
+process in interleaved rounds (metrics.evaluation.latency_race), so machine noise hits both alike.
+Batch 8 is measured and reported too, but does not decide. The choice follows
+metrics.selection.fastest_within_budget: builds whose batch-1 p50 are within
+``quantize.latency_tie_tolerance`` of each other are tied and the first target in
+``CPU_AUTO_TARGETS`` wins (onnx-cpu: the build with fewer runtime dependencies), so near-equal
+timings do not flip the choice between runs. When no build passes its gates, the one with the best
+gated metric (the smallest drop) is kept and the run fails (exit 3), as a single-target run would.
+
+The kept build's files move to the top of the staging dir, the others' reports stay in
+``candidates/NAME.report.json``, and the kept report gains a ``cpu_auto`` section: the criterion,
+every candidate's gates, gated metric and raced latency, and the reason for the choice.
 """
 
 from __future__ import annotations
 
-import dataclasses
-import json
-import os
 import shutil
+import time
+from dataclasses import dataclass
 from pathlib import Path
 
 from mcompress.core.errors import GateFailure
-from mcompress.metrics.evaluation import interleaved_latency, latency_inputs
-from mcompress.pipeline.outputs import check_output_dir, staged_dir
-from mcompress.core.recipe import load_recipe
+from mcompress.metrics.evaluation import RACE_ROUNDS, b1_b8_shapes, latency_race
 from mcompress.metrics.machine import other_processes_cpu
+from mcompress.metrics.selection import fastest_within_budget
+from mcompress.pipeline.job import TargetBuild, build_target, raise_for_outcome
+from mcompress.pipeline.outputs import staged_dir
+from mcompress.pipeline.prepare import Prepared, ProgressFactory, RunRequest, prepare
+from mcompress.pipeline.reference import Reference, measure_reference
 from mcompress.report.markdown import write_report
-from mcompress.targets import CPU_AUTO, CPU_AUTO_TARGETS, get_target
+from mcompress.targets import CPU_AUTO, CPU_AUTO_TARGETS
 
 CANDIDATES_DIR = "candidates"
 
 
-def run_cpu_auto(req, task) -> dict:
-    from mcompress.core.checkpoint import inspect_checkpoint
-    from mcompress.pipeline.job import run
-    from mcompress.pipeline.pass_gates import check_gate_passes
+@dataclass
+class Candidate:
+    name: str
+    build: TargetBuild | None  # None: a gate after a pass stopped it
+    stopped: str | None = None  # that gate's message
 
-    # Everything a user can get wrong, for every target, before the first build starts.
-    recipe = load_recipe(req.recipe_path).with_overrides(**req.overrides)
-    targets = {name: get_target(name) for name in CPU_AUTO_TARGETS}
-    for target in targets.values():
-        target.check_available()
-        target.validate_recipe(recipe)
-        check_gate_passes(recipe, [p.name for p in target.pipeline(recipe)])
-    out = req.out or Path("build") / f"{req.model_dir.resolve().name}-{CPU_AUTO}"
-    input_paths = [req.model_dir] + [p for p in (req.eval_data, req.calib_data, req.recipe_path) if p]
-    check_output_dir(out, req.force, input_paths)
-    inspect_checkpoint(req.model_dir, allow_pickle=req.allow_pickle)
+    @property
+    def passed(self) -> bool:
+        return self.build is not None and self.build.passed
 
+
+def run_cpu_auto(req: RunRequest, progress: ProgressFactory) -> dict:
+    started = time.perf_counter()
+    prepared = prepare(req, CPU_AUTO_TARGETS)
+    out = prepared.out
+    reference = measure_reference(prepared, progress)
     with staged_dir(out) as staging:
         work = staging / CANDIDATES_DIR
-        reports: dict[str, dict] = {}
-        for name in CPU_AUTO_TARGETS:
-            build = work / name
-            try:
-                reports[name] = run(dataclasses.replace(req, target=name, out=build, force=False), task)
-            except GateFailure:  # the build and its report are written; the race still measures it
-                reports[name] = json.loads((build / "report.json").read_text())
-        choice = _race(reports, {n: work / n for n in reports}, targets, recipe, req, task)
-        chosen = choice["chosen"]
-        for path in (work / chosen).iterdir():
-            shutil.move(str(path), staging / path.name)
-        for name in reports:
-            if name != chosen:
-                shutil.copyfile(work / name / "report.json", work / f"{name}.report.json")
-            shutil.rmtree(work / name)
-        report = reports[chosen]
-        report["cpu_auto"] = choice
-        write_report(report, staging)
-    report["out"] = str(Path(out).resolve())
-    if not report["passed"]:
-        failed = "; ".join(f"{g['name']} {g['value']:.3f} {g['unit']} vs budget {g['threshold']}"
-                           for g in report["gates"] if not g["passed"])
-        raise GateFailure(f"gate failed: no CPU target passed its gates; kept {chosen} (smallest accuracy drop): "
-                          f"{failed}. Report: {Path(out) / 'report.md'}")
-    return report
+        candidates = [_build(prepared, reference, name, work / name, progress, started) for name in CPU_AUTO_TARGETS]
+        built = [c for c in candidates if c.build is not None]
+        if not built:
+            raise GateFailure(f"no CPU target produced a build: {'; '.join(c.stopped for c in candidates)}")
+        choice = _choose(candidates, _race(built, prepared, reference, progress), prepared.recipe)
+        kept = next(c for c in candidates if c.name == choice["chosen"]).build
+        _keep(kept, built, staging, work)
+        kept.report["cpu_auto"] = choice
+        write_report(kept.report, staging)
+    kept.report["out"] = str(Path(out).resolve())
+    raise_for_outcome(kept, Path(out), prefix=f"no CPU target passed its gates; kept {kept.target.name} "
+                                              "(smallest drop of the gated metric): ")
+    return kept.report
 
 
-def _race(reports: dict[str, dict], builds: dict[str, Path], targets: dict, recipe, req, task) -> dict:
-    """Interleaved latency of the built artifacts; the choice and why."""
-    from transformers import AutoTokenizer
+def _build(prepared: Prepared, reference: Reference, name: str, out_dir: Path, progress, started: float) -> Candidate:
+    out_dir.mkdir(parents=True)
+    try:
+        return Candidate(name, build_target(prepared, reference, prepared.targets[name], out_dir, progress, started))
+    except GateFailure as stop:  # a gate after a pass: this target has no build; the others still race
+        shutil.rmtree(out_dir, ignore_errors=True)
+        return Candidate(name, None, str(stop))
 
-    from mcompress.core.checkpoint import inspect_checkpoint
-    from mcompress.pipeline.job import resolve_data
 
-    ckpt = inspect_checkpoint(req.model_dir, allow_pickle=req.allow_pickle)
-    tokenizer = AutoTokenizer.from_pretrained(ckpt.path, local_files_only=True)
-    texts = resolve_data(req, ckpt.label2id).eval.head(recipe.eval.max_examples).texts
-    threads = recipe.latency.threads or os.cpu_count()
-    runners = {}
-    for name, report in reports.items():
-        target = targets[name]
-        target.validate_recipe(recipe)  # runner settings (e.g. OpenVINO inference precision) from the recipe
-        runners[name] = target.runner(builds[name] / report["artifact"]["model_file"], threads)
-    seq = recipe.max_length
-    rounds = 5
-    per_round = max(2, recipe.latency.iterations // rounds)
-    advance = task("racing CPU targets", 2)
+def _keep(kept: TargetBuild, built: list[Candidate], staging: Path, work: Path) -> None:
+    """The kept build's files to the top of the staging dir; the others' reports beside them."""
+    for path in kept.out_dir.iterdir():
+        shutil.move(str(path), staging / path.name)
+    for c in built:
+        if c.build is not kept:
+            shutil.copyfile(c.build.out_dir / "report.json", work / f"{c.name}.report.json")
+        shutil.rmtree(c.build.out_dir)
+
+
+def _race(built: list[Candidate], prepared: Prepared, reference: Reference, progress) -> dict:
+    """Interleaved latency of the built artifacts at batch 1 and 8: {name: {"b1": ..., "b8": ...}}."""
+    recipe = prepared.recipe
+    runners = {c.name: c.build.gated.runner for c in built}
+    shapes = b1_b8_shapes(recipe.max_length, recipe.latency.iterations)
     load_before = other_processes_cpu(0.5)
-    race = {}
-    for batch, calls in ((1, per_round), (8, max(2, per_round // 4))):
-        measured = interleaved_latency(runners, latency_inputs(tokenizer, texts, batch, seq), rounds, calls)
-        for name, result in measured.items():
-            race.setdefault(name, {})[f"b{batch}"] = result.as_dict()
-        advance(1)
+    raced = latency_race(runners, reference.tokenizer, prepared.eval_data.texts, shapes,
+                         on_shape=progress("racing CPU targets", len(shapes)))
     load_after = other_processes_cpu(0.5)
+    race = {c.name: {f"b{b}": raced[(b, s)][c.name].as_dict() for b, s, _ in shapes} for c in built}
+    return {"race": race, "rounds": min(RACE_ROUNDS, shapes[0][2]), "threads": reference.threads,
+            "other_processes_cpu_percent": max(load_before, load_after)}
 
-    candidates = {}
-    for name, report in reports.items():
-        gate = next(g for g in report["gates"] if g["name"] == "accuracy_drop")
-        candidates[name] = {"passed": report["passed"], "accuracy": report["build"]["accuracy"],
-                            "accuracy_drop": gate["value"], "runtime": report["build"]["runtime"],
-                            "model_bytes": report["artifact"]["model_bytes"],
-                            "failed_gates": [g["name"] for g in report["gates"] if not g["passed"]],
-                            "race": race[name]}
+
+def _summary(c: Candidate, race: dict) -> dict:
+    if c.build is None:
+        return {"passed": False, "stopped": c.stopped, "failed_gates": ["gates.after"], "race": None}
+    report = c.build.report
+    gate = next(g for g in report["gates"] if g["name"] == f"{report['metric']}_drop")
+    return {"passed": report["passed"], "metric": report["metric"], "score": c.build.gated.candidate.score,
+            "accuracy": report["build"]["accuracy"], "drop": gate["value"], "accuracy_drop": gate["value"],
+            "runtime": report["build"]["runtime"], "model_bytes": report["artifact"]["model_bytes"],
+            "failed_gates": [g["name"] for g in report["gates"] if not g["passed"]], "race": race[c.name]}
+
+
+def _choose(candidates: list[Candidate], raced: dict, recipe) -> dict:
+    race = raced["race"]
+    summaries = {c.name: _summary(c, race) for c in candidates}
     b1 = {name: race[name]["b1"]["p50_ms"] for name in race}
-    passing = [n for n in CPU_AUTO_TARGETS if candidates[n]["passed"]]
     tolerance = recipe.quantize.latency_tie_tolerance
-    if passing:
-        best = min(b1[n] for n in passing)
-        chosen = next(n for n in passing if b1[n] <= best * (1 + tolerance))
-        others = [n for n in CPU_AUTO_TARGETS if n != chosen]
-        parts = []
-        for other in others:
-            if not candidates[other]["passed"]:
-                parts.append(f"{other} failed its gates ({', '.join(candidates[other]['failed_gates'])})")
-            elif b1[other] < b1[chosen]:
-                parts.append(f"{other} was {b1[other]:.2f} ms, within the {tolerance:.0%} tie tolerance, and ties go "
-                             f"to {chosen} (listed first)")
-            else:
-                parts.append(f"{other} was {b1[other]:.2f} ms ({b1[other] / b1[chosen]:.2f}× slower)")
+    built = [c.name for c in candidates if c.build is not None]
+    choice = fastest_within_budget(built, lambda n: summaries[n]["passed"], lambda n: b1[n],
+                                   lambda n: summaries[n]["score"], tolerance)
+    chosen = choice.chosen
+    seq = recipe.max_length
+    if choice.within_budget:
         reason = (f"passed its gates with the lowest batch-1 p50 at sequence {seq}: {b1[chosen]:.2f} ms; "
-                  + "; ".join(parts))
+                  + "; ".join(_why_not(n, chosen, summaries, b1, tolerance) for n in summaries if n != chosen))
     else:
-        chosen = min(CPU_AUTO_TARGETS, key=lambda n: candidates[n]["accuracy_drop"])
-        reason = "no CPU target passed its gates; kept the one with the smallest accuracy drop"
+        reason = "no CPU target passed its gates; kept the one with the smallest drop of the gated metric"
     return {"criterion": f"fastest p50 at batch 1, sequence {seq} among the builds that pass their gates "
                          f"(ties within {tolerance:.0%} go to the first of {', '.join(CPU_AUTO_TARGETS)})",
-            "chosen": chosen, "reason": reason, "candidates": candidates, "sequence_length": seq,
-            "race_rounds": rounds, "threads": threads,
-            "other_processes_cpu_percent": max(load_before, load_after),
-            "candidate_reports": {n: f"{CANDIDATES_DIR}/{n}.report.json" for n in reports if n != chosen}}
+            "chosen": chosen, "reason": reason, "candidates": summaries, "sequence_length": seq,
+            "race_rounds": raced["rounds"], "threads": raced["threads"],
+            "other_processes_cpu_percent": raced["other_processes_cpu_percent"],
+            "candidate_reports": {n: f"{CANDIDATES_DIR}/{n}.report.json" for n in built if n != chosen}}
+
+
+def _why_not(other: str, chosen: str, summaries: dict, b1: dict, tolerance: float) -> str:
+    if summaries[other]["race"] is None:
+        return f"{other} was stopped by a gate after a pass ({summaries[other]['stopped']})"
+    if not summaries[other]["passed"]:
+        return f"{other} failed its gates ({', '.join(summaries[other]['failed_gates'])})"
+    if b1[other] < b1[chosen]:
+        return (f"{other} was {b1[other]:.2f} ms, within the {tolerance:.0%} tie tolerance, and ties go "
+                f"to {chosen} (listed first)")
+    return f"{other} was {b1[other]:.2f} ms ({b1[other] / b1[chosen]:.2f}× slower)"
+
+
+__all__ = ["run_cpu_auto", "CPU_AUTO", "CANDIDATES_DIR"]

@@ -12,6 +12,7 @@ import logging
 from typing import Callable
 
 from mcompress.core.errors import GateFailure, InputError
+from mcompress.core.manager import Instrument
 from mcompress.metrics.gates import GateResult, accuracy_drop_gate
 
 logger = logging.getLogger(__name__)
@@ -25,9 +26,9 @@ def check_gate_passes(recipe, pass_names: list[str]) -> None:
                          f"runs {', '.join(pass_names)}.", "Name passes of the pipeline (e.g. prune, distill, quantize).")
 
 
-class PassGate:
+class PassGate(Instrument):
     """``evaluate(pass, state) -> EvalResult`` evaluates a pass's model on the eval data (or
-    returns the evaluation already made for it)."""
+    returns the evaluation already made for it: instruments.PassEvaluations)."""
 
     def __init__(self, recipe, reference, evaluate: Callable):
         self.after = list(recipe.gates.after)
@@ -38,7 +39,7 @@ class PassGate:
         self.evaluate = evaluate
         self.results: list[GateResult] = []
 
-    def __call__(self, p, result, record) -> None:
+    def run_after_pass(self, p, result, record) -> None:
         if p.name not in self.after:
             return
         candidate = self.evaluate(p, result.state)

@@ -12,7 +12,7 @@ The OpenVINO CPU plugin runs the FakeQuantize pairs as INT8 kernels (VNNI/AMX).
 
 With ``openvino.accuracy_control`` (the default) the pass calls
 ``nncf.quantize_with_accuracy_control``: NNCF scores the FP32 IR and the INT8 IR on the selection
-(validation) split with a task metric (accuracy here) and, while the drop is over the recipe's
+(validation) split with the task's gated metric (accuracy; entity F1 for a tagger) and, while the drop is over the recipe's
 budget (``gates.max_drop`` in points, or percent with ``drop_type: relative``), ranks groups of
 quantizers by how much they cost and reverts the worst to float, one group at a time. The
 operations reverted are reported. Without it the pass calls ``nncf.quantize``.
@@ -28,6 +28,7 @@ import numpy as np
 
 from mcompress.calibration.datasets import length_batches, tokenize
 from mcompress.core.pass_base import Pass, PassContext, PassResult
+from mcompress.metrics.evaluation import evaluate, metric_from_counts
 from mcompress.core.state import ModelKind, ModelState
 
 logger = logging.getLogger(__name__)
@@ -74,6 +75,20 @@ def quantized_operations(model) -> list[str]:
                 names.append(op.get_friendly_name())
                 break
     return names
+
+
+class _CompiledRunner:
+    """A compiled OpenVINO model as a Runner (metrics.evaluation), for NNCF's validation calls."""
+
+    name = "openvino (NNCF accuracy control)"
+
+    def __init__(self, compiled, input_names: list[str]):
+        self.compiled = compiled
+        self.input_names = input_names
+        self._logits = compiled.output("logits")
+
+    def logits(self, inputs: dict[str, np.ndarray]) -> np.ndarray:
+        return np.asarray(self.compiled({k: inputs[k] for k in self.input_names})[self._logits], dtype=np.float32)
 
 
 def _inputs(model) -> list[str]:
@@ -163,23 +178,21 @@ class QuantizeNNCF(Pass):
         recipe, cfg = ctx.recipe, ctx.recipe.openvino
         selection = ctx.selection.head(recipe.quantize.selection_examples)
         input_names = _inputs(model)
+        # One item per length bucket; each is scored by the task's own metric (accuracy, entity F1)
+        # on its examples, as the gate scores the build.
         items = []
         for idx in length_batches(selection.texts, cfg.validation_batch_size):
             batch = tokenize(state.tokenizer, [selection.texts[i] for i in idx], recipe.max_length)
-            items.append({"inputs": {k: v for k, v in batch.items() if k in input_names},
-                          "labels": np.asarray([selection.labels[i] for i in idx])})
+            items.append({"inputs": {k: v for k, v in batch.items() if k in input_names}, "examples": list(idx)})
         validation = nncf.Dataset(items, lambda item: item["inputs"])
 
-        def accuracy(compiled, data) -> tuple[float, list[float]]:
-            """Accuracy over the items, and each item's own accuracy (NNCF ranks layers with these)."""
-            logits_port = compiled.output("logits")
-            correct, count, per_item = 0, 0, []
-            for item in data:
-                logits = compiled(item["inputs"])[logits_port]
-                hits = int((np.asarray(logits).argmax(-1) == item["labels"]).sum())
-                correct, count = correct + hits, count + len(item["labels"])
-                per_item.append(hits / len(item["labels"]))
-            return correct / max(count, 1), per_item
+        def metric(compiled, data) -> tuple[float, list[float]]:
+            """The gated metric over the items, and each item's own (NNCF ranks layers with these)."""
+            runner = _CompiledRunner(compiled, input_names)
+            results = [evaluate(runner, state.tokenizer, selection.select(item["examples"]), recipe.max_length,
+                                len(item["examples"]), what="NNCF accuracy control") for item in data]
+            total = metric_from_counts(results[0].metric, np.concatenate([r.stats for r in results]).sum(axis=0))
+            return float(total), [r.score for r in results]
 
         # NNCF's budget is in the metric's own units: accuracy in [0, 1], so points / 100; its
         # relative drop is a fraction of the original metric, so percent / 100.
@@ -195,5 +208,5 @@ class QuantizeNNCF(Pass):
         if "advanced_parameters" in options:  # the same object under another keyword here
             options["advanced_quantization_parameters"] = options.pop("advanced_parameters")
         return nncf.quantize_with_accuracy_control(
-            model, calibration, validation, accuracy, max_drop=recipe.gates.max_drop / 100.0, drop_type=drop_type,
+            model, calibration, validation, metric, max_drop=recipe.gates.max_drop / 100.0, drop_type=drop_type,
             advanced_accuracy_restorer_parameters=AdvancedAccuracyRestorerParameters(**restorer), **options)

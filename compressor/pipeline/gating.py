@@ -1,0 +1,96 @@
+"""Step 4: build the target's artifact into the staging dir and gate the file that ships — a
+fresh runner on the final model file, evaluated on the eval data, timed beside the original.
+
+Latency: every (batch, sequence) shape of the recipe, the original and the build alternating in
+interleaved rounds (metrics.evaluation.latency_race), so machine noise hits both alike. The
+latency gates read batch 1 at sequence 128 (the first shape when 128 is not measured).
+
+A target whose artifact cannot run here (a TensorRT engine without a GPU) gates a stand-in,
+skips the latency gates (the stand-in's latency is not the target's), and the run ends
+UNVERIFIED once the build is written.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from mcompress.calibration.datasets import token_lengths
+from mcompress.core.hashing import file_digest
+from mcompress.core.state import ModelState
+from mcompress.core.target_base import BuildInputs
+from mcompress.metrics.evaluation import EvalResult, LatencyResult, latency_race
+from mcompress.metrics.gates import GateResult, accuracy_drop_gate, latency_gates, size_gate
+from mcompress.pipeline.prepare import Prepared, ProgressFactory
+from mcompress.pipeline.reference import Reference
+
+GATE_SHAPE = (1, 128)  # (batch, sequence) the latency gates read
+
+
+@dataclass
+class GatedBuild:
+    model_file: Path
+    runner: object
+    candidate: EvalResult  # the build on the eval data
+    gates: list[GateResult]
+    latency: dict[str, list[LatencyResult]]  # "reference" / "build": one per shape, in the same order
+    files: dict  # every file of the build: name -> {bytes, sha256}
+    model_bytes: int
+    target_build: dict  # the target's facts about its build (e.g. the engine it compiled)
+    artifact_measured: bool  # False: the gates ran on a stand-in for the target's artifact
+    median_tokens: int
+    truncated_fraction: float
+
+    @property
+    def passed(self) -> bool:
+        return all(g.passed for g in self.gates)
+
+
+def gate_latency(results: list[LatencyResult]) -> LatencyResult:
+    """The measurement the latency gates read (GATE_SHAPE, else the first shape)."""
+    return next((r for r in results if (r.batch_size, r.sequence_length) == GATE_SHAPE), results[0])
+
+
+def _latency(prepared: Prepared, reference: Reference, runner, lengths: np.ndarray, progress: ProgressFactory):
+    latency = prepared.recipe.latency
+    data_length = int(max(2, min(prepared.recipe.max_length, np.median(lengths))))
+    shapes = [(b, data_length if s == "data" else s, latency.iterations)
+              for s in latency.sequence_lengths for b in latency.batch_sizes]
+    raced = latency_race({"reference": reference.runner, "build": runner}, reference.tokenizer,
+                         prepared.eval_data.texts, shapes, latency.warmup, progress("measuring latency", len(shapes)))
+    return {side: [raced[(b, s)][side] for b, s, _ in shapes] for side in ("reference", "build")}
+
+
+def model_bytes(model_file: Path) -> int:
+    """The model file and the files that travel with it (an IR's weights, external ONNX data)."""
+    total = model_file.stat().st_size
+    for companion in (model_file.with_suffix(".bin"), model_file.with_name(model_file.name + ".data")):
+        if companion != model_file and companion.is_file():
+            total += companion.stat().st_size
+    return total
+
+
+def gate_build(prepared: Prepared, reference: Reference, target, state: ModelState, staging: Path,
+               pass_gates: list[GateResult], run_eval, progress: ProgressFactory) -> GatedBuild:
+    recipe = prepared.recipe
+    eval_data = prepared.eval_data
+    lengths = token_lengths(reference.tokenizer, eval_data.texts, 100_000)
+    model_file = target.build(state, staging, BuildInputs(recipe, np.minimum(lengths, recipe.max_length), prepared.cache_root))
+    target_build = target.build_summary(staging)
+    measured = target_build.get("engine_measured", True)
+    runner = target.runner(model_file, reference.threads)
+    candidate = run_eval(runner, eval_data, "the build")
+    gates = [accuracy_drop_gate(reference.eval, candidate, recipe.gates.max_drop, recipe.seed, recipe.gates.drop_type),
+             *pass_gates]
+    latency = _latency(prepared, reference, runner, lengths, progress)
+    if measured:
+        gates += latency_gates(gate_latency(latency["reference"]), gate_latency(latency["build"]),
+                               recipe.gates.max_latency_ms, recipe.gates.min_speedup, recipe.gates.max_latency_p95_ms)
+    size = model_bytes(model_file)
+    if recipe.gates.max_size_ratio is not None:
+        gates.append(size_gate(size, reference.size_bytes, recipe.gates.max_size_ratio))
+    files = {p.name: {"bytes": p.stat().st_size, "sha256": file_digest(p)} for p in sorted(staging.iterdir()) if p.is_file()}
+    return GatedBuild(model_file, runner, candidate, gates, latency, files, size, target_build, measured,
+                      int(np.median(lengths)), round(float((lengths > recipe.max_length).mean()), 4))

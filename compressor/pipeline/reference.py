@@ -1,0 +1,61 @@
+"""Step 2: the reference every build is measured against — the FP32 PyTorch original, evaluated
+on the eval data (and on the selection split that passes choose candidates on), its size and FLOPs.
+Computed once per run; cpu-auto shares it between its targets."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from typing import Any
+
+from mcompress.core.state import ModelKind, ModelState
+from mcompress.metrics.evaluation import EvalResult, TorchRunner, evaluate
+from mcompress.metrics.flops import encoder_flops
+from mcompress.pipeline.prepare import Prepared, ProgressFactory
+
+FLOPS_SEQUENCE = 128  # FLOPs are counted at batch 1 and this sequence length
+
+
+@dataclass
+class Reference:
+    model: Any  # the torch model
+    tokenizer: Any
+    runner: TorchRunner
+    threads: int
+    eval: EvalResult
+    selection: EvalResult  # on the selection split (the eval result itself when there is none)
+    size_bytes: int
+    flops: int
+
+    def state(self, prepared: Prepared) -> ModelState:
+        """The first pass's input."""
+        return ModelState(ModelKind.TORCH, prepared.checkpoint, self.tokenizer, torch_model=self.model)
+
+
+def evaluator(prepared: Prepared, tokenizer, progress: ProgressFactory):
+    """``evaluate(runner, data, label)`` with the run's settings and a progress bar."""
+    recipe = prepared.recipe
+
+    def run_eval(runner, dataset, label: str) -> EvalResult:
+        advance = progress(f"evaluating {label}", len(dataset))
+        return evaluate(runner, tokenizer, dataset, recipe.max_length, recipe.eval.batch_size, advance, what=label)
+
+    return run_eval
+
+
+def measure_reference(prepared: Prepared, progress: ProgressFactory) -> Reference:
+    import torch
+
+    from mcompress.core.checkpoint import load_model_and_tokenizer
+
+    recipe = prepared.recipe
+    torch.manual_seed(recipe.seed)
+    model, tokenizer = load_model_and_tokenizer(prepared.checkpoint)
+    threads = recipe.latency.threads or os.cpu_count()
+    runner = TorchRunner(model, threads)
+    run_eval = evaluator(prepared, tokenizer, progress)
+    on_eval = run_eval(runner, prepared.eval_data, "PyTorch FP32")
+    on_selection = (on_eval if prepared.data.selection is prepared.data.eval
+                    else run_eval(runner, prepared.selection_data, "PyTorch FP32 (selection split)"))
+    size = ModelState(ModelKind.TORCH, prepared.checkpoint, tokenizer, torch_model=model).size_bytes()
+    return Reference(model, tokenizer, runner, threads, on_eval, on_selection, size, encoder_flops(model, FLOPS_SEQUENCE))

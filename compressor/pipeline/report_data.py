@@ -1,0 +1,81 @@
+"""Step 5: the report of one target build, from what the earlier steps measured."""
+
+from __future__ import annotations
+
+from mcompress import __version__
+from mcompress.core.manager import PassRecord
+from mcompress.metrics.machine import library_versions, machine_info
+from mcompress.pipeline.gating import GatedBuild
+from mcompress.pipeline.prepare import Prepared
+from mcompress.pipeline.reference import Reference
+
+REPORT_SCHEMA = 1
+
+
+def _pass_scores(evaluation: dict) -> dict:
+    """A pass's figures on the eval data (EvalResult.summary()); accuracy and macro-F1 are None
+    when the pass's model was not evaluated."""
+    keys = ("score", "accuracy", "macro_f1", "entity_f1", "precision", "recall")
+    return {"accuracy": None, "macro_f1": None, **{k: evaluation[k] for k in keys if k in evaluation}}
+
+
+def _entity_details(result) -> dict:
+    """A tagger's per entity type scores and truncated words, for the report."""
+    if result.metric != "entity_f1":
+        return {}
+    per_type = {t: {k: round(v, 6) if isinstance(v, float) else v for k, v in s.items()}
+                for t, s in result.details["per_type"].items()}
+    return {"per_entity": per_type, "truncated_words": result.details["truncated_words"]}
+
+
+def _pass_entry(r: PassRecord) -> dict:
+    return {"name": r.name, "wall_s": round(r.wall_s, 2), "modified": r.modified, "size_bytes": r.size_bytes,
+            **_pass_scores(r.evaluation),
+            "flops_seq128": r.evaluation.get("flops_seq128"), "gate": r.evaluation.get("gate"),
+            "latency": r.evaluation.get("latency"),
+            "metrics": r.metrics,
+            "cached": r.cached, "cache_key": r.cache_key}
+
+
+def _data_section(prepared: Prepared, gated: GatedBuild) -> dict:
+    eval_data, data = prepared.eval_data, prepared.data
+    return {
+        "eval": {"source": eval_data.source, "examples": len(eval_data), "sha256": eval_data.content_hash(),
+                 "median_tokens": gated.median_tokens, "truncated_fraction": gated.truncated_fraction},
+        "selection": {"source": data.selection.source, "examples": len(prepared.selection_data)},
+        "calibration": {"source": data.calibration.source, "examples": len(data.calibration)},
+        "notes": data.notes,
+    }
+
+
+def assemble_report(prepared: Prepared, reference: Reference, target, state, records: list[PassRecord],
+                    gated: GatedBuild, wall_s: float) -> dict:
+    ckpt = prepared.checkpoint
+    report = {
+        "schema": REPORT_SCHEMA,
+        "mcompress_version": __version__,
+        "target": target.name,
+        "recipe": prepared.recipe.model_dump(mode="json"),
+        "versions": library_versions(),
+        "machine": machine_info(),
+        "source": {"path": str(ckpt.path), "sha256": ckpt.content_hash, "model_type": ckpt.model_type,
+                   "architecture": ckpt.architecture, "task": ckpt.task, "labels": ckpt.id2label},
+        "data": _data_section(prepared, gated),
+        "metric": prepared.metric,
+        "reference": {"runtime": reference.runner.name, **reference.eval.summary(), **_entity_details(reference.eval),
+                      "size_bytes": reference.size_bytes, "flops_seq128": reference.flops},
+        "passes": [_pass_entry(r) for r in records],
+        "build": {"runtime": gated.runner.name, **gated.candidate.summary(), **_entity_details(gated.candidate)},
+        "latency": {side: [r.as_dict() for r in results] for side, results in gated.latency.items()},
+        "gates": [g.as_dict() for g in gated.gates],
+        "passed": gated.passed,
+        "artifact": {"model_file": gated.model_file.name, "model_bytes": gated.model_bytes,
+                     "size_ratio": round(gated.model_bytes / reference.size_bytes, 4),
+                     "quantization": state.annotations.get("quantization", "none"),
+                     "float_layers": state.annotations.get("float_layers", []),
+                     "graph": state.annotations.get("graph"), "files": gated.files},
+        "wall_s": round(wall_s, 1),
+    }
+    if gated.target_build:
+        report["target_build"] = gated.target_build
+    return report
