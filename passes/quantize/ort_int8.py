@@ -29,7 +29,8 @@ import numpy as np
 
 from mcompress.calibration.datasets import tokenize
 from mcompress.core.errors import NumericalFault
-from mcompress.metrics.evaluation import evaluate, interleaved_latency, latency_inputs
+from mcompress.metrics.evaluation import b1_b8_shapes, evaluate, latency_race
+from mcompress.metrics.selection import fastest_within_budget
 from mcompress.metrics.gates import metric_drop
 from mcompress.core.pass_base import Pass, PassContext, PassResult
 from mcompress.core.state import ModelKind, ModelState
@@ -197,11 +198,12 @@ class QuantizeInt8(Pass):
             chosen = next(iter(candidates))
         else:
             scores = self._score_all(candidates, state, ctx)
-            within = [n for n, s in scores.items() if s["within_budget"]]
-            chosen = (self._fastest(within, scores, cfg.latency_tie_tolerance) if within
-                      else max(scores, key=lambda n: scores[n]["accuracy"]))
+            choice = fastest_within_budget(list(scores), lambda n: scores[n]["within_budget"],
+                                           lambda n: scores[n]["latency_score_ms"], lambda n: scores[n]["accuracy"],
+                                           cfg.latency_tie_tolerance)
+            chosen = choice.chosen
             metrics["candidates"] = scores
-            metrics["choice_reason"] = ("fastest candidate within the accuracy budget" if within
+            metrics["choice_reason"] = ("fastest candidate within the accuracy budget" if choice.within_budget
                                         else "no candidate within budget; kept the most accurate")
         metrics["chosen"] = chosen
         logger.info("quantize: chose %s", chosen)
@@ -215,14 +217,6 @@ class QuantizeInt8(Pass):
         return PassResult(chosen_state, candidates[chosen] != state.onnx_path, metrics)
 
     @staticmethod
-    def _fastest(names: list[str], scores: dict, tie_tolerance: float) -> str:
-        """The fastest by latency score; candidates within ``tie_tolerance`` of it are a tie,
-        broken by candidate order (mode order, then graph variant order), so that timing noise
-        between near-equal candidates does not change the build from run to run."""
-        best = min(scores[n]["latency_score_ms"] for n in names)
-        return next(n for n in names if scores[n]["latency_score_ms"] <= best * (1 + tie_tolerance))
-
-    @staticmethod
     def _score_all(candidates: dict[str, Path], state: ModelState, ctx: PassContext) -> dict[str, dict]:
         """Accuracy on the selection split; p50 at batch 1 and 8, sequence 128, measured in
         interleaved rounds across candidates. The latency score is the geometric mean of batch-1
@@ -230,11 +224,8 @@ class QuantizeInt8(Pass):
         recipe = ctx.recipe
         runners = {name: ctx.target.runner(path, recipe.latency.threads) for name, path in candidates.items()}
         selection = ctx.selection.head(recipe.quantize.selection_examples)
-        rounds = 5
-        per_round = max(2, recipe.latency.iterations // rounds)
-        b1 = interleaved_latency(runners, latency_inputs(state.tokenizer, selection.texts, 1, 128), rounds, per_round)
-        b8 = interleaved_latency(runners, latency_inputs(state.tokenizer, selection.texts, 8, 128), rounds,
-                                 max(1, per_round // 4))
+        raced = latency_race(runners, state.tokenizer, selection.texts, b1_b8_shapes(128, recipe.latency.iterations))
+        b1, b8 = raced[(1, 128)], raced[(8, 128)]
         scores = {}
         for name, runner in runners.items():
             # the task's metric: accuracy, or entity F1 for a tagger
