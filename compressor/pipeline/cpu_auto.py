@@ -94,8 +94,7 @@ def _race(reports: dict[str, dict], builds: dict[str, Path], targets: dict, reci
     runners = {}
     for name, report in reports.items():
         target = targets[name]
-        target.validate_recipe(recipe)  # runner settings (e.g. OpenVINO inference precision) from the recipe
-        runners[name] = target.runner(builds[name] / report["artifact"]["model_file"], threads)
+        runners[name] = target.runner(builds[name] / report["artifact"]["model_file"], threads, target.settings(recipe))
     seq = recipe.max_length
     rounds = 5
     per_round = max(2, recipe.latency.iterations // rounds)

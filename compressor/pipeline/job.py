@@ -169,7 +169,8 @@ def run(req: RunRequest, task: TaskFactory = _no_ui) -> dict:
                           resume_dir=cache_root / "resume" if cache_root else None)
 
         evaluated = {}  # pass name -> EvalResult on the eval data, shared with the gates after passes
-        pass_runner = lambda s: TorchRunner(s.torch_model, threads) if s.kind is ModelKind.TORCH else target.runner(s.model_file, threads)
+        settings = target.settings(recipe)
+        pass_runner = lambda s: TorchRunner(s.torch_model, threads) if s.kind is ModelKind.TORCH else target.runner(s.model_file, threads, settings)
         # Batch-1 latency of every pass's model, at the shape the latency gates use.
         pass_seq = 128 if 128 in recipe.latency.sequence_lengths else next(
             (s for s in recipe.latency.sequence_lengths if isinstance(s, int)), 128)
@@ -203,13 +204,13 @@ def run(req: RunRequest, task: TaskFactory = _no_ui) -> dict:
         # 3. Gate the artifact that ships: a fresh session on the final file.
         with staged_dir(out) as staging:
             lengths = token_lengths(tokenizer, eval_data.texts, 100_000)
-            model_file = target.build(state, staging, BuildInputs(recipe, np.minimum(lengths, recipe.max_length), cache_root))
+            build = target.build(state, staging, BuildInputs(recipe, np.minimum(lengths, recipe.max_length), cache_root))
+            model_file = build.model_file
             # A target whose artifact cannot run here (a TensorRT engine without a GPU) gates a
             # stand-in, skips the latency gates (the stand-in's latency is not the target's) and
             # the run ends with TargetUnavailable once the build is written.
-            target_build = target.build_summary(staging)
-            engine_measured = target_build.get("engine_measured", True)
-            build_runner = target.runner(model_file, threads)
+            engine_measured = build.artifact_measured
+            build_runner = build.runner(threads)
             candidate = run_eval(build_runner, eval_data, "the build")
             gates = [accuracy_drop_gate(reference, candidate, recipe.gates.max_drop, recipe.seed, recipe.gates.drop_type)]
             gates += pass_gate.results
@@ -233,10 +234,8 @@ def run(req: RunRequest, task: TaskFactory = _no_ui) -> dict:
                 gates += latency_gates(gate_ref, gate_build, recipe.gates.max_latency_ms, recipe.gates.min_speedup,
                                        recipe.gates.max_latency_p95_ms)
 
-            files = {p.name: {"bytes": p.stat().st_size, "sha256": file_digest(p)} for p in sorted(staging.iterdir()) if p.is_file()}
-            model_bytes = model_file.stat().st_size
-            if model_file.suffix == ".xml":  # an OpenVINO IR: the graph, and its weights beside it
-                model_bytes += model_file.with_suffix(".bin").stat().st_size
+            files = {p.name: {"bytes": p.stat().st_size, "sha256": file_digest(p)} for p in build.files}
+            model_bytes = build.model_bytes
             if recipe.gates.max_size_ratio is not None:
                 gates.append(size_gate(model_bytes, reference_size, recipe.gates.max_size_ratio))
             report = {
@@ -276,16 +275,16 @@ def run(req: RunRequest, task: TaskFactory = _no_ui) -> dict:
                              "graph": state.annotations.get("graph"), "files": files},
                 "wall_s": round(time.perf_counter() - started, 1),
             }
-            if target_build:
-                report["target_build"] = target_build
+            if build.summary:
+                report["target_build"] = dict(build.summary)
             write_report(report, staging)
     report["out"] = str(out.resolve())
     if not report["passed"]:
         failed = "; ".join(f"{g.name} {g.value:.3f} {g.unit} vs budget {g.threshold}" for g in gates if not g.passed)
         raise GateFailure(f"gate failed: {failed}. Report: {out / 'report.md'}")
     if not engine_measured:
-        raise TargetUnavailable(f"{target.name}: {target_build.get('reason', 'the built artifact cannot run on this machine.')}",
-                                f"Build written to {out}; gated stand-in: {target_build.get('gated_artifact')}, "
+        raise TargetUnavailable(f"{target.name}: {build.unmeasured_reason or 'the built artifact cannot run on this machine.'}",
+                                f"Build written to {out}; gated stand-in: {build.stand_in}, "
                                 f"{metric.replace('_', ' ')} {candidate.score:.4f}, gates passed.")
     return report
 
