@@ -256,11 +256,9 @@ def _zip_bytes(members: dict[str, bytes], out) -> None:
             zf.writestr(info, members[name])
 
 
-def package_build(build_dir: Path, out_file: Path, force: bool = False, allow_failed: bool = False) -> dict:
-    """Write ``out_file`` (a .mcpkg bundle) from ``build_dir``; return its manifest.
-
-    Nothing in ``build_dir`` is modified; ``out_file`` appears only when complete."""
-    build_dir, out_file = Path(build_dir), Path(out_file)
+def _check_paths(build_dir: Path, out_file: Path, force: bool) -> Path:
+    """Refuse a build directory that is not one, and a bundle path that is unusable; return the
+    bundle's resolved path."""
     if not build_dir.exists():
         raise InputError(f"build directory {build_dir} does not exist.", "Pass the --out directory of `mcompress run`.")
     if not build_dir.is_dir():
@@ -281,7 +279,15 @@ def package_build(build_dir: Path, out_file: Path, force: bool = False, allow_fa
         raise InputError(f"bundle path {out_file} exists and is not a file.")
     if not resolved.parent.is_dir():
         raise InputError(f"the directory of {out_file} ({resolved.parent}) does not exist.", "Create it first.")
+    return resolved
 
+
+def package_build(build_dir: Path, out_file: Path, force: bool = False, allow_failed: bool = False) -> dict:
+    """Write ``out_file`` (a .mcpkg bundle) from ``build_dir``; return its manifest.
+
+    Nothing in ``build_dir`` is modified; ``out_file`` appears only when complete."""
+    build_dir, out_file = Path(build_dir), Path(out_file)
+    resolved = _check_paths(build_dir, out_file, force)
     report = _read_json(build_dir / "report.json", "build report")
     task = (report.get("source") or {}).get("task", TASK)
     if task != TASK:
