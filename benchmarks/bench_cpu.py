@@ -118,8 +118,7 @@ def main() -> int:
                       if target_name == "openvino-cpu" else f"{art['quantization']}/{art['graph']}")
             name = f"mcompress {target_name} ({recipe.stem}: {detail})"
             target = get_target(target_name)
-            target.validate_recipe(load_recipe(recipe))  # runner settings from the recipe (OpenVINO precision)
-            runners[name] = target.runner(out / art["model_file"], threads)
+            runners[name] = target.runner(out / art["model_file"], threads, target.settings(load_recipe(recipe)))
             rows[name] = {"bytes": art["model_bytes"], "wall_s": wall, "runtime": runners[name].name,
                           "gflops_seq128": report["passes"][-1]["flops_seq128"] / 1e9, "gate_passed": report["passed"]}
             rows["PyTorch FP32 eager"]["gflops_seq128"] = report["reference"]["flops_seq128"] / 1e9

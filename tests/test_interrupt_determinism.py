@@ -194,7 +194,7 @@ def test_each_pass_is_byte_deterministic(tiny_checkpoint, fast_recipe, tmp_path)
         digests["optimize"] = _sha256(state.onnx_path)
         for mode in ("dynamic", "static"):
             for fusion, src in state.annotations["graph_variants"].items():
-                single = ModelState(ModelKind.ONNX, ckpt, tokenizer, onnx_path=src)
+                single = ModelState(ModelKind.ONNX, ckpt, tokenizer, model_file=src)
                 quantized = QuantizeInt8().call(single, ctx(f"{mode}-{fusion}", **{"quantize.mode": mode})).state
                 digests[f"{mode}/{fusion}"] = _sha256(quantized.onnx_path)
         return digests

@@ -203,8 +203,10 @@ def test_ahead_of_time_engine_build(setup, qdq, tmp_path):
     lengths = np.array([len(t.split()) + 2 for t in setup["test"].texts])
     out = tmp_path / "build"
     cache_dir = tmp_path / "cache"
-    model_file = get_target("tensorrt").build(qdq.state, out, BuildInputs(setup["recipe"], lengths, cache_dir))
+    build = get_target("tensorrt").build(qdq.state, out, BuildInputs(setup["recipe"], lengths, cache_dir))
+    model_file = build.model_file
     meta = json.loads((out / "tensorrt_build.json").read_text())
+    assert build.summary == meta and build.artifact_measured is meta["engine_measured"]
     engine = out / "model.engine"
     assert engine.is_file() and engine.stat().st_size > 10_000
     assert meta["engine_file"] == "model.engine" and meta["onnx_file"] == "model.onnx"
@@ -243,11 +245,16 @@ def test_parser_errors_name_the_node(tmp_path):
 def test_without_any_tensorrt_the_build_has_the_onnx_and_the_command(setup, qdq, tmp_path, monkeypatch):
     monkeypatch.setattr(trt_builder, "find_tensorrt", lambda *a: None)
     out = tmp_path / "build"
-    model_file = get_target("tensorrt").build(qdq.state, out, BuildInputs(setup["recipe"], np.array([7, 9, 30])))
-    assert model_file == out / "model.onnx" and not (out / "model.engine").exists()
+    build = get_target("tensorrt").build(qdq.state, out, BuildInputs(setup["recipe"], np.array([7, 9, 30])))
+    assert build.model_file == out / "model.onnx" and not (out / "model.engine").exists()
     meta = json.loads((out / "tensorrt_build.json").read_text())
     assert meta["engine_file"] is None and meta["package"] is None and meta["engine_measured"] is False
     assert meta["reason"].startswith("neither tensorrt nor tensorrt_rtx is installed")
+    # The run learns the same from the BuildResult, without reading the file back.
+    assert build.summary == meta and build.artifact_measured is False and build.unmeasured_reason == meta["reason"]
+    assert build.stand_in == meta["gated_artifact"] and "stand-in" in build.runner(1).name
+    assert {p.name for p in build.files} == {p.name for p in out.iterdir()}
+    assert build.table.notes and dict(build.table.rows)["engine"] == "not built"
     assert (out / "trtexec_command.txt").read_text().startswith("trtexec --onnx=model.onnx --saveEngine=model.engine --stronglyTyped")
 
 
@@ -322,7 +329,7 @@ def test_real_minilm_qdq_gated_and_compiled_ahead_of_time(minilm_classifier, fas
 @pytest.mark.skipif(not _cuda(), reason="needs an NVIDIA GPU with CUDA")
 def test_engine_matches_onnxruntime_on_gpu(setup, qdq, tmp_path):
     target = get_target("tensorrt")
-    model_file = target.build(qdq.state, tmp_path / "build", BuildInputs(setup["recipe"]))
+    model_file = target.build(qdq.state, tmp_path / "build", BuildInputs(setup["recipe"])).model_file
     if model_file.suffix != ".engine":
         pytest.skip(json.loads((tmp_path / "build" / "tensorrt_build.json").read_text()).get("reason"))
     batch = tokenize(setup["tokenizer"], setup["test"].texts, 128)

@@ -18,22 +18,21 @@ import json
 import os
 import tempfile
 import zipfile
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 from mcompress import __version__
 from mcompress.core.errors import InputError
+from mcompress.core.formats import ONNX, OPENVINO_IR, TOKENIZER_FILES, ModelFormat, format_named, format_of
 
 SCHEMA_VERSION = 1
 TASK = "text-classification"
 MANIFEST = "manifest.json"
 LABELS = "labels.json"
-MODEL_FILE = "model.onnx"
-IR_FILE, IR_WEIGHTS = "model.xml", "model.bin"  # an OpenVINO IR build (targets/openvino_cpu)
+# The tokenizer file the runtime reads is tokenizer.json; the others (TOKENIZER_FILES) ride along
+# so the bundle's contents can also be loaded with transformers' AutoTokenizer.
 REQUIRED_FILES = ("report.json", "tokenizer.json")
-# The tokenizer file the runtime reads is tokenizer.json; the others ride along so the bundle's
-# contents can also be loaded with transformers' AutoTokenizer.
-TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "vocab.txt",
-                   "vocab.json", "merges.txt")
 # Which tokenizer output feeds which model input.
 FEEDS = {"input_ids": "ids", "attention_mask": "attention_mask", "token_type_ids": "type_ids"}
 ZIP_DATE = (1980, 1, 1, 0, 0, 0)
@@ -51,12 +50,13 @@ def _read_json(path: Path, what: str) -> dict:
         raise InputError(f"cannot read {what} {path}: {err}.", "Rebuild it with `mcompress run`.") from None
 
 
-def _graph_io(model_bytes: bytes, model_path: Path) -> tuple[list[dict], list[dict]]:
+def _graph_io(model_files: list[bytes], model_path: Path) -> tuple[list[dict], list[dict]]:
+    """Inputs and outputs of an ONNX graph (``model_files``: the graph's bytes, then its external data if any)."""
     import onnx
     from onnx.external_data_helper import uses_external_data
 
     try:
-        model = onnx.load_model_from_string(model_bytes)
+        model = onnx.load_model_from_string(model_files[0])
     except Exception as err:  # onnx raises DecodeError and friends
         raise InputError(f"{model_path} is not a readable ONNX model: {err}.", "Rebuild it with `mcompress run`.") from None
     if any(uses_external_data(t) for t in model.graph.initializer):
@@ -82,10 +82,12 @@ def _graph_io(model_bytes: bytes, model_path: Path) -> tuple[list[dict], list[di
     return inputs, outputs
 
 
-def _ir_io(xml: bytes, weights: bytes, model_path: Path) -> tuple[list[dict], list[dict]]:
-    """Inputs and outputs of an OpenVINO IR, described like _graph_io describes an ONNX graph."""
+def _ir_io(model_files: list[bytes], model_path: Path) -> tuple[list[dict], list[dict]]:
+    """Inputs and outputs of an OpenVINO IR (the .xml's bytes, then the .bin's), described like
+    _graph_io describes an ONNX graph."""
     import openvino as ov
 
+    xml, weights = model_files
     try:
         model = ov.Core().read_model(xml, weights)
     except Exception as err:  # openvino raises RuntimeError with a multi-line message
@@ -133,13 +135,34 @@ def _pad_settings(tokenizer_json: bytes, build_dir: Path) -> dict:
             "truncation_side": config.get("truncation_side", "right")}
 
 
-def build_manifest(build_dir: Path, report: dict, files: dict[str, bytes], labels: dict[str, str]) -> dict:
-    openvino_ir = IR_FILE in files
-    model_file = IR_FILE if openvino_ir else MODEL_FILE
-    if openvino_ir:
-        inputs, outputs = _ir_io(files[IR_FILE], files[IR_WEIGHTS], build_dir / IR_FILE)
-    else:
-        inputs, outputs = _graph_io(files[MODEL_FILE], build_dir / MODEL_FILE)
+@dataclass(frozen=True)
+class _Bundled:
+    """What packaging needs to know of a model format a bundle can hold."""
+
+    describe_io: Callable[[list[bytes], Path], tuple[list[dict], list[dict]]]
+    runtime: Callable[[dict], dict]  # report.json -> the manifest's runtime facts for this format
+
+
+def _onnx_runtime(report: dict) -> dict:
+    return {"onnxruntime": (report.get("versions") or {}).get("onnxruntime")}
+
+
+def _openvino_runtime(report: dict) -> dict:
+    # how the build was compiled when it was gated; the runtime compiles the same way
+    requested = (report.get("target_build") or {}).get("requested") or {}
+    return {"openvino": (report.get("versions") or {}).get("openvino"),
+            "inference_precision": requested.get("inference_precision", "f32")}
+
+
+# The model formats a bundle can hold (the bundle runtime loads these; core/formats.py names them).
+BUNDLED = {ONNX.name: _Bundled(_graph_io, _onnx_runtime), OPENVINO_IR.name: _Bundled(_ir_io, _openvino_runtime)}
+
+
+def build_manifest(build_dir: Path, report: dict, files: dict[str, bytes], labels: dict[str, str],
+                   model_format: ModelFormat) -> dict:
+    model_file = model_format.model_file
+    model_names = [p.name for p in model_format.files(build_dir / model_file)]
+    inputs, outputs = BUNDLED[model_format.name].describe_io([files[n] for n in model_names], build_dir / model_file)
     unknown = [i["name"] for i in inputs if i["name"] not in FEEDS]
     if unknown:
         raise InputError(f"{build_dir / model_file} has inputs the bundle runtime cannot feed: {', '.join(unknown)}.",
@@ -159,8 +182,8 @@ def build_manifest(build_dir: Path, report: dict, files: dict[str, bytes], label
         "mcompress_version": __version__,
         "built_with_mcompress": report.get("mcompress_version"),
         "model_file": model_file,
-        "model_format": "openvino-ir" if openvino_ir else "onnx",
-        **({"weights_file": IR_WEIGHTS} if openvino_ir else {}),
+        "model_format": model_format.name,
+        **({"weights_file": model_names[1]} if model_format.companions(Path(model_file)) else {}),
         "labels_file": LABELS,
         "num_labels": len(labels),
         "inputs": inputs,
@@ -175,11 +198,7 @@ def build_manifest(build_dir: Path, report: dict, files: dict[str, bytes], label
             **_pad_settings(files["tokenizer.json"], build_dir),
         },
         "postprocessing": {"output": "logits", "activation": "softmax"},
-        "runtime": {**({"openvino": versions.get("openvino"),
-                        # how the build was compiled when it was gated; the runtime compiles the same way
-                        "inference_precision": (((report.get("target_build") or {}).get("requested") or {})
-                                                .get("inference_precision", "f32"))}
-                       if openvino_ir else {"onnxruntime": versions.get("onnxruntime")}),
+        "runtime": {**BUNDLED[model_format.name].runtime(report),
                     "tokenizers": versions.get("tokenizers"), "numpy": versions.get("numpy"),
                     "python": versions.get("python")},
         "recipe": recipe,
@@ -217,6 +236,16 @@ def _labels(build_dir: Path, report: dict) -> dict[str, str]:
     return {str(i): name for i, name in ordered}
 
 
+def _bundled_format(build_dir: Path, report: dict) -> ModelFormat:
+    """The format of the build's model file (report.json artifact.model_file), if bundles hold it."""
+    model_file = (report.get("artifact") or {}).get("model_file", ONNX.model_file)
+    model_format = format_of(Path(model_file))
+    if model_format is None or model_format.name not in BUNDLED or model_file != model_format.model_file:
+        supported = " and ".join(f"{format_named(name).model_file} ({name})" for name in BUNDLED)
+        raise InputError(f"build {build_dir} ships {model_file}; bundles support {supported} builds only.")
+    return model_format
+
+
 def _zip_bytes(members: dict[str, bytes], out) -> None:
     with zipfile.ZipFile(out, "w", compression=zipfile.ZIP_STORED, allowZip64=True) as zf:
         for name in sorted(members):
@@ -227,11 +256,9 @@ def _zip_bytes(members: dict[str, bytes], out) -> None:
             zf.writestr(info, members[name])
 
 
-def package_build(build_dir: Path, out_file: Path, force: bool = False, allow_failed: bool = False) -> dict:
-    """Write ``out_file`` (a .mcpkg bundle) from ``build_dir``; return its manifest.
-
-    Nothing in ``build_dir`` is modified; ``out_file`` appears only when complete."""
-    build_dir, out_file = Path(build_dir), Path(out_file)
+def _check_paths(build_dir: Path, out_file: Path, force: bool) -> Path:
+    """Refuse a build directory that is not one, and a bundle path that is unusable; return the
+    bundle's resolved path."""
     if not build_dir.exists():
         raise InputError(f"build directory {build_dir} does not exist.", "Pass the --out directory of `mcompress run`.")
     if not build_dir.is_dir():
@@ -252,7 +279,15 @@ def package_build(build_dir: Path, out_file: Path, force: bool = False, allow_fa
         raise InputError(f"bundle path {out_file} exists and is not a file.")
     if not resolved.parent.is_dir():
         raise InputError(f"the directory of {out_file} ({resolved.parent}) does not exist.", "Create it first.")
+    return resolved
 
+
+def package_build(build_dir: Path, out_file: Path, force: bool = False, allow_failed: bool = False) -> dict:
+    """Write ``out_file`` (a .mcpkg bundle) from ``build_dir``; return its manifest.
+
+    Nothing in ``build_dir`` is modified; ``out_file`` appears only when complete."""
+    build_dir, out_file = Path(build_dir), Path(out_file)
+    resolved = _check_paths(build_dir, out_file, force)
     report = _read_json(build_dir / "report.json", "build report")
     task = (report.get("source") or {}).get("task", TASK)
     if task != TASK:
@@ -262,11 +297,8 @@ def package_build(build_dir: Path, out_file: Path, force: bool = False, allow_fa
         failed = ", ".join(g.get("name", "?") for g in report.get("gates", []) if not g.get("passed")) or "unknown"
         raise InputError(f"build {build_dir} failed its gates ({failed}); refusing to package it.",
                          "Pass --allow-failed to package it anyway.")
-    model_file = (report.get("artifact") or {}).get("model_file", MODEL_FILE)
-    model_files = {MODEL_FILE: (MODEL_FILE,), IR_FILE: (IR_FILE, IR_WEIGHTS)}.get(model_file)
-    if model_files is None:
-        raise InputError(f"build {build_dir} ships {model_file}; bundles support {MODEL_FILE} and {IR_FILE} "
-                         "(OpenVINO IR) builds only.")
+    model_format = _bundled_format(build_dir, report)
+    model_files = [p.name for p in model_format.files(build_dir / model_format.model_file)]
     missing = [name for name in model_files if not (build_dir / name).is_file()]
     if missing:
         raise InputError(f"build directory {build_dir} lacks {', '.join(missing)}.",
@@ -285,7 +317,7 @@ def package_build(build_dir: Path, out_file: Path, force: bool = False, allow_fa
             raise InputError(f"{build_dir / name} changed since the build was gated (sha256 differs from report.json).",
                              "Rebuild with `mcompress run`.")
 
-    manifest = build_manifest(build_dir, report, files, labels)
+    manifest = build_manifest(build_dir, report, files, labels, model_format)
     members = dict(files)
     members[MANIFEST] = (json.dumps(manifest, indent=2, sort_keys=True) + "\n").encode()
 

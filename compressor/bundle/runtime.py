@@ -30,6 +30,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from mcompress.core.errors import InputError
+from mcompress.core.formats import ONNX, OPENVINO_IR
 
 SCHEMA_VERSION = 1
 MANIFEST = "manifest.json"
@@ -303,14 +304,20 @@ def load(path: str | Path, threads: int | None = None, max_bytes: int = MAX_TOTA
             raise BundleError(f"bundle model input {name!r} has dtype {spec.get('dtype')!r}; expected int64 or int32.")
         input_dtypes[name], feeds[name] = spec["dtype"], attr
 
-    if manifest.get("model_format", "onnx") == "openvino-ir":
-        session = _openvino_session(manifest, members, model_name, threads)
-        if set(session.input_names) != set(feeds):
-            raise BundleError(f"bundle model inputs {sorted(session.input_names)} differ from the manifest's {sorted(feeds)}.")
-        if session.num_logits is not None and session.num_logits != len(labels):
-            raise BundleError(f"bundle model has {session.num_logits} logits but {len(labels)} labels.")
-        return Bundle(Path(path), manifest, labels, session, tokenizer, input_dtypes, feeds)
+    format_name = manifest.get("model_format", ONNX.name)
+    if format_name not in SESSIONS:
+        raise BundleError(f"bundle model format {format_name!r} is not supported; this runtime runs "
+                          f"{' and '.join(SESSIONS)}.")
+    session, session_inputs, num_logits = SESSIONS[format_name](manifest, members, model_name, threads)
+    if set(session_inputs) != set(feeds):
+        raise BundleError(f"bundle model inputs {sorted(session_inputs)} differ from the manifest's {sorted(feeds)}.")
+    if num_logits is not None and num_logits != len(labels):
+        raise BundleError(f"bundle model has {num_logits} logits but {len(labels)} labels.")
+    return Bundle(Path(path), manifest, labels, session, tokenizer, input_dtypes, feeds)
 
+
+def _onnx_session(manifest: dict, members: dict[str, bytes], model_name: str, threads: int | None):
+    """An ONNX Runtime CPU session built from the model's bytes; its input names and logit count."""
     import onnxruntime as ort
 
     options = ort.SessionOptions()
@@ -323,15 +330,11 @@ def load(path: str | Path, threads: int | None = None, max_bytes: int = MAX_TOTA
     except Exception as err:  # ORT raises its own pybind exception types
         raise BundleError(f"bundle model {model_name!r} cannot be loaded by onnxruntime {ort.__version__}: "
                           f"{str(err).splitlines()[0] if str(err) else type(err).__name__}.") from None
-    session_inputs = {i.name for i in session.get_inputs()}
-    if session_inputs != set(feeds):
-        raise BundleError(f"bundle model inputs {sorted(session_inputs)} differ from the manifest's {sorted(feeds)}.")
-    if "logits" not in {o.name for o in session.get_outputs()}:
+    outputs = {o.name: o for o in session.get_outputs()}
+    if "logits" not in outputs:
         raise BundleError(f"bundle model {model_name!r} has no 'logits' output.")
-    width = session.get_outputs()[[o.name for o in session.get_outputs()].index("logits")].shape[-1]
-    if isinstance(width, int) and width != len(labels):
-        raise BundleError(f"bundle model has {width} logits but {len(labels)} labels.")
-    return Bundle(Path(path), manifest, labels, session, tokenizer, input_dtypes, feeds)
+    width = outputs["logits"].shape[-1]
+    return session, [i.name for i in session.get_inputs()], width if isinstance(width, int) else None
 
 
 class _OpenVINOSession:
@@ -377,4 +380,10 @@ def _openvino_session(manifest: dict, members: dict[str, bytes], model_name: str
     except Exception as err:  # openvino raises RuntimeError with multi-line messages
         raise BundleError(f"bundle model {model_name!r} cannot be loaded by openvino {ov.__version__}: "
                           f"{str(err).splitlines()[0] if str(err) else type(err).__name__}.") from None
-    return _OpenVINOSession(compiled)
+    session = _OpenVINOSession(compiled)
+    return session, session.input_names, session.num_logits
+
+
+# model_format (core/formats.py) -> (manifest, members, model file name, threads) -> (session, input
+# names, logit count or None); a session answers run(["logits"], feed).
+SESSIONS = {ONNX.name: _onnx_session, OPENVINO_IR.name: _openvino_session}

@@ -13,11 +13,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from mcompress.core.errors import InputError
+from mcompress.core.formats import VOCABULARY_FILES
 from mcompress.core.tasks import TASKS, task_for_architecture
 
 # BERT-family encoders whose ONNX export and ONNX Runtime fusions are tested (tests/test_checkpoint.py).
 SUPPORTED_MODEL_TYPES = ("bert", "roberta", "distilbert")
-TOKENIZER_FILES = ("tokenizer.json", "vocab.txt", "vocab.json")
 PICKLE_WEIGHTS = ("pytorch_model.bin",)
 
 
@@ -147,8 +147,8 @@ def inspect_checkpoint(model_dir: str | Path, allow_pickle: bool = False) -> Che
             raise InputError(f"{path} has only pickle weights ({pickle.name}); pickles can run code when loaded.",
                              "Convert to model.safetensors, or pass --allow-pickle (loaded with weights_only=True).")
         weights = pickle
-    if not any((path / n).is_file() for n in TOKENIZER_FILES):
-        raise InputError(f"{path} has no tokenizer files ({', '.join(TOKENIZER_FILES)}).",
+    if not any((path / n).is_file() for n in VOCABULARY_FILES):
+        raise InputError(f"{path} has no tokenizer files ({', '.join(VOCABULARY_FILES)}).",
                          "Save the tokenizer next to the model with tokenizer.save_pretrained().")
 
     hidden = config.get("hidden_size", config.get("dim"))

@@ -1,21 +1,17 @@
-"""What flows between passes: one model, its kind, and where it came from."""
+"""What flows between passes: one model (in memory, or a model file in a known format), and where
+it came from."""
 
 from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass, field
-from enum import Enum
 from pathlib import Path
 from typing import Any
 
 from mcompress.core.checkpoint import Checkpoint
+from mcompress.core.formats import ModelFormat, ModelKind, format_for_kind
 
-
-class ModelKind(str, Enum):
-    TORCH = "torch"
-    ONNX = "onnx"
-    ENGINE = "engine"
-    OPENVINO = "openvino"  # OpenVINO IR: model.xml (graph) + model.bin (weights)
+__all__ = ["ModelKind", "ModelState"]
 
 
 @dataclass(frozen=True)
@@ -24,30 +20,36 @@ class ModelState:
     source: Checkpoint  # the original checkpoint: hash, task, label map, tokenizer files
     tokenizer: Any
     torch_model: Any = None  # set when kind is TORCH
-    onnx_path: Path | None = None  # set when kind is ONNX
-    ir_path: Path | None = None  # set when kind is OPENVINO: the .xml; its weights are the .bin beside it
+    # Set when the model lives in files: the file a runner loads (the ONNX graph, the IR's .xml);
+    # the format (from kind) knows the files beside it.
+    model_file: Path | None = None
     # Facts a pass records for later passes and the report, e.g. {"quantization": "dynamic"}.
     annotations: dict = field(default_factory=dict)
 
     @property
-    def model_file(self) -> Path | None:
-        """The file a target's runner loads: the ONNX graph or the OpenVINO IR's .xml."""
-        return self.ir_path if self.kind is ModelKind.OPENVINO else self.onnx_path
+    def format(self) -> ModelFormat | None:
+        """The model file's format; None for a model in memory."""
+        return format_for_kind(self.kind)
+
+    def _file_if(self, kind: ModelKind) -> Path | None:
+        return self.model_file if self.kind is kind else None
+
+    # Read-only views for passes that handle one format: the model file when it is in that format.
+    onnx_path = property(lambda self: self._file_if(ModelKind.ONNX))
+    ir_path = property(lambda self: self._file_if(ModelKind.OPENVINO))
 
     def size_bytes(self) -> int:
-        if self.kind is ModelKind.TORCH:
+        if self.format is None:
             return sum(t.numel() * t.element_size() for t in self.torch_model.state_dict().values())
-        if self.kind is ModelKind.OPENVINO:
-            xml = Path(self.ir_path)
-            return xml.stat().st_size + xml.with_suffix(".bin").stat().st_size
-        path = Path(self.onnx_path)
-        extra = path.with_name(path.name + ".data")
-        return path.stat().st_size + (extra.stat().st_size if extra.exists() else 0)
+        return self.format.size(Path(self.model_file))
 
-    def as_onnx(self, path: Path, **annotations) -> "ModelState":
-        return dataclasses.replace(self, kind=ModelKind.ONNX, torch_model=None, onnx_path=Path(path),
+    def with_model_file(self, kind: ModelKind, path: Path, **annotations) -> "ModelState":
+        """This model, now in the file ``path`` of ``kind``'s format, with more annotations."""
+        return dataclasses.replace(self, kind=kind, torch_model=None, model_file=Path(path),
                                    annotations={**self.annotations, **annotations})
 
+    def as_onnx(self, path: Path, **annotations) -> "ModelState":
+        return self.with_model_file(ModelKind.ONNX, path, **annotations)
+
     def as_openvino(self, xml_path: Path, **annotations) -> "ModelState":
-        return dataclasses.replace(self, kind=ModelKind.OPENVINO, torch_model=None, onnx_path=None,
-                                   ir_path=Path(xml_path), annotations={**self.annotations, **annotations})
+        return self.with_model_file(ModelKind.OPENVINO, xml_path, **annotations)

@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import json
 from abc import ABC, abstractmethod
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Callable, Mapping, Optional
 
+from mcompress.core.formats import format_of
 from mcompress.core.pass_base import Pass
+from mcompress.core.sections import Table
 from mcompress.core.state import ModelState
 
 
@@ -45,6 +49,34 @@ class BuildInputs:
     cache_dir: Optional[Path] = None  # None when the run keeps no cache
 
 
+@dataclass(frozen=True)
+class TargetSettings:
+    """How a target's runners run, derived from the recipe (``Target.settings``); a target with
+    settings of its own subclasses this. Threads are not here: each caller picks them."""
+
+
+@dataclass(frozen=True)
+class BuildResult:
+    """What ``Target.build`` wrote and what the run does with it."""
+
+    files: tuple[Path, ...]  # every file the build wrote into its directory
+    model_file: Path  # the file the run gates: the deployed artifact, or its stand-in
+    runner: Callable[[Optional[int]], Any]  # threads -> a runner of model_file with the target's settings
+    # Facts about the build for report.json's target_build (empty: the report has no such section).
+    summary: Mapping[str, Any] = field(default_factory=dict)
+    table: Optional[Table] = None  # the same facts as a report section
+    # False when the deployed artifact cannot run here (a TensorRT engine without a GPU): the run
+    # then gates model_file as a stand-in, skips the latency gates and ends with TargetUnavailable.
+    artifact_measured: bool = True
+    unmeasured_reason: str = ""  # why the artifact was not measured
+    stand_in: str = ""  # what the gates ran on instead
+
+    @property
+    def model_bytes(self) -> int:
+        """Size of the gated model: its file and the files beside it that its format needs."""
+        return format_of(self.model_file).size(self.model_file)
+
+
 class Target(ABC):
     name: str
     description: str
@@ -56,19 +88,31 @@ class Target(ABC):
     def validate_recipe(self, recipe) -> None:
         """Raise InputError for recipe settings this target cannot honour (before any work)."""
 
+    def settings(self, recipe) -> TargetSettings:
+        """The runner and build settings the recipe asks of this target."""
+        return TargetSettings()
+
     @abstractmethod
     def pipeline(self, recipe) -> list[Pass]: ...
 
     @abstractmethod
-    def runner(self, model_path: Path, threads: int | None = None): ...
+    def runner(self, model_path: Path, threads: int | None = None, settings: TargetSettings | None = None):
+        """A runner of ``model_path`` (the built artifact, or an intermediate model of this
+        target's pipeline) with ``settings`` (None: the default recipe's)."""
 
     @abstractmethod
-    def build(self, state: ModelState, out_dir: Path, inputs: Optional[BuildInputs] = None) -> Path:
-        """Write the deployable files into ``out_dir``; return the path of the model file that the
-        run gates (with ``runner``)."""
+    def build(self, state: ModelState, out_dir: Path, inputs: Optional[BuildInputs] = None) -> BuildResult:
+        """Write the deployable files into ``out_dir``."""
 
-    def build_summary(self, out_dir: Path) -> dict:
-        """Facts about a finished build for the report, read back from ``out_dir``. A target whose
-        built artifact could not be run here returns ``{"engine_measured": False, "reason": ...}``:
-        the run then gates a stand-in (what ``build`` returned) and ends with TargetUnavailable."""
-        return {}
+    def build_table(self, summary: Mapping[str, Any]) -> Optional[Table]:
+        """``summary`` (a BuildResult's, or report.json's target_build) as a report section."""
+        return None
+
+    def _result(self, out_dir: Path, model_file: Path, settings: TargetSettings, summary: Optional[Mapping[str, Any]] = None,
+                **measured) -> BuildResult:
+        """The BuildResult of a build that wrote ``out_dir``'s files; ``measured`` holds
+        artifact_measured, unmeasured_reason and stand_in where the artifact was not measured."""
+        summary = json.loads(json.dumps(dict(summary or {})))  # as report.json will hold it
+        return BuildResult(files=tuple(sorted(p for p in Path(out_dir).iterdir() if p.is_file())),
+                           model_file=model_file, runner=partial(self.runner, model_file, settings=settings),
+                           summary=summary, table=self.build_table(summary) if summary else None, **measured)

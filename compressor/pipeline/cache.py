@@ -7,9 +7,9 @@ weights and tokenizer files); each pass's key is the sha256 of its input key, it
 the target's name. Equal keys mean equal inputs, so a hit is reused as the pass's result.
 
 An entry is a directory ``ROOT/entries/KEY/``: ``entry.json`` (kind, metrics, annotations with paths
-made relative, ``modified``, and the size and sha256 of every file) plus the model, ``files/N/`` for
-ONNX files (the state's model and every ``Path`` inside its annotations, e.g. graph variants) or
-``torch/`` (``save_pretrained``, safetensors). Entries are written into ``ROOT/tmp/`` and renamed
+made relative, ``modified``, and the size and sha256 of every file) plus the model: ``files/N/`` for
+each model file (the state's model and every ``Path`` inside its annotations, e.g. graph variants)
+with the files its format keeps beside it (core/formats.py), or ``torch/`` (``save_pretrained``, safetensors). Entries are written into ``ROOT/tmp/`` and renamed
 into place, so a crash or a kill never leaves half an entry; an entry that fails verification on
 load is removed and the pass runs again. Least recently used entries (directory mtime, touched on
 every hit) are evicted when the cache grows past its size limit.
@@ -32,6 +32,7 @@ from typing import TYPE_CHECKING, Any
 from mcompress.core.errors import InputError
 from mcompress.pipeline.outputs import pid_alive
 from mcompress.core.hashing import file_digest, json_digest
+from mcompress.core.formats import TOKENIZER_FILES, ModelFormat, format_of
 from mcompress.core.state import ModelKind, ModelState
 
 if TYPE_CHECKING:
@@ -40,11 +41,8 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 
-ENTRY_FORMAT = 1
+ENTRY_FORMAT = 2  # 2: one model_file for every file-backed kind (1 had onnx_path / ir_path)
 DEFAULT_MAX_GB = 10.0
-# Tokenizer files decide the inputs every pass sees (parity texts, calibration, selection).
-TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "vocab.txt", "vocab.json",
-                   "merges.txt", "added_tokens.json", "spiece.model", "sentencepiece.bpe.model")
 _PATH = "__path__"  # marks a file path inside entry.json, relative to the entry
 
 
@@ -131,17 +129,12 @@ class PassCache:
                     raise ValueError(f"{rel} does not match its recorded size/sha256")
             kind = ModelKind(meta["kind"])
             annotations = _restore_paths(meta["annotations"], entry)
-            if kind is ModelKind.ONNX:
-                restored = dataclasses.replace(state, kind=kind, torch_model=None,
-                                               onnx_path=_restore_paths(meta["onnx_path"], entry), annotations=annotations)
-            elif kind is ModelKind.OPENVINO:
-                restored = dataclasses.replace(state, kind=kind, torch_model=None, onnx_path=None,
-                                               ir_path=_restore_paths(meta["ir_path"], entry), annotations=annotations)
-            elif kind is ModelKind.TORCH:
+            if "model_file" in meta:
+                restored = dataclasses.replace(state, kind=kind, torch_model=None, annotations=annotations,
+                                               model_file=_restore_paths(meta["model_file"], entry))
+            else:  # a model in memory
                 restored = dataclasses.replace(state, kind=kind, torch_model=_load_torch(entry / "torch"),
-                                               onnx_path=None, annotations=annotations)
-            else:
-                raise ValueError(f"kind {kind.value} is not cacheable")
+                                               model_file=None, annotations=annotations)
         except Exception as err:  # a corrupt, partial or foreign entry: rebuild it
             logger.warning("cache entry %s is unusable (%s); rebuilding it", entry, err)
             self._remove(entry)
@@ -186,20 +179,18 @@ class PassCache:
         state = result.state
         copies: dict[Path, str] = {}  # resolved source file -> path relative to the entry
 
-        def carry(path: Path) -> dict:
+        def carry(path: Path, model_format: ModelFormat | None = None) -> dict:
             src = Path(path).resolve()
             if not src.is_file():
                 raise _NotCacheable(f"annotated path {path} is not a file")
             if src not in copies:
                 rel = f"files/{len(copies)}/{src.name}"
                 (tmp / rel).parent.mkdir(parents=True)
-                shutil.copyfile(src, tmp / rel)
-                extra = src.with_name(src.name + ".data")  # ONNX external data, as ModelState.size_bytes reads it
-                if extra.is_file():
-                    shutil.copyfile(extra, tmp / (rel + ".data"))
-                weights = src.with_suffix(".bin")  # an OpenVINO IR's weights, beside its .xml
-                if src.suffix == ".xml" and weights.is_file():
-                    shutil.copyfile(weights, (tmp / rel).with_suffix(".bin"))
+                model_format = model_format or format_of(src)  # a model file brings its format's files along
+                if model_format is not None:
+                    model_format.copy(src, (tmp / rel).parent)
+                else:
+                    shutil.copyfile(src, tmp / rel)
                 copies[src] = rel
             return {_PATH: copies[src]}
 
@@ -210,11 +201,9 @@ class PassCache:
                 "created": time.time(), "modified": bool(result.modified),
                 "metrics": json.loads(json.dumps(result.metrics, default=_json_default)),
                 "annotations": annotations, "versions": self.versions}
-        if state.kind is ModelKind.ONNX:
-            meta["onnx_path"] = carry(state.onnx_path)
-        elif state.kind is ModelKind.OPENVINO:
-            meta["ir_path"] = carry(state.ir_path)
-        elif state.kind is ModelKind.TORCH:
+        if state.format is not None:
+            meta["model_file"] = carry(state.model_file, state.format)
+        elif state.torch_model is not None:
             _save_torch(state.torch_model, tmp / "torch")
         else:
             raise _NotCacheable(f"{state.kind.value} models are not cached")

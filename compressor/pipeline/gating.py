@@ -20,7 +20,7 @@ import numpy as np
 from mcompress.calibration.datasets import token_lengths
 from mcompress.core.hashing import file_digest
 from mcompress.core.state import ModelState
-from mcompress.core.target_base import BuildInputs
+from mcompress.core.target_base import BuildInputs, BuildResult
 from mcompress.metrics.evaluation import EvalResult, LatencyResult, latency_race
 from mcompress.metrics.gates import GateResult, accuracy_drop_gate, latency_gates, size_gate
 from mcompress.pipeline.prepare import Prepared, ProgressFactory
@@ -31,15 +31,12 @@ GATE_SHAPE = (1, 128)  # (batch, sequence) the latency gates read
 
 @dataclass
 class GatedBuild:
-    model_file: Path
-    runner: object
+    build: BuildResult  # what the target wrote: files, model file, facts, whether it was measured
+    runner: object  # a fresh runner of build.model_file
     candidate: EvalResult  # the build on the eval data
     gates: list[GateResult]
     latency: dict[str, list[LatencyResult]]  # "reference" / "build": one per shape, in the same order
     files: dict  # every file of the build: name -> {bytes, sha256}
-    model_bytes: int
-    target_build: dict  # the target's facts about its build (e.g. the engine it compiled)
-    artifact_measured: bool  # False: the gates ran on a stand-in for the target's artifact
     median_tokens: int
     truncated_fraction: float
 
@@ -63,34 +60,22 @@ def _latency(prepared: Prepared, reference: Reference, runner, lengths: np.ndarr
     return {side: [raced[(b, s)][side] for b, s, _ in shapes] for side in ("reference", "build")}
 
 
-def model_bytes(model_file: Path) -> int:
-    """The model file and the files that travel with it (an IR's weights, external ONNX data)."""
-    total = model_file.stat().st_size
-    for companion in (model_file.with_suffix(".bin"), model_file.with_name(model_file.name + ".data")):
-        if companion != model_file and companion.is_file():
-            total += companion.stat().st_size
-    return total
-
-
 def gate_build(prepared: Prepared, reference: Reference, target, state: ModelState, staging: Path,
                pass_gates: list[GateResult], run_eval, progress: ProgressFactory) -> GatedBuild:
     recipe = prepared.recipe
     eval_data = prepared.eval_data
     lengths = token_lengths(reference.tokenizer, eval_data.texts, 100_000)
-    model_file = target.build(state, staging, BuildInputs(recipe, np.minimum(lengths, recipe.max_length), prepared.cache_root))
-    target_build = target.build_summary(staging)
-    measured = target_build.get("engine_measured", True)
-    runner = target.runner(model_file, reference.threads)
+    build = target.build(state, staging, BuildInputs(recipe, np.minimum(lengths, recipe.max_length), prepared.cache_root))
+    runner = build.runner(reference.threads)
     candidate = run_eval(runner, eval_data, "the build")
     gates = [accuracy_drop_gate(reference.eval, candidate, recipe.gates.max_drop, recipe.seed, recipe.gates.drop_type),
              *pass_gates]
     latency = _latency(prepared, reference, runner, lengths, progress)
-    if measured:
+    if build.artifact_measured:
         gates += latency_gates(gate_latency(latency["reference"]), gate_latency(latency["build"]),
                                recipe.gates.max_latency_ms, recipe.gates.min_speedup, recipe.gates.max_latency_p95_ms)
-    size = model_bytes(model_file)
     if recipe.gates.max_size_ratio is not None:
-        gates.append(size_gate(size, reference.size_bytes, recipe.gates.max_size_ratio))
-    files = {p.name: {"bytes": p.stat().st_size, "sha256": file_digest(p)} for p in sorted(staging.iterdir()) if p.is_file()}
-    return GatedBuild(model_file, runner, candidate, gates, latency, files, size, target_build, measured,
+        gates.append(size_gate(build.model_bytes, reference.size_bytes, recipe.gates.max_size_ratio))
+    files = {p.name: {"bytes": p.stat().st_size, "sha256": file_digest(p)} for p in build.files}
+    return GatedBuild(build, runner, candidate, gates, latency, files,
                       int(np.median(lengths)), round(float((lengths > recipe.max_length).mean()), 4))

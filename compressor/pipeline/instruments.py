@@ -64,6 +64,7 @@ class FlopsCounter(Instrument):
         record.evaluation["flops_seq128"] = self.current
 
 
-def state_runner(target, threads: int) -> Callable[[ModelState], object]:
+def state_runner(target, threads: int, settings) -> Callable[[ModelState], object]:
     """The runner of a pass's output: PyTorch for a torch model, the target's engine otherwise."""
-    return lambda s: TorchRunner(s.torch_model, threads) if s.kind is ModelKind.TORCH else target.runner(s.model_file, threads)
+    return lambda s: (TorchRunner(s.torch_model, threads) if s.kind is ModelKind.TORCH
+                      else target.runner(s.model_file, threads, settings))

@@ -62,7 +62,7 @@ def _run_passes(prepared: Prepared, reference: Reference, target, work: Path, ru
     ctx = PassContext(recipe, target, work, prepared.data.calibration, prepared.data.selection,
                       reference.selection.score, progress=progress,
                       resume_dir=cache_root / "resume" if cache_root else None)
-    evaluations = PassEvaluations(state_runner(target, reference.threads),
+    evaluations = PassEvaluations(state_runner(target, reference.threads, target.settings(recipe)),
                                   lambda runner, label: run_eval(runner, prepared.eval_data, label))
     pass_gate = PassGate(recipe, reference.eval, evaluations.get)
     instruments = [FlopsCounter(reference.flops), pass_gate]
@@ -100,10 +100,10 @@ def raise_for_outcome(build: TargetBuild, out: Path, prefix: str = "") -> None:
     report = build.report
     if not report["passed"]:
         raise GateFailure(f"gate failed: {prefix}{failed_gates_line(report)}. Report: {out / 'report.md'}")
-    if not build.gated.artifact_measured:
-        facts = build.gated.target_build
-        raise TargetUnavailable(f"{build.target.name}: {facts.get('reason', 'the built artifact cannot run on this machine.')}",
-                                f"Build written to {out}; gated stand-in: {facts.get('gated_artifact')}, "
+    built = build.gated.build
+    if not built.artifact_measured:
+        raise TargetUnavailable(f"{build.target.name}: {built.unmeasured_reason or 'the built artifact cannot run on this machine.'}",
+                                f"Build written to {out}; gated stand-in: {built.stand_in}, "
                                 f"{report['metric'].replace('_', ' ')} {build.gated.candidate.score:.4f}, gates passed.")
 
 

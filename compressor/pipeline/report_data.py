@@ -69,13 +69,13 @@ def assemble_report(prepared: Prepared, reference: Reference, target, state, rec
         "latency": {side: [r.as_dict() for r in results] for side, results in gated.latency.items()},
         "gates": [g.as_dict() for g in gated.gates],
         "passed": gated.passed,
-        "artifact": {"model_file": gated.model_file.name, "model_bytes": gated.model_bytes,
-                     "size_ratio": round(gated.model_bytes / reference.size_bytes, 4),
+        "artifact": {"model_file": gated.build.model_file.name, "model_bytes": gated.build.model_bytes,
+                     "size_ratio": round(gated.build.model_bytes / reference.size_bytes, 4),
                      "quantization": state.annotations.get("quantization", "none"),
                      "float_layers": state.annotations.get("float_layers", []),
                      "graph": state.annotations.get("graph"), "files": gated.files},
         "wall_s": round(wall_s, 1),
     }
-    if gated.target_build:
-        report["target_build"] = gated.target_build
+    if gated.build.summary:
+        report["target_build"] = dict(gated.build.summary)
     return report

@@ -193,6 +193,6 @@ class QuantizeFallback(Pass):
         logger.info("fallback: kept %d layers in float (%s); stopped: %s", best["step"], reason, stopped)
         if best["step"] == 0:
             return PassResult(state, False, metrics)
-        kept = dataclasses.replace(state, onnx_path=Path(best["path"]),
+        kept = dataclasses.replace(state, model_file=Path(best["path"]),
                                    annotations={**state.annotations, "float_layers": best["float_layers"]})
         return PassResult(kept, True, metrics)

@@ -166,7 +166,7 @@ class QuantizeNNCF(Pass):
                 reverted_operations=reverted, quantized_operations_before=total if total is not None else len(int8_ops),
                 nncf_verdict=capture.completion() or "the fully quantized model was within budget")
         float_layers = metrics.get("accuracy_control", {}).get("reverted_operations", [])
-        out = dataclasses.replace(state, ir_path=xml, annotations={**state.annotations, "quantization": "nncf-int8",
+        out = dataclasses.replace(state, model_file=xml, annotations={**state.annotations, "quantization": "nncf-int8",
                                                                     "graph": "openvino-ir", "float_layers": float_layers})
         return PassResult(out, True, metrics)
 

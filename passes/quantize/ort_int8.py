@@ -210,7 +210,7 @@ class QuantizeInt8(Pass):
         mode, _, variant = chosen.partition("/")
         # The variants are resolved here; later passes see one graph.
         annotations = {k: v for k, v in state.annotations.items() if k != "graph_variants"}
-        chosen_state = dataclasses.replace(state, onnx_path=candidates[chosen],
+        chosen_state = dataclasses.replace(state, model_file=candidates[chosen],
                                            annotations={**annotations, "quantization": mode, "graph": variant,
                                                         # the float graph it was quantized from (passes/quantize/fallback.py)
                                                         "float_graph": Path(variants[variant])})

@@ -6,11 +6,9 @@ import json
 import shutil
 from pathlib import Path
 
-from mcompress.core.target_base import Target, TargetCapabilities
+from mcompress.core.formats import ONNX, TOKENIZER_FILES
+from mcompress.core.target_base import BuildResult, Target, TargetCapabilities, TargetSettings
 from mcompress.targets.front import torch_front_passes
-
-TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "vocab.txt",
-                   "vocab.json", "merges.txt")
 
 
 class OnnxCpuTarget(Target):
@@ -40,19 +38,23 @@ class OnnxCpuTarget(Target):
             passes.append(QuantizeFallback())
         return passes
 
-    def runner(self, model_path: Path, threads: int | None = None):
+    def runner(self, model_path: Path, threads: int | None = None, settings: TargetSettings | None = None):
         from mcompress.engines.onnxruntime_cpu import OrtRunner
 
         return OrtRunner(model_path, threads)
 
-    def build(self, state, out_dir: Path, inputs=None) -> Path:
+    def build(self, state, out_dir: Path, inputs=None) -> BuildResult:
         """Layout that ONNX Runtime users and Optimum's ORTModel.from_pretrained both read:
         model.onnx, config.json (with id2label/label2id) and the tokenizer files."""
-        out_dir.mkdir(parents=True, exist_ok=True)
-        model = out_dir / "model.onnx"
-        shutil.copyfile(state.onnx_path, model)
-        write_config_and_tokenizer(state, out_dir)
-        return model
+        return self._result(out_dir, write_onnx_build(state, out_dir), self.settings(None))
+
+
+def write_onnx_build(state, out_dir: Path) -> Path:
+    """model.onnx (with its external data, if any), config.json and the tokenizer files."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    model = ONNX.copy(state.model_file, out_dir, ONNX.model_file)
+    write_config_and_tokenizer(state, out_dir)
+    return model
 
 
 def write_config_and_tokenizer(state, out_dir: Path) -> None:

@@ -13,15 +13,17 @@ from __future__ import annotations
 import importlib.util
 import json
 import os
-import shutil
+from dataclasses import dataclass
 from pathlib import Path
 
 from mcompress.core.errors import InputError, TargetUnavailable
-from mcompress.core.target_base import BuildInputs, Target, TargetCapabilities
+from mcompress.core.formats import OPENVINO_IR, format_of
+from mcompress.core.sections import Table
+from mcompress.core.target_base import BuildInputs, BuildResult, Target, TargetCapabilities, TargetSettings
 from mcompress.targets.front import torch_front_passes
 
 METADATA_FILE = "openvino_build.json"
-MODEL_FILE = "model.xml"
+MODEL_FILE = OPENVINO_IR.model_file
 # recipe openvino.inference_precision -> the CPU plugin's OPTIMIZATION_CAPABILITIES entry it needs
 PRECISION_CAPABILITY = {"f32": "FP32", "bf16": "BF16", "f16": "FP16"}
 INSTALL_HINT = "pip install 'mcompress[openvino]' (openvino and nncf), or use --target onnx-cpu."
@@ -47,9 +49,6 @@ class OpenVINOCpuTarget(Target):
         contrib_ops=False,  # the IR comes from the standard-op export; OpenVINO fuses on compile
     )
 
-    def __init__(self):
-        self.inference_precision = "f32"  # set from the recipe (validate_recipe / pipeline)
-
     def check_available(self) -> None:
         missing = missing_packages()
         if missing:
@@ -57,7 +56,6 @@ class OpenVINOCpuTarget(Target):
                                     f"{'is' if len(missing) == 1 else 'are'} not installed.", INSTALL_HINT)
 
     def validate_recipe(self, recipe) -> None:
-        self.inference_precision = recipe.openvino.inference_precision
         mode = recipe.quantize.mode
         if mode not in ("auto", "static", "none"):
             raise InputError(f"target openvino-cpu cannot run quantize.mode '{mode}': NNCF quantizes with calibrated "
@@ -81,47 +79,62 @@ class OpenVINOCpuTarget(Target):
         from mcompress.passes.export.onnx_export import ExportOnnx
         from mcompress.passes.quantize.nncf_ptq import QuantizeNNCF
 
-        self.inference_precision = recipe.openvino.inference_precision
         return [*torch_front_passes(recipe), ExportOnnx(), ConvertOpenVINO(), QuantizeNNCF()]
 
-    def runner(self, model_path: Path, threads: int | None = None):
-        """An IR (.xml) runs on the OpenVINO CPU plugin; an ONNX file (the export pass's output,
+    def settings(self, recipe) -> "OpenVINOSettings":
+        return OpenVINOSettings(recipe.openvino.inference_precision) if recipe is not None else OpenVINOSettings()
+
+    def runner(self, model_path: Path, threads: int | None = None, settings: TargetSettings | None = None):
+        """An IR runs on the OpenVINO CPU plugin; an ONNX file (the export pass's output,
         evaluated after that pass) on ONNX Runtime CPU."""
-        if Path(model_path).suffix == ".xml":
+        if format_of(model_path) is OPENVINO_IR:
             from mcompress.engines.openvino_cpu import OpenVINORunner
 
-            return OpenVINORunner(model_path, threads, self.inference_precision)
+            return OpenVINORunner(model_path, threads, (settings or OpenVINOSettings()).inference_precision)
         from mcompress.engines.onnxruntime_cpu import OrtRunner
 
         return OrtRunner(model_path, threads)
 
-    def build(self, state, out_dir: Path, inputs: BuildInputs | None = None) -> Path:
+    def build(self, state, out_dir: Path, inputs: BuildInputs | None = None) -> BuildResult:
+        """model.xml + model.bin, config.json, the tokenizer files, and openvino_build.json (the
+        facts below, kept in the build for whoever deploys it)."""
         import nncf
         import openvino as ov
 
         from mcompress.core.recipe import Recipe
-        from mcompress.targets.onnx_cpu.target import write_config_and_tokenizer
         from mcompress.engines.openvino_cpu import OpenVINORunner
+        from mcompress.targets.onnx_cpu.target import write_config_and_tokenizer
 
         inputs = inputs or BuildInputs()
         recipe = inputs.recipe or Recipe()
+        settings = self.settings(recipe)
         out_dir.mkdir(parents=True, exist_ok=True)
-        xml = out_dir / MODEL_FILE
-        shutil.copyfile(state.ir_path, xml)
-        shutil.copyfile(Path(state.ir_path).with_suffix(".bin"), xml.with_suffix(".bin"))
+        xml = OPENVINO_IR.copy(state.model_file, out_dir, MODEL_FILE)
         write_config_and_tokenizer(state, out_dir)
         threads = recipe.latency.threads or os.cpu_count()
-        compiled = OpenVINORunner(xml, threads, recipe.openvino.inference_precision)
-        meta = {"schema": 1, "model_file": MODEL_FILE, "weights_file": xml.with_suffix(".bin").name,
+        compiled = OpenVINORunner(xml, threads, settings.inference_precision)
+        meta = {"schema": 1, "model_file": MODEL_FILE, "weights_file": OPENVINO_IR.companions(xml)[0].name,
                 "openvino": ov.__version__, "nncf": nncf.__version__, "device": "CPU",
-                "requested": {"inference_precision": recipe.openvino.inference_precision, "threads": threads,
+                "requested": {"inference_precision": settings.inference_precision, "threads": threads,
                               "performance_hint": "LATENCY"},
                 "compiled": compiled.properties,
                 "quantization": state.annotations.get("quantization"),
                 "float_layers": state.annotations.get("float_layers", [])}
         (out_dir / METADATA_FILE).write_text(json.dumps(meta, indent=2) + "\n")
-        return xml
+        return self._result(out_dir, xml, settings, meta)
 
-    def build_summary(self, out_dir: Path) -> dict:
-        path = Path(out_dir) / METADATA_FILE
-        return json.loads(path.read_text()) if path.is_file() else {}
+    def build_table(self, summary) -> Table:
+        compiled, requested = summary.get("compiled") or {}, summary.get("requested") or {}
+        rows = (("runtime", f"openvino {str(summary.get('openvino')).split('-')[0]} on {summary.get('device', 'CPU')}, "
+                            f"NNCF {summary.get('nncf')}"),
+                ("compiled with", f"inference precision {compiled.get('inference_precision')} (asked "
+                                  f"{requested.get('inference_precision')}), {compiled.get('inference_num_threads')} "
+                                  f"threads, performance hint {compiled.get('performance_hint')}, "
+                                  f"{compiled.get('num_streams')} stream(s)"),
+                ("quantization", str(summary.get("quantization"))))
+        return Table("Target build (OpenVINO)", ("fact", "value"), rows)
+
+
+@dataclass(frozen=True)
+class OpenVINOSettings(TargetSettings):
+    inference_precision: str = "f32"  # recipe openvino.inference_precision: the CPU plugin's float precision

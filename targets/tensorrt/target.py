@@ -13,18 +13,21 @@ from __future__ import annotations
 
 import json
 import logging
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from mcompress.core.errors import InputError, TargetUnavailable
-from mcompress.core.target_base import BuildInputs, Target, TargetCapabilities
+from mcompress.core.formats import TENSORRT_ENGINE, format_of
+from mcompress.core.sections import Table
+from mcompress.core.target_base import BuildInputs, BuildResult, Target, TargetCapabilities, TargetSettings
 from mcompress.targets.front import torch_front_passes
 
 logger = logging.getLogger(__name__)
 
-ENGINE_FILE = "model.engine"
+ENGINE_FILE = TENSORRT_ENGINE.model_file
 METADATA_FILE = "tensorrt_build.json"
 COMMAND_FILE = "trtexec_command.txt"
-ENGINE_SUFFIXES = (".engine", ".plan", ".trt")
 # TensorRT-RTX's ComputeCapability enum (1.7): what tensorrt.compute_capabilities may name.
 RTX_COMPUTE_CAPABILITIES = ("7.5", "8.0", "8.6", "8.9", "12.0", "12.1")
 
@@ -71,10 +74,16 @@ class TensorRTTarget(Target):
 
         return [*torch_front_passes(recipe), ExportOnnx(), QuantizeInt8()]
 
-    def runner(self, model_path: Path, threads: int | None = None):
+    def settings(self, recipe) -> "TensorRTSettings":
+        from mcompress.core.recipe import Recipe, TensorRTConfig
+
+        recipe = recipe or Recipe()
+        return TensorRTSettings(recipe.tensorrt or TensorRTConfig(), recipe.max_length, recipe.eval.batch_size)
+
+    def runner(self, model_path: Path, threads: int | None = None, settings: TargetSettings | None = None):
         """An engine file runs on the GPU; an ONNX file (the engine's input: intermediate graphs
         and the no-GPU stand-in) runs on ONNX Runtime CPU, and says so in its name."""
-        if Path(model_path).suffix in ENGINE_SUFFIXES:
+        if format_of(model_path) is TENSORRT_ENGINE:
             from mcompress.targets.tensorrt.runner import TensorRTRunner
 
             return TensorRTRunner(model_path)
@@ -82,27 +91,27 @@ class TensorRTTarget(Target):
 
         return OrtRunner(model_path, threads, name="onnxruntime-cpu (TensorRT-ready Q/DQ ONNX, stand-in for the engine)")
 
-    def build(self, state, out_dir: Path, inputs: BuildInputs | None = None) -> Path:
-        from mcompress.core.recipe import Recipe, TensorRTConfig
-        from mcompress.targets.onnx_cpu.target import OnnxCpuTarget
+    def build(self, state, out_dir: Path, inputs: BuildInputs | None = None) -> BuildResult:
+        """model.onnx + config.json + tokenizer files (the engine's source, runnable on its own),
+        trtexec_command.txt, the engine where a builder is present, and tensorrt_build.json (the
+        facts below, kept in the build: what the engine was built for)."""
+        import onnx
+
+        from mcompress.targets.onnx_cpu.target import write_onnx_build
         from mcompress.targets.tensorrt import builder as b
 
         inputs = inputs or BuildInputs()
-        recipe = inputs.recipe or Recipe()
-        cfg = recipe.tensorrt or TensorRTConfig()
-        # model.onnx + config.json + tokenizer files: the engine's source, runnable on its own.
-        onnx_file = OnnxCpuTarget().build(state, out_dir)
+        settings = self.settings(inputs.recipe)
+        cfg = settings.config
+        onnx_file = write_onnx_build(state, out_dir)
         bad = b.nonstandard_ops(onnx_file)
         if bad:
             raise b.EngineBuildError(f"the graph holds operators TensorRT's ONNX parser cannot read: {', '.join(bad)}.",
                                      "The tensorrt pipeline must not run ONNX Runtime's transformer fusion.")
-        import onnx
-
         graph_inputs = [i.name for i in onnx.load(str(onnx_file), load_external_data=False).graph.input]
         profile = b.ShapeProfile.from_data([n for n in b.TOKEN_INPUTS if n in graph_inputs], inputs.token_lengths,
-                                           recipe.max_length, recipe.eval.batch_size, cfg)
+                                           settings.max_length, settings.eval_batch_size, cfg)
         trt = b.find_tensorrt()
-        device = b.cuda_device()
         package = b.package_info(trt) if trt else None
         timing_cache = None
         if cfg.timing_cache:
@@ -113,12 +122,24 @@ class TensorRTTarget(Target):
                                  tuple(cfg.compute_capabilities), cfg.workspace_mb, timing_cache)
         module = package["module"] if package else "tensorrt"
         (out_dir / COMMAND_FILE).write_text(b.command_line(module, onnx_file.name, ENGINE_FILE, profile, options))
+        meta = self._engine(trt, package, onnx_file, out_dir / ENGINE_FILE, profile, options, cfg, state)
+        (out_dir / METADATA_FILE).write_text(json.dumps(meta, indent=2) + "\n")
+        logger.info("tensorrt build: engine %s, measured %s", meta["engine_file"], meta["engine_measured"])
+        if meta["engine_measured"]:
+            return self._result(out_dir, out_dir / ENGINE_FILE, settings, meta)
+        return self._result(out_dir, onnx_file, settings, meta, artifact_measured=False,
+                            unmeasured_reason=meta["reason"], stand_in=meta["gated_artifact"])
 
+    def _engine(self, trt, package, onnx_file: Path, engine_file: Path, profile, options, cfg, state) -> dict[str, Any]:
+        """Build the engine where this machine can, try to load it, and say what happened."""
+        from mcompress.targets.tensorrt import builder as b
+
+        device = b.cuda_device()
+        module = package["module"] if package else "tensorrt"
         meta = {"schema": 1, "onnx_file": onnx_file.name, "engine_file": None, "package": package,
                 "gpu": device, "cuda": (device or {}).get("cuda"), "profile": profile.as_dict(),
                 "builder_optimization_level": cfg.builder_optimization_level,
                 "sparsity": state.annotations.get("sparsity"), "quantization": state.annotations.get("quantization")}
-        engine_file = out_dir / ENGINE_FILE
         if trt is None:
             meta["reason"] = ("neither tensorrt nor tensorrt_rtx is installed, so no engine was built "
                               "(pip install 'mcompress[tensorrt]' or '[tensorrt-rtx]').")
@@ -147,10 +168,41 @@ class TensorRTTarget(Target):
         if not measured:
             meta["gated_artifact"] = f"{onnx_file.name} on ONNX Runtime CPU (stand-in for the engine)"
             meta["reason"] += " The engine's accuracy and latency need an NVIDIA GPU."
-        (out_dir / METADATA_FILE).write_text(json.dumps(meta, indent=2) + "\n")
-        logger.info("tensorrt build: engine %s, measured %s", meta["engine_file"], measured)
-        return engine_file if measured else onnx_file
+        return meta
 
-    def build_summary(self, out_dir: Path) -> dict:
-        path = Path(out_dir) / METADATA_FILE
-        return json.loads(path.read_text()) if path.is_file() else {}
+    def build_table(self, summary) -> Table:
+        """The engine, the builder, the GPU and the optimization profile; a note when the engine
+        itself was not measured."""
+        package, gpu, build = summary.get("package") or {}, summary.get("gpu") or {}, summary.get("build") or {}
+        engine = summary.get("engine_file") or "not built"
+        if summary.get("engine_file"):
+            engine += (f" ({(build.get('engine_bytes') or 0) / 1e6:.1f} MB, built in {build.get('build_s')} s, "
+                       f"{summary.get('build_mode')})")
+        rows = [("engine", engine),
+                ("builder", f"{package.get('distribution') or package.get('module') or 'none installed'} "
+                            f"{package.get('version') or ''}".rstrip()),
+                ("GPU", gpu.get("name", "none") + (f" (compute capability {gpu['compute_capability']}, CUDA "
+                                                   f"{gpu.get('cuda')})" if gpu else ""))]
+        if summary.get("compiled_for"):
+            cc = summary["compiled_for"]
+            rows.append(("compiled for", ", ".join(cc) if isinstance(cc, list) else cc))
+        profile = summary.get("profile") or {}
+        if profile:
+            bq, sq = profile.get("batch", {}), profile.get("sequence", {})
+            rows.append(("optimization profile", f"batch {bq.get('min')}/{bq.get('opt')}/{bq.get('max')}, sequence "
+                                                 f"{sq.get('min')}/{sq.get('opt')}/{sq.get('max')} (min/opt/max)"))
+        notes = ()
+        if summary.get("engine_measured") is False:
+            notes = (f"Not measured on the target: {summary.get('reason', '')} The gates ran on "
+                     f"{summary.get('gated_artifact')}; the latency table is that stand-in's, not the engine's, "
+                     "and latency gates were not applied.",)
+        return Table("Target build", ("fact", "value"), tuple(rows), notes)
+
+
+@dataclass(frozen=True)
+class TensorRTSettings(TargetSettings):
+    """The recipe's engine settings and the shape bounds they default to."""
+
+    config: Any  # core.recipe.TensorRTConfig
+    max_length: int
+    eval_batch_size: int
