@@ -85,11 +85,12 @@ def _race(reports: dict[str, dict], builds: dict[str, Path], targets: dict, reci
     from transformers import AutoTokenizer
 
     from mcompress.core.checkpoint import inspect_checkpoint
+    from mcompress.core.task import get_task
     from mcompress.pipeline.job import resolve_data
 
     ckpt = inspect_checkpoint(req.model_dir, allow_pickle=req.allow_pickle)
     tokenizer = AutoTokenizer.from_pretrained(ckpt.path, local_files_only=True)
-    texts = resolve_data(req, ckpt.label2id).eval.head(recipe.eval.max_examples).texts
+    texts = resolve_data(req, ckpt.label2id, get_task(ckpt.task)).eval.head(recipe.eval.max_examples).texts
     threads = recipe.latency.threads or os.cpu_count()
     runners = {}
     for name, report in reports.items():
@@ -111,7 +112,7 @@ def _race(reports: dict[str, dict], builds: dict[str, Path], targets: dict, reci
 
     candidates = {}
     for name, report in reports.items():
-        gate = next(g for g in report["gates"] if g["name"] == "accuracy_drop")
+        gate = next(g for g in report["gates"] if g["name"] == f"{report['metric']}_drop")
         candidates[name] = {"passed": report["passed"], "accuracy": report["build"]["accuracy"],
                             "accuracy_drop": gate["value"], "runtime": report["build"]["runtime"],
                             "model_bytes": report["artifact"]["model_bytes"],

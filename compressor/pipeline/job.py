@@ -23,7 +23,7 @@ from mcompress.calibration.datasets import LabelledTexts, is_split_dir, split_fi
 from mcompress.calibration.tagged import TaggedSentences
 from mcompress.core.checkpoint import inspect_checkpoint, load_model_and_tokenizer
 from mcompress.core.errors import GateFailure, InputError, TargetUnavailable
-from mcompress.metrics.evaluation import TorchRunner, evaluate, interleaved_latency, latency_inputs, measure_latency
+from mcompress.metrics.evaluation import TorchRunner, interleaved_latency, latency_inputs, measure_latency
 from mcompress.metrics.flops import encoder_flops
 from mcompress.metrics.gates import accuracy_drop_gate, latency_gates, size_gate
 from mcompress.core.manager import PassManager, PassRecord
@@ -37,7 +37,7 @@ from mcompress.report.markdown import write_report
 from mcompress.core.state import ModelKind, ModelState
 from mcompress.core.target_base import BuildInputs
 from mcompress.targets import get_target
-from mcompress.core.tasks import TASKS, TaskSpec, gated_metric, load_task_data
+from mcompress.core.task import Task, get_task
 
 logger = logging.getLogger(__name__)
 
@@ -78,7 +78,7 @@ class DataSplits:
     calibration_is_eval: bool = False
 
 
-def resolve_data(req: RunRequest, label2id: dict[str, int], task: TaskSpec = TASKS["text-classification"]) -> DataSplits:
+def resolve_data(req: RunRequest, label2id: dict[str, int], task: Task) -> DataSplits:
     """Eval data is required; calibration and selection default to the example's splits.
 
     With a split dir (``MODEL_DIR/splits`` by default), eval = test, selection = validation and
@@ -92,7 +92,7 @@ def resolve_data(req: RunRequest, label2id: dict[str, int], task: TaskSpec = TAS
         raise InputError("no evaluation data: the model dir has no splits/ directory.",
                          "Pass --eval-data FILE (CSV or JSONL with text and label columns; CoNLL or JSONL with "
                          "tokens and tags for a tagger).")
-    load = lambda p, split, labels=True: load_task_data(task, p, label2id, req.text_column, req.label_column, split, labels)
+    load = lambda p, split, labels=True: task.load_data(p, label2id, req.text_column, req.label_column, split, labels)
     eval_data = load(eval_path, "test")
     split_dir = Path(eval_path) if Path(eval_path).is_dir() else None
     if split_dir is not None and split_file(split_dir, "validation"):
@@ -126,14 +126,15 @@ def run(req: RunRequest, task: TaskFactory = _no_ui) -> dict:
     target.validate_recipe(recipe)
     check_gate_passes(recipe, [p.name for p in target.pipeline(recipe)])
     ckpt = inspect_checkpoint(req.model_dir, allow_pickle=req.allow_pickle)
-    metric = gated_metric(ckpt.task_spec, recipe.gates.metric)
+    model_task = get_task(ckpt.task)
+    metric = model_task.gated_metric(recipe.gates.metric)
     validate_against_checkpoint(recipe, ckpt)
     max_positions = ckpt.config.get("max_position_embeddings")
     if max_positions and recipe.max_length > max_positions:
         raise InputError(f"recipe max_length {recipe.max_length} exceeds the model's max_position_embeddings {max_positions}.",
                          f"Set max_length <= {max_positions}.")
     out = req.out or Path("build") / f"{req.model_dir.resolve().name}-{req.target}"
-    data = resolve_data(req, ckpt.label2id, ckpt.task_spec)
+    data = resolve_data(req, ckpt.label2id, model_task)
     validate_training_data(recipe, len(data.calibration), data.calibration_is_eval)
     input_paths = [req.model_dir] + [p for p in (req.eval_data, req.calib_data, req.recipe_path) if p]
     cache_root = Path(req.cache_dir or default_cache_dir()).expanduser() if req.use_cache else None
@@ -154,7 +155,7 @@ def run(req: RunRequest, task: TaskFactory = _no_ui) -> dict:
 
     def run_eval(runner, dataset: LabelledTexts, label: str):
         advance = task(f"evaluating {label}", len(dataset))
-        return evaluate(runner, tokenizer, dataset, recipe.max_length, recipe.eval.batch_size, advance, what=label)
+        return model_task.evaluate(runner, tokenizer, dataset, recipe.max_length, recipe.eval.batch_size, advance, what=label)
 
     reference = run_eval(reference_runner, eval_data, "PyTorch FP32")
     reference_selection = (reference if data.selection is data.eval
@@ -166,7 +167,7 @@ def run(req: RunRequest, task: TaskFactory = _no_ui) -> dict:
     with tempfile.TemporaryDirectory(prefix="mcompress-") as work:
         ctx = PassContext(recipe, target, Path(work), data.calibration, data.selection,
                           reference_selection.score, progress=task,
-                          resume_dir=cache_root / "resume" if cache_root else None)
+                          resume_dir=cache_root / "resume" if cache_root else None, task=model_task)
 
         evaluated = {}  # pass name -> EvalResult on the eval data, shared with the gates after passes
         pass_runner = lambda s: TorchRunner(s.torch_model, threads) if s.kind is ModelKind.TORCH else target.runner(s.model_file, threads)
@@ -257,7 +258,7 @@ def run(req: RunRequest, task: TaskFactory = _no_ui) -> dict:
                     "notes": data.notes,
                 },
                 "metric": metric,
-                "reference": {"runtime": reference_runner.name, **reference.summary(), **_entity_details(reference),
+                "reference": {"runtime": reference_runner.name, **reference.summary(), **model_task.report_fields(reference),
                               "size_bytes": reference_size, "flops_seq128": reference_flops},
                 "passes": [{"name": r.name, "wall_s": round(r.wall_s, 2), "modified": r.modified, "size_bytes": r.size_bytes,
                             **_pass_scores(r.evaluation),
@@ -265,7 +266,7 @@ def run(req: RunRequest, task: TaskFactory = _no_ui) -> dict:
                             "latency": r.evaluation.get("latency"),
                             "metrics": r.metrics,
                             "cached": r.cached, "cache_key": r.cache_key} for r in records],
-                "build": {"runtime": build_runner.name, **candidate.summary(), **_entity_details(candidate)},
+                "build": {"runtime": build_runner.name, **candidate.summary(), **model_task.report_fields(candidate)},
                 "latency": {"reference": [r.as_dict() for r in ref_latency], "build": [r.as_dict() for r in build_latency]},
                 "gates": [g.as_dict() for g in gates],
                 "passed": all(g.passed for g in gates),
@@ -296,11 +297,3 @@ def _pass_scores(evaluation: dict) -> dict:
     keys = ("score", "accuracy", "macro_f1", "entity_f1", "precision", "recall")
     return {"accuracy": None, "macro_f1": None, **{k: evaluation[k] for k in keys if k in evaluation}}
 
-
-def _entity_details(result) -> dict:
-    """A tagger's per entity type scores and truncated words, for the report."""
-    if result.metric != "entity_f1":
-        return {}
-    per_type = {t: {k: round(v, 6) if isinstance(v, float) else v for k, v in s.items()}
-                for t, s in result.details["per_type"].items()}
-    return {"per_entity": per_type, "truncated_words": result.details["truncated_words"]}

@@ -29,7 +29,7 @@ import numpy as np
 
 from mcompress.calibration.datasets import tokenize
 from mcompress.core.errors import NumericalFault
-from mcompress.metrics.evaluation import evaluate, interleaved_latency, latency_inputs
+from mcompress.metrics.evaluation import interleaved_latency, latency_inputs
 from mcompress.metrics.gates import metric_drop
 from mcompress.core.pass_base import Pass, PassContext, PassResult
 from mcompress.core.state import ModelKind, ModelState
@@ -163,7 +163,7 @@ class QuantizeInt8(Pass):
                 # calibration reads the texts only (labels, when the split has them, are not used)
                 "calibration": dataclasses.replace(ctx.calibration.head(cfg.static.calibration_examples), labels=None).content_hash(),
                 "selection": ctx.selection.head(cfg.selection_examples).content_hash(),
-                "reference_selection_accuracy": ctx.reference_selection_accuracy,
+                "reference_selection_score": ctx.reference_selection_score,
                 "capabilities": dataclasses.asdict(ctx.target.capabilities),
                 # what scores the candidates (_score): it can change the choice
                 "scoring": {"threads": recipe.latency.threads, "iterations": recipe.latency.iterations,
@@ -199,7 +199,7 @@ class QuantizeInt8(Pass):
             scores = self._score_all(candidates, state, ctx)
             within = [n for n, s in scores.items() if s["within_budget"]]
             chosen = (self._fastest(within, scores, cfg.latency_tie_tolerance) if within
-                      else max(scores, key=lambda n: scores[n]["accuracy"]))
+                      else max(scores, key=lambda n: scores[n]["score"]))
             metrics["candidates"] = scores
             metrics["choice_reason"] = ("fastest candidate within the accuracy budget" if within
                                         else "no candidate within budget; kept the most accurate")
@@ -237,11 +237,11 @@ class QuantizeInt8(Pass):
                                  max(1, per_round // 4))
         scores = {}
         for name, runner in runners.items():
-            # the task's metric: accuracy, or entity F1 for a tagger
-            accuracy = evaluate(runner, state.tokenizer, selection, recipe.max_length, recipe.eval.batch_size,
-                                what=f"quantize candidate {name}").score
-            drop = metric_drop(ctx.reference_selection_accuracy, accuracy, recipe.gates.drop_type)
-            scores[name] = {"accuracy": round(accuracy, 4), "drop_points": round(drop, 3),
+            # the task's gated metric: accuracy, or entity F1 for a tagger
+            score = ctx.task.evaluate(runner, state.tokenizer, selection, recipe.max_length, recipe.eval.batch_size,
+                                      what=f"quantize candidate {name}").score
+            drop = metric_drop(ctx.reference_selection_score, score, recipe.gates.drop_type)
+            scores[name] = {"score": round(score, 4), "drop_points": round(drop, 3),
                             "within_budget": round(drop, 9) <= recipe.gates.max_drop,
                             "p50_ms_b1_s128": round(b1[name].p50_ms, 3), "p50_ms_b8_s128": round(b8[name].p50_ms, 3),
                             "latency_score_ms": round(math.sqrt(b1[name].p50_ms * b8[name].p50_ms / 8), 3),
