@@ -66,7 +66,8 @@ def main() -> int:
     import torch
 
     from mcompress.core.checkpoint import inspect_checkpoint, load_model_and_tokenizer
-    from mcompress.metrics.evaluation import TorchRunner, evaluate, interleaved_latency, latency_inputs
+    from mcompress.metrics.evaluation import TorchRunner, interleaved_latency, latency_inputs
+    from mcompress.tasks import evaluate
     from mcompress.core.errors import GateFailure
     from mcompress.pipeline.job import RunRequest, run
     from mcompress.core.recipe import load_recipe
@@ -74,13 +75,13 @@ def main() -> int:
     from mcompress.targets import get_target
     from mcompress.engines.onnxruntime_cpu import OrtRunner
     from mcompress.targets.openvino_cpu.target import missing_packages
-    from mcompress.core.tasks import load_task_data
+    from mcompress.core.task import get_task
 
     threads = os.cpu_count()
     torch.set_num_threads(threads)
     ckpt = inspect_checkpoint(args.example_dir)
     model, tokenizer = load_model_and_tokenizer(ckpt)
-    test = load_task_data(ckpt.task_spec, args.example_dir / "splits", ckpt.label2id, None, None, split="test")
+    test = get_task(ckpt.task).load_data(args.example_dir / "splits", ckpt.label2id, None, None, split="test")
     recipes = args.recipe or [Path("recipes/ptq.yaml")]
     targets = args.target or ["onnx-cpu"] + ([] if missing_packages() else ["openvino-cpu"])
     fp32_bytes = ckpt.weights_file.stat().st_size
@@ -90,7 +91,7 @@ def main() -> int:
         load_before = other_processes_cpu()
         build_loads = {}  # other processes' CPU % sampled right after each build
         started = time.perf_counter()
-        optimum_model, optimum_preset = optimum_dynamic_int8(args.example_dir, work, ckpt.task_spec.optimum_model)
+        optimum_model, optimum_preset = optimum_dynamic_int8(args.example_dir, work, get_task(ckpt.task).optimum_model)
         optimum_wall = time.perf_counter() - started
         runners = {"PyTorch FP32 eager": TorchRunner(model, threads)}
         rows = {"PyTorch FP32 eager": {"bytes": fp32_bytes, "wall_s": None}}

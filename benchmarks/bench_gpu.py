@@ -63,7 +63,8 @@ def main() -> None:
 
     from mcompress.calibration.datasets import load_labelled_texts, tokenize
     from mcompress.core.checkpoint import inspect_checkpoint, load_model_and_tokenizer
-    from mcompress.metrics.evaluation import TorchRunner, evaluate
+    from mcompress.metrics.evaluation import TorchRunner
+    from mcompress.tasks import evaluate
 
     if not torch.cuda.is_available():
         raise SystemExit("error: torch sees no CUDA GPU; this benchmark needs one.")

@@ -35,7 +35,8 @@ def main() -> None:
 
     from mcompress.calibration.datasets import load_labelled_texts
     from mcompress.core.checkpoint import inspect_checkpoint, load_model_and_tokenizer
-    from mcompress.metrics.evaluation import TorchRunner, evaluate
+    from mcompress.metrics.evaluation import TorchRunner
+    from mcompress.tasks import evaluate
     from mcompress.metrics.flops import encoder_flops, parameter_count
     from mcompress.core.pass_base import PassContext
     from mcompress.passes.distill.kd import Distill

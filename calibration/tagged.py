@@ -275,14 +275,3 @@ def word_targets(first_positions: list[list[int]], labels: list[list[int]] | Non
         labels = [[PREDICTED] * len(p) for p in first_positions]
     return aligned_labels(first_positions, labels, sequence_length)
 
-
-def token_logits_and_targets(logits, targets, reference_logits):
-    """A tagger's (batch, sequence, labels) logits and (batch, sequence) targets reduced to the
-    scored positions (each word's first sub-token): (logits rows, targets, reference rows), with
-    PREDICTED targets replaced by the reference logits' argmax. For pruning importance and
-    distillation losses, which then treat words like a classifier treats texts."""
-    import torch
-
-    keep = targets != IGNORE_INDEX
-    rows, reference_rows, kept = logits[keep], reference_logits[keep], targets[keep]
-    return rows, torch.where(kept == PREDICTED, reference_rows.argmax(-1), kept), reference_rows

@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from mcompress.core.task import get_task
 from mcompress.metrics.evaluation import EvalResult, LatencyResult
 from mcompress.metrics.gates import accuracy_drop_gate, bootstrap_drop_ci, latency_gates, size_gate
 
@@ -12,7 +13,7 @@ from mcompress.metrics.gates import accuracy_drop_gate, bootstrap_drop_ci, laten
 def _result(predictions, labels) -> EvalResult:
     predictions, labels = np.asarray(predictions), np.asarray(labels)
     return EvalResult(float((predictions == labels).mean()), predictions, labels,
-                      np.zeros((len(labels), 2), dtype=np.float32))
+                      np.zeros((len(labels), 2), dtype=np.float32), get_task("text-classification"))
 
 
 def test_accuracy_drop_value_verdict_and_ci():

@@ -133,7 +133,8 @@ def test_tagger_checkpoint_is_detected(tagger):
 
 
 def test_evaluation_scores_entities_and_tags_truncated_words_o(tagger):
-    from mcompress.metrics.evaluation import TorchRunner, evaluate
+    from mcompress.metrics.evaluation import TorchRunner
+    from mcompress.tasks import evaluate
 
     _, model, tokenizer, test = tagger
     result = evaluate(TorchRunner(model), tokenizer, test, 128, 8)
@@ -160,13 +161,14 @@ def test_evaluation_scores_entities_and_tags_truncated_words_o(tagger):
 
 
 def test_entity_f1_gate_bootstraps_sentences(tagger):
+    from mcompress.core.task import get_task
     from mcompress.metrics.evaluation import EvalResult
     from mcompress.metrics.gates import accuracy_drop_gate
 
     stats = np.array([[2, 2, 2], [1, 1, 1], [0, 1, 1], [3, 3, 4]] * 10)
     worse = stats.copy()
     worse[::4, 0] = 1  # the candidate misses one entity in every fourth sentence
-    make = lambda s: EvalResult(0.9, np.zeros(3), np.zeros(3), np.zeros((3, 9)), metric="entity_f1", stats=s,
+    make = lambda s: EvalResult(0.9, np.zeros(3), np.zeros(3), np.zeros((3, 9)), get_task("token-classification"), stats=s,
                                 details={"micro": {}, "per_type": {}})
     ref, cand = make(stats), make(worse)
     gate = accuracy_drop_gate(ref, cand, 1.0)
@@ -198,7 +200,8 @@ def tagger_build(tiny_tagger, fast_recipe, tmp_path_factory):
 
 
 def test_tagger_run_end_to_end_on_conll_subset(tagger_build, tagger):
-    from mcompress.metrics.evaluation import TorchRunner, evaluate
+    from mcompress.metrics.evaluation import TorchRunner
+    from mcompress.tasks import evaluate
     from mcompress.engines.onnxruntime_cpu import OrtRunner
 
     code, output, out, model, before = tagger_build
@@ -226,7 +229,7 @@ def test_tagger_openvino_cpu_build_gates_entity_f1(tiny_tagger, fast_recipe, tmp
     pytest.importorskip("openvino")
     pytest.importorskip("nncf")
     from mcompress.engines.openvino_cpu import OpenVINORunner
-    from mcompress.metrics.evaluation import evaluate
+    from mcompress.tasks import evaluate
 
     out = tmp_path / "ov"
     code, output = _run(str(tiny_tagger), "--target", "openvino-cpu", "--out", str(out), "--recipe", str(fast_recipe))
@@ -363,7 +366,7 @@ def test_tagger_sensitivity_ranks_layers_over_words(tiny_tagger, fast_recipe, tm
     sens = fallback["sensitivity"]
     assert sens["examples"] == 16 and any(row["layer"].endswith("encoder.layer.1") for row in sens["layers"])
     assert all(0 <= row["accuracy"] <= 1 and row["mean_kl"] >= 0 for row in sens["layers"])
-    assert 0 <= fallback["initial"]["accuracy"] <= 1  # entity F1 on the selection split
+    assert 0 <= fallback["initial"]["score"] <= 1  # entity F1 on the selection split
 
 
 def test_tagger_prune_and_distill(tiny_tagger, fast_recipe, tmp_path):

@@ -15,7 +15,7 @@ from mcompress.calibration.datasets import LabelledTexts, load_labelled_texts
 from mcompress.core.checkpoint import inspect_checkpoint, load_model_and_tokenizer
 from mcompress.cli import app
 from mcompress.core.errors import ExitCode, NumericalFault
-from mcompress.metrics.evaluation import evaluate
+from mcompress.tasks import evaluate
 from mcompress.core.pass_base import PassContext
 from mcompress.passes.export.onnx_export import ExportOnnx
 from mcompress.passes.quantize.ort_int8 import quantize_static_qdq

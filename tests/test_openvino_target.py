@@ -18,7 +18,7 @@ from typer.testing import CliRunner  # noqa: E402
 from mcompress.calibration.datasets import LabelledTexts, tokenize  # noqa: E402
 from mcompress.cli import app  # noqa: E402
 from mcompress.core.errors import ExitCode, InputError  # noqa: E402
-from mcompress.metrics.evaluation import evaluate  # noqa: E402
+from mcompress.tasks import evaluate  # noqa: E402
 from mcompress.core.pass_base import PassContext  # noqa: E402
 from mcompress.passes.convert.openvino_ir import ConvertOpenVINO  # noqa: E402
 from mcompress.passes.export.onnx_export import ExportOnnx  # noqa: E402

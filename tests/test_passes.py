@@ -206,11 +206,11 @@ def test_auto_records_candidates_and_choice(setup, fused_auto, tmp_path, referen
     assert metrics["mode"] == "auto"
     assert set(scores) == {f"{mode}/{graph}" for mode in ("dynamic", "static-minmax") for graph in ("fused", "unfused")}
     for score in scores.values():
-        assert {"accuracy", "drop_points", "p50_ms_b1_s128", "latency_score_ms", "within_budget", "examples"} <= set(score)
+        assert {"score", "drop_points", "p50_ms_b1_s128", "latency_score_ms", "within_budget", "examples"} <= set(score)
         assert score["examples"] == len(setup["validation"])
-        assert 0 <= score["accuracy"] <= 1 and score["p50_ms_b1_s128"] > 0
-        # accuracy is rounded to 4 decimals in the table
-        assert score["drop_points"] == pytest.approx((reference_accuracy - score["accuracy"]) * 100, abs=0.006)
+        assert 0 <= score["score"] <= 1 and score["p50_ms_b1_s128"] > 0
+        # the score is rounded to 4 decimals in the table
+        assert score["drop_points"] == pytest.approx((reference_accuracy - score["score"]) * 100, abs=0.006)
         assert score["within_budget"] is any_within
     chosen = metrics["chosen"]
     assert chosen in scores
@@ -223,7 +223,7 @@ def test_auto_records_candidates_and_choice(setup, fused_auto, tmp_path, referen
         assert scores[chosen]["latency_score_ms"] <= best * (1 + ctx.recipe.quantize.latency_tie_tolerance)
     else:
         assert metrics["choice_reason"] == "no candidate within budget; kept the most accurate"
-        assert scores[chosen]["accuracy"] == max(s["accuracy"] for s in scores.values())
+        assert scores[chosen]["score"] == max(s["score"] for s in scores.values())
 
 
 def test_quantize_none_is_a_no_op(setup, fused, tmp_path):

@@ -20,6 +20,7 @@ from mcompress.cli import app
 from mcompress.core.errors import ExitCode, InputError
 from mcompress.metrics.flops import encoder_flops
 from mcompress.core.pass_base import PassContext
+from mcompress.core.task import get_task
 from mcompress.passes.distill.kd import Distill
 from mcompress.passes.export.onnx_export import ExportOnnx
 from mcompress.passes.optimize.transformer_fusion import FuseTransformer
@@ -31,6 +32,7 @@ from mcompress.targets import get_target
 EQUAL_ATOL = 1e-5  # |logit| difference, pruned vs zeroed (same function, different summation order)
 ONNX_ATOL = 1e-4  # |logit| difference, ONNX Runtime FP32 vs PyTorch FP32
 HEAD_SIZE = 16
+CLASSIFIER = get_task("text-classification")  # the tiny model's task: its pruning hooks
 
 
 def _context(setup, work_dir: Path, **overrides) -> PassContext:
@@ -91,14 +93,14 @@ def test_importance_comes_from_data(setup):
     model = copy.deepcopy(setup["model"])
     model.bert.encoder.layer[0].attention.output.dense.weight.data[:, :HEAD_SIZE] = 0  # head 0 of layer 0
     model.bert.encoder.layer[1].output.dense.weight.data[:, 5] = 0  # neuron 5 of layer 1
-    batches, labels = S.scoring_batches(setup["tokenizer"], setup["train"], 32, 8)
-    heads, neurons = S.importance_scores(model, batches, labels)
+    batches, labels = S.scoring_batches(setup["tokenizer"], setup["train"], 32, 8, CLASSIFIER)
+    heads, neurons = S.importance_scores(model, batches, labels, CLASSIFIER)
     assert heads[0][0] == 0 and heads[0][1] > 0 and (heads[1] > 0).all()
     assert neurons[1][5] == 0 and (neurons[1] > 0).sum() >= 60
     assert S.choose_heads(heads, keep_per_layer=1)[0] == [1]
     assert 5 not in S.choose_neurons(neurons, 63)[1]
     # Without labels the model's own argmax is the target: still a usable ranking.
-    heads_unlabelled, _ = S.importance_scores(model, batches, None)
+    heads_unlabelled, _ = S.importance_scores(model, batches, None, CLASSIFIER)
     assert heads_unlabelled[0][0] == 0 and heads_unlabelled[0][1] > 0
     # The scored model is left as it was: no hooks, gradients or mode changes.
     assert all(p.requires_grad for p in model.parameters()) and not model.training
@@ -188,9 +190,9 @@ def _make_layer_identity(model, index: int) -> None:
 def test_layer_ablation_measures_the_loss_without_each_layer(setup):
     model = copy.deepcopy(setup["model"])
     _make_layer_identity(model, 1)
-    batches, labels = S.scoring_batches(setup["tokenizer"], setup["train"], 32, 8)
-    full_loss = S._mean_loss(model.eval(), batches, labels)
-    kept, rounds = S.choose_layers(model, batches, labels, keep=1)
+    batches, labels = S.scoring_batches(setup["tokenizer"], setup["train"], 32, 8, CLASSIFIER)
+    full_loss = S._mean_loss(model.eval(), batches, labels, CLASSIFIER)
+    kept, rounds = S.choose_layers(model, batches, labels, keep=1, task=CLASSIFIER)
     losses = rounds[0]["loss_without"]
     assert abs(losses["1"] - full_loss) < 2e-4  # skipping the identity layer changes nothing (log rounds to 1e-4)
     assert abs(losses["0"] - full_loss) > 1e-3  # skipping a real layer does
@@ -428,7 +430,7 @@ def test_other_families_prune_save_and_reload(model_type, tmp_path):
     flops_before = encoder_flops(model)
     ids = torch.randint(5, 100, (4, 12))
     batch = {"input_ids": ids.numpy(), "attention_mask": np.ones_like(ids.numpy())}
-    heads, neurons = S.importance_scores(model, [batch], None)
+    heads, neurons = S.importance_scores(model, [batch], None, CLASSIFIER)
     assert [len(h) for h in heads] == [4, 4] and [len(n) for n in neurons] == [64, 64]
     S.prune_heads(model, S.choose_heads(heads, keep_ratio=0.5))
     S.prune_ffn(model, S.choose_neurons(neurons, 24))

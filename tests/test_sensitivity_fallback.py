@@ -15,7 +15,9 @@ from typer.testing import CliRunner
 from mcompress.calibration.datasets import LabelledTexts
 from mcompress.cli import app
 from mcompress.core.errors import ExitCode, GateFailure
-from mcompress.metrics.evaluation import EvalResult, evaluate, macro_f1
+from mcompress.core.task import get_task
+from mcompress.metrics.evaluation import EvalResult, macro_f1
+from mcompress.tasks import evaluate
 from mcompress.metrics.gates import accuracy_drop_gate, metric_drop
 from mcompress.core.manager import PassManager
 from mcompress.core.pass_base import Pass, PassContext, PassResult
@@ -112,7 +114,7 @@ def test_fallback_repairs_a_build_that_breaks_the_budget(setup, breaking):
     result = QuantizeFallback().call(quantized, ctx)
     m = result.metrics
     initial = m["candidates"][0]
-    assert initial["step"] == 0 and initial["within_budget"] is False and initial["accuracy"] == pytest.approx(int8.accuracy)
+    assert initial["step"] == 0 and initial["within_budget"] is False and initial["score"] == pytest.approx(int8.accuracy)
 
     sens = m["sensitivity"]
     assert len(sens["layers"]) == 18 and not sens["unmeasured"]  # 16 MatMul + 2 Gemm in the unfused graph
@@ -132,7 +134,7 @@ def test_fallback_repairs_a_build_that_breaks_the_budget(setup, breaking):
     # The kept model is what it claims: a fresh session reproduces its accuracy, within budget.
     assert result.modified and result.state.onnx_path != quantized.onnx_path
     kept = _eval(setup, result.state.onnx_path, selection)
-    assert kept.accuracy == pytest.approx(m["candidates"][-1]["accuracy"]) and kept.accuracy == 1.0
+    assert kept.accuracy == pytest.approx(m["candidates"][-1]["score"]) and kept.accuracy == 1.0
     assert result.state.annotations["float_layers"] == m["float_layers"]
 
 
@@ -142,7 +144,7 @@ def test_fallback_step_limit_keeps_the_best_candidate(setup, breaking, tmp_path)
     result = QuantizeFallback().call(quantized, ctx)
     m = result.metrics
     assert len(m["candidates"]) <= 2 and m["candidates"][0]["within_budget"] is False
-    best = max(m["candidates"], key=lambda c: (c["accuracy"], -c["step"]))
+    best = max(m["candidates"], key=lambda c: (c["score"], -c["step"]))
     assert m["chosen_step"] == best["step"]
     if not m["passed"]:
         assert m["reason"].startswith("no candidate within budget")
@@ -295,10 +297,10 @@ def test_macro_f1_and_relative_drop():
 
     ref_pred = labels.copy()
     ref_pred[0] = 1  # reference 5/6 right
-    ref = EvalResult(5 / 6, ref_pred, labels, np.zeros((6, 3)))
+    ref = EvalResult(5 / 6, ref_pred, labels, np.zeros((6, 3)), get_task("text-classification"))
     cand_pred = ref_pred.copy()
     cand_pred[5] = 1  # candidate 4/6 right
-    cand = EvalResult(4 / 6, cand_pred, labels, np.zeros((6, 3)))
+    cand = EvalResult(4 / 6, cand_pred, labels, np.zeros((6, 3)), get_task("text-classification"))
     absolute = accuracy_drop_gate(ref, cand, 20.0)
     relative = accuracy_drop_gate(ref, cand, 20.0, drop_type="relative")
     assert absolute.value == pytest.approx(100 / 6) and absolute.passed
@@ -351,8 +353,8 @@ def test_interrupted_search_resumes_from_the_last_finished_candidate(setup, brea
     result = QuantizeFallback().call(quantized, dataclasses.replace(ctx, work_dir=tmp_path / "w2"))
     m = result.metrics
     assert m["resumed"] == {"candidates": stop_at - 1}
-    assert [(c["float_layers"], c["accuracy"]) for c in m["candidates"]] == \
-        [(c["float_layers"], c["accuracy"]) for c in uninterrupted["candidates"]]
+    assert [(c["float_layers"], c["score"]) for c in m["candidates"]] == \
+        [(c["float_layers"], c["score"]) for c in uninterrupted["candidates"]]
     assert m["chosen_step"] == uninterrupted["chosen_step"] and m["passed"] == uninterrupted["passed"]
-    assert _eval(setup, result.state.onnx_path, selection).accuracy == pytest.approx(m["candidates"][m["chosen_step"]]["accuracy"])
+    assert _eval(setup, result.state.onnx_path, selection).accuracy == pytest.approx(m["candidates"][m["chosen_step"]]["score"])
     assert not list(resume.glob("fallback-*.json"))  # removed once the search ended

@@ -31,6 +31,7 @@ from pathlib import Path
 
 from mcompress.core.errors import InputError
 from mcompress.core.formats import ONNX, OPENVINO_IR
+from mcompress.core.task import TASKS, runtime_decoder
 
 SCHEMA_VERSION = 1
 MANIFEST = "manifest.json"
@@ -157,15 +158,6 @@ def read_bundle(path: str | Path, max_bytes: int = MAX_TOTAL_BYTES,
     return manifest, members
 
 
-def softmax(logits):
-    import numpy as np
-
-    z = np.asarray(logits, dtype=np.float64)
-    z = z - z.max(axis=-1, keepdims=True)
-    e = np.exp(z)
-    return e / e.sum(axis=-1, keepdims=True)
-
-
 @dataclass
 class Bundle:
     path: Path
@@ -212,14 +204,9 @@ class Bundle:
         return out
 
     def predict(self, texts: list[str], batch_size: int = 32) -> list[dict]:
-        """For each text: {"label": name, "score": its softmax probability, "scores": {label: prob}}."""
-        probs = softmax(self.logits(texts, batch_size)) if len(texts) else []
-        results = []
-        for row in probs:
-            best = int(row.argmax())
-            results.append({"label": self.labels[best], "score": float(row[best]),
-                            "scores": {label: float(p) for label, p in zip(self.labels, row)}})
-        return results
+        """For each text, the task's prediction (its runtime decoder, compressor/tasks/decoding.py);
+        text classification: {"label": name, "score": its softmax probability, "scores": {label: prob}}."""
+        return runtime_decoder(self.manifest.get("task"))(self.logits(texts, batch_size), self.labels)
 
 
 def _manifest_field(manifest: dict, *keys, kind=None):
@@ -285,8 +272,9 @@ def load(path: str | Path, threads: int | None = None, max_bytes: int = MAX_TOTA
     model's bytes, and the bundle's tokenizer with truncation at max_sequence_length and padding
     to the longest text in a batch)."""
     manifest, members = read_bundle(path, max_bytes, max_members)
-    if manifest.get("task") != "text-classification":
-        raise BundleError(f"bundle task {manifest.get('task')!r} is not supported; this runtime runs text-classification.")
+    if runtime_decoder(manifest.get("task")) is None:
+        raise BundleError(f"bundle task {manifest.get('task')!r} is not supported; this runtime runs "
+                          f"{', '.join(n for n, entry in TASKS.items() if entry.runtime_decoder)}.")
     labels = _labels(manifest, members)
     tokenizer = _tokenizer(manifest, members)
     model_name = _manifest_field(manifest, "model_file", kind=str)

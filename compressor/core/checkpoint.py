@@ -14,7 +14,7 @@ from pathlib import Path
 
 from mcompress.core.errors import InputError
 from mcompress.core.formats import VOCABULARY_FILES
-from mcompress.core.tasks import TASKS, task_for_architecture
+from mcompress.core.task import all_tasks, get_task, task_for_architecture
 
 # BERT-family encoders whose ONNX export and ONNX Runtime fusions are tested (tests/test_checkpoint.py).
 SUPPORTED_MODEL_TYPES = ("bert", "roberta", "distilbert")
@@ -27,7 +27,7 @@ class Checkpoint:
     config: dict
     model_type: str
     architecture: str
-    task: str
+    task: str  # the name of its Task (core/task.py): get_task(ckpt.task)
     label2id: dict[str, int]
     id2label: dict[int, str]
     weights_file: Path
@@ -38,10 +38,6 @@ class Checkpoint:
     @property
     def num_labels(self) -> int:
         return len(self.id2label)
-
-    @property
-    def task_spec(self):
-        return TASKS[self.task]
 
 
 def _sha256(paths: list[Path]) -> str:
@@ -117,10 +113,10 @@ def inspect_checkpoint(model_dir: str | Path, allow_pickle: bool = False) -> Che
     architectures = config.get("architectures") or []
     architecture = next((a for a in architectures if task_for_architecture(a)), None)
     if architecture is None:
-        heads = ", ".join(f"*{t.head_suffix}" for t in TASKS.values())
+        heads = ", ".join(f"*{t.head_suffix}" for t in all_tasks())
         raise InputError(f"architecture {architectures or '(none)'} is not supported; mcompress needs a task head.",
                          f"Supported: {heads} (fine-tune the model for your task first).")
-    task = task_for_architecture(architecture).name
+    task = task_for_architecture(architecture)
 
     id2label_raw = config.get("id2label") or {}
     try:
@@ -131,10 +127,7 @@ def inspect_checkpoint(model_dir: str | Path, allow_pickle: bool = False) -> Che
         raise InputError(f"{config_path}: id2label must map 0..N-1 to label names.",
                          "Save the checkpoint with id2label/label2id set.")
     label2id = {v: k for k, v in id2label.items()}
-    if task == "token-classification":
-        from mcompress.calibration.tagged import entity_types
-
-        entity_types(id2label, f"{config_path} id2label")  # IOB2, checked before any work
+    task.check_labels(id2label, f"{config_path} id2label")  # e.g. a tagger's IOB2, checked before any work
 
     weights = path / "model.safetensors"
     if weights.is_file():
@@ -153,7 +146,7 @@ def inspect_checkpoint(model_dir: str | Path, allow_pickle: bool = False) -> Che
 
     hidden = config.get("hidden_size", config.get("dim"))
     heads = config.get("num_attention_heads", config.get("n_heads"))
-    return Checkpoint(path, config, model_type, architecture, task, label2id, id2label, weights,
+    return Checkpoint(path, config, model_type, architecture, task.name, label2id, id2label, weights,
                       int(hidden), int(heads), _sha256([config_path, weights]))
 
 
@@ -163,7 +156,7 @@ def load_model_and_tokenizer(ckpt: Checkpoint):
     import transformers
     from transformers import AutoConfig, AutoTokenizer
 
-    auto_model = getattr(transformers, ckpt.task_spec.auto_model)
+    auto_model = getattr(transformers, get_task(ckpt.task).auto_model)
 
     try:
         tokenizer = AutoTokenizer.from_pretrained(ckpt.path, local_files_only=True)

@@ -12,6 +12,7 @@ from mcompress.core.state import ModelKind, ModelState
 if TYPE_CHECKING:
     from mcompress.calibration.datasets import LabelledTexts
     from mcompress.core.recipe import Recipe
+    from mcompress.core.task import Task
 
 
 @dataclass
@@ -31,12 +32,21 @@ class PassContext:
     calibration: "LabelledTexts"  # calibration/train text; prune and distill use its labels when present
     selection: "LabelledTexts"  # labelled data for choosing between candidates (validation split)
     # The FP32 original's score on `selection` in the gated metric (accuracy; entity F1 for a tagger).
-    reference_selection_accuracy: float
+    reference_selection_score: float
     # A UI hook, like pipeline.prepare.ProgressFactory: progress(description, total) returns an advance(n) callable.
     progress: Optional[Callable[[str, int], Callable[[int], None]]] = None
     # Persistent dir for checkpoints that let a long pass resume after an interruption (the pass
     # cache's dir when caching is on); None = scratch space inside work_dir.
     resume_dir: Optional[Path] = None
+    # The model's task (core/task.py): passes call its hooks, never test for its name. None: the
+    # task of the calibration data.
+    task: Optional["Task"] = None
+
+    def __post_init__(self):
+        if self.task is None:
+            from mcompress.core.task import get_task
+
+            self.task = get_task(self.calibration.task)
 
     @property
     def seed(self) -> int:

@@ -9,7 +9,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal, Optional, Union
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from mcompress.core.errors import InputError
 
@@ -56,7 +56,9 @@ class QuantizeConfig(_Strict):
 class GateConfig(_Strict):
     # auto: the task's metric, accuracy for a classifier, entity-level F1 for a tagger (IOB2,
     # seqeval semantics: compressor/metrics/entity_metrics.py). max_drop is in points of that metric.
-    metric: Literal["auto", "accuracy", "entity_f1"] = "auto"
+    # A named metric must be one some task has (Task.metrics); the run checks it against the
+    # checkpoint's task (Task.gated_metric).
+    metric: str = "auto"
     # Largest allowed drop of the metric, in absolute points (1.0 = one percentage point).
     max_drop: float = Field(1.0, ge=0, le=100)
     # absolute: the drop in points; relative: the drop in percent of the reference's value.
@@ -69,6 +71,17 @@ class GateConfig(_Strict):
     min_speedup: Optional[float] = Field(None, gt=0)  # vs the FP32 PyTorch original, batch 1, seq 128
     # Model file bytes over the FP32 original's tensor bytes (0.25 = a quarter of the size).
     max_size_ratio: Optional[float] = Field(None, gt=0)
+
+
+    @field_validator("metric")
+    @classmethod
+    def _known_metric(cls, metric: str) -> str:
+        from mcompress.core.task import all_tasks
+
+        known = ["auto", *dict.fromkeys(m for task in all_tasks() for m in task.metrics)]
+        if metric not in known:
+            raise ValueError(f"Input should be {', '.join(repr(m) for m in known[:-1])} or {known[-1]!r}")
+        return metric
 
 
 class LatencyConfig(_Strict):

@@ -148,9 +148,10 @@ def _write_example(staging: Path, name: str, settings, corpus, task, trained_on:
 
 
 class _ExampleTask:
-    """MiniLM with a fresh head of the corpus's labels (``model_class`` names the transformers Auto class)."""
+    """MiniLM with a fresh head of the corpus's labels; ``task`` names the Task (core/task.py) whose
+    transformers Auto class builds it."""
 
-    model_class = ""
+    task = ""
 
     def __init__(self, corpus, settings: ExampleSettings):
         import transformers
@@ -159,14 +160,16 @@ class _ExampleTask:
         self.corpus, self.settings = corpus, settings
         self.label2id = {label: i for i, label in enumerate(corpus.labels)}
         self.tokenizer = transformers.AutoTokenizer.from_pretrained(base)
-        self.model = getattr(transformers, self.model_class).from_pretrained(
+        from mcompress.core.task import get_task
+
+        self.model = getattr(transformers, get_task(self.task).auto_model).from_pretrained(
             base, num_labels=len(corpus.labels), id2label=dict(enumerate(corpus.labels)), label2id=self.label2id)
 
 
 class _ClassifierTask(_ExampleTask):
     """Text classification: one label per text, batches in random order."""
 
-    model_class = "AutoModelForSequenceClassification"
+    task = "text-classification"
 
     def batch_order(self, train, rng: random.Random):
         order = list(range(len(train)))
@@ -200,7 +203,7 @@ class _ClassifierTask(_ExampleTask):
 class _TaggerTask(_ExampleTask):
     """Token classification (IOB2): each word's first sub-token is trained and scored."""
 
-    model_class = "AutoModelForTokenClassification"
+    task = "token-classification"
 
     def batch_order(self, train, rng: random.Random):
         """Shuffled, then sorted by length within chunks of 20 batches; the batches shuffled."""
@@ -226,12 +229,13 @@ class _TaggerTask(_ExampleTask):
 
     def test_metrics(self) -> dict:
         from mcompress.calibration.tagged import TaggedSentences
-        from mcompress.metrics.evaluation import TorchRunner, evaluate
+        from mcompress.core.task import get_task
+        from mcompress.metrics.evaluation import TorchRunner
 
         data = TaggedSentences([w for w, _ in self.corpus.test],
                                [[self.label2id[t] for t in tags] for _, tags in self.corpus.test], "conll2003 test",
                                tuple(self.corpus.labels))
-        result = evaluate(TorchRunner(self.model), self.tokenizer, data, self.settings.max_length, 64)
+        result = get_task(self.task).evaluate(TorchRunner(self.model), self.tokenizer, data, self.settings.max_length, 64)
         return {"test_entity_f1": round(result.score, 4), "test_token_accuracy": round(result.accuracy, 4),
                 "test_per_entity_f1": {t: round(s["f1"], 4) for t, s in result.details["per_type"].items()}}
 

@@ -3,11 +3,10 @@
 A runner is anything with ``input_names`` and ``logits(inputs) -> np.ndarray``; the reference
 is the FP32 PyTorch original (here), candidates come from the target (e.g. ONNX Runtime).
 
-The data decides the task (``data.task``): text classification is scored by accuracy, token
-classification (calibration/tagged.py) by entity-level F1 (compressor/metrics/entity_metrics.py), with
-each word predicted from its first sub-token. Either metric is a function of per-example counts
-(``EvalResult.stats``: [correct, 1] per text; [TP, predicted, gold entities] per sentence), which
-is what the gates' paired bootstrap resamples.
+The task scores a runner (core.task.Task.evaluate; compressor/tasks/): text classification by
+accuracy, token classification by entity-level F1 (compressor/metrics/entity_metrics.py). Either
+metric is a function of per-example counts (``EvalResult.stats``: [correct, 1] per text; [TP,
+predicted, gold entities] per sentence), which is what the gates' paired bootstrap resamples.
 
 Latency is wall time per call on inputs padded to exactly the stated sequence length, with
 warm-up calls discarded; p50/p95 are over the timed calls.
@@ -18,11 +17,14 @@ from __future__ import annotations
 import math
 import time
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 import numpy as np
 
-from mcompress.calibration.datasets import LabelledTexts, length_batches, tokenize
+from mcompress.calibration.datasets import length_batches, tokenize
+
+if TYPE_CHECKING:
+    from mcompress.core.task import Task
 
 
 class Runner(Protocol):
@@ -56,49 +58,53 @@ class TorchRunner:
             return self.model(**feed).logits.float().cpu().numpy()
 
 
-def _accuracy_from_counts(counts: np.ndarray) -> np.ndarray:
+def ratio_from_counts(counts: np.ndarray) -> np.ndarray:
+    """hits / total of summed [hits, total] counts (last axis); 0 where total is 0."""
     counts = np.asarray(counts, dtype=np.float64)
     return np.divide(counts[..., 0], counts[..., 1], out=np.zeros(counts.shape[:-1]), where=counts[..., 1] > 0)
 
 
-def metric_from_counts(metric: str, counts: np.ndarray) -> np.ndarray:
-    """The metric of summed per-example counts (last axis): accuracy or entity_f1."""
-    from mcompress.metrics.entity_metrics import f1_from_counts
-
-    return {"accuracy": _accuracy_from_counts, "entity_f1": f1_from_counts}[metric](counts)
-
-
 @dataclass
 class EvalResult:
-    """``accuracy``: of texts (classification) or of words' tags (tagging). ``predictions`` and
-    ``labels`` hold one entry per text, or per word (all sentences concatenated) for a tagger.
-    ``metric`` names the task's gated metric and ``stats`` its per-example counts (None: the
-    per-text correctness)."""
+    """A model scored on labelled data by its ``task`` (core.task.Task), which computes the gated
+    metric from ``stats``, its per-example counts (None: [correct, 1] per prediction), and writes
+    the summary. ``accuracy``: the fraction of predictions that match their labels. ``predictions``
+    and ``labels`` hold one entry per prediction (a text; a tagger's word, sentences concatenated);
+    ``details``: what else the task keeps (a tagger's per entity type scores)."""
 
     accuracy: float
     predictions: np.ndarray
     labels: np.ndarray
     logits: np.ndarray
-    metric: str = "accuracy"
+    task: "Task"
     stats: np.ndarray | None = None
-    details: dict = field(default_factory=dict)  # per entity type scores, for taggers
+    details: dict = field(default_factory=dict)
 
     def __post_init__(self):
         if self.stats is None:
             self.stats = np.stack([self.correct(), np.ones(len(self.labels))], axis=1)
 
     @property
+    def metric(self) -> str:
+        """The name of the gated metric."""
+        return self.task.metric
+
+    @property
     def n(self) -> int:
-        """Examples: texts, or sentences for a tagger (the bootstrap's unit)."""
+        """Examples: the bootstrap's unit (texts; sentences for a tagger)."""
         return len(self.stats)
 
     @property
     def score(self) -> float:
         """The gated metric's value, in [0, 1]."""
-        return float(metric_from_counts(self.metric, self.stats.sum(axis=0)))
+        return float(self.task.metric_of_counts(self.stats.sum(axis=0)))
 
     def correct(self) -> np.ndarray:
         return (self.predictions == self.labels).astype(np.float64)
+
+    def agreement(self, other: "EvalResult") -> float:
+        """The fraction of predictions equal to ``other``'s (same data)."""
+        return float((self.predictions == other.predictions).mean())
 
     def logit_labels(self) -> np.ndarray:
         """The labels of ``logits``' rows: ``labels``, or for a tagger those of the words kept
@@ -110,14 +116,9 @@ class EvalResult:
         return macro_f1(self.predictions, self.labels)
 
     def summary(self) -> dict:
-        """What the report shows for a model: the metric's value as ``score``, and the task's
-        own figures (accuracy and macro-F1; or entity F1, precision, recall and word accuracy)."""
-        if self.metric == "entity_f1":
-            micro = self.details["micro"]
-            return {"score": round(self.score, 6), "entity_f1": round(micro["f1"], 6),
-                    "precision": round(micro["precision"], 6), "recall": round(micro["recall"], 6),
-                    "accuracy": round(self.accuracy, 6)}
-        return {"score": self.accuracy, "accuracy": self.accuracy, "macro_f1": round(self.macro_f1, 6)}
+        """What the report shows for a model (Task.summary): the metric's value as ``score``, and
+        the task's own figures."""
+        return self.task.summary(self)
 
 
 def macro_f1(predictions: np.ndarray, labels: np.ndarray) -> float:
@@ -148,97 +149,6 @@ def predict_logits(runner: Runner, tokenizer, texts: list[str], max_length: int,
         if on_batch:
             on_batch(len(idx))
     return out
-
-
-def evaluate(runner: Runner, tokenizer, data, max_length: int, batch_size: int = 32,
-             on_batch=None, what: str | None = None) -> EvalResult:
-    """``runner`` scored on ``data`` (LabelledTexts or TaggedSentences); ``what`` names the model
-    in errors (e.g. "after quantize")."""
-    if data.labels is None:
-        raise ValueError(f"{data.source} has no labels to evaluate against")
-    evaluator = {"text-classification": _evaluate_texts, "token-classification": _evaluate_tagging}[data.task]
-    return evaluator(runner, tokenizer, data, max_length, batch_size, on_batch, what)
-
-
-def _evaluate_texts(runner: Runner, tokenizer, data: LabelledTexts, max_length: int, batch_size: int,
-                    on_batch, what: str | None) -> EvalResult:
-    logits = predict_logits(runner, tokenizer, data.texts, max_length, batch_size, on_batch)
-    check_finite_logits(logits, runner, data.source, what)
-    predictions = logits.argmax(-1)
-    labels = np.asarray(data.labels)
-    return EvalResult(float((predictions == labels).mean()), predictions, labels, logits)
-
-
-def predict_word_logits(runner: Runner, tokenizer, words: list[list[str]], max_length: int, batch_size: int = 32,
-                        on_batch=None) -> list[np.ndarray]:
-    """Per sentence, the logits of each word's first sub-token, shape (words kept, labels); words
-    beyond ``max_length`` sub-tokens are missing. Batched like predict_logits (same texts, same
-    batches), so a tagger's dynamic-INT8 predictions do not depend on who runs it."""
-    from mcompress.calibration.tagged import tokenize_words
-
-    out: list = [None] * len(words)
-    texts = [" ".join(w) for w in words]
-    for idx in length_batches(texts, batch_size):
-        inputs, first = tokenize_words(tokenizer, [words[i] for i in idx], max_length)
-        logits = runner.logits({k: v for k, v in inputs.items() if k in runner.input_names})
-        for row, i in enumerate(idx):
-            out[i] = np.asarray(logits[row, first[row]], dtype=np.float32)
-        if on_batch:
-            on_batch(len(idx))
-    return out
-
-
-def _word_rows(runner: Runner, tokenizer, data, max_length: int, batch_size: int, on_batch=None,
-               what: str | None = None) -> tuple[np.ndarray, np.ndarray]:
-    """A tagger's logits as rows, one per word kept within max_length (sentences concatenated),
-    checked finite; and the number of words kept per sentence."""
-    per_sentence = predict_word_logits(runner, tokenizer, data.words, max_length, batch_size, on_batch)
-    kept = np.array([len(x) for x in per_sentence], dtype=np.int64)
-    logits = np.concatenate(per_sentence)
-    check_finite_logits(logits, runner, data.source, what, example_of_row=np.repeat(np.arange(len(kept)), kept))
-    return logits, kept
-
-
-def _kept_tags(labels: list[list[int]], kept: np.ndarray) -> np.ndarray:
-    return np.concatenate([np.asarray(tags[:count], dtype=np.int64) for tags, count in zip(labels, kept)])
-
-
-def scored_logits(runner: Runner, tokenizer, data, max_length: int, batch_size: int = 32,
-                  what: str | None = None) -> tuple[np.ndarray, np.ndarray | None]:
-    """(logits, labels) of the units a task's predictions are made on, as 2-D rows: one per text;
-    for a tagger one per word kept within max_length (first sub-token), sentences concatenated.
-    For comparing models row by row (passes/quantize/sensitivity.py); checked finite."""
-    if data.task != "token-classification":
-        logits = predict_logits(runner, tokenizer, data.texts, max_length, batch_size)
-        check_finite_logits(logits, runner, data.source, what)
-        return logits, None if data.labels is None else np.asarray(data.labels)
-    logits, kept = _word_rows(runner, tokenizer, data, max_length, batch_size, what=what)
-    return logits, None if data.labels is None else _kept_tags(data.labels, kept)
-
-
-def _evaluate_tagging(runner: Runner, tokenizer, data, max_length: int, batch_size: int,
-                      on_batch, what: str | None) -> EvalResult:
-    """Entity-level F1 (seqeval semantics, compressor/metrics/entity_metrics.py) over sentences; each word
-    is tagged from its first sub-token's argmax, words cut off by max_length are tagged O."""
-    from mcompress.calibration.tagged import entity_types
-    from mcompress.metrics.entity_metrics import entity_report, sentence_counts
-
-    names = list(data.tag_names)
-    outside = names.index("O")
-    logits, kept = _word_rows(runner, tokenizer, data, max_length, batch_size, on_batch, what)
-    predicted_ids, ends = [], np.cumsum(kept)
-    for words, count, end in zip(data.words, kept, ends):
-        predicted_ids.append(logits[end - count:end].argmax(-1).tolist() + [outside] * (len(words) - count))
-    types = entity_types(dict(enumerate(names)))
-    counts = sentence_counts([[names[t] for t in tags] for tags in data.labels],
-                             [[names[t] for t in tags] for tags in predicted_ids], types)
-    predictions = np.concatenate([np.asarray(p, dtype=np.int64) for p in predicted_ids])
-    labels = np.concatenate([np.asarray(t, dtype=np.int64) for t in data.labels])
-    report = entity_report(counts, types)
-    report["truncated_words"] = int(len(labels) - kept.sum())
-    report["logit_labels"] = _kept_tags(data.labels, kept)
-    return EvalResult(float((predictions == labels).mean()), predictions, labels, logits, metric="entity_f1",
-                      stats=counts.sum(axis=1), details=report)
 
 
 def check_finite_logits(logits: np.ndarray, runner: Runner, source: str, what: str | None = None,

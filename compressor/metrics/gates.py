@@ -7,20 +7,21 @@ the drop on both models' per-example correctness, and take the 2.5th and 97.5th 
 A drop whose interval straddles the budget is within noise of it; the verdict uses the point
 estimate, the interval is shown so a reader can judge.
 
-The gated metric is the task's (``EvalResult.metric``): accuracy for classifiers, entity-level F1
-for taggers (gate ``entity_f1_drop``). Both are functions of per-example counts summed over the
-examples (``EvalResult.stats``: [correct, 1] per text; [TP, predicted, gold] per sentence), so one
-bootstrap serves both: resample examples (sentences for a tagger), sum their counts for each
-model, recompute the metric, take the drop.
+The gated metric is the task's (``EvalResult.task``, core/task.py): accuracy for classifiers,
+entity-level F1 for taggers (gate ``entity_f1_drop``). Both are functions of per-example counts
+summed over the examples (``EvalResult.stats``: [correct, 1] per text; [TP, predicted, gold] per
+sentence), so one bootstrap serves both: resample examples (sentences for a tagger), sum their
+counts for each model, recompute the metric (``Task.metric_of_counts``), take the drop.
 """
 
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
+from typing import Callable
 
 import numpy as np
 
-from mcompress.metrics.evaluation import EvalResult, LatencyResult, metric_from_counts
+from mcompress.metrics.evaluation import EvalResult, LatencyResult, ratio_from_counts
 
 
 @dataclass
@@ -50,9 +51,11 @@ def metric_drop(reference: float, candidate: float, drop_type: str = "absolute")
 
 
 def bootstrap_drop_ci(reference_stats: np.ndarray, candidate_stats: np.ndarray, seed: int = 0,
-                      resamples: int = 2000, drop_type: str = "absolute", metric: str = "accuracy") -> tuple[float, float]:
-    """95% paired-bootstrap interval of the drop. ``*_stats``: per-example counts, shape (n, k)
-    (or per-example correctness, shape (n,), for accuracy)."""
+                      resamples: int = 2000, drop_type: str = "absolute",
+                      of_counts: Callable[[np.ndarray], np.ndarray] = ratio_from_counts) -> tuple[float, float]:
+    """95% paired-bootstrap interval of the drop. ``*_stats``: per-example counts, shape (n, k),
+    whose sums ``of_counts`` turns into the metric (or per-example correctness, shape (n,), for
+    accuracy)."""
     rng = np.random.default_rng(seed)
     reference_stats, candidate_stats = np.asarray(reference_stats, float), np.asarray(candidate_stats, float)
     if reference_stats.ndim == 1:  # correctness vectors
@@ -60,8 +63,8 @@ def bootstrap_drop_ci(reference_stats: np.ndarray, candidate_stats: np.ndarray, 
         candidate_stats = np.stack([candidate_stats, np.ones_like(candidate_stats)], axis=1)
     n = len(reference_stats)
     idx = rng.integers(0, n, size=(resamples, n))
-    ref = metric_from_counts(metric, reference_stats[idx].sum(axis=1))
-    cand = metric_from_counts(metric, candidate_stats[idx].sum(axis=1))
+    ref = of_counts(reference_stats[idx].sum(axis=1))
+    cand = of_counts(candidate_stats[idx].sum(axis=1))
     drops = (ref - cand) * 100.0
     if drop_type == "relative":
         drops = np.divide(drops, ref, out=np.zeros_like(drops), where=ref > 0)
@@ -72,28 +75,12 @@ def accuracy_drop_gate(reference: EvalResult, candidate: EvalResult, max_drop: f
                        drop_type: str = "absolute", name: str | None = None) -> GateResult:
     """The drop of the task's metric (accuracy, or entity F1 for a tagger) from the reference to
     the candidate on the same examples; gate ``<metric>_drop`` unless ``name`` is given."""
-    metric = reference.metric
-    if metric == "accuracy":
-        # From the counts, in one rounding: (0.90 - 0.89) * 100 is 1.0000000000000009, which would
-        # fail a 1.0-point budget that the build meets exactly.
-        ref_correct, cand_correct = float(reference.correct().sum()), float(candidate.correct().sum())
-        if drop_type == "relative":
-            drop = (ref_correct - cand_correct) * 100.0 / ref_correct if ref_correct else 0.0
-        else:
-            drop = (ref_correct - cand_correct) * 100.0 / reference.n
-    else:  # a ratio of counts; rounded so that float noise cannot tip an exactly-met budget
-        drop = round(metric_drop(reference.score, candidate.score, drop_type), 9)
-    ci = bootstrap_drop_ci(reference.stats, candidate.stats, seed, drop_type=drop_type, metric=metric)
-    agree = float((reference.predictions == candidate.predictions).mean())
-    if metric == "entity_f1":
-        detail = (f"entity F1 {reference.score:.4f} -> {candidate.score:.4f}, word accuracy {reference.accuracy:.4f} -> "
-                  f"{candidate.accuracy:.4f} on {reference.n} sentences ({len(reference.labels)} words); "
-                  f"predicted tags agree on {agree:.2%} of words")
-    else:
-        detail = (f"accuracy {reference.accuracy:.4f} -> {candidate.accuracy:.4f}, macro-F1 {reference.macro_f1:.4f} -> "
-                  f"{candidate.macro_f1:.4f} on {reference.n} examples; predictions agree on {agree:.2%}")
+    task = reference.task
+    drop = task.metric_drop(reference, candidate, drop_type)
+    ci = bootstrap_drop_ci(reference.stats, candidate.stats, seed, drop_type=drop_type, of_counts=task.metric_of_counts)
     unit = "% of reference" if drop_type == "relative" else "points"
-    return GateResult(name or f"{metric}_drop", drop <= max_drop, drop, max_drop, unit, detail, ci)
+    return GateResult(name or f"{task.metric}_drop", drop <= max_drop, drop, max_drop, unit,
+                      task.gate_detail(reference, candidate), ci)
 
 
 def latency_gates(reference: LatencyResult, candidate: LatencyResult, max_latency_ms: float | None,

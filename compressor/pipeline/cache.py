@@ -317,10 +317,12 @@ def _load_torch(path: Path):
     import torch
     import transformers
 
-    from mcompress.core.tasks import TASKS, task_for_architecture
+    from mcompress.core.task import task_for_architecture
 
     architectures = json.loads((Path(path) / "config.json").read_text()).get("architectures") or [""]
-    task = task_for_architecture(architectures[0]) or TASKS["text-classification"]
+    task = task_for_architecture(architectures[0])
+    if task is None:
+        raise ValueError(f"{path}/config.json names no architecture with a task head ({architectures})")
     model = getattr(transformers, task.auto_model).from_pretrained(path, local_files_only=True, dtype=torch.float32,
                                                                    use_safetensors=True)
     return model.eval()

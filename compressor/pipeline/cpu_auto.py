@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import shutil
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -74,10 +75,16 @@ def run_cpu_auto(req: RunRequest, progress: ProgressFactory) -> dict:
     return kept.report
 
 
+@contextmanager
+def _candidate_dir(path: Path):
+    path.mkdir(parents=True)
+    yield path
+
+
 def _build(prepared: Prepared, reference: Reference, name: str, out_dir: Path, progress, started: float) -> Candidate:
-    out_dir.mkdir(parents=True)
     try:
-        return Candidate(name, build_target(prepared, reference, prepared.targets[name], out_dir, progress, started))
+        return Candidate(name, build_target(prepared, reference, prepared.targets[name], lambda: _candidate_dir(out_dir),
+                                            progress, started))
     except GateFailure as stop:  # a gate after a pass: this target has no build; the others still race
         shutil.rmtree(out_dir, ignore_errors=True)
         return Candidate(name, None, str(stop))

@@ -15,6 +15,7 @@ import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable, ContextManager
 
 from mcompress.core.errors import GateFailure, TargetUnavailable
 from mcompress.core.manager import PassManager, PassRecord
@@ -37,7 +38,8 @@ __all__ = ["RunRequest", "DataSplits", "resolve_data", "run", "build_target", "T
 
 @dataclass
 class TargetBuild:
-    """One target built and gated into ``out_dir``; ``report`` is what report.json holds."""
+    """One target built and gated into ``out_dir`` (where it was written: a staging dir is renamed
+    into --out afterwards); ``report`` is what report.json holds."""
 
     target: object
     out_dir: Path
@@ -61,7 +63,7 @@ def _run_passes(prepared: Prepared, reference: Reference, target, work: Path, ru
     cache_root = prepared.cache_root
     ctx = PassContext(recipe, target, work, prepared.data.calibration, prepared.data.selection,
                       reference.selection.score, progress=progress,
-                      resume_dir=cache_root / "resume" if cache_root else None)
+                      resume_dir=cache_root / "resume" if cache_root else None, task=prepared.task)
     evaluations = PassEvaluations(state_runner(target, reference.threads, target.settings(recipe)),
                                   lambda runner, label: run_eval(runner, prepared.eval_data, label))
     pass_gate = PassGate(recipe, reference.eval, evaluations.get)
@@ -76,17 +78,19 @@ def _run_passes(prepared: Prepared, reference: Reference, target, work: Path, ru
     return state, records, pass_gate
 
 
-def build_target(prepared: Prepared, reference: Reference, target, out_dir: Path, progress: ProgressFactory,
-                 started: float) -> TargetBuild:
-    """Steps 3-5 for one target: its passes, its build written into ``out_dir`` (an existing,
-    empty staging dir), the gates on that build, and its report (written there too). A gate after
-    a pass (``gates.after``) that fails raises GateFailure and writes nothing."""
+def build_target(prepared: Prepared, reference: Reference, target, into: Callable[[], ContextManager[Path]],
+                 progress: ProgressFactory, started: float) -> TargetBuild:
+    """Steps 3-5 for one target: its passes, then its build written into the directory ``into()``
+    yields (opened only once the passes are done, so an interrupted pass leaves no build dir), the
+    gates on that build, and its report (written there too). A gate after a pass
+    (``gates.after``) that fails raises GateFailure and writes nothing."""
     run_eval = evaluator(prepared, reference.tokenizer, progress)
     with tempfile.TemporaryDirectory(prefix="mcompress-") as work:
         state, records, pass_gate = _run_passes(prepared, reference, target, Path(work), run_eval, progress)
-        gated = gate_build(prepared, reference, target, state, out_dir, pass_gate.results, run_eval, progress)
-        report = assemble_report(prepared, reference, target, state, records, gated, time.perf_counter() - started)
-        write_report(report, out_dir)
+        with into() as out_dir:
+            gated = gate_build(prepared, reference, target, state, out_dir, pass_gate.results, run_eval, progress)
+            report = assemble_report(prepared, reference, target, state, records, gated, time.perf_counter() - started)
+            write_report(report, out_dir)
     return TargetBuild(target, out_dir, gated, report)
 
 
@@ -120,8 +124,7 @@ def run(req: RunRequest, progress: ProgressFactory = no_progress) -> dict:
     prepared = prepare(req, (req.target,))
     reference = measure_reference(prepared, progress)
     target = prepared.targets[req.target]
-    with staged_dir(prepared.out) as staging:
-        build = build_target(prepared, reference, target, staging, progress, started)
+    build = build_target(prepared, reference, target, lambda: staged_dir(prepared.out), progress, started)
     build.report["out"] = str(prepared.out.resolve())
     raise_for_outcome(build, prepared.out)
     return build.report

@@ -15,7 +15,7 @@ from mcompress.calibration.datasets import is_split_dir, split_file
 from mcompress.core.checkpoint import Checkpoint, inspect_checkpoint
 from mcompress.core.errors import InputError
 from mcompress.core.recipe import Recipe, load_recipe, validate_against_checkpoint, validate_training_data
-from mcompress.core.tasks import TASKS, TaskSpec, gated_metric, load_task_data
+from mcompress.core.task import Task, get_task
 from mcompress.pipeline.cache import DEFAULT_MAX_GB, PassCache, default_cache_dir
 from mcompress.pipeline.outputs import check_output_dir
 from mcompress.pipeline.pass_gates import check_gate_passes
@@ -73,15 +73,12 @@ class Prepared:
     recipe: Recipe
     targets: dict  # name -> Target, in build order
     checkpoint: Checkpoint
+    task: Task
     metric: str
     data: DataSplits
     out: Path
     cache_root: Path | None
     cache: PassCache | None
-
-    @property
-    def task(self) -> TaskSpec:
-        return self.checkpoint.task_spec
 
     @property
     def eval_data(self):
@@ -92,7 +89,7 @@ class Prepared:
         return self.data.selection.head(self.recipe.quantize.selection_examples)
 
 
-def resolve_data(req: RunRequest, label2id: dict[str, int], task: TaskSpec = TASKS["text-classification"]) -> DataSplits:
+def resolve_data(req: RunRequest, label2id: dict[str, int], task: Task) -> DataSplits:
     """Eval data is required; calibration and selection default to the example's splits.
 
     With a split dir (``MODEL_DIR/splits`` by default), eval = test, selection = validation and
@@ -106,7 +103,7 @@ def resolve_data(req: RunRequest, label2id: dict[str, int], task: TaskSpec = TAS
         raise InputError("no evaluation data: the model dir has no splits/ directory.",
                          "Pass --eval-data FILE (CSV or JSONL with text and label columns; CoNLL or JSONL with "
                          "tokens and tags for a tagger).")
-    load = lambda p, split, labels=True: load_task_data(task, p, label2id, req.text_column, req.label_column, split, labels)
+    load = lambda p, split, labels=True: task.load_data(p, label2id, req.text_column, req.label_column, split, labels)
     eval_data = load(eval_path, "test")
     split_dir = Path(eval_path) if Path(eval_path).is_dir() else None
     if split_dir is not None and split_file(split_dir, "validation"):
@@ -154,12 +151,13 @@ def prepare(req: RunRequest, target_names: tuple[str, ...]) -> Prepared:
     recipe = load_recipe(req.recipe_path).with_overrides(**req.overrides)
     targets = _validate_targets(recipe, target_names)
     ckpt = inspect_checkpoint(req.model_dir, allow_pickle=req.allow_pickle)
-    metric = gated_metric(ckpt.task_spec, recipe.gates.metric)
+    task = get_task(ckpt.task)
+    metric = task.gated_metric(recipe.gates.metric)
     validate_against_checkpoint(recipe, ckpt)
     _check_max_length(recipe, ckpt)
     out = req.out or req.default_out
-    data = resolve_data(req, ckpt.label2id, ckpt.task_spec)
+    data = resolve_data(req, ckpt.label2id, task)
     validate_training_data(recipe, len(data.calibration), data.calibration_is_eval)
     check_output_dir(out, req.force, req.input_paths)
     cache_root, cache = _open_cache(req, out)
-    return Prepared(req, recipe, targets, ckpt, metric, data, out, cache_root, cache)
+    return Prepared(req, recipe, targets, ckpt, task, metric, data, out, cache_root, cache)

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from mcompress.core.state import ModelKind, ModelState
-from mcompress.metrics.evaluation import EvalResult, TorchRunner, evaluate
+from mcompress.metrics.evaluation import EvalResult, TorchRunner
 from mcompress.metrics.flops import encoder_flops
 from mcompress.pipeline.prepare import Prepared, ProgressFactory
 
@@ -38,7 +38,8 @@ def evaluator(prepared: Prepared, tokenizer, progress: ProgressFactory):
 
     def run_eval(runner, dataset, label: str) -> EvalResult:
         advance = progress(f"evaluating {label}", len(dataset))
-        return evaluate(runner, tokenizer, dataset, recipe.max_length, recipe.eval.batch_size, advance, what=label)
+        return prepared.task.evaluate(runner, tokenizer, dataset, recipe.max_length, recipe.eval.batch_size, advance,
+                                      what=label)
 
     return run_eval
 

@@ -19,15 +19,6 @@ def _pass_scores(evaluation: dict) -> dict:
     return {"accuracy": None, "macro_f1": None, **{k: evaluation[k] for k in keys if k in evaluation}}
 
 
-def _entity_details(result) -> dict:
-    """A tagger's per entity type scores and truncated words, for the report."""
-    if result.metric != "entity_f1":
-        return {}
-    per_type = {t: {k: round(v, 6) if isinstance(v, float) else v for k, v in s.items()}
-                for t, s in result.details["per_type"].items()}
-    return {"per_entity": per_type, "truncated_words": result.details["truncated_words"]}
-
-
 def _pass_entry(r: PassRecord) -> dict:
     return {"name": r.name, "wall_s": round(r.wall_s, 2), "modified": r.modified, "size_bytes": r.size_bytes,
             **_pass_scores(r.evaluation),
@@ -62,10 +53,10 @@ def assemble_report(prepared: Prepared, reference: Reference, target, state, rec
                    "architecture": ckpt.architecture, "task": ckpt.task, "labels": ckpt.id2label},
         "data": _data_section(prepared, gated),
         "metric": prepared.metric,
-        "reference": {"runtime": reference.runner.name, **reference.eval.summary(), **_entity_details(reference.eval),
+        "reference": {"runtime": reference.runner.name, **reference.eval.summary(), **prepared.task.report_fields(reference.eval),
                       "size_bytes": reference.size_bytes, "flops_seq128": reference.flops},
         "passes": [_pass_entry(r) for r in records],
-        "build": {"runtime": gated.runner.name, **gated.candidate.summary(), **_entity_details(gated.candidate)},
+        "build": {"runtime": gated.runner.name, **gated.candidate.summary(), **prepared.task.report_fields(gated.candidate)},
         "latency": {side: [r.as_dict() for r in results] for side, results in gated.latency.items()},
         "gates": [g.as_dict() for g in gated.gates],
         "passed": gated.passed,

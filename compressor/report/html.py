@@ -15,8 +15,8 @@ import html
 import math
 import re
 
-from mcompress.report.markdown import (_cpu_auto_lines, _pass_ms, _per_entity_lines, _reference_b1, _target_build_lines,
-                              artifact_measured, metric_columns, verdict)
+from mcompress.report.markdown import (_cpu_auto_lines, _pass_ms, _reference_b1, _target_build_lines,
+                              artifact_measured, metric_columns, task_lines, verdict)
 
 _PALETTE = ["#4c78a8", "#f58518", "#54a24b", "#e45756", "#72b7b2", "#b279a2", "#9d755d"]
 
@@ -254,23 +254,23 @@ def _candidates(report: dict) -> tuple[list, tuple[float, float] | None, tuple[f
     passes = {p["name"]: p["metrics"] for p in report["passes"]}
     quantize = passes.get("quantize") or {}
     if quantize.get("candidates"):
-        pts = [(c["p50_ms_b1_s128"], c["accuracy"], name) for name, c in quantize["candidates"].items()]
+        pts = [(c["p50_ms_b1_s128"], c["score"], name) for name, c in quantize["candidates"].items()]
         series.append(("quantize candidates", pts))
         c = quantize["candidates"].get(quantize.get("chosen"))
         if c:
-            chosen = (c["p50_ms_b1_s128"], c["accuracy"])
+            chosen = (c["p50_ms_b1_s128"], c["score"])
     fallback = passes.get("fallback") or {}
     if fallback.get("candidates"):
-        pts = [(c["p50_ms_b1_s128"], c["accuracy"], f"{c['step']} layers in float") for c in fallback["candidates"]]
+        pts = [(c["p50_ms_b1_s128"], c["score"], f"{c['step']} layers in float") for c in fallback["candidates"]]
         series.append(("fallback candidates", pts))
         best = next((c for c in fallback["candidates"] if c["step"] == fallback.get("chosen_step")), None)
         if best:
-            chosen = (best["p50_ms_b1_s128"], best["accuracy"])
+            chosen = (best["p50_ms_b1_s128"], best["score"])
     gates = report["recipe"]["gates"]
-    ref_acc = fallback.get("reference_selection_accuracy")
+    ref_acc = fallback.get("reference_selection_score")
     if ref_acc is None and quantize.get("candidates"):
         c = next(iter(quantize["candidates"].values()))
-        ref_acc = c["accuracy"] + c["drop_points"] / 100 if "drop_points" in c and gates.get("drop_type", "absolute") == "absolute" else None
+        ref_acc = c["score"] + c["drop_points"] / 100 if "drop_points" in c and gates.get("drop_type", "absolute") == "absolute" else None
     if ref_acc is not None:
         floor = (ref_acc * (1 - gates["max_drop"] / 100) if gates.get("drop_type") == "relative"
                  else ref_acc - gates["max_drop"] / 100)
@@ -307,7 +307,7 @@ def _fallback(fallback: dict) -> str:
     initial = fallback["initial"]
     unit = "% of reference" if fallback.get("drop_type") == "relative" else "points"
     parts = [f"<h2>Float fallback</h2><p>INT8 model {_e(fallback['quantization'])} on {fallback['examples']} selection "
-             f"examples: accuracy {initial['accuracy']:.4f}, drop {initial['drop']:.3f} {unit} (budget {fallback['max_drop']}), "
+             f"examples: accuracy {initial['score']:.4f}, drop {initial['drop']:.3f} {unit} (budget {fallback['max_drop']}), "
              f"p50 {initial['p50_ms_b1_s128']:.2f} ms at batch 1, sequence 128.</p>"]
     if fallback.get("candidates"):
         kept = fallback["float_layers"]
@@ -315,7 +315,7 @@ def _fallback(fallback: dict) -> str:
                      f"{fallback['latency_cost_ms']:+.2f} ms; {_e(fallback['reason'])}; stopped: {_e(fallback['stopped'])}.</p>")
         parts.append(_table(["step", "layer added in float", "accuracy", "macro-F1", f"drop ({unit})", "within budget", "p50 ms",
                              "cost ms"],
-                            [[c["step"], c["float_layers"][-1] if c["float_layers"] else "– (as quantized)", _num(c["accuracy"]),
+                            [[c["step"], c["float_layers"][-1] if c["float_layers"] else "– (as quantized)", _num(c["score"]),
                               _num(c.get("macro_f1")), f"{c['drop']:.3f}", _verdict(c["within_budget"]),
                               f"{c['p50_ms_b1_s128']:.2f}", f"{c['latency_cost_ms']:+.2f}"] for c in fallback["candidates"]]))
     elif fallback.get("skipped"):
@@ -380,7 +380,7 @@ def render_html(report: dict) -> str:
         f'<div class="charts">{_pass_charts(report)}</div>',
         "<h2>Latency (ms, same process)</h2>", latency,
     ]
-    body.append(_markdown_section(_per_entity_lines(report)))
+    body.append(_markdown_section(task_lines(report)))
     if scatter:
         body += ["<h2>Candidates</h2>", "<p>Every model the quantize pass (mode × graph) and the fallback pass (layers "
                  "in float) scored; the dashed line is the lowest accuracy within the budget.</p>", scatter]

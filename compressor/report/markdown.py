@@ -6,6 +6,9 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from mcompress.core.sections import Table
+from mcompress.core.task import UNRECORDED_TASK, Task, get_task
+
 REPORT_SCHEMA = 1
 def artifact_measured(report: dict) -> bool:
     """False when the gates ran on a stand-in because the target's own artifact cannot run here
@@ -53,33 +56,28 @@ def _pass_ms(p: dict) -> float | None:
     return (p.get("latency") or {}).get("p50_ms")
 
 
+def report_task(report: dict) -> Task:
+    """The task of the model a report is about (reports without one are a classifier's)."""
+    return get_task((report.get("source") or {}).get("task", UNRECORDED_TASK))
+
+
 def metric_columns(report: dict) -> list[tuple[str, str]]:
     """(title, key) of the two metric columns of the pass tables and charts: the gated metric
-    first, then the task's other figure (macro-F1; for a tagger, the accuracy of words' tags)."""
-    if report.get("metric") == "entity_f1":
-        return [("entity F1", "score"), ("word accuracy", "accuracy")]
-    return [("accuracy", "accuracy"), ("macro-F1", "macro_f1")]
+    first, then the task's other figure (Task.summary_columns)."""
+    return list(report_task(report).summary_columns)
 
 
-def _per_entity_lines(report: dict) -> list[str]:
-    """A tagger's per entity type precision/recall/F1, original against build."""
-    ref, build = report["reference"].get("per_entity"), report["build"].get("per_entity")
-    if not ref or not build:
-        return []
-    lines = ["", "## Entities (eval data, seqeval semantics)", "",
-             "| type | gold entities | original P | R | F1 | build P | R | F1 | F1 change (points) |",
-             "|---|---|---|---|---|---|---|---|---|"]
-    for kind, r in ref.items():
-        b = build[kind]
-        lines.append(f"| {kind} | {r['support']} | {r['precision']:.4f} | {r['recall']:.4f} | {r['f1']:.4f} | "
-                     f"{b['precision']:.4f} | {b['recall']:.4f} | {b['f1']:.4f} | {(b['f1'] - r['f1']) * 100:+.2f} |")
-    lines.append(f"| all (micro) | {sum(r['support'] for r in ref.values())} | {report['reference']['precision']:.4f} | "
-                 f"{report['reference']['recall']:.4f} | {report['reference']['entity_f1']:.4f} | "
-                 f"{report['build']['precision']:.4f} | {report['build']['recall']:.4f} | {report['build']['entity_f1']:.4f} | "
-                 f"{(report['build']['entity_f1'] - report['reference']['entity_f1']) * 100:+.2f} |")
-    if report["reference"].get("truncated_words"):
-        lines.append(f"\n{report['reference']['truncated_words']} words lay beyond max_length and were tagged O.")
-    return lines
+def table_lines(table: Table) -> list[str]:
+    """A report section as Markdown: its heading, the table, then its notes."""
+    lines = ["", f"## {table.title}", "", "| " + " | ".join(table.columns) + " |",
+             "|" + "---|" * len(table.columns)]
+    lines += ["| " + " | ".join(row) + " |" for row in table.rows]
+    return lines + [f"\n{note}" for note in table.notes]
+
+
+def task_lines(report: dict) -> list[str]:
+    """The task's own sections (Task.report_tables, e.g. a tagger's per entity scores)."""
+    return [line for table in report_task(report).report_tables(report) for line in table_lines(table)]
 
 
 def _gflops(n: int | None) -> str:
@@ -128,7 +126,7 @@ def render_markdown(report: dict) -> str:
         lines.append(f"| {c['batch_size']} | {c['sequence_length']} | {r['p50_ms']:.2f} | {r['p95_ms']:.2f} | "
                      f"{c['p50_ms']:.2f} | {c['p95_ms']:.2f} | {r['p50_ms'] / c['p50_ms']:.2f}× |")
     lines += _cpu_auto_lines(report.get("cpu_auto"))
-    lines += _per_entity_lines(report)
+    lines += task_lines(report)
     lines += _target_build_lines(report.get("target_build"), report)
     lines += _fallback_markdown(report)
     art = report["artifact"]
@@ -219,7 +217,7 @@ def _fallback_markdown(report: dict) -> list[str]:
     unit = "% rel." if fallback.get("drop_type") == "relative" else "points"
     initial = fallback["initial"]
     lines = ["", "## Float fallback (selection split)", "",
-             f"INT8 model ({fallback['quantization']}): accuracy {initial['accuracy']:.4f}, drop {initial['drop']:.3f} {unit} "
+             f"INT8 model ({fallback['quantization']}): accuracy {initial['score']:.4f}, drop {initial['drop']:.3f} {unit} "
              f"(budget {fallback['max_drop']}, fallback margin {fallback.get('margin', 0)}), p50 {initial['p50_ms_b1_s128']:.2f} ms at batch 1, sequence 128."]
     if "candidates" in fallback:
         kept = fallback["float_layers"]
@@ -228,7 +226,7 @@ def _fallback_markdown(report: dict) -> list[str]:
                   "", "| step | layers in float | accuracy | drop | within budget | p50 ms | cost ms |", "|---|---|---|---|---|---|---|"]
         for c in fallback["candidates"]:
             added = f"+`{c['float_layers'][-1]}`" if c["float_layers"] else "– (INT8 as quantized)"
-            lines.append(f"| {c['step']} | {added} | {c['accuracy']:.4f} | {c['drop']:.3f} | "
+            lines.append(f"| {c['step']} | {added} | {c['score']:.4f} | {c['drop']:.3f} | "
                          f"{'yes' if c['within_budget'] else 'no'} | {c['p50_ms_b1_s128']:.2f} | {c['latency_cost_ms']:+.2f} |")
     elif fallback.get("skipped"):
         lines += ["", fallback["skipped"] + "."]

@@ -53,7 +53,7 @@ import numpy as np
 from mcompress.core.hashing import json_digest
 from mcompress.core.training import linear_warmup_decay
 from mcompress.core.checkpoint import load_model_and_tokenizer
-from mcompress.metrics.evaluation import TorchRunner, evaluate
+from mcompress.metrics.evaluation import TorchRunner
 from mcompress.core.pass_base import Pass, PassContext, PassResult
 from mcompress.core.state import ModelKind, ModelState
 
@@ -61,14 +61,10 @@ logger = logging.getLogger(__name__)
 
 
 def distillation_loss(student_logits, teacher_logits, targets, temperature: float, alpha: float):
-    """(total, kl, ce): KL(teacher_T || student_T) * T^2 weighted alpha, CE weighted 1 - alpha.
-    Per-token logits (a tagger) are first reduced to the words' first sub-tokens."""
+    """(total, kl, ce): KL(teacher_T || student_T) * T^2 weighted alpha, CE weighted 1 - alpha, on
+    2-D rows of logits (Task.scored_rows: a tagger's words at their first sub-tokens)."""
     import torch.nn.functional as F
 
-    if student_logits.dim() == 3:
-        from mcompress.calibration.tagged import token_logits_and_targets
-
-        student_logits, targets, teacher_logits = token_logits_and_targets(student_logits, targets, teacher_logits)
     t = temperature
     kl = F.kl_div(F.log_softmax(student_logits / t, dim=-1), F.log_softmax(teacher_logits / t, dim=-1),
                   reduction="batchmean", log_target=True) * (t * t)
@@ -158,9 +154,7 @@ class Distill(Pass):
             raise ValueError("no training text")
         max_length = cfg.max_length or ctx.recipe.max_length
         input_names = [n for n in ("input_ids", "attention_mask", "token_type_ids") if n in tokenizer.model_input_names]
-        tagger = data.task == "token-classification"
-        encoded = None if tagger else tokenizer(data.texts, truncation=True, max_length=max_length)
-        labels = None if data.labels is None or tagger else torch.tensor(data.labels, dtype=torch.long)
+        task = ctx.task
         selection = ctx.selection.head(cfg.eval_examples)
 
         steps_per_epoch = math.ceil(len(data) / cfg.batch_size)
@@ -219,20 +213,12 @@ class Distill(Pass):
             epoch, position = divmod(step, steps_per_epoch)
             order = np.random.default_rng([ctx.seed, epoch]).permutation(len(data))
             idx = order[position * cfg.batch_size:(position + 1) * cfg.batch_size]
-            if tagger:  # per-word targets at first sub-tokens; untagged words: the teacher's argmax
-                from mcompress.calibration.tagged import tokenize_words, word_targets
-
-                inputs, first = tokenize_words(tokenizer, [data.words[i] for i in idx], max_length)
-                tags = None if data.labels is None else [data.labels[i] for i in idx]
-                return ({n: torch.from_numpy(inputs[n]).to(device) for n in input_names},
-                        torch.from_numpy(word_targets(first, tags, inputs["input_ids"].shape[1])).to(device))
-            feed = tokenizer.pad({n: [encoded[n][i] for i in idx] for n in input_names}, padding="longest",
-                                 return_tensors="pt")
-            return ({n: feed[n].to(device) for n in input_names},
-                    None if labels is None else labels[torch.from_numpy(idx)].to(device))
+            inputs, targets = task.training_batch(tokenizer, data, idx, max_length)
+            return ({n: torch.from_numpy(inputs[n]).to(device) for n in input_names},
+                    None if targets is None else torch.from_numpy(targets).to(device))
 
         def selection_score() -> tuple[float, float]:
-            result = evaluate(TorchRunner(student), tokenizer, selection, ctx.recipe.max_length, ctx.recipe.eval.batch_size)
+            result = task.evaluate(TorchRunner(student), tokenizer, selection, ctx.recipe.max_length, ctx.recipe.eval.batch_size)
             logits = torch.from_numpy(result.logits)
             ce = float(torch.nn.functional.cross_entropy(logits, torch.from_numpy(result.logit_labels()).long()))
             return result.score, ce
@@ -252,8 +238,11 @@ class Distill(Pass):
                 with torch.no_grad():
                     t_out = teacher(**feed, output_hidden_states=use_hidden)
                 s_out = student(**feed, output_hidden_states=use_hidden)
-                targets = batch_labels if batch_labels is not None else t_out.logits.argmax(-1)
-                loss, kl, ce = distillation_loss(s_out.logits, t_out.logits, targets, cfg.temperature, cfg.alpha)
+                # open targets (unlabelled text, untagged words) are the teacher's argmax
+                targets = task.resolve_targets(batch_labels, t_out.logits)
+                student_rows, row_targets = task.scored_rows(s_out.logits, targets)
+                teacher_rows, _ = task.scored_rows(t_out.logits, targets)
+                loss, kl, ce = distillation_loss(student_rows, teacher_rows, row_targets, cfg.temperature, cfg.alpha)
                 if use_hidden:
                     loss = loss + cfg.hidden_weight * hidden_state_loss(
                         s_out.hidden_states, t_out.hidden_states, feed["attention_mask"], cfg.hidden_tokens,
@@ -286,7 +275,7 @@ class Distill(Pass):
                                            "selection_ce": round(sel_ce, 4)})
                     logger.info("distill step %d/%d: loss %.4f (KL·T² %.4f, CE %.4f), selection accuracy %.4f "
                                 "(best %.4f at step %d; teacher %.4f)", step, total, mean[0], mean[1], mean[2], accuracy,
-                                run["best_score"][0], run["best_step"], ctx.reference_selection_accuracy)
+                                run["best_score"][0], run["best_step"], ctx.reference_selection_score)
                     if run["stale"] >= cfg.patience:
                         logger.info("distill: early stop at step %d, no improvement in %d evaluations", step, cfg.patience)
                         break
@@ -311,7 +300,7 @@ class Distill(Pass):
             "batch_size": cfg.batch_size, "max_length": max_length, "temperature": cfg.temperature, "alpha": cfg.alpha,
             "hidden_weight": cfg.hidden_weight, "device": str(device), "best_step": run["best_step"],
             "selection_accuracy": round(run["best_score"][0], 4),
-            "teacher_selection_accuracy": round(ctx.reference_selection_accuracy, 4),
+            "teacher_selection_accuracy": round(ctx.reference_selection_score, 4),
             "early_stopped": run["step"] < total, "resumed_from_step": resumed_from,
             "train_s": round(elapsed, 1), "examples_per_s": round(examples / elapsed, 1) if elapsed > 0 else None,
             "history": run["history"],

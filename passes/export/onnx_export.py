@@ -4,7 +4,7 @@ The legacy TorchScript exporter (``dynamo=False``) is used on purpose: with the 
 torch 2.13, ONNX Runtime's BERT optimizer does not fuse Attention or EmbedLayerNormalization.
 Parity: max |logit difference| between PyTorch and ONNX Runtime (FP32, all graph optimizations
 off) on real examples, at two batch shapes so the dynamic axes are exercised, must be <= atol.
-The logits output's dynamic axes come from the task (compressor/core/tasks.py): (batch) for a
+The logits output's dynamic axes come from the task (``Task.logits_axes``, compressor/tasks/): (batch) for a
 classifier, (batch, sequence) for a tagger, whose logits are per sub-token.
 """
 
@@ -70,7 +70,7 @@ class ExportOnnx(Pass):
                 _logits_module(model, input_names), args, str(path),
                 input_names=input_names, output_names=["logits"],
                 dynamic_axes={**{n: {0: "batch", 1: "sequence"} for n in input_names},
-                              "logits": dict(enumerate(state.source.task_spec.logits_axes))},
+                              "logits": dict(enumerate(ctx.task.logits_axes))},
                 opset_version=cfg.opset, do_constant_folding=True, dynamo=False,
             )
         max_diff = self._parity(state, ctx, path, input_names)

@@ -56,8 +56,6 @@ from operator import attrgetter
 
 import numpy as np
 
-from mcompress.calibration.datasets import tokenize
-from mcompress.calibration.tagged import token_logits_and_targets, tokenize_words, word_targets
 from mcompress.metrics.flops import encoder_flops, parameter_count
 from mcompress.core.pass_base import Pass, PassContext, PassResult
 from mcompress.core.state import ModelKind, ModelState
@@ -122,11 +120,12 @@ def original_head_ids(model, layer: int) -> list[int]:
     return [h for h in range(total) if h not in pruned]
 
 
-def importance_scores(model, batches, labels: list[np.ndarray] | None):
+def importance_scores(model, batches, labels: list[np.ndarray] | None, task):
     """Per layer: head scores [heads] and neuron scores [ffn size], summed over examples.
 
-    ``batches`` are tokenized dicts of numpy arrays; ``labels`` (one array per batch) or None to
-    score against the model's own predictions. The model is left unchanged.
+    ``batches`` are tokenized dicts of numpy arrays; ``labels`` (one array per batch, as
+    scoring_batches gives them) or None to score against the model's own predictions; ``task``
+    (core.task.Task) picks the scored positions. The model is left unchanged.
     """
     import torch
 
@@ -167,10 +166,8 @@ def importance_scores(model, batches, labels: list[np.ndarray] | None):
         for b, batch in enumerate(batches):
             feed = {k: torch.from_numpy(v) for k, v in batch.items()}
             logits = model(**feed).logits
-            if logits.dim() == 3:  # a tagger: targets per sub-token (IGNORE_INDEX off the words' first)
-                logits, target, _ = token_logits_and_targets(logits, torch.from_numpy(labels[b]), logits.detach())
-            else:
-                target = torch.from_numpy(labels[b]) if labels is not None else logits.detach().argmax(-1)
+            target = task.resolve_targets(None if labels is None else torch.from_numpy(labels[b]), logits.detach())
+            logits, target = task.scored_rows(logits, target)
             # Summed, not averaged: each example's mask gradient is its own dL/dm.
             loss = torch.nn.functional.cross_entropy(logits, target, reduction="sum")
             loss.backward()
@@ -244,21 +241,16 @@ def prune_ffn(model, keep: list[list[int]]) -> None:
     setattr(model.config, layout.ffn_config_key, widths.pop())
 
 
-def _mean_loss(model, batches, targets) -> float:
+def _mean_loss(model, batches, targets, task) -> float:
     """Mean cross-entropy per scored example (a text, or a tagger's word at its first sub-token)
-    against fixed targets (IGNORE_INDEX positions of a tagger are skipped)."""
+    against fixed targets (Task.scored_rows picks the scored positions)."""
     import torch
-
-    from mcompress.calibration.tagged import IGNORE_INDEX
 
     total, count = 0.0, 0
     with torch.inference_mode():
         for b, batch in enumerate(batches):
             logits = model(**{k: torch.from_numpy(v) for k, v in batch.items()}).logits
-            target = torch.from_numpy(targets[b])
-            if logits.dim() == 3:
-                keep = target != IGNORE_INDEX
-                logits, target = logits[keep], target[keep]
+            logits, target = task.scored_rows(logits, torch.from_numpy(targets[b]))
             total += float(torch.nn.functional.cross_entropy(logits, target, reduction="sum"))
             count += len(target)
     return total / max(count, 1)
@@ -270,13 +262,11 @@ def _layer_list(model):
     return model.base_model.get_submodule(container_path), attr
 
 
-def choose_layers(model, batches, labels, keep: int) -> tuple[list[int], list[dict]]:
+def choose_layers(model, batches, labels, keep: int, task) -> tuple[list[int], list[dict]]:
     """Greedy layer ablation: indices (current positions) of the ``keep`` layers to keep, and the
     log of each round (the loss with each remaining candidate skipped). ``labels`` None scores
     against the unpruned model's own argmax."""
     import torch
-
-    from mcompress.calibration.tagged import PREDICTED
 
     container, attr = _layer_list(model)
     full = getattr(container, attr)
@@ -285,15 +275,16 @@ def choose_layers(model, batches, labels, keep: int) -> tuple[list[int], list[di
     # Fixed targets: the labels, with unlabelled texts (and a tagger's untagged words) scored
     # against the whole model's argmax, so every ablation is measured against the same targets.
     with torch.inference_mode():
-        predicted = [model(**{k: torch.from_numpy(v) for k, v in b.items()}).logits.argmax(-1).numpy() for b in batches]
-    labels = predicted if labels is None else [np.where(t == PREDICTED, p, t) for t, p in zip(labels, predicted)]
+        whole = [model(**{k: torch.from_numpy(v) for k, v in b.items()}).logits for b in batches]
+        labels = [np.asarray(task.resolve_targets(None if labels is None else torch.from_numpy(labels[b]), logits))
+                  for b, logits in enumerate(whole)]
     kept, rounds = list(range(len(full))), []
     try:
         while len(kept) > keep:
             losses = {}
             for candidate in kept:
                 setattr(container, attr, torch.nn.ModuleList([full[i] for i in kept if i != candidate]))
-                losses[candidate] = _mean_loss(model, batches, labels)
+                losses[candidate] = _mean_loss(model, batches, labels, task)
             dropped = min(losses, key=losses.get)
             rounds.append({"dropped": dropped, "loss_without": {str(k): round(v, 4) for k, v in losses.items()}})
             kept.remove(dropped)
@@ -351,26 +342,17 @@ def zero_pattern_masks(model) -> dict:
             if isinstance(module, torch.nn.Linear) and module.in_features % 4 == 0}
 
 
-def scoring_batches(tokenizer, data, max_length: int, batch_size: int):
-    """Length-sorted batches (little padding) with their labels, in a fixed order. A tagger's
-    labels are per sub-token (calibration.tagged.word_targets), and always given: untagged words
-    are marked to be scored against the model's own argmax."""
-    texts, labels = data.texts, data.labels
-    tagger = data.task == "token-classification"
-    order = np.argsort([len(t) for t in texts], kind="stable")
-    batches, batch_labels = [], []
-    for start in range(0, len(texts), batch_size):
-        idx = order[start:start + batch_size]
-        if tagger:
-            inputs, first = tokenize_words(tokenizer, [data.words[i] for i in idx], max_length)
-            batches.append(inputs)
-            batch_labels.append(word_targets(first, None if labels is None else [labels[i] for i in idx],
-                                             inputs["input_ids"].shape[1]))
-            continue
-        batches.append(tokenize(tokenizer, [texts[i] for i in idx], max_length))
-        if labels is not None:
-            batch_labels.append(np.asarray([labels[i] for i in idx], dtype=np.int64))
-    return batches, (batch_labels if labels is not None or tagger else None)
+def scoring_batches(tokenizer, data, max_length: int, batch_size: int, task):
+    """Length-sorted batches (little padding) with their targets (Task.training_batch), in a fixed
+    order; targets None when the data has no labels. A tagger's targets are always given: its
+    untagged words are marked to be scored against the model's own argmax."""
+    order = np.argsort([len(t) for t in data.texts], kind="stable")
+    batches, targets = [], []
+    for start in range(0, len(data.texts), batch_size):
+        inputs, batch_targets = task.training_batch(tokenizer, data, order[start:start + batch_size], max_length)
+        batches.append(inputs)
+        targets.append(batch_targets)
+    return batches, (None if any(t is None for t in targets) else targets)
 
 
 class PruneStructured(Pass):
@@ -398,21 +380,21 @@ class PruneStructured(Pass):
         labels = data.labels  # None for unlabelled text: scored against the model's own argmax
         input_names = set(state.tokenizer.model_input_names)
         batches, batch_labels = scoring_batches(state.tokenizer, data, cfg.max_length or ctx.recipe.max_length,
-                                                cfg.batch_size)
+                                                cfg.batch_size, ctx.task)
         batches = [{k: v for k, v in b.items() if k in input_names} for b in batches]
         started = time.perf_counter()
         layers_before = len(encoder_layers(model))
         kept_layers = list(range(layers_before))
         metrics: dict = {}
         if cfg.keep_layers is not None and cfg.keep_layers < layers_before:
-            kept_layers, rounds = choose_layers(model, batches, batch_labels, cfg.keep_layers)
+            kept_layers, rounds = choose_layers(model, batches, batch_labels, cfg.keep_layers, ctx.task)
             drop_layers(model, kept_layers)
             metrics["layer_ablation"] = rounds
             logger.info("kept layers %s of %d (greedy ablation on %d examples)", kept_layers, layers_before, len(data))
         previous = state.annotations.get("kept_layers")  # an already layer-pruned input: map to the original
         if previous is not None:
             kept_layers = [previous[i] for i in kept_layers]
-        head_scores, neuron_scores = importance_scores(model, batches, batch_labels)
+        head_scores, neuron_scores = importance_scores(model, batches, batch_labels, ctx.task)
         scoring_s = time.perf_counter() - started
         logger.info("importance of %d heads and %d FFN neurons from %d examples in %.1f s",
                     sum(heads_before), sum(ffn_before), len(data), scoring_s)

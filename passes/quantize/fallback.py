@@ -29,7 +29,7 @@ import os
 import time
 from pathlib import Path
 
-from mcompress.metrics.evaluation import evaluate, latency_inputs, measure_latency
+from mcompress.metrics.evaluation import latency_inputs, measure_latency
 from mcompress.passes.quantize import ort_int8, sensitivity
 from mcompress.metrics.gates import metric_drop
 from mcompress.metrics.selection import fastest_within_budget
@@ -78,7 +78,7 @@ class QuantizeFallback(Pass):
                 "max_length": recipe.max_length, "seed": recipe.seed,
                 "calibration": dataclasses.replace(ctx.calibration.head(cfg.static.calibration_examples), labels=None).content_hash(),
                 "selection": ctx.selection.content_hash(),
-                "reference_selection_accuracy": ctx.reference_selection_accuracy,
+                "reference_selection_score": ctx.reference_selection_score,
                 "capabilities": dataclasses.asdict(ctx.target.capabilities),
                 "scoring": {"threads": recipe.latency.threads, "iterations": recipe.latency.iterations,
                             "warmup": recipe.latency.warmup, "eval_batch_size": recipe.eval.batch_size},
@@ -99,10 +99,10 @@ class QuantizeFallback(Pass):
 
         def score(path: Path, what: str) -> dict:
             runner = ctx.target.runner(path, recipe.latency.threads)
-            result = evaluate(runner, state.tokenizer, selection, recipe.max_length, recipe.eval.batch_size, what=what)
-            drop = metric_drop(ctx.reference_selection_accuracy, result.score, gates.drop_type)
+            result = ctx.task.evaluate(runner, state.tokenizer, selection, recipe.max_length, recipe.eval.batch_size, what=what)
+            drop = metric_drop(ctx.reference_selection_score, result.score, gates.drop_type)
             latency = measure_latency(runner, timing_inputs, recipe.latency.warmup, recipe.latency.iterations)
-            return {"accuracy": round(result.score, 6), "macro_f1": round(result.macro_f1, 6),
+            return {"score": round(result.score, 6), "macro_f1": round(result.macro_f1, 6),
                     "drop": round(drop, 4), "within_budget": round(drop, 9) <= gates.max_drop - recipe.fallback.margin,
                     "p50_ms_b1_s128": round(latency.p50_ms, 3)}
 
@@ -110,7 +110,7 @@ class QuantizeFallback(Pass):
         initial = score(state.onnx_path, "fallback: INT8 as quantized")
         metrics: dict = {"quantization": f"{mode}/{state.annotations.get('graph')}", "examples": len(selection),
                          "drop_type": gates.drop_type, "max_drop": gates.max_drop, "margin": recipe.fallback.margin,
-                         "reference_selection_accuracy": ctx.reference_selection_accuracy, "initial": initial}
+                         "reference_selection_score": ctx.reference_selection_score, "initial": initial}
         needed = recipe.fallback.enabled and not initial["within_budget"]
         skipped = ("within budget: no layer left in float" if initial["within_budget"]
                    else "over budget, but fallback.enabled is false")
@@ -163,16 +163,16 @@ class QuantizeFallback(Pass):
             candidates.append({"step": k, "float_layers": [layer["layer"] for layer in chosen_layers], "float_nodes": nodes,
                                **c, "latency_cost_ms": round(c["p50_ms_b1_s128"] - initial["p50_ms_b1_s128"], 3),
                                "path": path})
-            logger.info("fallback: %d layers in float: accuracy %.4f, drop %.3f, p50 %.2f ms", k, c["accuracy"],
+            logger.info("fallback: %d layers in float: score %.4f, drop %.3f, p50 %.2f ms", k, c["score"],
                         c["drop"], c["p50_ms_b1_s128"])
             log.save(candidates=[{name: v for name, v in c.items() if name != "path"} for c in candidates[1:]])
             advance(1)
             if c["within_budget"]:
                 stopped = "passed"
                 break
-        # in step order: on equal latency (or accuracy) the fewest layers in float wins
+        # in step order: on equal latency (or score) the fewest layers in float wins
         choice = fastest_within_budget(candidates, lambda c: c["within_budget"], lambda c: c["p50_ms_b1_s128"],
-                                       lambda c: c["accuracy"])
+                                       lambda c: c["score"])
         best = choice.chosen
         reason = ("fastest candidate within the accuracy budget" if choice.within_budget
                   else "no candidate within budget; kept the most accurate")

@@ -28,7 +28,6 @@ import numpy as np
 
 from mcompress.calibration.datasets import length_batches, tokenize
 from mcompress.core.pass_base import Pass, PassContext, PassResult
-from mcompress.metrics.evaluation import evaluate, metric_from_counts
 from mcompress.core.state import ModelKind, ModelState
 
 logger = logging.getLogger(__name__)
@@ -189,9 +188,9 @@ class QuantizeNNCF(Pass):
         def metric(compiled, data) -> tuple[float, list[float]]:
             """The gated metric over the items, and each item's own (NNCF ranks layers with these)."""
             runner = _CompiledRunner(compiled, input_names)
-            results = [evaluate(runner, state.tokenizer, selection.select(item["examples"]), recipe.max_length,
-                                len(item["examples"]), what="NNCF accuracy control") for item in data]
-            total = metric_from_counts(results[0].metric, np.concatenate([r.stats for r in results]).sum(axis=0))
+            results = [ctx.task.evaluate(runner, state.tokenizer, selection.select(item["examples"]), recipe.max_length,
+                                         len(item["examples"]), what="NNCF accuracy control") for item in data]
+            total = ctx.task.metric_of_counts(np.concatenate([r.stats for r in results]).sum(axis=0))
             return float(total), [r.score for r in results]
 
         # NNCF's budget is in the metric's own units: accuracy in [0, 1], so points / 100; its

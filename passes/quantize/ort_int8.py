@@ -29,7 +29,7 @@ import numpy as np
 
 from mcompress.calibration.datasets import tokenize
 from mcompress.core.errors import NumericalFault
-from mcompress.metrics.evaluation import b1_b8_shapes, evaluate, latency_race
+from mcompress.metrics.evaluation import b1_b8_shapes, latency_race
 from mcompress.metrics.selection import fastest_within_budget
 from mcompress.metrics.gates import metric_drop
 from mcompress.core.pass_base import Pass, PassContext, PassResult
@@ -164,7 +164,7 @@ class QuantizeInt8(Pass):
                 # calibration reads the texts only (labels, when the split has them, are not used)
                 "calibration": dataclasses.replace(ctx.calibration.head(cfg.static.calibration_examples), labels=None).content_hash(),
                 "selection": ctx.selection.head(cfg.selection_examples).content_hash(),
-                "reference_selection_accuracy": ctx.reference_selection_accuracy,
+                "reference_selection_score": ctx.reference_selection_score,
                 "capabilities": dataclasses.asdict(ctx.target.capabilities),
                 # what scores the candidates (_score): it can change the choice
                 "scoring": {"threads": recipe.latency.threads, "iterations": recipe.latency.iterations,
@@ -199,7 +199,7 @@ class QuantizeInt8(Pass):
         else:
             scores = self._score_all(candidates, state, ctx)
             choice = fastest_within_budget(list(scores), lambda n: scores[n]["within_budget"],
-                                           lambda n: scores[n]["latency_score_ms"], lambda n: scores[n]["accuracy"],
+                                           lambda n: scores[n]["latency_score_ms"], lambda n: scores[n]["score"],
                                            cfg.latency_tie_tolerance)
             chosen = choice.chosen
             metrics["candidates"] = scores
@@ -228,11 +228,11 @@ class QuantizeInt8(Pass):
         b1, b8 = raced[(1, 128)], raced[(8, 128)]
         scores = {}
         for name, runner in runners.items():
-            # the task's metric: accuracy, or entity F1 for a tagger
-            accuracy = evaluate(runner, state.tokenizer, selection, recipe.max_length, recipe.eval.batch_size,
-                                what=f"quantize candidate {name}").score
-            drop = metric_drop(ctx.reference_selection_accuracy, accuracy, recipe.gates.drop_type)
-            scores[name] = {"accuracy": round(accuracy, 4), "drop_points": round(drop, 3),
+            # the task's gated metric: accuracy, or entity F1 for a tagger
+            score = ctx.task.evaluate(runner, state.tokenizer, selection, recipe.max_length, recipe.eval.batch_size,
+                                      what=f"quantize candidate {name}").score
+            drop = metric_drop(ctx.reference_selection_score, score, recipe.gates.drop_type)
+            scores[name] = {"score": round(score, 4), "drop_points": round(drop, 3),
                             "within_budget": round(drop, 9) <= recipe.gates.max_drop,
                             "p50_ms_b1_s128": round(b1[name].p50_ms, 3), "p50_ms_b8_s128": round(b8[name].p50_ms, 3),
                             "latency_score_ms": round(math.sqrt(b1[name].p50_ms * b8[name].p50_ms / 8), 3),

@@ -31,7 +31,6 @@ from pathlib import Path
 
 import numpy as np
 
-from mcompress.metrics.evaluation import scored_logits
 
 logger = logging.getLogger(__name__)
 
@@ -227,7 +226,7 @@ def measure_sensitivity(layers: list[Layer], requantizer: Requantizer, quantized
     def logits_of(path: Path, what: str) -> np.ndarray:
         nonlocal labels
         runner = ctx.target.runner(path, threads)
-        logits, labels = scored_logits(runner, state.tokenizer, data, recipe.max_length, recipe.eval.batch_size, what)
+        logits, labels = ctx.task.scored_logits(runner, state.tokenizer, data, recipe.max_length, recipe.eval.batch_size, what)
         return logits
 
     started = time.perf_counter()
