@@ -18,7 +18,6 @@ and raced latency, and the reason for the choice. The build appears in ``--out``
 from __future__ import annotations
 
 import dataclasses
-import json
 import os
 import shutil
 from pathlib import Path
@@ -28,13 +27,14 @@ from mcompress.metrics.evaluation import interleaved_latency, latency_inputs
 from mcompress.pipeline.outputs import check_output_dir, staged_dir
 from mcompress.core.recipe import load_recipe
 from mcompress.metrics.machine import other_processes_cpu
-from mcompress.report.markdown import write_report
+from mcompress.report.schema import CpuAutoChoice, Report
+from mcompress.report.write import write_report
 from mcompress.targets import CPU_AUTO, CPU_AUTO_TARGETS, get_target
 
 CANDIDATES_DIR = "candidates"
 
 
-def run_cpu_auto(req, task) -> dict:
+def run_cpu_auto(req, task) -> Report:
     from mcompress.core.checkpoint import inspect_checkpoint
     from mcompress.pipeline.job import run
     from mcompress.pipeline.pass_gates import check_gate_passes
@@ -53,15 +53,15 @@ def run_cpu_auto(req, task) -> dict:
 
     with staged_dir(out) as staging:
         work = staging / CANDIDATES_DIR
-        reports: dict[str, dict] = {}
+        reports: dict[str, Report] = {}
         for name in CPU_AUTO_TARGETS:
             build = work / name
             try:
                 reports[name] = run(dataclasses.replace(req, target=name, out=build, force=False), task)
             except GateFailure:  # the build and its report are written; the race still measures it
-                reports[name] = json.loads((build / "report.json").read_text())
+                reports[name] = Report.load(build / "report.json")
         choice = _race(reports, {n: work / n for n in reports}, targets, recipe, req, task)
-        chosen = choice["chosen"]
+        chosen = choice.chosen
         for path in (work / chosen).iterdir():
             shutil.move(str(path), staging / path.name)
         for name in reports:
@@ -69,18 +69,18 @@ def run_cpu_auto(req, task) -> dict:
                 shutil.copyfile(work / name / "report.json", work / f"{name}.report.json")
             shutil.rmtree(work / name)
         report = reports[chosen]
-        report["cpu_auto"] = choice
+        report.cpu_auto = choice
         write_report(report, staging)
-    report["out"] = str(Path(out).resolve())
-    if not report["passed"]:
-        failed = "; ".join(f"{g['name']} {g['value']:.3f} {g['unit']} vs budget {g['threshold']}"
-                           for g in report["gates"] if not g["passed"])
+    report.out = str(Path(out).resolve())
+    if not report.passed:
+        failed = "; ".join(f"{g.name} {g.value:.3f} {g.unit} vs budget {g.threshold}"
+                           for g in report.gates if not g.passed)
         raise GateFailure(f"gate failed: no CPU target passed its gates; kept {chosen} (smallest accuracy drop): "
                           f"{failed}. Report: {Path(out) / 'report.md'}")
     return report
 
 
-def _race(reports: dict[str, dict], builds: dict[str, Path], targets: dict, recipe, req, task) -> dict:
+def _race(reports: dict[str, Report], builds: dict[str, Path], targets: dict, recipe, req, task) -> CpuAutoChoice:
     """Interleaved latency of the built artifacts; the choice and why."""
     from transformers import AutoTokenizer
 
@@ -95,7 +95,7 @@ def _race(reports: dict[str, dict], builds: dict[str, Path], targets: dict, reci
     for name, report in reports.items():
         target = targets[name]
         target.validate_recipe(recipe)  # runner settings (e.g. OpenVINO inference precision) from the recipe
-        runners[name] = target.runner(builds[name] / report["artifact"]["model_file"], threads)
+        runners[name] = target.runner(builds[name] / report.artifact.model_file, threads)
     seq = recipe.max_length
     rounds = 5
     per_round = max(2, recipe.latency.iterations // rounds)
@@ -111,11 +111,11 @@ def _race(reports: dict[str, dict], builds: dict[str, Path], targets: dict, reci
 
     candidates = {}
     for name, report in reports.items():
-        gate = next(g for g in report["gates"] if g["name"] == "accuracy_drop")
-        candidates[name] = {"passed": report["passed"], "accuracy": report["build"]["accuracy"],
-                            "accuracy_drop": gate["value"], "runtime": report["build"]["runtime"],
-                            "model_bytes": report["artifact"]["model_bytes"],
-                            "failed_gates": [g["name"] for g in report["gates"] if not g["passed"]],
+        gate = next(g for g in report.gates if g.name == "accuracy_drop")
+        candidates[name] = {"passed": report.passed, "accuracy": report.build.accuracy,
+                            "accuracy_drop": gate.value, "runtime": report.build.runtime,
+                            "model_bytes": report.artifact.model_bytes,
+                            "failed_gates": [g.name for g in report.gates if not g.passed],
                             "race": race[name]}
     b1 = {name: race[name]["b1"]["p50_ms"] for name in race}
     passing = [n for n in CPU_AUTO_TARGETS if candidates[n]["passed"]]
@@ -138,9 +138,9 @@ def _race(reports: dict[str, dict], builds: dict[str, Path], targets: dict, reci
     else:
         chosen = min(CPU_AUTO_TARGETS, key=lambda n: candidates[n]["accuracy_drop"])
         reason = "no CPU target passed its gates; kept the one with the smallest accuracy drop"
-    return {"criterion": f"fastest p50 at batch 1, sequence {seq} among the builds that pass their gates "
+    return CpuAutoChoice.model_validate({"criterion": f"fastest p50 at batch 1, sequence {seq} among the builds that pass their gates "
                          f"(ties within {tolerance:.0%} go to the first of {', '.join(CPU_AUTO_TARGETS)})",
             "chosen": chosen, "reason": reason, "candidates": candidates, "sequence_length": seq,
             "race_rounds": rounds, "threads": threads,
             "other_processes_cpu_percent": max(load_before, load_after),
-            "candidate_reports": {n: f"{CANDIDATES_DIR}/{n}.report.json" for n in reports if n != chosen}}
+            "candidate_reports": {n: f"{CANDIDATES_DIR}/{n}.report.json" for n in reports if n != chosen}})

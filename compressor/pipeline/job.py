@@ -33,7 +33,8 @@ from mcompress.pipeline.pass_gates import PassGate, check_gate_passes
 from mcompress.core.recipe import Recipe, load_recipe, validate_against_checkpoint, validate_training_data
 from mcompress.core.hashing import file_digest
 from mcompress.metrics.machine import library_versions, machine_info
-from mcompress.report.markdown import write_report
+from mcompress.report.schema import Report
+from mcompress.report.write import write_report
 from mcompress.core.state import ModelKind, ModelState
 from mcompress.core.target_base import BuildInputs
 from mcompress.targets import get_target
@@ -111,7 +112,7 @@ def resolve_data(req: RunRequest, label2id: dict[str, int], task: TaskSpec = TAS
     return DataSplits(eval_data, calibration, selection, notes)
 
 
-def run(req: RunRequest, task: TaskFactory = _no_ui) -> dict:
+def run(req: RunRequest, task: TaskFactory = _no_ui) -> Report:
     from mcompress.targets import CPU_AUTO
 
     if req.target == CPU_AUTO:  # a choice between targets: each is built by this function
@@ -239,7 +240,7 @@ def run(req: RunRequest, task: TaskFactory = _no_ui) -> dict:
                 model_bytes += model_file.with_suffix(".bin").stat().st_size
             if recipe.gates.max_size_ratio is not None:
                 gates.append(size_gate(model_bytes, reference_size, recipe.gates.max_size_ratio))
-            report = {
+            report = Report.model_validate({
                 "schema": 1,
                 "mcompress_version": __version__,
                 "target": target.name,
@@ -275,12 +276,11 @@ def run(req: RunRequest, task: TaskFactory = _no_ui) -> dict:
                              "float_layers": state.annotations.get("float_layers", []),
                              "graph": state.annotations.get("graph"), "files": files},
                 "wall_s": round(time.perf_counter() - started, 1),
-            }
-            if target_build:
-                report["target_build"] = target_build
+                **({"target_build": target_build} if target_build else {}),
+            })
             write_report(report, staging)
-    report["out"] = str(out.resolve())
-    if not report["passed"]:
+    report.out = str(out.resolve())
+    if not report.passed:
         failed = "; ".join(f"{g.name} {g.value:.3f} {g.unit} vs budget {g.threshold}" for g in gates if not g.passed)
         raise GateFailure(f"gate failed: {failed}. Report: {out / 'report.md'}")
     if not engine_measured:
