@@ -160,13 +160,18 @@ class Artifact(_ReportModel):
 
 
 class CpuAutoCandidate(_ReportModel):
+    """One CPU target's build in the race; one stopped by a gate after a pass has no figures and no race."""
     passed: bool
+    stopped: str | None = None
+    metric: str | None = None
+    score: Number | None = None
     accuracy: Number | None = None
-    accuracy_drop: Number
+    drop: Number | None = None  # of the gated metric
+    accuracy_drop: Number | None = None
     runtime: str = ""
     model_bytes: int | None = None
     failed_gates: list[str] = Field(default_factory=list)
-    race: dict[str, Latency] = Field(default_factory=dict)  # "b1", "b8"
+    race: dict[str, Latency] | None = None  # "b1", "b8"
 
 
 class CpuAutoChoice(_ReportModel):

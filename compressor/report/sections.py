@@ -107,8 +107,8 @@ def _cpu_auto(choice: CpuAutoChoice | None) -> list[Block]:
     """Which CPU target cpu-auto kept, why, and both candidates' numbers."""
     if not choice:
         return []
-    rows = tuple((name, verdict_cell(c.passed), score(c.accuracy), f"{c.accuracy_drop:.3f}",
-                  *(ms(getattr(c.race.get(b), q, None)) for b in ("b1", "b8") for q in ("p50_ms", "p95_ms")),
+    rows = tuple((name, verdict_cell(c.passed), score(c.accuracy), ratio(c.accuracy_drop),
+                  *(ms(getattr((c.race or {}).get(b), q, None)) for b in ("b1", "b8") for q in ("p50_ms", "p95_ms")),
                   mb(c.model_bytes)) for name, c in choice.candidates.items())
     note = (f"Latency measured in one process, interleaved ({choice.race_rounds} rounds), at sequence "
             f"{choice.sequence_length}; other processes' CPU during the race: {choice.other_processes_cpu_percent}%.")
