@@ -7,11 +7,14 @@ import os
 import signal
 import sys
 from pathlib import Path
-from typing import Optional
+from typing import TYPE_CHECKING, Optional
 
 import typer
 
 from mcompress.core.errors import ExitCode, McompressError
+
+if TYPE_CHECKING:
+    from mcompress.report.schema import Report
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="Compress fine-tuned Hugging Face checkpoints and build them for a deployment target.")
@@ -158,27 +161,25 @@ def run(
     _guard(body)
 
 
-def _print_summary(report: dict) -> None:
+def _print_summary(report: Report) -> None:
     from rich.markup import escape
 
     console = _console()
-    out = escape(report["out"])
-    metric = report.get("metric", "accuracy")
-    gate = next(g for g in report["gates"] if g["name"] == f"{metric}_drop")
-    b1 = next((r, c) for r, c in zip(report["latency"]["reference"], report["latency"]["build"]))
-    console.print(f"[bold green]PASS[/] {report['target']} build in {out}", highlight=False)
-    score = lambda side: report[side].get("score", report[side]["accuracy"])
-    console.print(f"  {metric.replace('_', ' ')} {score('reference'):.4f} -> {score('build'):.4f} "
-                  f"(drop {gate['value']:.2f} {gate['unit']}, 95% CI [{gate['ci95'][0]:.2f}, {gate['ci95'][1]:.2f}], budget {gate['threshold']})",
+    out = escape(report.out)
+    gate = next(g for g in report.gates if g.name == f"{report.metric}_drop")
+    ref_b1, build_b1 = report.latency.pairs()[0]
+    console.print(f"[bold green]PASS[/] {report.target} build in {out}", highlight=False)
+    console.print(f"  {report.metric.replace('_', ' ')} {report.reference.gated_score:.4f} -> {report.build.gated_score:.4f} "
+                  f"(drop {gate.value:.2f} {gate.unit}, 95% CI [{gate.ci95[0]:.2f}, {gate.ci95[1]:.2f}], budget {gate.threshold})",
                   highlight=False)
-    console.print(f"  latency b{b1[1]['batch_size']}/s{b1[1]['sequence_length']} p50 {b1[0]['p50_ms']:.2f} -> {b1[1]['p50_ms']:.2f} ms "
-                  f"({b1[0]['p50_ms'] / b1[1]['p50_ms']:.2f}x); size {report['artifact']['size_ratio']:.3f}x "
-                  f"({report['artifact']['quantization']}); report {out}/report.md", highlight=False)
-    if report.get("cpu_auto"):
-        console.print(f"  cpu-auto kept {report['cpu_auto']['chosen']}: {report['cpu_auto']['reason']}", highlight=False)
-    if report["artifact"].get("float_layers"):
-        console.print(f"  left in float by the fallback: {', '.join(report['artifact']['float_layers'])}", highlight=False)
-    reused = [p["name"] for p in report["passes"] if p.get("cached")]
+    console.print(f"  latency b{build_b1.batch_size}/s{build_b1.sequence_length} p50 {ref_b1.p50_ms:.2f} -> {build_b1.p50_ms:.2f} ms "
+                  f"({ref_b1.p50_ms / build_b1.p50_ms:.2f}x); size {report.artifact.size_ratio:.3f}x "
+                  f"({report.artifact.quantization}); report {out}/report.md", highlight=False)
+    if report.cpu_auto:
+        console.print(f"  cpu-auto kept {report.cpu_auto.chosen}: {report.cpu_auto.reason}", highlight=False)
+    if report.artifact.float_layers:
+        console.print(f"  left in float by the fallback: {', '.join(report.artifact.float_layers)}", highlight=False)
+    reused = [p.name for p in report.passes if p.cached]
     if reused:
         console.print(f"  reused cached {', '.join(reused)} (inputs unchanged; --no-cache reruns them)", highlight=False)
 

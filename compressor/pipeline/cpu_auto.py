@@ -36,7 +36,8 @@ from mcompress.pipeline.job import TargetBuild, build_target, raise_for_outcome
 from mcompress.pipeline.outputs import staged_dir
 from mcompress.pipeline.prepare import Prepared, ProgressFactory, RunRequest, prepare
 from mcompress.pipeline.reference import Reference, measure_reference
-from mcompress.report.markdown import write_report
+from mcompress.report.schema import CpuAutoChoice, Report
+from mcompress.report.write import write_report
 from mcompress.targets import CPU_AUTO, CPU_AUTO_TARGETS
 
 CANDIDATES_DIR = "candidates"
@@ -53,7 +54,7 @@ class Candidate:
         return self.build is not None and self.build.passed
 
 
-def run_cpu_auto(req: RunRequest, progress: ProgressFactory) -> dict:
+def run_cpu_auto(req: RunRequest, progress: ProgressFactory) -> Report:
     started = time.perf_counter()
     prepared = prepare(req, CPU_AUTO_TARGETS)
     out = prepared.out
@@ -67,9 +68,9 @@ def run_cpu_auto(req: RunRequest, progress: ProgressFactory) -> dict:
         choice = _choose(candidates, _race(built, prepared, reference, progress), prepared.recipe)
         kept = next(c for c in candidates if c.name == choice["chosen"]).build
         _keep(kept, built, staging, work)
-        kept.report["cpu_auto"] = choice
+        kept.report.cpu_auto = CpuAutoChoice.model_validate(choice)
         write_report(kept.report, staging)
-    kept.report["out"] = str(Path(out).resolve())
+    kept.report.out = str(Path(out).resolve())
     raise_for_outcome(kept, Path(out), prefix=f"no CPU target passed its gates; kept {kept.target.name} "
                                               "(smallest drop of the gated metric): ")
     return kept.report
@@ -118,11 +119,11 @@ def _summary(c: Candidate, race: dict) -> dict:
     if c.build is None:
         return {"passed": False, "stopped": c.stopped, "failed_gates": ["gates.after"], "race": None}
     report = c.build.report
-    gate = next(g for g in report["gates"] if g["name"] == f"{report['metric']}_drop")
-    return {"passed": report["passed"], "metric": report["metric"], "score": c.build.gated.candidate.score,
-            "accuracy": report["build"]["accuracy"], "drop": gate["value"], "accuracy_drop": gate["value"],
-            "runtime": report["build"]["runtime"], "model_bytes": report["artifact"]["model_bytes"],
-            "failed_gates": [g["name"] for g in report["gates"] if not g["passed"]], "race": race[c.name]}
+    gate = next(g for g in report.gates if g.name == f"{report.metric}_drop")
+    return {"passed": report.passed, "metric": report.metric, "score": c.build.gated.candidate.score,
+            "accuracy": report.build.accuracy, "drop": gate.value, "accuracy_drop": gate.value,
+            "runtime": report.build.runtime, "model_bytes": report.artifact.model_bytes,
+            "failed_gates": [g.name for g in report.gates if not g.passed], "race": race[c.name]}
 
 
 def _choose(candidates: list[Candidate], raced: dict, recipe) -> dict:

@@ -29,7 +29,8 @@ from mcompress.pipeline.prepare import (DataSplits, Prepared, ProgressFactory, R
                                         resolve_data)
 from mcompress.pipeline.reference import Reference, evaluator, measure_reference
 from mcompress.pipeline.report_data import assemble_report
-from mcompress.report.markdown import write_report
+from mcompress.report.schema import Report
+from mcompress.report.write import write_report
 
 logger = logging.getLogger(__name__)
 
@@ -44,11 +45,11 @@ class TargetBuild:
     target: object
     out_dir: Path
     gated: GatedBuild
-    report: dict
+    report: Report
 
     @property
     def passed(self) -> bool:
-        return self.report["passed"]
+        return self.report.passed
 
 
 def _pass_sequence_length(recipe) -> int:
@@ -94,24 +95,23 @@ def build_target(prepared: Prepared, reference: Reference, target, into: Callabl
     return TargetBuild(target, out_dir, gated, report)
 
 
-def failed_gates_line(report: dict) -> str:
-    return "; ".join(f"{g['name']} {g['value']:.3f} {g['unit']} vs budget {g['threshold']}"
-                     for g in report["gates"] if not g["passed"])
+def failed_gates_line(report: Report) -> str:
+    return "; ".join(f"{g.name} {g.value:.3f} {g.unit} vs budget {g.threshold}" for g in report.gates if not g.passed)
 
 
 def raise_for_outcome(build: TargetBuild, out: Path, prefix: str = "") -> None:
     """A written build that failed its gates (exit 3), or was gated on a stand-in (exit 4)."""
     report = build.report
-    if not report["passed"]:
+    if not report.passed:
         raise GateFailure(f"gate failed: {prefix}{failed_gates_line(report)}. Report: {out / 'report.md'}")
     built = build.gated.build
     if not built.artifact_measured:
         raise TargetUnavailable(f"{build.target.name}: {built.unmeasured_reason or 'the built artifact cannot run on this machine.'}",
                                 f"Build written to {out}; gated stand-in: {built.stand_in}, "
-                                f"{report['metric'].replace('_', ' ')} {build.gated.candidate.score:.4f}, gates passed.")
+                                f"{report.metric.replace('_', ' ')} {build.gated.candidate.score:.4f}, gates passed.")
 
 
-def run(req: RunRequest, progress: ProgressFactory = no_progress) -> dict:
+def run(req: RunRequest, progress: ProgressFactory = no_progress) -> Report:
     """``mcompress run``: the report of the written build. A failed gate raises GateFailure and an
     artifact gated on a stand-in raises TargetUnavailable, after the build is written."""
     from mcompress.targets import CPU_AUTO
@@ -125,6 +125,6 @@ def run(req: RunRequest, progress: ProgressFactory = no_progress) -> dict:
     reference = measure_reference(prepared, progress)
     target = prepared.targets[req.target]
     build = build_target(prepared, reference, target, lambda: staged_dir(prepared.out), progress, started)
-    build.report["out"] = str(prepared.out.resolve())
+    build.report.out = str(prepared.out.resolve())
     raise_for_outcome(build, prepared.out)
     return build.report

@@ -8,8 +8,7 @@ from mcompress.metrics.machine import library_versions, machine_info
 from mcompress.pipeline.gating import GatedBuild
 from mcompress.pipeline.prepare import Prepared
 from mcompress.pipeline.reference import Reference
-
-REPORT_SCHEMA = 1
+from mcompress.report.schema import REPORT_SCHEMA, Report
 
 
 def _pass_scores(evaluation: dict) -> dict:
@@ -40,7 +39,7 @@ def _data_section(prepared: Prepared, gated: GatedBuild) -> dict:
 
 
 def assemble_report(prepared: Prepared, reference: Reference, target, state, records: list[PassRecord],
-                    gated: GatedBuild, wall_s: float) -> dict:
+                    gated: GatedBuild, wall_s: float) -> Report:
     ckpt = prepared.checkpoint
     report = {
         "schema": REPORT_SCHEMA,
@@ -69,4 +68,4 @@ def assemble_report(prepared: Prepared, reference: Reference, target, state, rec
     }
     if gated.build.summary:
         report["target_build"] = dict(gated.build.summary)
-    return report
+    return Report.model_validate(report)

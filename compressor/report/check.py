@@ -7,12 +7,10 @@ measured in the same run (a ratio), not raw milliseconds.
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 
-from mcompress.core.errors import InputError
-from mcompress.report.markdown import artifact_measured
+from mcompress.report.schema import Report
 
 
 @dataclass
@@ -22,47 +20,34 @@ class Finding:
     detail: str
 
 
-def load_report(path: Path) -> dict:
-    try:
-        report = json.loads(Path(path).read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise InputError(f"report {path} does not exist.") from None
-    except (ValueError, UnicodeDecodeError) as err:
-        raise InputError(f"report {path} is not valid JSON ({err}).") from None
-    for key in ("gates", "passed", "build", "reference", "latency", "artifact"):
-        if key not in report:
-            raise InputError(f"{path} is not an mcompress report (no '{key}').", "Pass the report.json of a build.")
-    return report
+def load_report(path: Path) -> Report:
+    return Report.load(path)
 
 
-def _speedup_b1(report: dict) -> float | None:
-    for ref, build in zip(report["latency"]["reference"], report["latency"]["build"]):
-        if (build["batch_size"], build["sequence_length"]) == (1, 128):
-            return ref["p50_ms"] / build["p50_ms"]
-    return None
+def _speedup_b1(report: Report) -> float | None:
+    timed = report.latency_at(1, 128)
+    return timed[0].p50_ms / timed[1].p50_ms if timed else None
 
 
-def check_report(report: dict, baseline: dict | None = None, max_accuracy_regression: float = 0.5,
+def check_report(report: Report | dict, baseline: Report | dict | None = None, max_accuracy_regression: float = 0.5,
                  max_speedup_regression: float = 0.2, max_size_growth: float = 0.05,
                  allow_unmeasured: bool = False) -> list[Finding]:
-    findings = [Finding(f"gate {g['name']}", g["passed"],
-                        f"{g['value']:.3f} {g['unit']} (budget {g['threshold']})") for g in report["gates"]]
-    if not artifact_measured(report):
-        build = report["target_build"]
+    report = Report.parse(report)
+    findings = [Finding(f"gate {g.name}", g.passed, f"{g.value:.3f} {g.unit} (budget {g.threshold})") for g in report.gates]
+    if not report.artifact_measured():
+        gated = report.target_build.get("gated_artifact", "a stand-in")
         findings.append(Finding("deployed artifact measured", allow_unmeasured,
-                                f"no: gates ran on {build.get('gated_artifact', 'a stand-in')}"
-                                + (" (accepted by --allow-unmeasured)" if allow_unmeasured else "")))
+                                f"no: gates ran on {gated}" + (" (accepted by --allow-unmeasured)" if allow_unmeasured else "")))
     if baseline is None:
         return findings
-    same_data = report["data"]["eval"].get("sha256") == baseline["data"]["eval"].get("sha256")
-    if not same_data:
+    baseline = Report.parse(baseline, "the baseline")
+    if report.data.eval.sha256 != baseline.data.eval.sha256:
         findings.append(Finding("baseline eval data", False,
                                 "eval data differs from the baseline's (sha256); accuracies are not comparable"))
     # the gated metric: accuracy, or entity F1 for a tagger ("score"; older reports have accuracy only)
-    metric = report.get("metric", "accuracy")
-    new_score, old_score = (r["build"].get("score", r["build"]["accuracy"]) for r in (report, baseline))
+    new_score, old_score = report.build.gated_score, baseline.build.gated_score
     change = (new_score - old_score) * 100
-    findings.append(Finding(f"{metric.replace('_', ' ')} vs baseline", -change <= max_accuracy_regression,
+    findings.append(Finding(f"{report.metric.replace('_', ' ')} vs baseline", -change <= max_accuracy_regression,
                             f"{old_score:.4f} -> {new_score:.4f} "
                             f"({change:+.2f} points, tolerance {max_accuracy_regression})"))
     old, new = _speedup_b1(baseline), _speedup_b1(report)
@@ -70,7 +55,7 @@ def check_report(report: dict, baseline: dict | None = None, max_accuracy_regres
         findings.append(Finding("speedup vs baseline", new >= old * (1 - max_speedup_regression),
                                 f"{old:.2f}x -> {new:.2f}x over FP32 at batch 1, sequence 128 "
                                 f"(tolerance {max_speedup_regression:.0%})"))
-    old_size, new_size = baseline["artifact"]["model_bytes"], report["artifact"]["model_bytes"]
+    old_size, new_size = baseline.artifact.model_bytes, report.artifact.model_bytes
     findings.append(Finding("size vs baseline", new_size <= old_size * (1 + max_size_growth),
                             f"{old_size / 1e6:.1f} MB -> {new_size / 1e6:.1f} MB (tolerance {max_size_growth:.0%})"))
     return findings

@@ -1,0 +1,266 @@
+"""The build report as typed data: report.json is ``Report.model_dump(mode="json")``.
+
+A model dumps the fields it was built or loaded with, in declaration order, and any keys it did
+not declare (a report written by another version keeps them): a field left unset is absent from
+report.json rather than written as null, so the file has the keys it always had, and a report
+written by an earlier version loads (defaults fill what it lacks) and dumps back unchanged.
+
+Numbers the job writes as ints stay ints (``Number``: 1, not 1.0), and NaN/Infinity are written as
+``json.dumps`` writes them, so report.json is byte-compatible with the dict it replaces.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_serializer
+
+from mcompress.core.errors import InputError
+from mcompress.core.sections import Table
+
+REPORT_SCHEMA = 1
+Number = int | float  # smart union: an int stays an int
+
+
+class _ReportModel(BaseModel):
+    model_config = ConfigDict(extra="allow", ser_json_inf_nan="constants", validate_assignment=True,
+                              populate_by_name=True, serialize_by_alias=True)
+
+    @model_serializer(mode="wrap")
+    def _dump_given_fields(self, handler) -> dict:
+        given = {field.alias or name for name, field in type(self).model_fields.items() if name in self.model_fields_set}
+        return {key: value for key, value in handler(self).items() if key in given or key in (self.__pydantic_extra__ or {})}
+
+
+class Gate(_ReportModel):
+    name: str
+    passed: bool
+    value: Number
+    threshold: Number | None = None
+    unit: str = ""
+    detail: str = ""
+    ci95: list[Number] | None = None
+
+
+class Latency(_ReportModel):
+    """One measured shape; a pass's batch-1 timing has p50 only."""
+    batch_size: int
+    sequence_length: int
+    p50_ms: Number
+    p95_ms: Number | None = None
+    iterations: int | None = None
+
+
+class EntityScores(_ReportModel):
+    precision: Number
+    recall: Number
+    f1: Number
+    support: int
+
+
+class Measured(_ReportModel):
+    """A model's figures on the eval data (EvalResult.summary()): ``score`` is the gated metric;
+    older reports have accuracy only."""
+    runtime: str = ""
+    score: Number | None = None
+    entity_f1: Number | None = None
+    precision: Number | None = None
+    recall: Number | None = None
+    accuracy: Number | None = None
+    macro_f1: Number | None = None
+    per_entity: dict[str, EntityScores] | None = None
+    truncated_words: int | None = None
+
+    @property
+    def gated_score(self) -> float | None:
+        return self.accuracy if self.score is None else self.score
+
+
+class Reference(Measured):
+    size_bytes: int | None = None
+    flops_seq128: int | None = None
+
+
+class PassEntry(_ReportModel):
+    name: str
+    wall_s: Number = 0.0
+    modified: bool = True
+    size_bytes: int | None = None
+    accuracy: Number | None = None  # None: the pass's model was not evaluated
+    macro_f1: Number | None = None
+    score: Number | None = None
+    entity_f1: Number | None = None
+    precision: Number | None = None
+    recall: Number | None = None
+    flops_seq128: int | None = None
+    gate: Gate | None = None
+    latency: Latency | None = None
+    metrics: dict[str, Any] = Field(default_factory=dict)  # the pass's own record (PassResult.metrics)
+    cached: bool = False
+    cache_key: str | None = None
+
+    @property
+    def p50_ms(self) -> float | None:
+        return self.latency.p50_ms if self.latency else None
+
+
+class Source(_ReportModel):
+    path: str = ""
+    sha256: str = ""
+    model_type: str | None = None
+    architecture: str | None = None
+    task: str | None = None
+    labels: dict[int | str, str] = Field(default_factory=dict)
+
+
+class EvalData(_ReportModel):
+    source: str = ""
+    examples: int = 0
+    sha256: str | None = None
+    median_tokens: int | None = None
+    truncated_fraction: Number | None = None
+
+
+class SplitData(_ReportModel):
+    source: str = ""
+    examples: int = 0
+
+
+class Data(_ReportModel):
+    eval: EvalData = Field(default_factory=EvalData)
+    selection: SplitData | None = None
+    calibration: SplitData | None = None
+    notes: list[str] = Field(default_factory=list)
+
+
+class LatencyTable(_ReportModel):
+    """The original and the build, measured interleaved in one process, shape by shape."""
+    reference: list[Latency] = Field(default_factory=list)
+    build: list[Latency] = Field(default_factory=list)
+
+    def pairs(self) -> list[tuple[Latency, Latency]]:
+        return list(zip(self.reference, self.build))
+
+
+class ArtifactFile(_ReportModel):
+    bytes: int
+    sha256: str
+
+
+class Artifact(_ReportModel):
+    model_file: str = ""
+    model_bytes: int
+    size_ratio: Number | None = None
+    quantization: str = "none"
+    float_layers: list[str] = Field(default_factory=list)
+    graph: str | None = None
+    files: dict[str, ArtifactFile] = Field(default_factory=dict)
+
+
+class CpuAutoCandidate(_ReportModel):
+    """One CPU target's build in the race; one stopped by a gate after a pass has no figures and no race."""
+    passed: bool
+    stopped: str | None = None
+    metric: str | None = None
+    score: Number | None = None
+    accuracy: Number | None = None
+    drop: Number | None = None  # of the gated metric
+    accuracy_drop: Number | None = None
+    runtime: str = ""
+    model_bytes: int | None = None
+    failed_gates: list[str] = Field(default_factory=list)
+    race: dict[str, Latency] | None = None  # "b1", "b8"
+
+
+class CpuAutoChoice(_ReportModel):
+    """Which CPU target ``--target cpu-auto`` kept, why, and both candidates' numbers."""
+    criterion: str
+    chosen: str
+    reason: str
+    candidates: dict[str, CpuAutoCandidate]
+    sequence_length: int
+    race_rounds: int
+    threads: int | None = None
+    other_processes_cpu_percent: Number | None = None
+    candidate_reports: dict[str, str] = Field(default_factory=dict)
+
+
+class Report(_ReportModel):
+    schema_version: int = Field(REPORT_SCHEMA, alias="schema")
+    mcompress_version: str = ""
+    target: str = ""
+    recipe: dict[str, Any] = Field(default_factory=dict)  # Recipe.model_dump(mode="json"): the recipe's own schema
+    versions: dict[str, Any] = Field(default_factory=dict)
+    machine: dict[str, Any] = Field(default_factory=dict)
+    source: Source = Field(default_factory=Source)
+    data: Data = Field(default_factory=Data)
+    metric: str = "accuracy"  # the gated metric; reports before NER have none
+    reference: Reference
+    passes: list[PassEntry] = Field(default_factory=list)
+    build: Measured
+    latency: LatencyTable
+    gates: list[Gate]
+    passed: bool
+    artifact: Artifact
+    wall_s: Number | None = None
+    target_build: dict[str, Any] | None = None  # the target's build facts (target.build_summary)
+    out: str | None = None
+    cpu_auto: CpuAutoChoice | None = None
+    sections: list[Table] = Field(default_factory=list)  # contributed by tasks and targets, shown after the standard ones
+
+    @classmethod
+    def load(cls, path: Path) -> Report:
+        """A report.json, with the errors a user can act on."""
+        try:
+            raw = json.loads(Path(path).read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            raise InputError(f"report {path} does not exist.") from None
+        except (ValueError, UnicodeDecodeError) as err:
+            raise InputError(f"report {path} is not valid JSON ({err}).") from None
+        return cls.parse(raw, str(path))
+
+    @classmethod
+    def parse(cls, raw: Report | dict, name: str = "the report") -> Report:
+        if isinstance(raw, Report):
+            return raw
+        missing = [field.alias or key for key, field in cls.model_fields.items()
+                   if field.is_required() and not (isinstance(raw, dict) and key in raw)]
+        if missing:
+            raise InputError(f"{name} is not an mcompress report (no '{missing[0]}').", "Pass the report.json of a build.")
+        try:
+            return cls.model_validate(raw)
+        except ValidationError as err:
+            raise InputError(f"{name} is not a valid mcompress report: {err.errors()[0]['loc']} "
+                             f"{err.errors()[0]['msg']}.", "Pass the report.json of a build.") from None
+
+    def to_json(self) -> str:
+        return json.dumps(self.model_dump(mode="json"), indent=2) + "\n"
+
+    def artifact_measured(self) -> bool:
+        """False when the gates ran on a stand-in because the target's own artifact cannot run here
+        (a TensorRT engine without a GPU): its accuracy and latency are then unmeasured."""
+        return bool((self.target_build or {}).get("engine_measured", True))
+
+    def verdict(self) -> str:
+        """PASS, FAIL, or UNVERIFIED: every gate passed, but on a stand-in, not the deployed artifact."""
+        if not self.passed:
+            return "FAIL"
+        return "PASS" if self.artifact_measured() else "UNVERIFIED"
+
+    def metric_columns(self) -> list[tuple[str, str]]:
+        """(title, key) of the two metric columns of the pass tables and charts: the gated metric
+        first, then the task's other figure (Task.summary_columns)."""
+        from mcompress.core.task import UNRECORDED_TASK, get_task
+
+        return list(get_task(self.source.task or UNRECORDED_TASK).summary_columns)
+
+    def pass_shape(self) -> tuple[int, int] | None:
+        """(batch, sequence) the passes' models were timed at, if any was."""
+        return next(((p.latency.batch_size, p.latency.sequence_length) for p in self.passes if p.latency), None)
+
+    def latency_at(self, batch_size: int, sequence_length: int) -> tuple[Latency, Latency] | None:
+        """(original, build) timings at one shape."""
+        return next(((r, b) for r, b in self.latency.pairs()
+                     if (b.batch_size, b.sequence_length) == (batch_size, sequence_length)), None)
