@@ -24,7 +24,7 @@ pytestmark = pytest.mark.filterwarnings("ignore:Mean of empty slice", "ignore:in
 
 TYPES = ["LOC", "MISC", "ORG", "PER"]
 TAGS = ["O", *(f"{p}-{t}" for t in TYPES for p in "BI")]
-CASES = 300
+CASES = 150
 
 
 def _any_tags(rng: np.random.Generator, length: int) -> list[str]:
