@@ -69,6 +69,7 @@ def _run(passes, setup, work: Path, cache: PassCache, **overrides):
     return PassManager(passes, cache=cache).run(_torch_state(setup), _ctx(setup, work, **overrides))
 
 
+@pytest.mark.slow
 def test_second_run_reuses_every_pass_and_restores_files_variants_and_metrics(setup, tmp_path):
     cache = PassCache.open(tmp_path / "cache")
     passes = [_Writer("one"), _Writer("two")]

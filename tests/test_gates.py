@@ -83,6 +83,23 @@ def test_bootstrap_is_seeded_and_paired():
     assert bootstrap_drop_ci(1 - ref, 1 - cand, seed=3) == pytest.approx(tuple(-x for x in bootstrap_drop_ci(ref, cand, seed=3)[::-1]))
 
 
+def test_bootstrap_resamples_the_same_examples_for_both_models():
+    """The candidate is the reference with 15 of 300 correct answers made wrong: every per-example
+    difference is 0 or +1, so any resample of the same indices for both has a drop >= 0, and the
+    interval is set by the 15 differing examples alone (about 5 points wide). Resampling each
+    model's examples independently (unpaired) mixes in each accuracy's own variance: it gives
+    negative drops and an interval about three times as wide."""
+    rng = np.random.default_rng(0)
+    ref = rng.integers(0, 2, 300).astype(float)
+    cand = ref.copy()
+    cand[np.flatnonzero(ref)[:15]] = 0.0
+    low, high = bootstrap_drop_ci(ref, cand, seed=3)
+    assert 0.0 <= low < 5.0 < high
+    idx_ref, idx_cand = rng.integers(0, 300, (2, 2000, 300))
+    unpaired = np.percentile((ref[idx_ref].mean(axis=1) - cand[idx_cand].mean(axis=1)) * 100, [2.5, 97.5])
+    assert unpaired[0] < 0.0 and high - low < (unpaired[1] - unpaired[0]) / 2
+
+
 def _latency(p50: float, batch: int = 1, seq: int = 128) -> LatencyResult:
     return LatencyResult(batch, seq, p50, p50 * 1.2, 10)
 

@@ -108,6 +108,8 @@ def _cached_passes(cache: Path) -> set[str]:
     return passes
 
 
+@pytest.mark.slow
+@pytest.mark.timeout(600)
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGKILL], ids=["SIGTERM", "SIGKILL"])
 def test_kill_during_quantize_then_resume(inputs, reference, tmp_path, sig):
     out, cache, tmpdir = tmp_path / "build", tmp_path / "cache", tmp_path / "tmp"
@@ -152,6 +154,7 @@ def test_kill_during_quantize_then_resume(inputs, reference, tmp_path, sig):
     assert not list((cache / "tmp").iterdir())  # a killed run's temp dirs are swept by the next one
 
 
+@pytest.mark.slow
 def test_two_uncached_runs_are_identical(inputs, reference, tmp_path):
     out = tmp_path / "again"
     proc = _run(_command(inputs, out, "--no-cache"), tmp_path / "tmp")

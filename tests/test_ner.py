@@ -127,6 +127,7 @@ def tagger(tiny_tagger):
     return ckpt, model, tokenizer, test
 
 
+@pytest.mark.slow
 def test_tagger_checkpoint_is_detected(tagger):
     ckpt, model, _, _ = tagger
     assert ckpt.task == "token-classification" and type(model).__name__ == "BertForTokenClassification"

@@ -116,6 +116,7 @@ def test_nncf_int8_accuracy_within_tolerance_of_onnx_build(setup, exported, conv
     assert 0 < np.abs(ov_eval.logits - fp32.logits).max() < 0.5
 
 
+@pytest.mark.slow
 def test_accuracy_control_reverts_operations_when_budget_is_tight(setup, converted, tmp_path):
     """Calibrated on one two-token text, the activation ranges are far too narrow for real inputs
     and INT8 loses accuracy; with a zero budget, NNCF's accuracy control must revert operations to
@@ -160,6 +161,7 @@ def ov_build(tiny_checkpoint, fast_recipe, tmp_path_factory):
     return out
 
 
+@pytest.mark.slow
 def test_cli_build_holds_ir_tokenizer_labels_and_report(ov_build, tiny_checkpoint):
     for name in ("model.xml", "model.bin", "config.json", "tokenizer.json", "report.json", "report.md", "openvino_build.json"):
         assert (ov_build / name).is_file(), name
@@ -219,6 +221,7 @@ def test_missing_openvino_fails_up_front(tiny_checkpoint, fast_recipe, tmp_path,
         assert not out.exists() and not list(tmp_path.glob(f".{target}*"))
 
 
+@pytest.mark.slow
 def test_cpu_auto_keeps_the_faster_passing_build_and_says_why(tiny_checkpoint, fast_recipe, tmp_path):
     out = tmp_path / "auto"
     result = CliRunner().invoke(app, ["run", str(tiny_checkpoint), "--target", "cpu-auto", "--recipe", str(fast_recipe),

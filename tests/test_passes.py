@@ -288,7 +288,7 @@ def test_manager_runs_instruments_and_records(setup, exported, tmp_path):
     assert records[0].size_bytes == exported.state.size_bytes()
 
 
-@pytest.mark.parametrize("method", ["percentile", "entropy"])
+@pytest.mark.parametrize("method", ["percentile", pytest.param("entropy", marks=pytest.mark.slow)])
 def test_histogram_calibration_methods(setup, fused, tmp_path_factory, method):
     # Histogram calibrators stack every example's activations: texts of different lengths must
     # still calibrate (they are padded to max_length for these methods).

@@ -397,6 +397,7 @@ gates:
 """
 
 
+@pytest.mark.slow
 def test_prune_distill_quantize_end_to_end(tmp_path, tiny_checkpoint, fast_recipe, monkeypatch):
     monkeypatch.setenv("MCOMPRESS_CACHE_DIR", str(tmp_path / "cache"))
     model = tmp_path / "tiny"

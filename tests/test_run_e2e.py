@@ -90,10 +90,12 @@ def test_report_contents(tiny_build):
     assert set(files) == BUILD_FILES - {"report.json", "report.md", "report.html"}
     assert files["model.onnx"]["bytes"] == (out / "model.onnx").stat().st_size == report["artifact"]["model_bytes"]
     assert files["model.onnx"]["sha256"] == tree_digest(out / "model.onnx")["model.onnx"]
-    # Dynamic INT8 also quantizes the 30522 x 32 embedding, which dominates; static Q/DQ (chosen
-    # when it measures faster, e.g. on a busy machine) quantizes MatMul/Gemm weights only.
-    limit = 0.5 if report["artifact"]["quantization"] == "dynamic" else 1.0
-    assert 0 < report["artifact"]["size_ratio"] < limit
+    # The 30522 x 32 word embedding is 97% of the tiny model's weights. Dynamic INT8 quantizes it
+    # (measured: 0.257 of FP32). Static Q/DQ (chosen when it measures faster, e.g. on a busy
+    # machine) quantizes MatMul/Gemm weights only (17,472 of 1.01M weights; on the fused graph
+    # fewer still, q/k/v sit inside Attention), so it saves under 2% (measured: 0.9987 of FP32).
+    low, high = (0.2, 0.3) if report["artifact"]["quantization"] == "dynamic" else (0.98, 1.0)
+    assert low < report["artifact"]["size_ratio"] < high
     markdown = (out / "report.md").read_text()
     assert markdown.startswith("# mcompress build: PASS") and "accuracy_drop" in markdown
 
@@ -153,6 +155,7 @@ def test_force_replaces_an_existing_build(tiny_checkpoint, fast_recipe, tmp_path
 # --- the real MiniLM --------------------------------------------------------------------------
 
 @pytest.mark.slow
+@pytest.mark.timeout(900)
 def test_real_minilm_end_to_end(minilm_classifier, fast_recipe, tmp_path):
     model_dir, eval_data = minilm_classifier
     out = tmp_path / "build"

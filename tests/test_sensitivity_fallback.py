@@ -106,6 +106,7 @@ def breaking(setup, exported, tmp_path_factory):
     return ctx, quantized, selection
 
 
+@pytest.mark.slow
 def test_fallback_repairs_a_build_that_breaks_the_budget(setup, breaking):
     ctx, quantized, selection = breaking
     int8 = _eval(setup, quantized.onnx_path, selection)
@@ -138,6 +139,7 @@ def test_fallback_repairs_a_build_that_breaks_the_budget(setup, breaking):
     assert result.state.annotations["float_layers"] == m["float_layers"]
 
 
+@pytest.mark.slow
 def test_fallback_step_limit_keeps_the_best_candidate(setup, breaking, tmp_path):
     ctx, quantized, selection = breaking
     ctx = dataclasses.replace(ctx, recipe=ctx.recipe.with_overrides(**{"fallback.max_layers": 1}), work_dir=tmp_path)
@@ -261,6 +263,7 @@ def test_gate_after_prune_fails_the_cli_run(tiny_checkpoint, tmp_path, monkeypat
 
 # --- e2e: report.html ----------------------------------------------------------------------------
 
+@pytest.mark.slow
 def test_cli_run_writes_a_self_contained_html_report(tiny_checkpoint, tmp_path):
     # A loose budget: this test is about the report, not the tiny model's INT8 accuracy.
     text = _BASE.format(name="html") + ("sensitivity:\n  run: always\n  examples: 8\n"
@@ -325,6 +328,7 @@ def test_html_report_renders_without_optional_sections():
     assert not re.search(r"https?://", page)
 
 
+@pytest.mark.slow
 def test_interrupted_search_resumes_from_the_last_finished_candidate(setup, breaking, tmp_path, monkeypatch):
     from mcompress.passes.quantize import sensitivity
     from mcompress.passes.quantize.sensitivity import Requantizer

@@ -304,6 +304,7 @@ def test_run_without_gpu_gates_the_qdq_onnx_and_exits_4(tiny_checkpoint, fast_re
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(600)
 @pytest.mark.skipif(_cuda(), reason="with a GPU the engine is run and measured instead")
 def test_real_minilm_qdq_gated_and_compiled_ahead_of_time(minilm_classifier, fast_recipe, tmp_path):
     """The real MiniLM through --target tensorrt: TensorRT's own parser and builder accept the
