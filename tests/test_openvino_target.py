@@ -141,12 +141,17 @@ def test_accuracy_control_reverts_operations_when_budget_is_tight(setup, convert
     assert ac["budget"] == 0.0 and ac["selection_examples"] == len(data)
     assert ac["reverted_operations"], "accuracy control reverted nothing"
     assert controlled.state.annotations["float_layers"] == ac["reverted_operations"]
-    # The reverted operations lost their quantizers in the saved IR.
-    assert controlled.metrics["quantized_operations"] == ac["quantized_operations_before"] - len(ac["reverted_operations"])
+    # Exactly the reverted operations lost their quantizers in the saved IR: counted the same way
+    # on the fully quantized IR (same calibration, no accuracy control) and on the controlled one.
+    # (NNCF's own count before reverting, quantized_operations_before, is taken on its graph before
+    # the weights are compressed, and can include operations folded away afterwards.)
     import openvino as ov
 
+    fully_int8 = set(quantized_operations(ov.Core().read_model(str(plain.state.ir_path))))
     still_int8 = set(quantized_operations(ov.Core().read_model(str(controlled.state.ir_path))))
-    assert not still_int8 & set(ac["reverted_operations"])
+    assert controlled.metrics["quantized_operations"] == len(still_int8)
+    assert set(ac["reverted_operations"]) <= fully_int8
+    assert still_int8 == fully_int8 - set(ac["reverted_operations"])
     assert evaluate(runner(controlled.state.ir_path, 1), tok, data, 128).accuracy >= fp32
 
 

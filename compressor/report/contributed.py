@@ -42,7 +42,7 @@ def accuracy_control_table(report: Report) -> Table | None:
             ("FP32 / fully INT8", f"{score(control.get('fp32_selection_accuracy'))} / "
                                   f"{score(control.get('int8_selection_accuracy'))} ({report.metric.replace('_', ' ')})"),
             ("verdict", str(control.get("nncf_verdict"))),
-            ("reverted to float", f"{', '.join(f'`{n}`' for n in reverted) if reverted else 'nothing'} "
-                                  f"({quantize.get('quantized_operations')} of {control.get('quantized_operations_before')} "
-                                  "quantized operations stay INT8)"))
+            ("reverted to float", f"{', '.join(f'`{n}`' for n in reverted) if reverted else 'nothing'}; "
+                                  f"{quantize.get('quantized_operations')} operations stay INT8 in the saved IR (NNCF "
+                                  f"counted {control.get('quantized_operations_before')} in its graph before reverting)"))
     return Table("Quantization accuracy control (NNCF)", FACT_COLUMNS, rows)

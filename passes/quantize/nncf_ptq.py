@@ -61,19 +61,24 @@ class _NNCFReportCapture(logging.Handler):
         return next((m for m in self.messages if m.startswith(("Algorithm completed", "The algorithm could not"))), None)
 
 
+# Operations that only move or retype a tensor: a FakeQuantize in front of one quantizes the compute
+# operation behind it (NNCF puts the key's quantizer of attention before a Reshape, for example).
+_LAYOUT_OPS = frozenset({"Reshape", "Transpose", "Squeeze", "Unsqueeze", "Convert", "Concat", "Gather", "StridedSlice"})
+
+
+def _fed_by_fake_quantize(value) -> bool:
+    node = value.get_source_output().get_node()
+    while node.get_type_name() in _LAYOUT_OPS:
+        node = node.input_value(0).get_node()
+    return node.get_type_name() == "FakeQuantize"
+
+
 def quantized_operations(model) -> list[str]:
-    """Names of the operations that have a FakeQuantize on an input: what the CPU plugin runs in INT8."""
-    names = []
-    for op in model.get_ordered_ops():
-        if op.get_type_name() == "FakeQuantize":
-            continue
-        for value in op.inputs():
-            source = value.get_source_output().get_node()
-            if source.get_type_name() == "FakeQuantize" or (
-                    source.get_type_name() == "Convert" and source.input_value(0).get_node().get_type_name() == "FakeQuantize"):
-                names.append(op.get_friendly_name())
-                break
-    return names
+    """Names of the compute operations with a FakeQuantize on an input (directly or through
+    layout-only operations): what the CPU plugin runs in INT8."""
+    return [op.get_friendly_name() for op in model.get_ordered_ops()
+            if op.get_type_name() not in _LAYOUT_OPS | {"FakeQuantize"}
+            and any(_fed_by_fake_quantize(value) for value in op.inputs())]
 
 
 class _CompiledRunner:
