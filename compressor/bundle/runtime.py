@@ -90,71 +90,94 @@ def _read_member(zf: zipfile.ZipFile, info: zipfile.ZipInfo, expected: dict | No
     return data
 
 
-def read_bundle(path: str | Path, max_bytes: int = MAX_TOTAL_BYTES,
-                max_members: int = MAX_MEMBERS) -> tuple[dict, dict[str, bytes]]:
-    """Verify a bundle and return (manifest, {member name: bytes}) for every member but the manifest."""
-    path = Path(path)
+def _open_zip(path: Path) -> zipfile.ZipFile:
     if not path.exists():
         raise BundleError(f"bundle {path} does not exist.")
     if not path.is_file():
         raise BundleError(f"bundle {path} is not a file.")
     try:
-        zf = zipfile.ZipFile(path, "r")
+        return zipfile.ZipFile(path, "r")
     except _ZIP_ERRORS as err:
         raise BundleError(f"bundle {path} is not a readable zip ({type(err).__name__}: {err}); "
                           "it is truncated, corrupt or not a .mcpkg.") from None
+
+
+def _checked_members(zf: zipfile.ZipFile, path: Path, max_bytes: int, max_members: int) -> dict[str, zipfile.ZipInfo]:
+    """Name -> zip entry, once every entry is a safe, plain, unique file and the whole is within the limits."""
+    infos = zf.infolist()
+    if len(infos) > max_members:
+        raise BundleError(f"bundle {path} has {len(infos)} members, over the limit of {max_members}.")
+    seen = set()
+    for info in infos:
+        _check_info(info)
+        if info.filename in seen:
+            raise BundleError(f"bundle {path} has the member {info.filename!r} twice; refusing it.")
+        seen.add(info.filename)
+    total = sum(i.file_size for i in infos)
+    if total > max_bytes:
+        raise BundleError(f"bundle {path} unpacks to {total} bytes, over the limit of {max_bytes}.")
+    return {i.filename: i for i in infos}
+
+
+def _read_manifest(zf: zipfile.ZipFile, by_name: dict[str, zipfile.ZipInfo], path: Path) -> dict:
+    """The manifest, checked to be a JSON object of this schema version listing every file's sha256 and size."""
+    if MANIFEST not in by_name:
+        raise BundleError(f"bundle {path} has no {MANIFEST}; it was not written by `mcompress package`.")
+    if by_name[MANIFEST].file_size > MAX_MANIFEST_BYTES:
+        raise BundleError(f"bundle {path}: {MANIFEST} is over {MAX_MANIFEST_BYTES} bytes.")
+    try:
+        manifest = json.loads(_read_member(zf, by_name[MANIFEST]).decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise BundleError(f"bundle {path}: {MANIFEST} is not valid JSON ({err}).") from None
+    if not isinstance(manifest, dict):
+        raise BundleError(f"bundle {path}: {MANIFEST} is not a JSON object.")
+    if manifest.get("schema_version") != SCHEMA_VERSION:
+        raise BundleError(f"bundle {path} has manifest schema_version {manifest.get('schema_version')!r}; "
+                          f"this runtime reads {SCHEMA_VERSION}.", "Repackage it with this mcompress version.")
+    files = manifest.get("files")
+    if not isinstance(files, dict) or not files:
+        raise BundleError(f"bundle {path}: {MANIFEST} lists no files.")
+    for name, entry in files.items():
+        if not (isinstance(entry, dict) and isinstance(entry.get("sha256"), str) and isinstance(entry.get("bytes"), int)):
+            raise BundleError(f"bundle {path}: {MANIFEST} entry for {name!r} lacks sha256/bytes.")
+    return manifest
+
+
+def _check_listing(files: dict, by_name: dict[str, zipfile.ZipInfo], path: Path) -> None:
+    """The zip holds exactly the files the manifest lists (and the manifest)."""
+    unlisted = sorted(set(by_name) - set(files) - {MANIFEST})
+    if unlisted:
+        raise BundleError(f"bundle {path} has members its manifest does not list: {', '.join(unlisted)}.")
+    missing = sorted(set(files) - set(by_name))
+    if missing:
+        raise BundleError(f"bundle {path} lacks files its manifest lists: {', '.join(missing)}.")
+
+
+def _verified_member(zf: zipfile.ZipFile, info: zipfile.ZipInfo, expected: dict) -> bytes:
+    """A member's bytes, once their size and sha256 match the manifest's entry."""
+    name = info.filename
+    if info.file_size != expected["bytes"]:
+        raise BundleError(f"bundle member {name!r} is {info.file_size} bytes, the manifest says "
+                          f"{expected['bytes']}; the bundle was modified.")
+    data = _read_member(zf, info, expected)
+    digest = hashlib.sha256(data).hexdigest()
+    if digest != expected["sha256"]:
+        raise BundleError(f"bundle member {name!r} fails its sha256 check (manifest {expected['sha256'][:16]}…, "
+                          f"content {digest[:16]}…); the bundle was modified.")
+    return data
+
+
+def read_bundle(path: str | Path, max_bytes: int = MAX_TOTAL_BYTES,
+                max_members: int = MAX_MEMBERS) -> tuple[dict, dict[str, bytes]]:
+    """Verify a bundle and return (manifest, {member name: bytes}) for every member but the manifest."""
+    path = Path(path)
+    zf = _open_zip(path)
     with zf:
-        infos = zf.infolist()
-        if len(infos) > max_members:
-            raise BundleError(f"bundle {path} has {len(infos)} members, over the limit of {max_members}.")
-        seen = set()
-        for info in infos:
-            _check_info(info)
-            if info.filename in seen:
-                raise BundleError(f"bundle {path} has the member {info.filename!r} twice; refusing it.")
-            seen.add(info.filename)
-        total = sum(i.file_size for i in infos)
-        if total > max_bytes:
-            raise BundleError(f"bundle {path} unpacks to {total} bytes, over the limit of {max_bytes}.")
-        by_name = {i.filename: i for i in infos}
-        if MANIFEST not in by_name:
-            raise BundleError(f"bundle {path} has no {MANIFEST}; it was not written by `mcompress package`.")
-        if by_name[MANIFEST].file_size > MAX_MANIFEST_BYTES:
-            raise BundleError(f"bundle {path}: {MANIFEST} is over {MAX_MANIFEST_BYTES} bytes.")
-        try:
-            manifest = json.loads(_read_member(zf, by_name[MANIFEST]).decode("utf-8"))
-        except (UnicodeDecodeError, json.JSONDecodeError) as err:
-            raise BundleError(f"bundle {path}: {MANIFEST} is not valid JSON ({err}).") from None
-        if not isinstance(manifest, dict):
-            raise BundleError(f"bundle {path}: {MANIFEST} is not a JSON object.")
-        if manifest.get("schema_version") != SCHEMA_VERSION:
-            raise BundleError(f"bundle {path} has manifest schema_version {manifest.get('schema_version')!r}; "
-                              f"this runtime reads {SCHEMA_VERSION}.", "Repackage it with this mcompress version.")
-        files = manifest.get("files")
-        if not isinstance(files, dict) or not files:
-            raise BundleError(f"bundle {path}: {MANIFEST} lists no files.")
-        for name, entry in files.items():
-            if not (isinstance(entry, dict) and isinstance(entry.get("sha256"), str) and isinstance(entry.get("bytes"), int)):
-                raise BundleError(f"bundle {path}: {MANIFEST} entry for {name!r} lacks sha256/bytes.")
-        unlisted = sorted(set(by_name) - set(files) - {MANIFEST})
-        if unlisted:
-            raise BundleError(f"bundle {path} has members its manifest does not list: {', '.join(unlisted)}.")
-        missing = sorted(set(files) - set(by_name))
-        if missing:
-            raise BundleError(f"bundle {path} lacks files its manifest lists: {', '.join(missing)}.")
-        members = {}
-        for name in sorted(files):
-            expected = files[name]
-            info = by_name[name]
-            if info.file_size != expected["bytes"]:
-                raise BundleError(f"bundle member {name!r} is {info.file_size} bytes, the manifest says "
-                                  f"{expected['bytes']}; the bundle was modified.")
-            data = _read_member(zf, info, expected)
-            digest = hashlib.sha256(data).hexdigest()
-            if digest != expected["sha256"]:
-                raise BundleError(f"bundle member {name!r} fails its sha256 check (manifest {expected['sha256'][:16]}…, "
-                                  f"content {digest[:16]}…); the bundle was modified.")
-            members[name] = data
+        by_name = _checked_members(zf, path, max_bytes, max_members)
+        manifest = _read_manifest(zf, by_name, path)
+        files = manifest["files"]
+        _check_listing(files, by_name, path)
+        members = {name: _verified_member(zf, by_name[name], files[name]) for name in sorted(files)}
     return manifest, members
 
 

@@ -51,6 +51,7 @@ from __future__ import annotations
 import copy
 import logging
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass
 from operator import attrgetter
 
@@ -120,6 +121,68 @@ def original_head_ids(model, layer: int) -> list[int]:
     return [h for h in range(total) if h not in pruned]
 
 
+def _head_mask_hook(masks: dict, index: int, heads: int, head_size: int):
+    """Forward pre-hook for layer ``index``'s attention output projection: multiplies each head's
+    slice of the context by its entry of a fresh all-ones mask [batch, 1, heads], kept in ``masks``."""
+    import torch
+
+    def hook(module, args):
+        x = args[0]
+        mask = torch.ones(x.shape[0], 1, heads, requires_grad=True)
+        masks[("head", index)] = mask
+        return (x * mask.repeat_interleave(head_size, dim=-1),) + tuple(args[1:])
+    return hook
+
+
+def _neuron_mask_hook(masks: dict, index: int):
+    """Forward pre-hook for layer ``index``'s FFN output projection: multiplies the intermediate
+    activations by a fresh all-ones mask [batch, 1, neurons], kept in ``masks``."""
+    import torch
+
+    def hook(module, args):
+        x = args[0]
+        mask = torch.ones(x.shape[0], 1, x.shape[-1], requires_grad=True)
+        masks[("ffn", index)] = mask
+        return (x * mask,) + tuple(args[1:])
+    return hook
+
+
+@contextmanager
+def _scoring_mode(model, hooks: list):
+    """Eval mode, parameters frozen (only the masks' gradients are needed) and the ``(module,
+    hook)`` forward pre-hooks registered; all restored on exit."""
+    was_training = model.training
+    requires = [p.requires_grad for p in model.parameters()]
+    handles = []
+    try:
+        model.eval()  # no dropout: scores of the deployed function
+        for p in model.parameters():
+            p.requires_grad_(False)
+        for module, hook in hooks:
+            handles.append(module.register_forward_pre_hook(hook))
+        yield
+    finally:
+        for handle in handles:
+            handle.remove()
+        for p, r in zip(model.parameters(), requires):
+            p.requires_grad_(r)
+        model.train(was_training)
+
+
+def _backward_scored_loss(model, batch: dict, labels, task) -> None:
+    """Back-propagate the summed cross-entropy of one batch (against ``labels``, or the model's own
+    argmax where they are None or open) through the masks."""
+    import torch
+
+    feed = {k: torch.from_numpy(v) for k, v in batch.items()}
+    logits = model(**feed).logits
+    target = task.resolve_targets(None if labels is None else torch.from_numpy(labels), logits.detach())
+    logits, target = task.scored_rows(logits, target)
+    # Summed, not averaged: each example's mask gradient is its own dL/dm.
+    loss = torch.nn.functional.cross_entropy(logits, target, reduction="sum")
+    loss.backward()
+
+
 def importance_scores(model, batches, labels: list[np.ndarray] | None, task):
     """Per layer: head scores [heads] and neuron scores [ffn size], summed over examples.
 
@@ -136,51 +199,17 @@ def importance_scores(model, batches, labels: list[np.ndarray] | None, task):
     head_scores = [torch.zeros(h) for h in n_heads]
     neuron_scores = [torch.zeros(d) for d in ffn_sizes(model)]
     masks: dict[tuple[str, int], torch.Tensor] = {}
-
-    def head_hook(index):
-        def hook(module, args):
-            x = args[0]
-            mask = torch.ones(x.shape[0], 1, n_heads[index], requires_grad=True)
-            masks[("head", index)] = mask
-            return (x * mask.repeat_interleave(head_size[index], dim=-1),) + tuple(args[1:])
-        return hook
-
-    def neuron_hook(index):
-        def hook(module, args):
-            x = args[0]
-            mask = torch.ones(x.shape[0], 1, x.shape[-1], requires_grad=True)
-            masks[("ffn", index)] = mask
-            return (x * mask,) + tuple(args[1:])
-        return hook
-
-    was_training = model.training
-    requires = [p.requires_grad for p in model.parameters()]
-    handles = []
-    try:
-        model.eval()  # no dropout: scores of the deployed function
-        for p in model.parameters():
-            p.requires_grad_(False)  # only the masks' gradients are needed
-        for i, layer in enumerate(layers):
-            handles.append(layer.get_submodule(layout.attention_output).register_forward_pre_hook(head_hook(i)))
-            handles.append(layer.get_submodule(layout.ffn_out).register_forward_pre_hook(neuron_hook(i)))
+    hooks = []
+    for i, layer in enumerate(layers):
+        hooks.append((layer.get_submodule(layout.attention_output), _head_mask_hook(masks, i, n_heads[i], head_size[i])))
+        hooks.append((layer.get_submodule(layout.ffn_out), _neuron_mask_hook(masks, i)))
+    with _scoring_mode(model, hooks):
         for b, batch in enumerate(batches):
-            feed = {k: torch.from_numpy(v) for k, v in batch.items()}
-            logits = model(**feed).logits
-            target = task.resolve_targets(None if labels is None else torch.from_numpy(labels[b]), logits.detach())
-            logits, target = task.scored_rows(logits, target)
-            # Summed, not averaged: each example's mask gradient is its own dL/dm.
-            loss = torch.nn.functional.cross_entropy(logits, target, reduction="sum")
-            loss.backward()
+            _backward_scored_loss(model, batch, None if labels is None else labels[b], task)
             for i in range(len(layers)):
                 head_scores[i] += masks[("head", i)].grad.abs().sum(dim=(0, 1))
                 neuron_scores[i] += masks[("ffn", i)].grad.abs().sum(dim=(0, 1))
             masks.clear()
-    finally:
-        for handle in handles:
-            handle.remove()
-        for p, r in zip(model.parameters(), requires):
-            p.requires_grad_(r)
-        model.train(was_training)
     return head_scores, neuron_scores
 
 
@@ -373,77 +402,118 @@ class PruneStructured(Pass):
         cfg = ctx.recipe.prune
         torch.manual_seed(ctx.seed)
         model = copy.deepcopy(state.torch_model)  # the original stays the reference
-        heads_before, ffn_before = heads_per_layer(model), ffn_sizes(model)
-        params_before, flops_before = parameter_count(model), encoder_flops(model, FLOPS_SEQUENCE_LENGTH)
-
-        data = ctx.calibration.head(cfg.importance_examples)
-        labels = data.labels  # None for unlabelled text: scored against the model's own argmax
-        input_names = set(state.tokenizer.model_input_names)
-        batches, batch_labels = scoring_batches(state.tokenizer, data, cfg.max_length or ctx.recipe.max_length,
-                                                cfg.batch_size, ctx.task)
-        batches = [{k: v for k, v in b.items() if k in input_names} for b in batches]
+        before = _SizeFacts.of(model)
+        data, batches, batch_labels = _scoring_data(state, ctx)
         started = time.perf_counter()
-        layers_before = len(encoder_layers(model))
-        kept_layers = list(range(layers_before))
         metrics: dict = {}
-        if cfg.keep_layers is not None and cfg.keep_layers < layers_before:
-            kept_layers, rounds = choose_layers(model, batches, batch_labels, cfg.keep_layers, ctx.task)
-            drop_layers(model, kept_layers)
-            metrics["layer_ablation"] = rounds
-            logger.info("kept layers %s of %d (greedy ablation on %d examples)", kept_layers, layers_before, len(data))
+        kept_layers = _drop_least_important_layers(model, cfg, batches, batch_labels, len(data), ctx.task, metrics)
         previous = state.annotations.get("kept_layers")  # an already layer-pruned input: map to the original
         if previous is not None:
             kept_layers = [previous[i] for i in kept_layers]
         head_scores, neuron_scores = importance_scores(model, batches, batch_labels, ctx.task)
         scoring_s = time.perf_counter() - started
         logger.info("importance of %d heads and %d FFN neurons from %d examples in %.1f s",
-                    sum(heads_before), sum(ffn_before), len(data), scoring_s)
-
-        if cfg.keep_ratio is not None:
-            keep_heads = choose_heads(head_scores, keep_ratio=cfg.keep_ratio)
-            ffn_keep = max(1, int(round(cfg.keep_ratio * min(ffn_before))))
-        else:
-            keep_heads = (choose_heads(head_scores, keep_per_layer=cfg.heads_per_layer)
-                          if cfg.heads_per_layer is not None else None)
-            ffn_keep = cfg.ffn_neurons_per_layer
-        if keep_heads is not None:
-            prune_heads(model, keep_heads)
-        if ffn_keep is not None and ffn_keep < max(ffn_before):
-            prune_ffn(model, choose_neurons(neuron_scores, min(ffn_keep, min(ffn_before))))
+                    sum(before.heads), sum(before.ffn), len(data), scoring_s)
+        _prune_to_budget(model, cfg, head_scores, neuron_scores, before.ffn)
 
         annotations = {**state.annotations, "pruned": True, "kept_layers": kept_layers}
         if cfg.semi_structured_2_4:
-            masks = semi_structured_masks(model)
-            apply_masks(model, masks)
-            annotations["sparsity"] = "2:4"
-            metrics["sparsity"] = "2:4"
-            metrics["sparse_linear_layers"] = len(masks)
+            _apply_semi_structured_2_4(model, annotations, metrics)
         model.eval()
 
-        heads_after, ffn_after = heads_per_layer(model), ffn_sizes(model)
-        params_after, flops_after = parameter_count(model), encoder_flops(model, FLOPS_SEQUENCE_LENGTH)
-        metrics.update({
-            "layers": len(heads_after),
-            "layers_before": layers_before,
-            "kept_layers": kept_layers,
-            "heads_per_layer": heads_after,
-            "heads_before": heads_before,
-            "ffn_size": ffn_after[0],
-            "ffn_size_before": ffn_before[0],
-            "head_ranking": "global" if cfg.keep_ratio is not None else "per_layer",
-            "importance_examples": len(data),
-            "importance_loss": "cross-entropy vs labels" if labels is not None else "cross-entropy vs own argmax",
-            "scoring_s": round(scoring_s, 2),
-            "params_before": params_before,
-            "params_after": params_after,
-            f"flops_seq{FLOPS_SEQUENCE_LENGTH}_before": flops_before,
-            f"flops_seq{FLOPS_SEQUENCE_LENGTH}_after": flops_after,
-        })
+        after = _SizeFacts.of(model)
+        metrics.update(_size_metrics(cfg, before, after, kept_layers, data, scoring_s))
         logger.info("pruned to heads %s, FFN %d: %.1fM -> %.1fM parameters, %.2f -> %.2f GFLOPs at sequence %d",
-                    heads_after, ffn_after[0], params_before / 1e6, params_after / 1e6,
-                    flops_before / 1e9, flops_after / 1e9, FLOPS_SEQUENCE_LENGTH)
+                    after.heads, after.ffn[0], before.params / 1e6, after.params / 1e6,
+                    before.flops / 1e9, after.flops / 1e9, FLOPS_SEQUENCE_LENGTH)
         new_state = dataclasses.replace(state, torch_model=model, annotations=annotations)
-        changed = (len(heads_after) != layers_before or heads_after != heads_before or ffn_after != ffn_before
+        changed = (len(after.heads) != before.layers or after.heads != before.heads or after.ffn != before.ffn
                    or cfg.semi_structured_2_4)
-        return PassResult(new_state, changed,
-                          metrics)
+        return PassResult(new_state, changed, metrics)
+
+
+@dataclass(frozen=True)
+class _SizeFacts:
+    """Heads per layer, FFN width per layer, parameters and encoder FLOPs of a model."""
+
+    heads: list[int]
+    ffn: list[int]
+    params: int
+    flops: int
+
+    @property
+    def layers(self) -> int:
+        return len(self.heads)
+
+    @classmethod
+    def of(cls, model) -> "_SizeFacts":
+        return cls(heads_per_layer(model), ffn_sizes(model), parameter_count(model),
+                   encoder_flops(model, FLOPS_SEQUENCE_LENGTH))
+
+
+def _scoring_data(state: ModelState, ctx: PassContext):
+    """The calibration examples importance is measured on, and their batches (model inputs only)
+    with targets (None for unlabelled text: scored against the model's own argmax)."""
+    cfg = ctx.recipe.prune
+    data = ctx.calibration.head(cfg.importance_examples)
+    input_names = set(state.tokenizer.model_input_names)
+    batches, batch_labels = scoring_batches(state.tokenizer, data, cfg.max_length or ctx.recipe.max_length,
+                                            cfg.batch_size, ctx.task)
+    batches = [{k: v for k, v in b.items() if k in input_names} for b in batches]
+    return data, batches, batch_labels
+
+
+def _drop_least_important_layers(model, cfg, batches, batch_labels, examples: int, task, metrics: dict) -> list[int]:
+    """With ``keep_layers`` below the layer count, drop layers by greedy ablation (the log goes to
+    ``metrics["layer_ablation"]``); the positions of the layers kept."""
+    layers_before = len(encoder_layers(model))
+    kept_layers = list(range(layers_before))
+    if cfg.keep_layers is not None and cfg.keep_layers < layers_before:
+        kept_layers, rounds = choose_layers(model, batches, batch_labels, cfg.keep_layers, task)
+        drop_layers(model, kept_layers)
+        metrics["layer_ablation"] = rounds
+        logger.info("kept layers %s of %d (greedy ablation on %d examples)", kept_layers, layers_before, examples)
+    return kept_layers
+
+
+def _prune_to_budget(model, cfg, head_scores, neuron_scores, ffn_before: list[int]) -> None:
+    """Remove the heads and FFN neurons the recipe's budget does not keep."""
+    if cfg.keep_ratio is not None:
+        keep_heads = choose_heads(head_scores, keep_ratio=cfg.keep_ratio)
+        ffn_keep = max(1, int(round(cfg.keep_ratio * min(ffn_before))))
+    else:
+        keep_heads = (choose_heads(head_scores, keep_per_layer=cfg.heads_per_layer)
+                      if cfg.heads_per_layer is not None else None)
+        ffn_keep = cfg.ffn_neurons_per_layer
+    if keep_heads is not None:
+        prune_heads(model, keep_heads)
+    if ffn_keep is not None and ffn_keep < max(ffn_before):
+        prune_ffn(model, choose_neurons(neuron_scores, min(ffn_keep, min(ffn_before))))
+
+
+def _apply_semi_structured_2_4(model, annotations: dict, metrics: dict) -> None:
+    masks = semi_structured_masks(model)
+    apply_masks(model, masks)
+    annotations["sparsity"] = "2:4"
+    metrics["sparsity"] = "2:4"
+    metrics["sparse_linear_layers"] = len(masks)
+
+
+def _size_metrics(cfg, before: _SizeFacts, after: _SizeFacts, kept_layers: list[int], data, scoring_s: float) -> dict:
+    return {
+        "layers": after.layers,
+        "layers_before": before.layers,
+        "kept_layers": kept_layers,
+        "heads_per_layer": after.heads,
+        "heads_before": before.heads,
+        "ffn_size": after.ffn[0],
+        "ffn_size_before": before.ffn[0],
+        "head_ranking": "global" if cfg.keep_ratio is not None else "per_layer",
+        "importance_examples": len(data),
+        "importance_loss": "cross-entropy vs labels" if data.labels is not None else "cross-entropy vs own argmax",
+        "scoring_s": round(scoring_s, 2),
+        "params_before": before.params,
+        "params_after": after.params,
+        f"flops_seq{FLOPS_SEQUENCE_LENGTH}_before": before.flops,
+        f"flops_seq{FLOPS_SEQUENCE_LENGTH}_after": after.flops,
+    }

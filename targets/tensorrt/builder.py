@@ -204,25 +204,29 @@ def _parser_errors(parser) -> list[str]:
     return errors
 
 
-def build_engine(trt, onnx_path: Path, engine_path: Path, profile: ShapeProfile, options: BuildOptions) -> dict:
-    """Parse, configure, build and serialize. Returns facts for the build metadata."""
-    log = _Log(trt)
-    started = time.perf_counter()
-    builder = trt.Builder(log)
-    flags, strongly_typed = 0, False
+def _network_flags(trt) -> tuple[int, bool]:
+    """Network creation flags, and whether they make the network strongly typed."""
     creation = trt.NetworkDefinitionCreationFlag
     if hasattr(creation, "STRONGLY_TYPED"):
-        flags |= 1 << int(creation.STRONGLY_TYPED)
-        strongly_typed = True
-    elif hasattr(creation, "EXPLICIT_BATCH"):  # TensorRT 8.x
-        flags |= 1 << int(creation.EXPLICIT_BATCH)
+        return 1 << int(creation.STRONGLY_TYPED), True
+    if hasattr(creation, "EXPLICIT_BATCH"):  # TensorRT 8.x
+        return 1 << int(creation.EXPLICIT_BATCH), False
+    return 0, False
+
+
+def _parsed_network(trt, builder, log, onnx_path: Path, flags: int):
+    """(network, parser) for the ONNX file; the parser owns the weights, so it must outlive the build."""
     network = builder.create_network(flags)
     parser = trt.OnnxParser(network, log)
     if not parser.parse_from_file(str(onnx_path)):
         errors = _parser_errors(parser) or log.messages[-5:] or ["(no error recorded)"]
         raise EngineBuildError(f"TensorRT's ONNX parser rejected {Path(onnx_path).name}: " + "; ".join(errors[:5]))
+    return network, parser
 
-    config = builder.create_builder_config()
+
+def _configure(trt, config, options: BuildOptions, strongly_typed: bool) -> bool:
+    """Precision flags (a network that is not strongly typed), optimization level, workspace,
+    sparsity and compute capabilities; whether SPARSE_WEIGHTS was set."""
     if not strongly_typed:
         for flag in ("FP16", "INT8"):
             if hasattr(trt.BuilderFlag, flag):
@@ -241,15 +245,22 @@ def build_engine(trt, onnx_path: Path, engine_path: Path, profile: ShapeProfile,
         config.num_compute_capabilities = len(options.compute_capabilities)
         for i, cc in enumerate(options.compute_capabilities):
             config.set_compute_capability(getattr(trt.ComputeCapability, "SM" + cc.replace(".", "")), i)
+    return sparse
 
+
+def _add_profile(builder, config, network, profile: ShapeProfile) -> set[str]:
+    """The one optimization profile, for the token inputs the network has; the network's input names."""
     names = {network.get_input(i).name for i in range(network.num_inputs)}
     trt_profile = builder.create_optimization_profile()
     for name, lo, opt, hi in profile.shapes():
         if name in names:
             trt_profile.set_shape(name, lo, opt, hi)
     config.add_optimization_profile(trt_profile)
+    return names
 
-    timing_cache_bytes = None
+
+def _load_timing_cache(trt, config, options: BuildOptions) -> bool:
+    """Give the builder the timing cache file (empty when it does not exist yet); whether one is used."""
     # TensorRT-RTX (>= 1.2) tunes kernels just in time on the user's GPU; its timing-cache calls
     # are deprecated no-ops, so the cache file is kept for data-centre TensorRT only.
     use_timing_cache = options.timing_cache is not None and not is_rtx(trt) and hasattr(config, "create_timing_cache")
@@ -257,6 +268,32 @@ def build_engine(trt, onnx_path: Path, engine_path: Path, profile: ShapeProfile,
         path = Path(options.timing_cache)
         cache = config.create_timing_cache(path.read_bytes() if path.is_file() else b"")
         config.set_timing_cache(cache, False)
+    return use_timing_cache
+
+
+def _save_timing_cache(config, path: Path) -> int:
+    """Write the builder's timing cache back to ``path``; its size in bytes."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    data = config.get_timing_cache().serialize()
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    with open(tmp, "wb") as f:
+        f.write(data)
+    os.replace(tmp, path)  # atomic: a concurrent build reads the old cache or the new, never half
+    return path.stat().st_size
+
+
+def build_engine(trt, onnx_path: Path, engine_path: Path, profile: ShapeProfile, options: BuildOptions) -> dict:
+    """Parse, configure, build and serialize. Returns facts for the build metadata."""
+    log = _Log(trt)
+    started = time.perf_counter()
+    builder = trt.Builder(log)
+    flags, strongly_typed = _network_flags(trt)
+    network, parser = _parsed_network(trt, builder, log, onnx_path, flags)
+    config = builder.create_builder_config()
+    sparse = _configure(trt, config, options, strongly_typed)
+    names = _add_profile(builder, config, network, profile)
+    use_timing_cache = _load_timing_cache(trt, config, options)
 
     serialized = builder.build_serialized_network(network, config)
     if serialized is None:
@@ -264,15 +301,7 @@ def build_engine(trt, onnx_path: Path, engine_path: Path, profile: ShapeProfile,
     engine_path.parent.mkdir(parents=True, exist_ok=True)
     with open(engine_path, "wb") as f:
         f.write(serialized)
-    if use_timing_cache:
-        path = Path(options.timing_cache)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        data = config.get_timing_cache().serialize()
-        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-        with open(tmp, "wb") as f:
-            f.write(data)
-        os.replace(tmp, path)  # atomic: a concurrent build reads the old cache or the new, never half
-        timing_cache_bytes = path.stat().st_size
+    timing_cache_bytes = _save_timing_cache(config, options.timing_cache) if use_timing_cache else None
     return {"strongly_typed": strongly_typed, "sparse_weights": sparse, "build_s": round(time.perf_counter() - started, 2),
             "engine_bytes": engine_path.stat().st_size, "timing_cache_bytes": timing_cache_bytes,
             "timing_cache_used": use_timing_cache,
