@@ -221,6 +221,6 @@ def _sensitivity(fallback: dict) -> list[Block]:
 
 
 def _footer(report: Report) -> Paragraph:
-    versions = ", ".join(f"{k} {v}" for k, v in report.versions.items())
+    versions = {"mcompress": report.mcompress_version, **report.versions}  # older reports lack versions["mcompress"]
     wall = "–" if report.wall_s is None else report.wall_s
-    return Paragraph(f"{versions}; {wall} s; mcompress {report.mcompress_version}.", small=True)
+    return Paragraph(f"{', '.join(f'{k} {v}' for k, v in versions.items())}; {wall} s.", small=True)
