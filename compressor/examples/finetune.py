@@ -91,7 +91,7 @@ def build_example(name: str, out_dir: Path, on_step: StepCallback | None = None)
     torch.manual_seed(settings.seed)
     tagger = isinstance(corpus, example_data.TaggedCorpus)
     task = _TaggerTask(corpus, settings) if tagger else _ClassifierTask(corpus, settings)
-    model, tokenizer = task.model, task.tokenizer
+    model = task.model
 
     train = corpus.train[: settings.train_examples]
     total_steps = math.ceil(len(train) / settings.batch_size) * settings.epochs
@@ -127,9 +127,8 @@ def build_example(name: str, out_dir: Path, on_step: StepCallback | None = None)
 
 def _write_example(staging: Path, name: str, settings, corpus, task, trained_on: int, train_seconds: float,
                    test_metrics: dict) -> None:
-    model, tokenizer = task.model, task.tokenizer
-    model.save_pretrained(staging, safe_serialization=True)
-    tokenizer.save_pretrained(staging)
+    task.model.save_pretrained(staging, safe_serialization=True)
+    task.tokenizer.save_pretrained(staging)
     splits = staging / "splits"
     splits.mkdir()
     for split_name, rows in (("train", corpus.train), ("validation", corpus.validation), ("test", corpus.test)):

@@ -18,7 +18,6 @@ every hit) are evicted when the cache grows past its size limit.
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import inspect
 import json
 import logging
@@ -27,7 +26,7 @@ import shutil
 import time
 import uuid
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from mcompress.core.errors import InputError
 from mcompress.pipeline.outputs import pid_alive
