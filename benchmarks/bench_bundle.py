@@ -60,12 +60,13 @@ def status():
 
 args = json.loads(sys.argv[1])
 import numpy, onnxruntime, tokenizers  # noqa: F401  (load() would import them; timed apart from it)
-from mcompress.runtime import load, read_jsonl_texts
+from mcompress.calibration.datasets import read_texts
+from mcompress.runtime import load
 T_IMPORT = time.monotonic_ns()
 bundle = load(args["bundle"])
 T_LOAD = time.monotonic_ns()
 rss_load = status()["VmRSS"]
-texts = read_jsonl_texts(args["split"], args["text_column"])
+texts = read_texts(args["split"], args["text_column"])
 T_READ = time.monotonic_ns()
 first = bundle.predict(texts[:1])
 T_FIRST = time.monotonic_ns()
@@ -194,10 +195,10 @@ def main() -> None:
     parser.add_argument("--out", type=Path, help="JSON results (default benchmarks/_work/bench_bundle-<bundle>.json)")
     args = parser.parse_args()
 
-    from mcompress.runtime import read_jsonl_texts
+    from mcompress.calibration.datasets import read_texts
 
     bundle, split = args.bundle.resolve(), args.split.resolve()
-    texts = read_jsonl_texts(split, args.text_column)
+    texts = read_texts(split, args.text_column)
     rows = [json.loads(l) for l in split.read_text(encoding="utf-8").split("\n") if l.strip()]
     gold = [r.get(args.label_column) for r in rows]
     python = ensure_venv(args.venv.resolve())
