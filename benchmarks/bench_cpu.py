@@ -3,9 +3,12 @@
 For one example checkpoint (written by `mcompress example`), on its full test split:
 the task's metric (accuracy; entity-level F1 for the ner tagger), p50/p95 latency at batch 1 and 8
 (sequence 128), model file size, and mcompress's own
-pipeline wall time. Latency is measured in interleaved rounds (each model runs a block of calls
-per round) so a burst of machine noise hits every model alike; other processes' CPU use is
-sampled and recorded, since a busy core skews PyTorch far more than ONNX Runtime.
+pipeline wall time. Latency: each model is timed alone, in a fresh process of its own with its
+runtime's default settings (no OMP_WAIT_POLICY or other tuning that would slow another runtime),
+in alternating rounds (every model once per round, the order reversed every other round), so a
+burst of machine noise hits every model alike and no runtime's spinning threads take the cores of
+another; other processes' CPU use is sampled and recorded, since a busy core skews PyTorch far
+more than ONNX Runtime.
 
     python benchmarks/bench_cpu.py examples/sentiment --out benchmarks/results/sentiment.json
 """
@@ -22,11 +25,64 @@ import time
 from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
-# PyTorch's OpenMP threads otherwise spin-wait after each call and take the cores from the ONNX
-# Runtime sessions timed in the same process: measured on the sentiment prune-distill build, batch
-# 1, 1.78 ms alone, 2.9 ms interleaved with PyTorch, 2.01 ms with this setting (PyTorch itself ~7%
-# slower). A deployed ONNX model runs without PyTorch beside it. Set before torch is imported.
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+# No OMP_WAIT_POLICY here: process-wide PASSIVE made PyTorch FP32 itself 1.75x slower at batch 1
+# (FINDINGS.md) and inflated every speedup over it. Timing each model in its own process keeps
+# PyTorch's spinning threads away from the other runtimes without slowing PyTorch.
+
+
+def _runner(spec: dict, threads: int):
+    """The runner a timing process builds: {"kind": "torch", "model_dir"} | {"kind": "ort", "model"}
+    | {"kind": "target", "target", "model", "recipe"}."""
+    if spec["kind"] == "torch":
+        from mcompress.core.checkpoint import inspect_checkpoint, load_model_and_tokenizer
+        from mcompress.metrics.evaluation import TorchRunner
+
+        model, _ = load_model_and_tokenizer(inspect_checkpoint(Path(spec["model_dir"])))
+        return TorchRunner(model, threads)
+    if spec["kind"] == "ort":
+        from mcompress.engines.onnxruntime_cpu import OrtRunner
+
+        return OrtRunner(Path(spec["model"]), threads)
+    from mcompress.core.recipe import load_recipe
+    from mcompress.targets import get_target
+
+    target = get_target(spec["target"])
+    return target.runner(Path(spec["model"]), threads, target.settings(load_recipe(Path(spec["recipe"]))))
+
+
+def time_one(job: dict) -> dict:
+    """In a fresh process: one model's raw call times at batch 1 and 8, sequence 128."""
+    from transformers import AutoTokenizer
+
+    from mcompress.metrics.evaluation import latency_inputs, measure_latency
+
+    runner = _runner(job["spec"], job["threads"])
+    tokenizer = AutoTokenizer.from_pretrained(job["tokenizer"], local_files_only=True)
+    return {batch: measure_latency(runner, latency_inputs(tokenizer, job["texts"], int(batch), 128), job["warmup"],
+                                   calls).raw_ms
+            for batch, calls in job["calls"].items()}  # batch is a JSON key: a string
+
+
+def time_alone(specs: dict[str, dict], tokenizer_dir: Path, texts: list[str], threads: int, rounds: int,
+               per_round: int) -> dict[int, dict[str, dict]]:
+    """Each model timed in its own process, alternating rounds; {batch: {name: p50/p95/calls}}."""
+    import subprocess
+
+    import numpy as np
+
+    calls = {1: per_round, 8: max(3, per_round // 4)}
+    times = {b: {name: [] for name in specs} for b in calls}
+    names = list(specs)
+    for r in range(rounds):
+        for name in names if r % 2 == 0 else names[::-1]:
+            job = {"spec": specs[name], "threads": threads, "tokenizer": str(tokenizer_dir), "texts": texts[:64],
+                   "warmup": 5, "calls": calls}
+            out = subprocess.run([sys.executable, __file__, "--time-one", json.dumps(job)], capture_output=True,
+                                 text=True, check=True, env={**os.environ}).stdout
+            for batch, raw in json.loads(out.strip().splitlines()[-1]).items():
+                times[int(batch)][name] += raw
+    return {b: {name: {"p50_ms": float(np.percentile(t, 50)), "p95_ms": float(np.percentile(t, 95)), "calls": len(t)}
+                for name, t in per_model.items()} for b, per_model in times.items()}
 
 
 def optimum_dynamic_int8(model_dir: Path, work: Path, optimum_model: str = "ORTModelForSequenceClassification") -> Path:
@@ -48,6 +104,9 @@ def optimum_dynamic_int8(model_dir: Path, work: Path, optimum_model: str = "ORTM
 
 
 def main() -> int:
+    if len(sys.argv) == 3 and sys.argv[1] == "--time-one":
+        print(json.dumps(time_one(json.loads(sys.argv[2]))))
+        return 0
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("example_dir", type=Path)
     parser.add_argument("--recipe", type=Path, action="append", default=None,
@@ -59,14 +118,14 @@ def main() -> int:
                         help="keep each recipe's build in DIR/build-<recipe>; with --reuse-builds, a build already "
                              "there is measured again instead of rebuilt (its wall time comes from its report)")
     parser.add_argument("--reuse-builds", action="store_true")
-    parser.add_argument("--rounds", type=int, default=5)
-    parser.add_argument("--per-round", type=int, default=20)
+    parser.add_argument("--rounds", type=int, default=5, help="alternating rounds: every model once per round")
+    parser.add_argument("--per-round", type=int, default=20, help="timed calls per model per round at batch 1 (a quarter at 8)")
     args = parser.parse_args()
 
     import torch
 
     from mcompress.core.checkpoint import inspect_checkpoint, load_model_and_tokenizer
-    from mcompress.metrics.evaluation import TorchRunner, interleaved_latency, latency_inputs
+    from mcompress.metrics.evaluation import TorchRunner
     from mcompress.tasks import evaluate
     from mcompress.core.errors import GateFailure
     from mcompress.pipeline.job import RunRequest, run
@@ -94,8 +153,10 @@ def main() -> int:
         optimum_model, optimum_preset = optimum_dynamic_int8(args.example_dir, work, get_task(ckpt.task).optimum_model)
         optimum_wall = time.perf_counter() - started
         runners = {"PyTorch FP32 eager": TorchRunner(model, threads)}
+        specs = {"PyTorch FP32 eager": {"kind": "torch", "model_dir": str(args.example_dir.resolve())}}
         rows = {"PyTorch FP32 eager": {"bytes": fp32_bytes, "wall_s": None}}
         runners[f"Optimum dynamic INT8 ({optimum_preset})"] = OrtRunner(optimum_model, threads)
+        specs[f"Optimum dynamic INT8 ({optimum_preset})"] = {"kind": "ort", "model": str(optimum_model)}
         rows[f"Optimum dynamic INT8 ({optimum_preset})"] = {"bytes": optimum_model.stat().st_size, "wall_s": round(optimum_wall, 1)}
         for recipe, target_name in itertools.product(recipes, targets):
             out = (args.builds or work) / f"build-{recipe.stem}-{target_name}"
@@ -120,6 +181,8 @@ def main() -> int:
             name = f"mcompress {target_name} ({recipe.stem}: {detail})"
             target = get_target(target_name)
             runners[name] = target.runner(out / art["model_file"], threads, target.settings(load_recipe(recipe)))
+            specs[name] = {"kind": "target", "target": target_name, "model": str((out / art["model_file"]).resolve()),
+                           "recipe": str(recipe.resolve())}
             rows[name] = {"bytes": art["model_bytes"], "wall_s": wall, "runtime": runners[name].name,
                           "gflops_seq128": report["passes"][-1]["flops_seq128"] / 1e9, "gate_passed": report["passed"]}
             rows["PyTorch FP32 eager"]["gflops_seq128"] = report["reference"]["flops_seq128"] / 1e9
@@ -136,11 +199,8 @@ def main() -> int:
             metric = result.metric
             if result.metric == "entity_f1":
                 rows[name]["per_entity_f1"] = {t: round(v["f1"], 4) for t, v in result.details["per_type"].items()}
-        latency = {}
-        for batch in (1, 8):
-            inputs = latency_inputs(tokenizer, test.texts, batch, 128)
-            measured = interleaved_latency(runners, inputs, args.rounds, args.per_round if batch == 1 else max(3, args.per_round // 4), warmup=5)
-            latency[batch] = {name: {"p50_ms": r.p50_ms, "p95_ms": r.p95_ms, "calls": r.iterations} for name, r in measured.items()}
+        del runners  # accuracy is done; latency is timed in a process per model, with nothing else loaded
+        latency = time_alone(specs, args.example_dir, test.texts, threads, args.rounds, args.per_round)
         load_after = other_processes_cpu()
 
     base = rows["PyTorch FP32 eager"]
@@ -156,6 +216,7 @@ def main() -> int:
                      f"{row['bytes'] / fp32_bytes:.3f} | {row['gflops_seq128']:.2f} | "
                      f"{row['wall_s'] if row['wall_s'] is not None else '–'}{'' if row.get('gate_passed', True) else ' (gate FAILED)'} |")
     result = {"example": str(args.example_dir), "metric": metric, "test_examples": len(test), "sequence_length": 128, "threads": threads,
+              "timing": "each model alone in its own process, runtime defaults, alternating rounds",
               "other_processes_cpu_percent": {"before": load_before, "after": load_after, "after_each_build": build_loads},
               "machine": machine_info(), "versions": library_versions(), "rows": rows}
     print("\n".join(table))
