@@ -17,7 +17,6 @@ from pathlib import Path
 
 import numpy as np
 
-from mcompress.calibration.datasets import token_lengths
 from mcompress.core.hashing import file_digest
 from mcompress.core.state import ModelState
 from mcompress.core.target_base import BuildInputs, BuildResult
@@ -64,7 +63,7 @@ def gate_build(prepared: Prepared, reference: Reference, target, state: ModelSta
                pass_gates: list[GateResult], run_eval, progress: ProgressFactory) -> GatedBuild:
     recipe = prepared.recipe
     eval_data = prepared.eval_data
-    lengths = token_lengths(reference.tokenizer, eval_data.texts, 100_000)
+    lengths = reference.eval_lengths
     build = target.build(state, staging, BuildInputs(recipe, np.minimum(lengths, recipe.max_length), prepared.cache_root))
     runner = build.runner(reference.threads)
     candidate = run_eval(runner, eval_data, "the build")

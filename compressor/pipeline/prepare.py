@@ -8,6 +8,7 @@ the checkpoint, the data splits, ``--out`` and the cache directory.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
 from typing import Callable
 
@@ -80,11 +81,11 @@ class Prepared:
     cache_root: Path | None
     cache: PassCache | None
 
-    @property
+    @cached_property
     def eval_data(self):
         return self.data.eval.head(self.recipe.eval.max_examples)
 
-    @property
+    @cached_property
     def selection_data(self):
         return self.data.selection.head(self.recipe.quantize.selection_examples)
 

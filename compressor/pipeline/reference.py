@@ -6,12 +6,16 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
+from mcompress.calibration.datasets import token_lengths
 from mcompress.core.state import ModelKind, ModelState
 from mcompress.metrics.evaluation import EvalResult, TorchRunner
 from mcompress.metrics.flops import encoder_flops
 from mcompress.pipeline.prepare import Prepared, ProgressFactory
+
+if TYPE_CHECKING:
+    import numpy as np
 
 FLOPS_SEQUENCE = 128  # FLOPs are counted at batch 1 and this sequence length
 
@@ -26,6 +30,7 @@ class Reference:
     selection: EvalResult  # on the selection split (the eval result itself when there is none)
     size_bytes: int
     flops: int
+    eval_lengths: "np.ndarray"  # token count of every eval example, untruncated (median length, truncation share)
 
     def state(self, prepared: Prepared) -> ModelState:
         """The first pass's input."""
@@ -59,4 +64,6 @@ def measure_reference(prepared: Prepared, progress: ProgressFactory) -> Referenc
     on_selection = (on_eval if prepared.data.selection is prepared.data.eval
                     else run_eval(runner, prepared.selection_data, "PyTorch FP32 (selection split)"))
     size = ModelState(ModelKind.TORCH, prepared.checkpoint, tokenizer, torch_model=model).size_bytes()
-    return Reference(model, tokenizer, runner, threads, on_eval, on_selection, size, encoder_flops(model, FLOPS_SEQUENCE))
+    lengths = token_lengths(tokenizer, prepared.eval_data.texts, 100_000)
+    return Reference(model, tokenizer, runner, threads, on_eval, on_selection, size, encoder_flops(model, FLOPS_SEQUENCE),
+                     lengths)

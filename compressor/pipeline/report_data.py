@@ -11,11 +11,14 @@ from mcompress.pipeline.reference import Reference
 from mcompress.report.schema import REPORT_SCHEMA, Report
 
 
+# What the instruments add to a pass's record besides the task's summary (EvalResult.summary()).
+INSTRUMENT_KEYS = ("latency", "flops_seq128", "gate")
+
+
 def _pass_scores(evaluation: dict) -> dict:
-    """A pass's figures on the eval data (EvalResult.summary()); accuracy and macro-F1 are None
-    when the pass's model was not evaluated."""
-    keys = ("score", "accuracy", "macro_f1", "entity_f1", "precision", "recall")
-    return {"accuracy": None, "macro_f1": None, **{k: evaluation[k] for k in keys if k in evaluation}}
+    """A pass's figures on the eval data, as the task summarised them; accuracy and macro-F1 are
+    None when the pass's model was not evaluated."""
+    return {"accuracy": None, "macro_f1": None, **{k: v for k, v in evaluation.items() if k not in INSTRUMENT_KEYS}}
 
 
 def _pass_entry(r: PassRecord) -> dict:
