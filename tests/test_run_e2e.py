@@ -77,6 +77,13 @@ def test_report_contents(tiny_build):
     drop = gates["accuracy_drop"]
     assert drop["passed"] and drop["threshold"] == 1.0 and drop["ci95"][0] <= drop["value"] <= drop["ci95"][1]
     assert drop["value"] == pytest.approx((report["reference"]["accuracy"] - report["build"]["accuracy"]) * 100, abs=1e-3)
+    # Gated as deployed: each text alone and in batches of eval.batch_size; the gate took the worst.
+    deployed = report["as_deployed"]
+    assert [m["batch_size"] for m in deployed["modes"]] == [1, 32]
+    assert drop["value"] == pytest.approx(max(m["drop"] for m in deployed["modes"]), abs=1e-4)
+    gated = next(m for m in deployed["modes"] if m["batch_size"] == deployed["gated_batch_size"])
+    assert gated["score"] == pytest.approx(report["build"]["accuracy"], abs=1e-9)
+    assert deployed["batch_dependent"] == (deployed["max_logit_difference"] > deployed["tolerance"])
 
     for side in ("reference", "build"):
         (entry,) = report["latency"][side]
@@ -98,6 +105,7 @@ def test_report_contents(tiny_build):
     assert low < report["artifact"]["size_ratio"] < high
     markdown = (out / "report.md").read_text()
     assert markdown.startswith("# mcompress build: PASS") and "accuracy_drop" in markdown
+    assert "Accuracy as deployed" in markdown and "each text alone" in markdown
 
 
 def test_fresh_session_reproduces_build_accuracy(tiny_build):
@@ -105,8 +113,15 @@ def test_fresh_session_reproduces_build_accuracy(tiny_build):
     report = json.loads((out / "report.json").read_text())
     rows = _jsonl(model / "splits" / "test.jsonl")
     labels = np.array([LABELS.index(r["label"]) for r in rows])
-    predictions = _ort_predictions(out, [r["text"] for r in rows])
-    assert (predictions == labels).mean() == pytest.approx(report["build"]["accuracy"], abs=1e-9)
+    texts = [r["text"] for r in rows]
+    modes = {m["batch_size"]: m["score"] for m in report["as_deployed"]["modes"]}
+    # The 24 test texts fit one batch of 32: the batched mode is one padded batch of all of them,
+    # and the batch-1 mode is each text alone.
+    together = _ort_predictions(out, texts)
+    alone = np.array([_ort_predictions(out, [t])[0] for t in texts])
+    assert (together == labels).mean() == pytest.approx(modes[32], abs=1e-9)
+    assert (alone == labels).mean() == pytest.approx(modes[1], abs=1e-9)
+    assert report["build"]["accuracy"] == min(modes.values())
     assert report["build"]["accuracy"] >= 0.75  # the tiny model learnt its synthetic task
 
 

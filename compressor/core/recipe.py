@@ -105,6 +105,23 @@ class EvalConfig(_Strict):
     max_examples: Optional[int] = Field(None, ge=1)  # null = the whole eval split
     batch_size: int = Field(32, ge=1)
     evaluate_each_pass: bool = True
+    # Batch sizes the build is gated at, as it will be called: 1 = each text alone (a server at low
+    # load, an edge device), larger = length-bucketed batches as the bundle runtime and the server
+    # form them. The accuracy gate takes the worst. null = [1, batch_size].
+    batching: Optional[list[int]] = None
+
+    @model_validator(mode="after")
+    def _batchings(self):
+        if self.batching is not None:
+            if not self.batching:
+                raise ValueError("batching must list at least one batch size (1 = each text alone)")
+            if any(b < 1 for b in self.batching) or len(set(self.batching)) != len(self.batching):
+                raise ValueError("batching must list distinct batch sizes >= 1")
+        return self
+
+    def deployed_batchings(self) -> list[int]:
+        """The batch sizes the build is gated at, in the recipe's order."""
+        return list(self.batching) if self.batching is not None else list(dict.fromkeys([1, self.batch_size]))
 
 
 class PruneConfig(_Strict):

@@ -5,6 +5,10 @@ Latency: every (batch, sequence) shape of the recipe, the original and the build
 interleaved rounds (metrics.evaluation.latency_race), so machine noise hits both alike. The
 latency gates read batch 1 at sequence 128 (the first shape when 128 is not measured).
 
+Accuracy as deployed: the build is evaluated at every batch size of ``eval.batching`` (default:
+each text alone, and eval.batch_size), and the accuracy gate takes the worst
+(metrics/deployed.py); ``candidate`` is the build at that batching.
+
 A target whose artifact cannot run here (a TensorRT engine without a GPU) gates a stand-in,
 skips the latency gates (the stand-in's latency is not the target's), and the run ends
 UNVERIFIED once the build is written.
@@ -20,8 +24,9 @@ import numpy as np
 from mcompress.core.hashing import file_digest
 from mcompress.core.state import ModelState
 from mcompress.core.target_base import BuildInputs, BuildResult
+from mcompress.metrics.deployed import DeployedAccuracy, deployed_accuracy
 from mcompress.metrics.evaluation import EvalResult, LatencyResult, latency_race
-from mcompress.metrics.gates import GateResult, accuracy_drop_gate, latency_gates, size_gate
+from mcompress.metrics.gates import GateResult, latency_gates, size_gate
 from mcompress.pipeline.prepare import Prepared, ProgressFactory
 from mcompress.pipeline.reference import Reference
 
@@ -32,7 +37,8 @@ GATE_SHAPE = (1, 128)  # (batch, sequence) the latency gates read
 class GatedBuild:
     build: BuildResult  # what the target wrote: files, model file, facts, whether it was measured
     runner: object  # a fresh runner of build.model_file
-    candidate: EvalResult  # the build on the eval data
+    candidate: EvalResult  # the build on the eval data, at the batching with the largest drop
+    deployed: DeployedAccuracy  # the build at every batching it is gated at
     gates: list[GateResult]
     latency: dict[str, list[LatencyResult]]  # "reference" / "build": one per shape, in the same order
     files: dict  # every file of the build: name -> {bytes, sha256}
@@ -66,9 +72,11 @@ def gate_build(prepared: Prepared, reference: Reference, target, state: ModelSta
     lengths = reference.eval_lengths
     build = target.build(state, staging, BuildInputs(recipe, np.minimum(lengths, recipe.max_length), prepared.cache_root))
     runner = build.runner(reference.threads)
-    candidate = run_eval(runner, eval_data, "the build")
-    gates = [accuracy_drop_gate(reference.eval, candidate, recipe.gates.max_drop, recipe.seed, recipe.gates.drop_type),
-             *pass_gates]
+    deployed = deployed_accuracy(reference.eval, {
+        batch: run_eval(runner, eval_data, f"the build (batch {batch})", batch) for batch in recipe.eval.deployed_batchings()},
+        recipe.gates.max_drop, recipe.seed, recipe.gates.drop_type)
+    candidate = deployed.results[deployed.worst]
+    gates = [deployed.gate(), *pass_gates]
     latency = _latency(prepared, reference, runner, lengths, progress)
     if build.artifact_measured:
         gates += latency_gates(gate_latency(latency["reference"]), gate_latency(latency["build"]),
@@ -76,5 +84,5 @@ def gate_build(prepared: Prepared, reference: Reference, target, state: ModelSta
     if recipe.gates.max_size_ratio is not None:
         gates.append(size_gate(build.model_bytes, reference.size_bytes, recipe.gates.max_size_ratio))
     files = {p.name: {"bytes": p.stat().st_size, "sha256": file_digest(p)} for p in build.files}
-    return GatedBuild(build, runner, candidate, gates, latency, files,
+    return GatedBuild(build, runner, candidate, deployed, gates, latency, files,
                       int(np.median(lengths)), round(float((lengths > recipe.max_length).mean()), 4))

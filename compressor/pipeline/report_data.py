@@ -61,6 +61,7 @@ def assemble_report(prepared: Prepared, reference: Reference, target, state, rec
         "build": {"runtime": gated.runner.name, **gated.candidate.summary(), **prepared.task.report_fields(gated.candidate)},
         "latency": {side: [r.as_dict() for r in results] for side, results in gated.latency.items()},
         "gates": [g.as_dict() for g in gated.gates],
+        "as_deployed": gated.deployed.as_dict(),
         "passed": gated.passed,
         "artifact": {"model_file": gated.build.model_file.name, "model_bytes": gated.build.model_bytes,
                      "size_ratio": round(gated.build.model_bytes / reference.size_bytes, 4),

@@ -144,6 +144,25 @@ class LatencyTable(_ReportModel):
         return list(zip(self.reference, self.build))
 
 
+class DeployedMode(_ReportModel):
+    """The build at one batching: its gated metric, drop (with its interval) and the share of its
+    predictions equal to those at the first batching."""
+    batch_size: int
+    score: Number
+    drop: Number
+    ci95: list[Number] | None = None
+    agreement: Number
+
+
+class AsDeployed(_ReportModel):
+    """The build evaluated the way it is called (metrics/deployed.py); the gate took the worst batching."""
+    modes: list[DeployedMode]
+    gated_batch_size: int
+    batch_dependent: bool
+    max_logit_difference: Number | None = None
+    tolerance: Number | None = None
+
+
 class ArtifactFile(_ReportModel):
     bytes: int
     sha256: str
@@ -202,6 +221,7 @@ class Report(_ReportModel):
     build: Measured
     latency: LatencyTable
     gates: list[Gate]
+    as_deployed: AsDeployed | None = None  # reports before the batchings were gated have none
     passed: bool
     artifact: Artifact
     wall_s: Number | None = None

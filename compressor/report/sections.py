@@ -22,8 +22,8 @@ PASS_NOTE_KEYS = ("fused_operators", "chosen", "parity_max_abs_diff", "skipped",
 
 
 def build_sections(report: Report) -> list[Block]:
-    blocks: list[Block] = [VerdictHeading(report.verdict()), *_intro(report), _gates(report), *_passes(report),
-                           _latency(report)]
+    blocks: list[Block] = [VerdictHeading(report.verdict()), *_intro(report), _gates(report), *_as_deployed(report),
+                           *_passes(report), _latency(report)]
     metric = report.metric.replace("_", " ")
     blocks += _cpu_auto(report.cpu_auto, metric) + _candidates(report)
     fallback = _pass_metrics(report, "fallback")
@@ -57,6 +57,27 @@ def _gates(report: Report) -> Table:
                   f"[{g.ci95[0]:.2f}, {g.ci95[1]:.2f}]" if g.ci95 else "–", verdict_cell(g.passed), g.detail)
                  for g in report.gates)
     return Table("Gates", ("gate", "value", "budget", "95% CI", "verdict", "detail"), rows)
+
+
+def _as_deployed(report: Report) -> list[Block]:
+    """The build at each batching it was gated at, and whether its answers depend on the batching."""
+    deployed = report.as_deployed
+    if deployed is None:
+        return []
+    metric = report.metric.replace("_", " ")
+    rows = tuple(("each text alone" if m.batch_size == 1 else f"batches of {m.batch_size} (length-bucketed)",
+                  score(m.score), f"{m.drop:.2f}", f"[{m.ci95[0]:.2f}, {m.ci95[1]:.2f}]" if m.ci95 else "–",
+                  f"{m.agreement:.2%}", "gated" if m.batch_size == deployed.gated_batch_size else "")
+                 for m in deployed.modes)
+    table = Table(f"Accuracy as deployed ({metric})", ("batching", metric, "drop", "95% CI",
+                                                        "predictions equal to the first batching", ""), rows)
+    diff = deployed.max_logit_difference
+    note = (f"The build's answers depend on what shares a batch (largest logit difference between batchings "
+            f"{diff:.2g} > {deployed.tolerance:g}; dynamically quantized INT8 takes activation ranges over the padded batch): "
+            "the gate took the worst batching." if deployed.batch_dependent else
+            f"The build's answers do not depend on the batching (largest logit difference {diff:.2g})." if diff is not None
+            else "")
+    return [table, Paragraph(note)] if note and len(deployed.modes) > 1 else [table]
 
 
 def _pass_notes(p: PassEntry) -> str:
