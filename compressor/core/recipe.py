@@ -124,6 +124,16 @@ class EvalConfig(_Strict):
         return list(self.batching) if self.batching is not None else list(dict.fromkeys([1, self.batch_size]))
 
 
+class VocabularyConfig(_Strict):
+    """Vocabulary pruning (passes/prune/vocabulary.py): keep the word pieces the training text uses,
+    the special tokens and a reserve, so that every word still segments into kept pieces."""
+
+    # "single-characters": every one-character piece and its continuation form (e.g. "a", "##a"),
+    # so a word of known characters never becomes [UNK]; "none": only what the text uses.
+    reserve: Literal["single-characters", "none"] = "single-characters"
+    min_count: int = Field(1, ge=1)  # occurrences in the training text for a piece to be kept
+
+
 class PruneConfig(_Strict):
     """Structured pruning budget: keep counts, or one keep_ratio (passes/prune/structured.py)."""
 
@@ -138,15 +148,23 @@ class PruneConfig(_Strict):
     # 2:4 magnitude masks on the encoder's Linear weights after structured pruning, for sparse
     # tensor-core targets; the CPU target runs them as dense weights that happen to hold zeros.
     semi_structured_2_4: bool = False
+    # Keep only the word pieces the training text uses (after distillation, before export); null = all.
+    vocabulary: Optional[VocabularyConfig] = None
 
     @model_validator(mode="after")
     def _one_budget(self):
         counts = self.heads_per_layer is not None or self.ffn_neurons_per_layer is not None
         if counts and self.keep_ratio is not None:
             raise ValueError("give either keep_ratio or heads_per_layer/ffn_neurons_per_layer, not both")
-        if not counts and self.keep_ratio is None and self.keep_layers is None and not self.semi_structured_2_4:
-            raise ValueError("no budget: set keep_ratio, keep_layers, or heads_per_layer and/or ffn_neurons_per_layer")
+        if not self.structural() and self.vocabulary is None:
+            raise ValueError("no budget: set keep_ratio, keep_layers, heads_per_layer and/or ffn_neurons_per_layer, "
+                             "or vocabulary")
         return self
+
+    def structural(self) -> bool:
+        """Whether heads, neurons or layers are pruned (or 2:4 masks applied), not only the vocabulary."""
+        return (self.heads_per_layer is not None or self.ffn_neurons_per_layer is not None or self.keep_ratio is not None
+                or self.keep_layers is not None or self.semi_structured_2_4)
 
 
 class DistillConfig(_Strict):

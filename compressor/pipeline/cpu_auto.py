@@ -107,7 +107,7 @@ def _race(built: list[Candidate], prepared: Prepared, reference: Reference, prog
     runners = {c.name: c.build.gated.runner for c in built}
     shapes = b1_b8_shapes(recipe.max_length, recipe.latency.iterations)
     load_before = other_processes_cpu(0.5)
-    raced = latency_race(runners, reference.tokenizer, prepared.eval_data.texts, shapes,
+    raced = latency_race(runners, {c.name: c.build.gated.tokenizer for c in built}, prepared.eval_data.texts, shapes,
                          on_shape=progress("racing CPU targets", len(shapes)))
     load_after = other_processes_cpu(0.5)
     race = {c.name: {f"b{b}": raced[(b, s)][c.name].as_dict() for b, s, _ in shapes} for c in built}

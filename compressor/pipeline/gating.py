@@ -37,6 +37,7 @@ GATE_SHAPE = (1, 128)  # (batch, sequence) the latency gates read
 class GatedBuild:
     build: BuildResult  # what the target wrote: files, model file, facts, whether it was measured
     runner: object  # a fresh runner of build.model_file
+    tokenizer: object  # the build's tokenizer (the source's, or a pruned vocabulary's)
     candidate: EvalResult  # the build on the eval data, at the batching with the largest drop
     deployed: DeployedAccuracy  # the build at every batching it is gated at
     gates: list[GateResult]
@@ -55,12 +56,12 @@ def gate_latency(results: list[LatencyResult]) -> LatencyResult:
     return next((r for r in results if (r.batch_size, r.sequence_length) == GATE_SHAPE), results[0])
 
 
-def _latency(prepared: Prepared, reference: Reference, runner, lengths: np.ndarray, progress: ProgressFactory):
+def _latency(prepared: Prepared, reference: Reference, runner, tokenizer, lengths: np.ndarray, progress: ProgressFactory):
     latency = prepared.recipe.latency
     data_length = int(max(2, min(prepared.recipe.max_length, np.median(lengths))))
     shapes = [(b, data_length if s == "data" else s, latency.iterations)
               for s in latency.sequence_lengths for b in latency.batch_sizes]
-    raced = latency_race({"reference": reference.runner, "build": runner}, reference.tokenizer,
+    raced = latency_race({"reference": reference.runner, "build": runner}, {"reference": reference.tokenizer, "build": tokenizer},
                          prepared.eval_data.texts, shapes, latency.warmup, progress("measuring latency", len(shapes)))
     return {side: [raced[(b, s)][side] for b, s, _ in shapes] for side in ("reference", "build")}
 
@@ -73,16 +74,17 @@ def gate_build(prepared: Prepared, reference: Reference, target, state: ModelSta
     build = target.build(state, staging, BuildInputs(recipe, np.minimum(lengths, recipe.max_length), prepared.cache_root))
     runner = build.runner(reference.threads)
     deployed = deployed_accuracy(reference.eval, {
-        batch: run_eval(runner, eval_data, f"the build (batch {batch})", batch) for batch in recipe.eval.deployed_batchings()},
+        batch: run_eval(runner, eval_data, f"the build (batch {batch})", batch, state.tokenizer)
+        for batch in recipe.eval.deployed_batchings()},
         recipe.gates.max_drop, recipe.seed, recipe.gates.drop_type)
     candidate = deployed.results[deployed.worst]
     gates = [deployed.gate(), *pass_gates]
-    latency = _latency(prepared, reference, runner, lengths, progress)
+    latency = _latency(prepared, reference, runner, state.tokenizer, lengths, progress)
     if build.artifact_measured:
         gates += latency_gates(gate_latency(latency["reference"]), gate_latency(latency["build"]),
                                recipe.gates.max_latency_ms, recipe.gates.min_speedup, recipe.gates.max_latency_p95_ms)
     if recipe.gates.max_size_ratio is not None:
         gates.append(size_gate(build.model_bytes, reference.size_bytes, recipe.gates.max_size_ratio))
     files = {p.name: {"bytes": p.stat().st_size, "sha256": file_digest(p)} for p in build.files}
-    return GatedBuild(build, runner, candidate, deployed, gates, latency, files,
+    return GatedBuild(build, runner, state.tokenizer, candidate, deployed, gates, latency, files,
                       int(np.median(lengths)), round(float((lengths > recipe.max_length).mean()), 4))
