@@ -190,3 +190,26 @@ def test_recipe_batching_defaults_to_alone_and_the_eval_batch_size():
     for bad in ([], [0], [4, 4]):
         with pytest.raises(ValueError):
             EvalConfig(batching=bad)
+
+
+def test_distance_to_limit_rates_and_shares():
+    from mcompress.metrics.roofline import achieved_gmacs, distance_to_limit
+
+    # 1.44 GMAC per sequence at 10 ms: 144 GMAC/s
+    assert achieved_gmacs(1_440_000_000, 1, 10.0) == pytest.approx(144.0)
+    pairs = [(LatencyResult(1, 128, 20.0, 21.0, 10, []), LatencyResult(1, 128, 8.0, 9.0, 10, [])),
+             (LatencyResult(8, 128, 100.0, 110.0, 4, []), LatencyResult(8, 128, 40.0, 44.0, 4, [])),
+             (LatencyResult(1, 14, 5.0, 5.0, 10, []), LatencyResult(1, 14, 2.0, 2.0, 10, []))]
+    rows = distance_to_limit(1_000_000_000, 500_000_000, pairs, {"fp32": 100.0, "int8": 250.0}, "int8")
+    assert [(r["batch_size"], r["sequence_length"]) for r in rows] == [(1, 128), (8, 128)]  # MACs are at sequence 128
+    assert rows[0]["reference_gmacs"] == pytest.approx(50.0) and rows[0]["reference_share"] == pytest.approx(0.5)
+    assert rows[0]["build_gmacs"] == pytest.approx(62.5) and rows[0]["build_share"] == pytest.approx(0.25)
+    assert rows[1]["build_gmacs"] == pytest.approx(100.0)
+
+
+def test_measured_gemm_peaks_are_positive():
+    from mcompress.metrics.roofline import gemm_peak_gmacs
+
+    fp32 = gemm_peak_gmacs("fp32", 1, shape=(64, 256, 256), seconds=0.05)
+    int8 = gemm_peak_gmacs("int8", 1, shape=(64, 256, 256), seconds=0.05)
+    assert fp32 > 0.5 and int8 > 0.5  # even a loaded 2-core CPU does more than 0.5 GMAC/s

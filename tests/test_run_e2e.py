@@ -106,6 +106,11 @@ def test_report_contents(tiny_build):
     markdown = (out / "report.md").read_text()
     assert markdown.startswith("# mcompress build: PASS") and "accuracy_drop" in markdown
     assert "Accuracy as deployed" in markdown and "each text alone" in markdown
+    limit = report["distance_to_limit"]
+    assert set(limit["peaks_gmacs"]) == {"fp32", "int8"} and min(limit["peaks_gmacs"].values()) > 0
+    assert limit["shapes"] == []  # timed at sequence 16 only; MACs are counted at 128
+    assert limit["build_precision"] == ("fp32" if report["artifact"]["quantization"] == "fp32" else "int8")
+    assert "segmentation" not in report["data"]["eval"]  # the source's tokenizer
 
 
 def test_fresh_session_reproduces_build_accuracy(tiny_build):

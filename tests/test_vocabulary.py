@@ -124,6 +124,9 @@ def test_vocabulary_pruned_build_end_to_end_and_from_the_cache(tmp_path, tiny_ch
     assert json.loads((build / "config.json").read_text())["vocab_size"] == kept
     assert len((build / "vocab.txt").read_text().splitlines()) == kept
     assert first["artifact"]["size_ratio"] < 0.2  # the embedding was ~97% of the tiny model's weights
+    seg = first["data"]["eval"]["segmentation"]  # the test split was not used to choose the pieces
+    assert 0 <= seg["tokens_out_of_vocabulary"] <= seg["texts_resegmented"] <= 1 and seg["tokens"] > 0
+    assert "its own (pruned) vocabulary" in (build / "report.md").read_text()
 
     texts = [json.loads(l)["text"] for l in (model / "splits" / "test.jsonl").read_text().splitlines() if l.strip()]
     tokenizer = AutoTokenizer.from_pretrained(build)

@@ -27,6 +27,7 @@ from mcompress.core.target_base import BuildInputs, BuildResult
 from mcompress.metrics.deployed import DeployedAccuracy, deployed_accuracy
 from mcompress.metrics.evaluation import EvalResult, LatencyResult, latency_race
 from mcompress.metrics.gates import GateResult, latency_gates, size_gate
+from mcompress.metrics.roofline import gemm_peaks
 from mcompress.pipeline.prepare import Prepared, ProgressFactory
 from mcompress.pipeline.reference import Reference
 
@@ -45,6 +46,7 @@ class GatedBuild:
     files: dict  # every file of the build: name -> {bytes, sha256}
     median_tokens: int
     truncated_fraction: float
+    gemm_peaks: dict  # {precision: GMAC/s} of this CPU's GEMM kernels, measured after the latency race
 
     @property
     def passed(self) -> bool:
@@ -87,4 +89,5 @@ def gate_build(prepared: Prepared, reference: Reference, target, state: ModelSta
         gates.append(size_gate(build.model_bytes, reference.size_bytes, recipe.gates.max_size_ratio))
     files = {p.name: {"bytes": p.stat().st_size, "sha256": file_digest(p)} for p in build.files}
     return GatedBuild(build, runner, state.tokenizer, candidate, deployed, gates, latency, files,
-                      int(np.median(lengths)), round(float((lengths > recipe.max_length).mean()), 4))
+                      int(np.median(lengths)), round(float((lengths > recipe.max_length).mean()), 4),
+                      gemm_peaks(reference.threads))

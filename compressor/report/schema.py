@@ -121,6 +121,8 @@ class EvalData(_ReportModel):
     sha256: str | None = None
     median_tokens: int | None = None
     truncated_fraction: Number | None = None
+    # the build's tokenizer vs the original's on the eval texts (a pruned vocabulary; metrics/tokenization.py)
+    segmentation: dict[str, Number] | None = None
 
 
 class SplitData(_ReportModel):
@@ -161,6 +163,24 @@ class AsDeployed(_ReportModel):
     batch_dependent: bool
     max_logit_difference: Number | None = None
     tolerance: Number | None = None
+
+
+class LimitShape(_ReportModel):
+    batch_size: int
+    sequence_length: int
+    reference_gmacs: Number
+    reference_share: Number  # of the FP32 peak
+    build_gmacs: Number
+    build_share: Number  # of the peak of the build's precision
+
+
+class DistanceToLimit(_ReportModel):
+    """Achieved GMAC/s against this CPU's measured GEMM peaks (metrics/roofline.py)."""
+    peaks_gmacs: dict[str, Number]
+    peak_shape: list[int] = Field(default_factory=list)
+    build_precision: str = "fp32"
+    kernels: str = ""
+    shapes: list[LimitShape] = Field(default_factory=list)
 
 
 class ArtifactFile(_ReportModel):
@@ -222,6 +242,7 @@ class Report(_ReportModel):
     latency: LatencyTable
     gates: list[Gate]
     as_deployed: AsDeployed | None = None  # reports before the batchings were gated have none
+    distance_to_limit: DistanceToLimit | None = None
     passed: bool
     artifact: Artifact
     wall_s: Number | None = None

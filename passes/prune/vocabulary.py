@@ -37,10 +37,9 @@ from pathlib import Path
 from mcompress.core.errors import InputError
 from mcompress.core.pass_base import Pass, PassContext, PassResult
 from mcompress.core.state import TOKENIZER_DIR, ModelKind, ModelState
+from mcompress.metrics.tokenization import TOKENIZE_CHUNK, segmentation_change
 
 logger = logging.getLogger(__name__)
-
-TOKENIZE_CHUNK = 1024  # texts per tokenizer call when counting pieces
 
 
 class VocabularyPruningError(InputError):
@@ -156,24 +155,6 @@ def slice_input_embeddings(model, keep: list[int]) -> None:
         new.weight.copy_(old.weight.index_select(0, index))
     model.set_input_embeddings(new)
     model.config.vocab_size = len(keep)
-
-
-def segmentation_change(old_tokenizer, new_tokenizer, texts: list[str]) -> dict:
-    """On held-out ``texts``: the share of tokens (old segmentation) no longer in the vocabulary,
-    and the share of texts whose token sequence changed."""
-    new_vocab = new_tokenizer.get_vocab()
-    old_vocab = {i: piece for piece, i in old_tokenizer.get_vocab().items()}
-    tokens = dropped = changed = 0
-    for start in range(0, len(texts), TOKENIZE_CHUNK):
-        chunk = texts[start:start + TOKENIZE_CHUNK]
-        old_ids = old_tokenizer(chunk, add_special_tokens=False)["input_ids"]
-        new_ids = new_tokenizer(chunk, add_special_tokens=False)["input_ids"]
-        for before, after in zip(old_ids, new_ids):
-            tokens += len(before)
-            dropped += sum(old_vocab[i] not in new_vocab for i in before)
-            changed += [old_vocab[i] for i in before] != new_tokenizer.convert_ids_to_tokens(after)
-    return {"tokens": tokens, "tokens_out_of_vocabulary": round(dropped / tokens, 6) if tokens else 0.0,
-            "texts_resegmented": round(changed / len(texts), 6) if texts else 0.0}
 
 
 class PruneVocabulary(Pass):
