@@ -188,6 +188,7 @@ latency:
   warmup: 1
   iterations: 3
   threads: 1
+  isolation: shared   # the tests' builds are timed in-process (test_run_e2e times one in separate processes)
 quantize:
   static:
     calibration_examples: 8

@@ -172,6 +172,27 @@ def test_force_replaces_an_existing_build(tiny_checkpoint, fast_recipe, tmp_path
     assert [p.name for p in tmp_path.iterdir()] == ["build"]  # no .partial / .previous left beside it
 
 
+@pytest.mark.slow
+def test_latency_is_measured_in_separate_processes(tiny_checkpoint, fast_recipe, tmp_path, monkeypatch):
+    """latency.isolation: process (the default recipe's): the original and the build are each timed in
+    a spawned process, so the gate's figures come from there; nothing is left running afterwards."""
+    import multiprocessing
+
+    monkeypatch.setenv("MCOMPRESS_CACHE_DIR", str(tmp_path / "cache"))
+    recipe = tmp_path / "isolated.yaml"
+    recipe.write_text(fast_recipe.read_text().replace("isolation: shared", "isolation: process"))
+    out = tmp_path / "build"
+    code, output = _run_cli(tiny_checkpoint, out, recipe)
+    assert code == ExitCode.OK, output
+    report = json.loads((out / "report.json").read_text())
+    assert report["latency"]["isolation"] == "process"
+    for side in ("reference", "build"):
+        (entry,) = report["latency"][side]
+        assert entry["iterations"] == 3 and 0 < entry["p50_ms"] <= entry["p95_ms"]
+    assert "each in its own process" in (out / "report.md").read_text()
+    assert multiprocessing.active_children() == []
+
+
 # --- the real MiniLM --------------------------------------------------------------------------
 
 @pytest.mark.slow

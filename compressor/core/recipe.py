@@ -91,6 +91,10 @@ class LatencyConfig(_Strict):
     warmup: int = Field(5, ge=0)
     iterations: int = Field(40, ge=3)
     threads: Optional[int] = Field(None, ge=1)  # null = all cores
+    # "process": the gate and the cpu-auto race time the original and each build in its own
+    # process (metrics/isolated.py), so runtimes never share a process's threads; "shared": all in
+    # the run's process (faster to start, for tests; PyTorch's spinning threads can slow the build).
+    isolation: Literal["process", "shared"] = "process"
 
     @model_validator(mode="after")
     def _positive(self):

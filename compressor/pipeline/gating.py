@@ -2,7 +2,9 @@
 fresh runner on the final model file, evaluated on the eval data, timed beside the original.
 
 Latency: every (batch, sequence) shape of the recipe, the original and the build alternating in
-interleaved rounds (metrics.evaluation.latency_race), so machine noise hits both alike. The
+interleaved rounds (metrics.evaluation.latency_race), so machine noise hits both alike; each in
+its own process (``latency.isolation: process``, pipeline/timing.py), so PyTorch's threads never
+share a process with the build's runtime. The
 latency gates read batch 1 at sequence 128 (the first shape when 128 is not measured).
 
 Accuracy as deployed: the build is evaluated at every batch size of ``eval.batching`` (default:
@@ -30,6 +32,7 @@ from mcompress.metrics.gates import GateResult, latency_gates, size_gate
 from mcompress.metrics.roofline import gemm_peaks
 from mcompress.pipeline.prepare import Prepared, ProgressFactory
 from mcompress.pipeline.reference import Reference
+from mcompress.pipeline.timing import reference_runner, timing_runners
 
 GATE_SHAPE = (1, 128)  # (batch, sequence) the latency gates read
 
@@ -58,13 +61,17 @@ def gate_latency(results: list[LatencyResult]) -> LatencyResult:
     return next((r for r in results if (r.batch_size, r.sequence_length) == GATE_SHAPE), results[0])
 
 
-def _latency(prepared: Prepared, reference: Reference, runner, tokenizer, lengths: np.ndarray, progress: ProgressFactory):
+def _latency(prepared: Prepared, reference: Reference, build: BuildResult, runner, tokenizer, lengths: np.ndarray,
+             progress: ProgressFactory):
     latency = prepared.recipe.latency
     data_length = int(max(2, min(prepared.recipe.max_length, np.median(lengths))))
     shapes = [(b, data_length if s == "data" else s, latency.iterations)
               for s in latency.sequence_lengths for b in latency.batch_sizes]
-    raced = latency_race({"reference": reference.runner, "build": runner}, {"reference": reference.tokenizer, "build": tokenizer},
-                         prepared.eval_data.texts, shapes, latency.warmup, progress("measuring latency", len(shapes)))
+    factories = {"reference": (reference_runner, prepared.checkpoint, reference.threads),
+                 "build": (build.runner, reference.threads)}
+    with timing_runners(prepared.recipe, {"reference": reference.runner, "build": runner}, factories) as runners:
+        raced = latency_race(runners, {"reference": reference.tokenizer, "build": tokenizer}, prepared.eval_data.texts,
+                             shapes, latency.warmup, progress("measuring latency", len(shapes)))
     return {side: [raced[(b, s)][side] for b, s, _ in shapes] for side in ("reference", "build")}
 
 
@@ -81,7 +88,7 @@ def gate_build(prepared: Prepared, reference: Reference, target, state: ModelSta
         recipe.gates.max_drop, recipe.seed, recipe.gates.drop_type)
     candidate = deployed.results[deployed.worst]
     gates = [deployed.gate(), *pass_gates]
-    latency = _latency(prepared, reference, runner, state.tokenizer, lengths, progress)
+    latency = _latency(prepared, reference, build, runner, state.tokenizer, lengths, progress)
     if build.artifact_measured:
         gates += latency_gates(gate_latency(latency["reference"]), gate_latency(latency["build"]),
                                recipe.gates.max_latency_ms, recipe.gates.min_speedup, recipe.gates.max_latency_p95_ms)

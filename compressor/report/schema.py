@@ -138,9 +138,11 @@ class Data(_ReportModel):
 
 
 class LatencyTable(_ReportModel):
-    """The original and the build, measured interleaved in one process, shape by shape."""
+    """The original and the build, measured in interleaved rounds, shape by shape; ``isolation``:
+    "process" (each in its own process) or "shared" (both in the run's process)."""
     reference: list[Latency] = Field(default_factory=list)
     build: list[Latency] = Field(default_factory=list)
+    isolation: str | None = None  # reports before isolation was recorded: shared
 
     def pairs(self) -> list[tuple[Latency, Latency]]:
         return list(zip(self.reference, self.build))

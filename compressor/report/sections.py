@@ -127,7 +127,8 @@ def _passes(report: Report) -> list[Block]:
 def _latency(report: Report) -> Table:
     rows = tuple((str(b.batch_size), str(b.sequence_length), ms(r.p50_ms), ms(r.p95_ms), ms(b.p50_ms), ms(b.p95_ms),
                   f"{r.p50_ms / b.p50_ms:.2f}×") for r, b in report.latency.pairs())
-    return Table("Latency (ms, same process)",
+    where = "each in its own process" if report.latency.isolation == "process" else "same process"
+    return Table(f"Latency (ms, {where}, interleaved rounds)",
                  ("batch", "sequence", "PyTorch FP32 p50", "p95", "build p50", "p95", "speedup (p50)"), rows)
 
 
