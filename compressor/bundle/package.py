@@ -4,9 +4,12 @@ A bundle is a zip (every entry ZIP_STORED, names sorted, timestamps 1980-01-01, 
 holds the model, the tokenizer files, ``labels.json`` (id -> label name) and ``manifest.json``,
 which records how to feed the model (input names, dtypes, dynamic axes read from the ONNX graph;
 tokenizer, truncation, padding), the sha256 and size of every other member, the recipe, the runtime
-versions the build was gated with, the source checkpoint's hash and the gate verdicts and metrics.
-Nothing in it depends on when or where it was packaged, so packaging one build twice gives the
-same bytes. ``mcompress.runtime`` loads it with only onnxruntime, tokenizers and numpy; a bundle of
+versions the build was gated with, the source checkpoint's hash, the gate verdicts and metrics, and
+the build's provenance (report/provenance.py: an in-toto Statement, SLSA provenance v1). Nothing
+in it depends on when or where it was packaged, so packaging one build twice gives the same bytes.
+With a signing key, the bundle also holds ``signature.sigstore.json`` over every other member
+(bundle/signing.py); ECDSA signatures are randomised, so a signed bundle's bytes differ from one
+signing to the next in that member only. ``mcompress.runtime`` loads it with only onnxruntime, tokenizers and numpy; a bundle of
 an openvino-cpu build (``model_format: openvino-ir``: model.xml + model.bin) with only openvino,
 tokenizers and numpy.
 """
@@ -23,8 +26,10 @@ from pathlib import Path
 from typing import Callable
 
 from mcompress import __version__
+from mcompress.bundle.runtime import SIGNATURE
 from mcompress.core.errors import InputError
 from mcompress.core.formats import ONNX, OPENVINO_IR, TOKENIZER_FILES, ModelFormat, format_named, format_of
+from mcompress.report.provenance import build_provenance, subject_digests
 
 SCHEMA_VERSION = 1
 TASK = "text-classification"
@@ -215,8 +220,20 @@ def build_manifest(build_dir: Path, report: dict, files: dict[str, bytes], label
             "build_accuracy": (report.get("build") or {}).get("accuracy"),
             "latency": report.get("latency"),
         },
+        "provenance": _provenance(build_dir, report, files, model_names),
         "files": {name: {"sha256": _sha256(data), "bytes": len(data)} for name, data in sorted(files.items())},
     }
+
+
+def _provenance(build_dir: Path, report: dict, files: dict[str, bytes], model_names: list[str]) -> dict:
+    """The build's provenance statement (report.json's, or made from the report of a build that
+    predates it); its subjects must be the model files being packaged."""
+    statement = report.get("provenance") or build_provenance(report, model_names)
+    for name, digest in subject_digests(statement).items():
+        if name not in files or digest != _sha256(files[name]):
+            raise InputError(f"{build_dir / name} is not the model report.json's provenance names (sha256 differs).",
+                             "Rebuild with `mcompress run`.")
+    return statement
 
 
 def _labels(build_dir: Path, report: dict) -> dict[str, str]:
@@ -282,8 +299,10 @@ def _check_paths(build_dir: Path, out_file: Path, force: bool) -> Path:
     return resolved
 
 
-def package_build(build_dir: Path, out_file: Path, force: bool = False, allow_failed: bool = False) -> dict:
-    """Write ``out_file`` (a .mcpkg bundle) from ``build_dir``; return its manifest.
+def package_build(build_dir: Path, out_file: Path, force: bool = False, allow_failed: bool = False,
+                  sign_key: Path | None = None) -> dict:
+    """Write ``out_file`` (a .mcpkg bundle) from ``build_dir``, signed with the PEM EC private key
+    ``sign_key`` if given; return its manifest.
 
     Nothing in ``build_dir`` is modified; ``out_file`` appears only when complete."""
     build_dir, out_file = Path(build_dir), Path(out_file)
@@ -320,7 +339,21 @@ def package_build(build_dir: Path, out_file: Path, force: bool = False, allow_fa
     manifest = build_manifest(build_dir, report, files, labels, model_format)
     members = dict(files)
     members[MANIFEST] = (json.dumps(manifest, indent=2, sort_keys=True) + "\n").encode()
+    if sign_key is not None:
+        members[SIGNATURE] = _signature(members, sign_key, out_file.stem)
+    _write_atomically(members, resolved, out_file)
+    return manifest
 
+
+def _signature(members: dict[str, bytes], key: Path, name: str) -> bytes:
+    """The signature member over every other member's sha256 (bundle/signing.py)."""
+    from mcompress.bundle.signing import sign_digests
+
+    return sign_digests({n: _sha256(data) for n, data in members.items() if n != SIGNATURE}, key, name)
+
+
+def _write_atomically(members: dict[str, bytes], resolved: Path, out_file: Path) -> None:
+    """The zip of ``members`` at ``resolved``, appearing only when complete."""
     fd, tmp_name = tempfile.mkstemp(prefix=f".{out_file.name}.", suffix=".partial", dir=resolved.parent)
     try:
         with os.fdopen(fd, "wb") as tmp:
@@ -335,4 +368,31 @@ def package_build(build_dir: Path, out_file: Path, force: bool = False, allow_fa
         except FileNotFoundError:
             pass
         raise
-    return manifest
+
+
+def sign_bundle(bundle: Path, key: Path, out_file: Path | None = None, force: bool = False) -> str:
+    """Sign ``bundle`` (replacing any signature it has) into ``out_file`` (default: ``bundle``
+    itself, replaced atomically); return the signing key's id (bundle/signing.key_id). The bundle is verified first, so only an
+    intact bundle is signed; its members keep their bytes."""
+    from mcompress.bundle.runtime import open_bundle
+
+    bundle = Path(bundle)
+    out_file = Path(out_file) if out_file is not None else bundle
+    if out_file.suffix != ".mcpkg":
+        raise InputError(f"bundle name {out_file} must end in .mcpkg.", "Pass -o NAME.mcpkg.")
+    contents = open_bundle(bundle)
+    resolved = out_file.resolve()
+    if resolved != bundle.resolve() and out_file.exists() and not force:
+        raise InputError(f"bundle {out_file} already exists.", "Pass --force to replace it, or choose another -o.")
+    if not resolved.parent.is_dir():
+        raise InputError(f"the directory of {out_file} ({resolved.parent}) does not exist.", "Create it first.")
+    members = dict(contents.members)
+    with zipfile.ZipFile(bundle) as zf:  # the manifest's own bytes (open_bundle returns it parsed)
+        members[MANIFEST] = zf.read(MANIFEST)
+    if json.loads(members[MANIFEST]) != contents.manifest:
+        raise InputError(f"bundle {bundle} changed while it was being signed.", "Sign it again.")
+    members[SIGNATURE] = _signature(members, key, out_file.stem)
+    _write_atomically(members, resolved, out_file)
+    from mcompress.bundle.signing import signature_key_id
+
+    return signature_key_id(members[SIGNATURE])

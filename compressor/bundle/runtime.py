@@ -11,8 +11,11 @@ and numpy).
 (``..``, absolute paths, backslashes, drive letters), symlinks or other non-regular members,
 encrypted or oddly compressed members, archives over the size limits, a missing or unreadable
 manifest, members the manifest does not list, listed files that are missing, and any size or
-sha256 mismatch. The checks prove integrity against the manifest; they do not prove who made the
-bundle (the manifest itself is not signed).
+sha256 mismatch. Those checks prove integrity against the manifest, not who made the bundle. With
+``trusted_keys`` (PEM EC public keys), the bundle's signature (``signature.sigstore.json``, made by
+``mcompress package --sign-key`` or ``mcompress sign``) is checked first, and every member's
+sha256 against the signed digests (bundle/signing.py, OpenSSF model-signing, imported only then);
+without them a signature is carried but not checked, as before.
 
 This module must stay importable without torch, transformers, pydantic, typer or rich.
 """
@@ -35,6 +38,8 @@ from mcompress.core.task import TASKS, runtime_decoder
 
 SCHEMA_VERSION = 1
 MANIFEST = "manifest.json"
+SIGNATURE = "signature.sigstore.json"  # the one member the manifest does not list (it signs the manifest)
+MAX_SIGNATURE_BYTES = 1024 ** 2  # a key-signed Sigstore bundle is ~1.5 kB plus ~100 bytes a member
 MAX_TOTAL_BYTES = 2 * 1024 ** 3  # uncompressed, all members together
 MAX_MEMBERS = 10_000
 MAX_MANIFEST_BYTES = 16 * 1024 ** 2
@@ -145,7 +150,7 @@ def _read_manifest(zf: zipfile.ZipFile, by_name: dict[str, zipfile.ZipInfo], pat
 
 def _check_listing(files: dict, by_name: dict[str, zipfile.ZipInfo], path: Path) -> None:
     """The zip holds exactly the files the manifest lists (and the manifest)."""
-    unlisted = sorted(set(by_name) - set(files) - {MANIFEST})
+    unlisted = sorted(set(by_name) - set(files) - {MANIFEST, SIGNATURE})
     if unlisted:
         raise BundleError(f"bundle {path} has members its manifest does not list: {', '.join(unlisted)}.")
     missing = sorted(set(files) - set(by_name))
@@ -167,18 +172,70 @@ def _verified_member(zf: zipfile.ZipFile, info: zipfile.ZipInfo, expected: dict)
     return data
 
 
-def read_bundle(path: str | Path, max_bytes: int = MAX_TOTAL_BYTES,
-                max_members: int = MAX_MEMBERS) -> tuple[dict, dict[str, bytes]]:
-    """Verify a bundle and return (manifest, {member name: bytes}) for every member but the manifest."""
+def _member_digest(zf: zipfile.ZipFile, info: zipfile.ZipInfo) -> str:
+    """sha256 of a member, streamed (the zip's CRC is checked at the end of the stream)."""
+    digest = hashlib.sha256()
+    try:
+        with zf.open(info) as f:
+            for chunk in iter(lambda: f.read(1 << 20), b""):
+                digest.update(chunk)
+    except zipfile.BadZipFile as err:
+        raise BundleError(f"bundle member {info.filename!r} is corrupt or was modified: {err}.") from None
+    except _ZIP_ERRORS as err:
+        raise BundleError(f"bundle member {info.filename!r} cannot be read ({type(err).__name__}: {err}); "
+                          "the bundle is truncated or corrupt.") from None
+    return digest.hexdigest()
+
+
+def _verify_signature(zf: zipfile.ZipFile, by_name: dict[str, zipfile.ZipInfo], manifest: dict, path: Path,
+                      trusted_keys):
+    """The trusted key that signed exactly these members (bundle/signing.py); a BundleError otherwise."""
+    from mcompress.bundle import signing
+
+    keys = signing.load_trusted_keys(trusted_keys)
+    if SIGNATURE not in by_name:
+        raise BundleError(f"bundle {path} is unsigned (no {SIGNATURE}) and trusted keys are required; refusing it.",
+                          "Sign it with `mcompress sign BUNDLE --key KEY.pem`.")
+    if by_name[SIGNATURE].file_size > MAX_SIGNATURE_BYTES:
+        raise BundleError(f"bundle {path}: {SIGNATURE} is over {MAX_SIGNATURE_BYTES} bytes; bad signature.")
+    signed, key = signing.signed_digests(_read_member(zf, by_name[SIGNATURE]), keys, f"bundle {path}")
+    actual = {name: _member_digest(zf, info) for name, info in by_name.items() if name != SIGNATURE}
+    model_files = [manifest.get(k) for k in ("model_file", "weights_file") if isinstance(manifest.get(k), str)]
+    signing.check_members(signed, actual, model_files, f"bundle {path}")
+    return key
+
+
+@dataclass(frozen=True)
+class BundleContents:
+    manifest: dict
+    members: dict[str, bytes]  # every member the manifest lists, verified against it
+    signature: bytes | None  # signature.sigstore.json, if the bundle has one
+    signer: object | None  # the signing.TrustedKey that verified it; None when no keys were given
+
+
+def open_bundle(path: str | Path, max_bytes: int = MAX_TOTAL_BYTES, max_members: int = MAX_MEMBERS,
+                trusted_keys=None) -> BundleContents:
+    """Verify a bundle: its signature first when ``trusted_keys`` (paths of PEM EC public keys, or
+    signing.TrustedKey) are given, then every member against the manifest."""
     path = Path(path)
     zf = _open_zip(path)
     with zf:
         by_name = _checked_members(zf, path, max_bytes, max_members)
         manifest = _read_manifest(zf, by_name, path)
+        signer = _verify_signature(zf, by_name, manifest, path, trusted_keys) if trusted_keys is not None else None
         files = manifest["files"]
         _check_listing(files, by_name, path)
         members = {name: _verified_member(zf, by_name[name], files[name]) for name in sorted(files)}
-    return manifest, members
+        signature = _read_member(zf, by_name[SIGNATURE]) if SIGNATURE in by_name and SIGNATURE not in files else None
+    return BundleContents(manifest, members, signature, signer)
+
+
+def read_bundle(path: str | Path, max_bytes: int = MAX_TOTAL_BYTES, max_members: int = MAX_MEMBERS,
+                trusted_keys=None) -> tuple[dict, dict[str, bytes]]:
+    """Verify a bundle (see open_bundle) and return (manifest, {member name: bytes}) for every
+    member the manifest lists."""
+    contents = open_bundle(path, max_bytes, max_members, trusted_keys)
+    return contents.manifest, contents.members
 
 
 @dataclass
@@ -190,6 +247,7 @@ class Bundle:
     tokenizer: object = field(repr=False)
     input_dtypes: dict = field(default_factory=dict)  # model input name -> numpy dtype name
     feeds: dict = field(default_factory=dict)  # model input name -> Encoding attribute
+    signer: object | None = None  # the trusted key (signing.TrustedKey) that verified it, if keys were given
 
     @property
     def max_sequence_length(self) -> int:
@@ -290,11 +348,13 @@ def _labels(manifest: dict, members: dict[str, bytes]) -> list[str]:
 
 
 def load(path: str | Path, threads: int | None = None, max_bytes: int = MAX_TOTAL_BYTES,
-         max_members: int = MAX_MEMBERS) -> Bundle:
+         max_members: int = MAX_MEMBERS, trusted_keys=None) -> Bundle:
     """Verify ``path`` and return a ready-to-run Bundle (an ONNX Runtime CPU session built from the
     model's bytes, and the bundle's tokenizer with truncation at max_sequence_length and padding
-    to the longest text in a batch)."""
-    manifest, members = read_bundle(path, max_bytes, max_members)
+    to the longest text in a batch). With ``trusted_keys`` (paths of PEM EC public keys), a bundle
+    not signed by one of them is refused (open_bundle)."""
+    contents = open_bundle(path, max_bytes, max_members, trusted_keys)
+    manifest, members = contents.manifest, contents.members
     if runtime_decoder(manifest.get("task")) is None:
         raise BundleError(f"bundle task {manifest.get('task')!r} is not supported; this runtime runs "
                           f"{', '.join(n for n, entry in TASKS.items() if entry.runtime_decoder)}.")
@@ -324,7 +384,7 @@ def load(path: str | Path, threads: int | None = None, max_bytes: int = MAX_TOTA
         raise BundleError(f"bundle model inputs {sorted(session_inputs)} differ from the manifest's {sorted(feeds)}.")
     if num_logits is not None and num_logits != len(labels):
         raise BundleError(f"bundle model has {num_logits} logits but {len(labels)} labels.")
-    return Bundle(Path(path), manifest, labels, session, tokenizer, input_dtypes, feeds)
+    return Bundle(Path(path), manifest, labels, session, tokenizer, input_dtypes, feeds, contents.signer)
 
 
 def _onnx_session(manifest: dict, members: dict[str, bytes], model_name: str, threads: int | None):

@@ -21,6 +21,14 @@ app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_
 
 _debug = False
 
+TRUSTED_KEY_HELP = ("Refuse the bundle unless it is signed by this PEM EC public key; repeat for several "
+                    "(a fleet rotating keys trusts old and new). Needs mcompress[sign].")
+
+
+def _trusted(keys: Optional[list[Path]]) -> Optional[list[Path]]:
+    """--trusted-key values, or None (no signature check) when none were given."""
+    return list(keys) if keys else None
+
 
 def _console():
     from rich.console import Console
@@ -193,19 +201,30 @@ def check(
     max_size_growth: float = typer.Option(0.05, help="Allowed relative growth of the model file vs the baseline."),
     markdown: Optional[Path] = typer.Option(None, "--markdown", help="Also write the summary here (e.g. $GITHUB_STEP_SUMMARY)."),
     allow_unmeasured: bool = typer.Option(False, "--allow-unmeasured", help="Accept a build whose gates ran on a stand-in (a TensorRT engine built without a GPU)."),
+    bundle: Optional[Path] = typer.Option(None, "--bundle", help="Also check that this .mcpkg is the build the report gated (model sha256, source, verdicts, provenance)."),
+    trusted_keys: Optional[list[Path]] = typer.Option(None, "--trusted-key", help="With --bundle: " + TRUSTED_KEY_HELP),
 ) -> None:
-    """Exit non-zero (3) when a report's gates failed, ran on a stand-in, or it regressed against a baseline."""
-    def body():
-        from mcompress.report.check import check_report, load_report, render_markdown
+    """Exit non-zero (3) when a report's gates failed, ran on a stand-in, regressed against a baseline, or --bundle is not the gated build.
 
-        findings = check_report(load_report(report), load_report(baseline) if baseline else None,
+    Exit 2 when the bundle itself is unreadable or its signature is refused."""
+    def body():
+        from mcompress.report.check import check_bundle, check_report, load_report, render_markdown
+
+        gated = load_report(report)
+        findings = check_report(gated, load_report(baseline) if baseline else None,
                                 max_accuracy_regression, max_speedup_regression, max_size_growth, allow_unmeasured)
+        if bundle is not None:
+            from mcompress.bundle.runtime import read_bundle
+
+            findings += check_bundle(gated, read_bundle(bundle, trusted_keys=_trusted(trusted_keys))[0])
         summary = render_markdown(findings, report)
         typer.echo(summary)
         if markdown:
             with open(markdown, "a", encoding="utf-8") as f:
                 f.write(summary)
         if not all(f.passed for f in findings):
+            failed = next(f for f in findings if not f.passed)
+            _line("[bold red]check failed:[/]", f"{failed.check}: {failed.detail}")
             raise typer.Exit(int(ExitCode.GATE_FAILED))
 
     _guard(body)
@@ -217,17 +236,36 @@ def package(
     out: Path = typer.Option(..., "--out", "-o", help="Bundle to write: NAME.mcpkg."),
     force: bool = typer.Option(False, "--force", help="Replace the bundle if it exists."),
     allow_failed: bool = typer.Option(False, "--allow-failed", help="Package a build whose gates failed."),
+    sign_key: Optional[Path] = typer.Option(None, "--sign-key", help="Sign the bundle with this PEM EC private key (P-256; needs mcompress[sign])."),
 ) -> None:
-    """Package a build into one reproducible NAME.mcpkg bundle (model, tokenizer, labels, manifest)."""
+    """Package a build into one reproducible NAME.mcpkg bundle (model, tokenizer, labels, manifest with provenance)."""
     def body():
         from mcompress.bundle.package import package_build
         from mcompress.core.hashing import file_digest
 
-        manifest = package_build(build_dir, out, force=force, allow_failed=allow_failed)
+        manifest = package_build(build_dir, out, force=force, allow_failed=allow_failed, sign_key=sign_key)
         size = out.stat().st_size
         verdict = "PASS" if manifest["passed"] else "FAIL (packaged with --allow-failed)"
-        _line("[bold green]packaged[/]", f"{build_dir} -> {out} ({size / 1e6:.1f} MB, {len(manifest['files']) + 1} files, "
-                                          f"gates {verdict}, sha256 {file_digest(out)})")
+        signed = f", signed with {sign_key.name}" if sign_key else ", unsigned"
+        _line("[bold green]packaged[/]", f"{build_dir} -> {out} ({size / 1e6:.1f} MB, {len(manifest['files']) + 1 + bool(sign_key)} files, "
+                                          f"gates {verdict}{signed}, sha256 {file_digest(out)})")
+
+    _guard(body)
+
+
+@app.command()
+def sign(
+    bundle: Path = typer.Argument(..., help="Bundle written by `mcompress package` (NAME.mcpkg)."),
+    key: Path = typer.Option(..., "--key", help="PEM EC private key (P-256/384/521). Make one: openssl ecparam -name prime256v1 -genkey -noout -out KEY.pem"),
+    out: Optional[Path] = typer.Option(None, "--out", "-o", help="Signed bundle to write (default: replace BUNDLE atomically)."),
+    force: bool = typer.Option(False, "--force", help="Replace -o if it exists."),
+) -> None:
+    """Sign a bundle (OpenSSF model-signing: every member's sha256, manifest and provenance included), replacing any signature it has."""
+    def body():
+        from mcompress.bundle.package import sign_bundle
+
+        signer = sign_bundle(bundle, key, out, force)
+        _line("[bold green]signed[/]", f"{bundle} -> {out or bundle} with key sha256 {signer[:16]}…")
 
     _guard(body)
 
@@ -239,6 +277,7 @@ def predict(
     input_file: Optional[Path] = typer.Option(None, "--input", help="CSV/TSV/JSONL file of texts to classify (after any TEXTS)."),
     text_column: str = typer.Option("text", help="Text column of the --input file."),
     batch_size: int = typer.Option(32, "--batch-size", min=1, help="Texts per model call."),
+    trusted_keys: Optional[list[Path]] = typer.Option(None, "--trusted-key", help=TRUSTED_KEY_HELP),
 ) -> None:
     """Classify texts with a bundle; prints one JSON line per text: text, label, score, scores."""
     def body():
@@ -254,7 +293,7 @@ def predict(
             from mcompress.core.errors import InputError
 
             raise InputError("no texts to classify.", "Pass texts as arguments or --input FILE.jsonl.")
-        loaded = load(bundle)
+        loaded = load(bundle, trusted_keys=_trusted(trusted_keys))
         for text, result in zip(all_texts, loaded.predict(all_texts, batch_size)):
             sys.stdout.write(json.dumps({"text": text, **result}, ensure_ascii=False) + "\n")
         sys.stdout.flush()
@@ -266,23 +305,46 @@ def predict(
 def inspect(
     bundle: Path = typer.Argument(..., help="Bundle written by `mcompress package` (NAME.mcpkg)."),
     as_json: bool = typer.Option(False, "--json", help="Print the whole manifest as JSON."),
+    provenance: bool = typer.Option(False, "--provenance", help="Print the build's provenance (in-toto Statement, SLSA provenance v1) as JSON."),
+    trusted_keys: Optional[list[Path]] = typer.Option(None, "--trusted-key", help=TRUSTED_KEY_HELP),
 ) -> None:
-    """Verify a bundle (every file's sha256) and summarize its manifest."""
+    """Verify a bundle (every file's sha256; its signature with --trusted-key) and summarize its manifest."""
     def body():
         import json
 
-        from mcompress.bundle.runtime import read_bundle
+        from mcompress.bundle.runtime import open_bundle
 
-        manifest, members = read_bundle(bundle)
-        if as_json:
-            sys.stdout.write(json.dumps(manifest, indent=2, sort_keys=True) + "\n")
+        contents = open_bundle(bundle, trusted_keys=_trusted(trusted_keys))
+        if provenance:
+            from mcompress.core.errors import InputError
+
+            if not contents.manifest.get("provenance"):
+                raise InputError(f"bundle {bundle} records no provenance (packaged by an older mcompress).",
+                                 "Repackage the build with this version.")
+            sys.stdout.write(json.dumps(contents.manifest["provenance"], indent=2, sort_keys=True) + "\n")
             return
-        sys.stdout.write(_bundle_summary(bundle, manifest, members))
+        if as_json:
+            sys.stdout.write(json.dumps(contents.manifest, indent=2, sort_keys=True) + "\n")
+            return
+        sys.stdout.write(_bundle_summary(bundle, contents.manifest, contents.members, _signature_line(contents)))
 
     _guard(body)
 
 
-def _bundle_summary(bundle: Path, m: dict, members: dict[str, bytes]) -> str:
+def _signature_line(contents) -> str:
+    if contents.signer is not None:
+        return (f"verified: signed by trusted key {contents.signer.path} "
+                f"(sha256 {contents.signer.key_id[:16]}…), every member matches the signed digests")
+    if contents.signature is None:
+        return "unsigned"
+    from mcompress.bundle.signing import signature_key_id
+
+    named = signature_key_id(contents.signature)
+    return (f"signed (not verified; pass --trusted-key PUB.pem), key sha256 {named[:16]}…" if named
+            else "signed (not verified; the signature names no key)")
+
+
+def _bundle_summary(bundle: Path, m: dict, members: dict[str, bytes], signature: str = "unsigned") -> str:
     import json
 
     files = m.get("files", {})
@@ -305,6 +367,9 @@ def _bundle_summary(bundle: Path, m: dict, members: dict[str, bytes]) -> str:
     runtime = m.get("runtime", {})
     lines.append("runtime  gated with " + ", ".join(f"{k} {v}" for k, v in runtime.items() if v))
     lines.append(f"source   checkpoint sha256 {(m.get('source') or {}).get('sha256')}")
+    lines.append(f"signature {signature}")
+    if m.get("provenance"):
+        lines.append("provenance in-toto Statement, SLSA provenance v1 (mcompress inspect --provenance)")
     lines.append(f"gates    {'PASS' if m.get('passed') else 'FAIL'}")
     for g in m.get("gates", []):
         ci = f", 95% CI [{g['ci95'][0]:.2f}, {g['ci95'][1]:.2f}]" if g.get("ci95") else ""

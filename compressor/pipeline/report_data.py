@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from mcompress import __version__
+from mcompress.core.formats import format_of
 from mcompress.core.manager import PassRecord
 from mcompress.metrics.machine import library_versions, machine_info
 from mcompress.metrics.roofline import PEAK_SHAPE, distance_to_limit
@@ -10,6 +11,7 @@ from mcompress.metrics.tokenization import segmentation_change
 from mcompress.pipeline.gating import GatedBuild
 from mcompress.pipeline.prepare import Prepared
 from mcompress.pipeline.reference import Reference
+from mcompress.report.provenance import build_provenance
 from mcompress.report.schema import REPORT_SCHEMA, Report
 
 
@@ -39,8 +41,10 @@ def _data_section(prepared: Prepared, reference: Reference, gated: GatedBuild) -
     return {
         "eval": {"source": eval_data.source, "examples": len(eval_data), "sha256": eval_data.content_hash(),
                  "median_tokens": gated.median_tokens, "truncated_fraction": gated.truncated_fraction, **resegmented},
-        "selection": {"source": data.selection.source, "examples": len(prepared.selection_data)},
-        "calibration": {"source": data.calibration.source, "examples": len(data.calibration)},
+        "selection": {"source": data.selection.source, "examples": len(prepared.selection_data),
+                      "sha256": prepared.selection_data.content_hash()},
+        "calibration": {"source": data.calibration.source, "examples": len(data.calibration),
+                        "sha256": data.calibration.content_hash()},
         "notes": data.notes,
     }
 
@@ -89,4 +93,7 @@ def assemble_report(prepared: Prepared, reference: Reference, target, state, rec
     }
     if gated.build.summary:
         report["target_build"] = dict(gated.build.summary)
+    model_format = format_of(gated.build.model_file)
+    model_files = [p.name for p in model_format.files(gated.build.model_file)] if model_format else [gated.build.model_file.name]
+    report["provenance"] = build_provenance(report, model_files)
     return Report.model_validate(report)

@@ -10,6 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+from mcompress.report.provenance import subject_digests
 from mcompress.report.schema import Report
 
 
@@ -58,6 +59,38 @@ def check_report(report: Report | dict, baseline: Report | dict | None = None, m
     old_size, new_size = baseline.artifact.model_bytes, report.artifact.model_bytes
     findings.append(Finding("size vs baseline", new_size <= old_size * (1 + max_size_growth),
                             f"{old_size / 1e6:.1f} MB -> {new_size / 1e6:.1f} MB (tolerance {max_size_growth:.0%})"))
+    return findings
+
+
+def _gate_records(gates: list) -> list[tuple]:
+    return [(g.get("name"), g.get("passed"), g.get("value"), g.get("threshold")) for g in gates if isinstance(g, dict)]
+
+
+def check_bundle(report: Report | dict, manifest: dict) -> list[Finding]:
+    """Whether a bundle (its verified manifest, bundle.runtime.read_bundle) is the build ``report``
+    gated: the same model files (sha256), source checkpoint, verdicts and provenance."""
+    report = Report.parse(report)
+    files = manifest.get("files") if isinstance(manifest.get("files"), dict) else {}
+    gated = subject_digests(report.provenance) or {
+        report.artifact.model_file: getattr(report.artifact.files.get(report.artifact.model_file), "sha256", None)}
+    differing = [n for n, digest in gated.items() if (files.get(n) or {}).get("sha256") != digest]
+    findings = [Finding("bundle model is the gated build's", not differing,
+                        "differs: " + ", ".join(f"{n} sha256 {str((files.get(n) or {}).get('sha256'))[:16]}… in the bundle, "
+                                                f"{str(gated[n])[:16]}… gated" for n in differing) if differing
+                        else ", ".join(f"{n} sha256 {str(d)[:16]}…" for n, d in gated.items()))]
+    source = (manifest.get("source") or {}).get("sha256")
+    findings.append(Finding("bundle source checkpoint", source == report.source.sha256,
+                            f"bundle {str(source)[:16]}…, report {report.source.sha256[:16]}…"))
+    gates = _gate_records([g.model_dump(mode="json") for g in report.gates])
+    same = manifest.get("passed") == report.passed and _gate_records(manifest.get("gates") or []) == gates
+    findings.append(Finding("bundle gate verdicts", same, f"{len(gates)} gates, {report.verdict()}" if same else
+                            f"bundle {'PASS' if manifest.get('passed') else 'FAIL'} with "
+                            f"{_gate_records(manifest.get('gates') or [])}, report {report.verdict()} with {gates}"))
+    if report.provenance is not None:
+        recorded = manifest.get("provenance")
+        findings.append(Finding("bundle provenance", recorded == report.provenance,
+                                "identical to the report's" if recorded == report.provenance else
+                                "the bundle has none" if recorded is None else "differs from the report's"))
     return findings
 
 

@@ -128,6 +128,7 @@ class EvalData(_ReportModel):
 class SplitData(_ReportModel):
     source: str = ""
     examples: int = 0
+    sha256: str | None = None  # content_hash() of the examples; reports before provenance have none
 
 
 class Data(_ReportModel):
@@ -252,6 +253,7 @@ class Report(_ReportModel):
     out: str | None = None
     cpu_auto: CpuAutoChoice | None = None
     sections: list[Table] = Field(default_factory=list)  # contributed by tasks and targets, shown after the standard ones
+    provenance: dict[str, Any] | None = None  # in-toto Statement, SLSA provenance v1 (report/provenance.py)
 
     @classmethod
     def load(cls, path: Path) -> Report:
