@@ -187,8 +187,22 @@ def _member_digest(zf: zipfile.ZipFile, info: zipfile.ZipInfo) -> str:
     return digest.hexdigest()
 
 
-def _verify_signature(zf: zipfile.ZipFile, by_name: dict[str, zipfile.ZipInfo], manifest: dict, path: Path,
-                      trusted_keys):
+def _named_model_files(zf: zipfile.ZipFile, by_name: dict[str, zipfile.ZipInfo]) -> list[str]:
+    """The model files the manifest names, read leniently (before it is checked): a signature check
+    runs first and names a changed model as such; [] when the manifest is unreadable."""
+    info = by_name.get(MANIFEST)
+    if info is None or info.file_size > MAX_MANIFEST_BYTES:
+        return []
+    try:
+        manifest = json.loads(zf.read(info).decode("utf-8"))
+    except (*_ZIP_ERRORS, UnicodeDecodeError):
+        return []
+    if not isinstance(manifest, dict):
+        return []
+    return [manifest[k] for k in ("model_file", "weights_file") if isinstance(manifest.get(k), str)]
+
+
+def _verify_signature(zf: zipfile.ZipFile, by_name: dict[str, zipfile.ZipInfo], path: Path, trusted_keys):
     """The trusted key that signed exactly these members (bundle/signing.py); a BundleError otherwise."""
     from mcompress.bundle import signing
 
@@ -200,8 +214,7 @@ def _verify_signature(zf: zipfile.ZipFile, by_name: dict[str, zipfile.ZipInfo], 
         raise BundleError(f"bundle {path}: {SIGNATURE} is over {MAX_SIGNATURE_BYTES} bytes; bad signature.")
     signed, key = signing.signed_digests(_read_member(zf, by_name[SIGNATURE]), keys, f"bundle {path}")
     actual = {name: _member_digest(zf, info) for name, info in by_name.items() if name != SIGNATURE}
-    model_files = [manifest.get(k) for k in ("model_file", "weights_file") if isinstance(manifest.get(k), str)]
-    signing.check_members(signed, actual, model_files, f"bundle {path}")
+    signing.check_members(signed, actual, _named_model_files(zf, by_name), f"bundle {path}")
     return key
 
 
@@ -221,8 +234,9 @@ def open_bundle(path: str | Path, max_bytes: int = MAX_TOTAL_BYTES, max_members:
     zf = _open_zip(path)
     with zf:
         by_name = _checked_members(zf, path, max_bytes, max_members)
+        # the signature first: a member changed after signing is named as such, whatever it broke
+        signer = _verify_signature(zf, by_name, path, trusted_keys) if trusted_keys is not None else None
         manifest = _read_manifest(zf, by_name, path)
-        signer = _verify_signature(zf, by_name, manifest, path, trusted_keys) if trusted_keys is not None else None
         files = manifest["files"]
         _check_listing(files, by_name, path)
         members = {name: _verified_member(zf, by_name[name], files[name]) for name in sorted(files)}

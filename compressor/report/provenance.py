@@ -84,7 +84,7 @@ def build_provenance(report: dict, model_files: list[str]) -> dict:
                 "resolvedDependencies": [
                     _dependency("checkpoint", source.get("sha256"), model_type=source.get("model_type"),
                                 architecture=source.get("architecture"), task=source.get("task")),
-                    _dependency("recipe", recipe_digest(recipe), name=recipe.get("name")),
+                    _dependency("recipe", recipe_digest(recipe), recipe_name=recipe.get("name")),
                     *_data_dependencies(report.get("data") or {}),
                 ],
             },
