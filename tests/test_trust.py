@@ -119,6 +119,7 @@ def _with_model(members: dict[str, bytes], model: bytes, update_manifest: bool) 
 # --- signing and verifying -----------------------------------------------------------------------
 
 
+@pytest.mark.slow  # the module's build fixture (a pipeline run) falls on it
 def test_signed_bundle_loads_with_its_key(build, signed, keys):
     fleet_pub, other_pub = keys["fleet"][1], keys["other"][1]
     unverified = load(signed)
@@ -362,6 +363,7 @@ print(json.dumps(sorted({m.split(".")[0] for m in sys.modules} & {"model_signing
 """
 
 
+@pytest.mark.slow  # two fresh interpreters, one importing model-signing
 def test_verification_needs_no_torch_and_model_signing_only_with_keys(signed, keys):
     def imported(*args) -> list[str]:
         proc = subprocess.run([sys.executable, "-c", _VERIFY_SCRIPT, str(signed), *map(str, args)],
