@@ -252,6 +252,14 @@ def test_unusable_trusted_keys_are_input_errors(signed, keys, tmp_path):
         load(signed, trusted_keys=[keys["fleet"][0]])  # the private key file
     with pytest.raises(InputError, match="list is empty"):
         load(signed, trusted_keys=[])
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import rsa
+
+    rsa_pub = tmp_path / "rsa.pub.pem"
+    rsa_pub.write_bytes(rsa.generate_private_key(65537, 2048).public_key().public_bytes(
+        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo))
+    with pytest.raises(InputError, match="not a PEM EC public key"):
+        load(signed, trusted_keys=[rsa_pub])
 
 
 # --- provenance ----------------------------------------------------------------------------------

@@ -67,13 +67,15 @@ def sign_digests(digests: dict[str, str], private_key: Path, name: str = "bundle
     """The Sigstore bundle (JSON bytes) that signs ``digests`` (member name -> sha256 hex) with the
     PEM EC private key at ``private_key``."""
     manifest, hashing, sign_ec_key, _, signing = _model_signing()
+    from cryptography.exceptions import UnsupportedAlgorithm
+
     private_key = Path(private_key)
     try:
         signer = sign_ec_key.Signer(private_key)
     except FileNotFoundError:
         raise InputError(f"signing key {private_key} does not exist.",
                          "Create one: openssl ecparam -name prime256v1 -genkey -noout -out KEY.pem") from None
-    except (ValueError, TypeError, OSError) as err:
+    except (ValueError, TypeError, AttributeError, OSError, UnsupportedAlgorithm) as err:  # AttributeError: not an EC key
         raise InputError(f"signing key {private_key} is not an unencrypted PEM EC private key (P-256/384/521): {err}",
                          "Create one: openssl ecparam -name prime256v1 -genkey -noout -out KEY.pem") from None
     serialization = manifest._FileSerialization(HASH_ALGORITHM, allow_symlinks=False, ignore_paths=[SIGNATURE])
@@ -95,6 +97,8 @@ def load_trusted_keys(paths: Iterable[str | Path | TrustedKey]) -> list[TrustedK
     """Each PEM EC public key as a verifier (a TrustedKey passes through, so a server loads its
     keys once); an InputError naming the first unusable one."""
     _, _, sign_ec_key, _, _ = _model_signing()
+    from cryptography.exceptions import UnsupportedAlgorithm
+
     keys = []
     for path in paths:
         if isinstance(path, TrustedKey):
@@ -105,7 +109,7 @@ def load_trusted_keys(paths: Iterable[str | Path | TrustedKey]) -> list[TrustedK
             verifier = sign_ec_key.Verifier(path)
         except FileNotFoundError:
             raise InputError(f"trusted key {path} does not exist.", "Pass the signer's public key (PEM).") from None
-        except (ValueError, TypeError, OSError) as err:
+        except (ValueError, TypeError, AttributeError, OSError, UnsupportedAlgorithm) as err:  # AttributeError: not EC
             raise InputError(f"trusted key {path} is not a PEM EC public key (P-256/384/521): {err}",
                              "Export it with: openssl ec -in KEY.pem -pubout -out KEY.pub.pem") from None
         keys.append(TrustedKey(path, key_id(verifier._public_key), verifier))
@@ -144,8 +148,6 @@ def _parse(signature: bytes, where: str):
 def signed_digests(signature: bytes, keys: list[TrustedKey], where: str) -> tuple[dict[str, str], TrustedKey]:
     """Check the signature with the trusted key it names; return the signed digests (member name
     -> sha256 hex) and that key."""
-    from cryptography.exceptions import InvalidSignature
-
     parsed = _parse(signature, where)
     hint = signature_key_id(signature)
     if not hint:
@@ -158,16 +160,19 @@ def signed_digests(signature: bytes, keys: list[TrustedKey], where: str) -> tupl
                              f"trusted: {trusted}).", "Trust the signer's public key with --trusted-key, or re-sign.")
     try:
         signed = key.verifier.verify(parsed)
-    except (InvalidSignature, ValueError, KeyError, TypeError) as err:
+    except Exception as err:  # InvalidSignature, ValueError, KeyError...: whatever the library finds wrong, it is refused
         raise SignatureError(f"{where}: the signature does not verify with trusted key {key.path.name} "
                              f"({type(err).__name__}); bad signature.") from None
-    digests = {}
-    for descriptor in signed.resource_descriptors():
-        if descriptor.digest.algorithm != HASH_ALGORITHM:
-            raise SignatureError(f"{where}: the signature uses {descriptor.digest.algorithm}, not "
-                                 f"{HASH_ALGORITHM} file digests; bad signature.")
-        digests[descriptor.identifier] = descriptor.digest.digest_hex
-    return digests, key
+    try:
+        digests = {d.identifier: (d.digest.algorithm, d.digest.digest_hex) for d in signed.resource_descriptors()}
+    except Exception as err:  # a verified statement whose resources model-signing cannot order or name
+        raise SignatureError(f"{where}: the signed statement lists unusable resources ({type(err).__name__}); "
+                             "bad signature.") from None
+    for identifier, (algorithm, _) in digests.items():
+        if algorithm != HASH_ALGORITHM:
+            raise SignatureError(f"{where}: the signature uses {algorithm}, not {HASH_ALGORITHM} file digests; "
+                                 "bad signature.")
+    return {identifier: digest for identifier, (_, digest) in digests.items()}, key
 
 
 def check_members(signed: dict[str, str], actual: dict[str, str], model_files: list[str], where: str) -> None:
