@@ -99,6 +99,8 @@ def load_trusted_keys(paths: Iterable[str | Path | TrustedKey]) -> list[TrustedK
     _, _, sign_ec_key, _, _ = _model_signing()
     from cryptography.exceptions import UnsupportedAlgorithm
 
+    if isinstance(paths, (str, Path, TrustedKey)):  # one key given where a list is expected
+        paths = [paths]
     keys = []
     for path in paths:
         if isinstance(path, TrustedKey):
