@@ -346,12 +346,18 @@ def test_cli_package_sign_predict(build, keys, tmp_path):
     refused = runner.invoke(app, ["predict", str(out), "great", "--trusted-key", str(keys["fleet"][1])])
     assert refused.exit_code == ExitCode.BAD_INPUT and UNTRUSTED in refused.output
     assert len(refused.output.strip().splitlines()) == 1
-    result = runner.invoke(app, ["sign", str(out), "--key", str(keys["fleet"][0])])  # in place
+    before = out.read_bytes()
+    in_place = runner.invoke(app, ["sign", str(out), "--key", str(keys["fleet"][0]), "-o", str(out)])
+    assert in_place.exit_code == ExitCode.BAD_INPUT and "never modified" in in_place.output
+    resigned = tmp_path / "cli.fleet.mcpkg"
+    result = runner.invoke(app, ["sign", str(out), "--key", str(keys["fleet"][0]), "-o", str(resigned)])
     assert result.exit_code == 0, result.output
+    assert out.read_bytes() == before  # the input bundle is untouched
+    out = resigned
     result = runner.invoke(app, ["predict", str(out), "great", "--trusted-key", str(keys["other"][1]),
                                  "--trusted-key", str(keys["fleet"][1])])
     assert result.exit_code == 0 and json.loads(result.stdout.splitlines()[0])["text"] == "great"
-    bad_key = runner.invoke(app, ["sign", str(out), "--key", str(keys["fleet"][1])])
+    bad_key = runner.invoke(app, ["sign", str(out), "--key", str(keys["fleet"][1]), "-o", str(tmp_path / "x.mcpkg")])
     assert bad_key.exit_code == ExitCode.BAD_INPUT and "not an unencrypted PEM EC private key" in bad_key.output
 
 

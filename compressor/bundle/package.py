@@ -370,19 +370,21 @@ def _write_atomically(members: dict[str, bytes], resolved: Path, out_file: Path)
         raise
 
 
-def sign_bundle(bundle: Path, key: Path, out_file: Path | None = None, force: bool = False) -> str:
-    """Sign ``bundle`` (replacing any signature it has) into ``out_file`` (default: ``bundle``
-    itself, replaced atomically); return the signing key's id (bundle/signing.key_id). The bundle is verified first, so only an
-    intact bundle is signed; its members keep their bytes."""
+def sign_bundle(bundle: Path, key: Path, out_file: Path, force: bool = False) -> str:
+    """Sign ``bundle`` (replacing any signature it has) into a new file ``out_file`` (the input
+    bundle is never modified); return the signing key's id (bundle/signing.key_id). The bundle is
+    verified first, so only an intact bundle is signed; its members keep their bytes."""
     from mcompress.bundle.runtime import open_bundle
 
-    bundle = Path(bundle)
-    out_file = Path(out_file) if out_file is not None else bundle
+    bundle, out_file = Path(bundle), Path(out_file)
     if out_file.suffix != ".mcpkg":
         raise InputError(f"bundle name {out_file} must end in .mcpkg.", "Pass -o NAME.mcpkg.")
     contents = open_bundle(bundle)
     resolved = out_file.resolve()
-    if resolved != bundle.resolve() and out_file.exists() and not force:
+    if resolved == bundle.resolve():
+        raise InputError(f"-o {out_file} is the bundle being signed; the input is never modified.",
+                         "Pass another -o, e.g. NAME.signed.mcpkg.")
+    if out_file.exists() and not force:
         raise InputError(f"bundle {out_file} already exists.", "Pass --force to replace it, or choose another -o.")
     if not resolved.parent.is_dir():
         raise InputError(f"the directory of {out_file} ({resolved.parent}) does not exist.", "Create it first.")

@@ -257,7 +257,7 @@ def package(
 def sign(
     bundle: Path = typer.Argument(..., help="Bundle written by `mcompress package` (NAME.mcpkg)."),
     key: Path = typer.Option(..., "--key", help="PEM EC private key (P-256/384/521). Make one: openssl ecparam -name prime256v1 -genkey -noout -out KEY.pem"),
-    out: Optional[Path] = typer.Option(None, "--out", "-o", help="Signed bundle to write (default: replace BUNDLE atomically)."),
+    out: Path = typer.Option(..., "--out", "-o", help="Signed bundle to write (BUNDLE itself is never modified)."),
     force: bool = typer.Option(False, "--force", help="Replace -o if it exists."),
 ) -> None:
     """Sign a bundle (OpenSSF model-signing: every member's sha256, manifest and provenance included), replacing any signature it has."""
@@ -265,7 +265,7 @@ def sign(
         from mcompress.bundle.package import sign_bundle
 
         signer = sign_bundle(bundle, key, out, force)
-        _line("[bold green]signed[/]", f"{bundle} -> {out or bundle} with key sha256 {signer[:16]}…")
+        _line("[bold green]signed[/]", f"{bundle} -> {out} with key sha256 {signer[:16]}…")
 
     _guard(body)
 
