@@ -25,9 +25,9 @@ from typing import Callable
 from mcompress import __version__
 from mcompress.core.errors import InputError
 from mcompress.core.formats import ONNX, OPENVINO_IR, TOKENIZER_FILES, ModelFormat, format_named, format_of
+from mcompress.core.task import TASKS, UNRECORDED_TASK, runtime_decoder
 
 SCHEMA_VERSION = 1
-TASK = "text-classification"
 MANIFEST = "manifest.json"
 LABELS = "labels.json"
 # The tokenizer file the runtime reads is tokenizer.json; the others (TOKENIZER_FILES) ride along
@@ -159,7 +159,7 @@ BUNDLED = {ONNX.name: _Bundled(_graph_io, _onnx_runtime), OPENVINO_IR.name: _Bun
 
 
 def build_manifest(build_dir: Path, report: dict, files: dict[str, bytes], labels: dict[str, str],
-                   model_format: ModelFormat) -> dict:
+                   model_format: ModelFormat, task: str = UNRECORDED_TASK) -> dict:
     model_file = model_format.model_file
     model_names = [p.name for p in model_format.files(build_dir / model_file)]
     inputs, outputs = BUNDLED[model_format.name].describe_io([files[n] for n in model_names], build_dir / model_file)
@@ -177,7 +177,7 @@ def build_manifest(build_dir: Path, report: dict, files: dict[str, bytes], label
     gates = report.get("gates") or []
     return {
         "schema_version": SCHEMA_VERSION,
-        "task": TASK,
+        "task": task,
         "target": report.get("target"),
         "mcompress_version": __version__,
         "built_with_mcompress": report.get("mcompress_version"),
@@ -213,6 +213,8 @@ def build_manifest(build_dir: Path, report: dict, files: dict[str, bytes], label
             "eval_sha256": ((report.get("data") or {}).get("eval") or {}).get("sha256"),
             "reference_accuracy": (report.get("reference") or {}).get("accuracy"),
             "build_accuracy": (report.get("build") or {}).get("accuracy"),
+            "reference_score": (report.get("reference") or {}).get("score"),
+            "build_score": (report.get("build") or {}).get("score"),
             "latency": report.get("latency"),
         },
         "files": {name: {"sha256": _sha256(data), "bytes": len(data)} for name, data in sorted(files.items())},
@@ -256,9 +258,8 @@ def _zip_bytes(members: dict[str, bytes], out) -> None:
             zf.writestr(info, members[name])
 
 
-def _check_paths(build_dir: Path, out_file: Path, force: bool) -> Path:
-    """Refuse a build directory that is not one, and a bundle path that is unusable; return the
-    bundle's resolved path."""
+def _check_build_dir(build_dir: Path) -> None:
+    """Refuse a build directory that is not one."""
     if not build_dir.exists():
         raise InputError(f"build directory {build_dir} does not exist.", "Pass the --out directory of `mcompress run`.")
     if not build_dir.is_dir():
@@ -267,6 +268,12 @@ def _check_paths(build_dir: Path, out_file: Path, force: bool) -> Path:
     if missing:
         raise InputError(f"build directory {build_dir} lacks {', '.join(missing)}.",
                          "Pass a complete build written by `mcompress run`.")
+
+
+def _check_paths(build_dir: Path, out_file: Path, force: bool) -> Path:
+    """Refuse a build directory that is not one, and a bundle path that is unusable; return the
+    bundle's resolved path."""
+    _check_build_dir(build_dir)
     if out_file.suffix != ".mcpkg":
         raise InputError(f"bundle name {out_file} must end in .mcpkg.", "Pass -o NAME.mcpkg.")
     resolved = out_file.resolve()
@@ -282,28 +289,24 @@ def _check_paths(build_dir: Path, out_file: Path, force: bool) -> Path:
     return resolved
 
 
-def package_build(build_dir: Path, out_file: Path, force: bool = False, allow_failed: bool = False) -> dict:
-    """Write ``out_file`` (a .mcpkg bundle) from ``build_dir``; return its manifest.
-
-    Nothing in ``build_dir`` is modified; ``out_file`` appears only when complete."""
-    build_dir, out_file = Path(build_dir), Path(out_file)
-    resolved = _check_paths(build_dir, out_file, force)
-    report = _read_json(build_dir / "report.json", "build report")
-    task = (report.get("source") or {}).get("task", TASK)
-    if task != TASK:
-        raise InputError(f"build {build_dir} is a {task} model; bundles and the bundle runtime support {TASK} only so far.",
+def _bundled_task(build_dir: Path, report: dict) -> str:
+    task = (report.get("source") or {}).get("task", UNRECORDED_TASK)
+    if runtime_decoder(task) is None:
+        supported = ", ".join(n for n, entry in TASKS.items() if entry.runtime_decoder)
+        raise InputError(f"build {build_dir} is a {task} model; bundles and the bundle runtime support {supported} so far.",
                          "Deploy the build directory itself (model.onnx, config.json, tokenizer files) with ONNX Runtime or Optimum.")
-    if not report.get("passed") and not allow_failed:
-        failed = ", ".join(g.get("name", "?") for g in report.get("gates", []) if not g.get("passed")) or "unknown"
-        raise InputError(f"build {build_dir} failed its gates ({failed}); refusing to package it.",
-                         "Pass --allow-failed to package it anyway.")
+    return task
+
+
+def _build_files(build_dir: Path, report: dict) -> tuple[dict[str, bytes], dict[str, str], ModelFormat]:
+    """The bundle's members but the manifest (model, tokenizer files, labels.json), checked against
+    the sha256 report.json recorded when the build was gated; the label map; the model format."""
     model_format = _bundled_format(build_dir, report)
     model_files = [p.name for p in model_format.files(build_dir / model_format.model_file)]
     missing = [name for name in model_files if not (build_dir / name).is_file()]
     if missing:
         raise InputError(f"build directory {build_dir} lacks {', '.join(missing)}.",
                          "Pass a complete build written by `mcompress run`.")
-
     files = {name: (build_dir / name).read_bytes() for name in model_files}
     for name in TOKENIZER_FILES:
         if (build_dir / name).is_file():
@@ -316,15 +319,52 @@ def package_build(build_dir: Path, out_file: Path, force: bool = False, allow_fa
         if expected and expected != _sha256(data):
             raise InputError(f"{build_dir / name} changed since the build was gated (sha256 differs from report.json).",
                              "Rebuild with `mcompress run`.")
+    return files, labels, model_format
 
-    manifest = build_manifest(build_dir, report, files, labels, model_format)
+
+def _zipped(files: dict[str, bytes], manifest: dict) -> bytes:
+    import io
+
     members = dict(files)
     members[MANIFEST] = (json.dumps(manifest, indent=2, sort_keys=True) + "\n").encode()
+    buffer = io.BytesIO()
+    _zip_bytes(members, buffer)
+    return buffer.getvalue()
 
+
+def bundle_bytes(build_dir: Path, allow_failed: bool = False, reference_data: Path | None = None) -> tuple[bytes, dict]:
+    """The bundle of ``build_dir`` as bytes, and its manifest, built in memory (``mcompress
+    package`` writes these bytes; ``mcompress serve BUILD_DIR`` loads them). The manifest's
+    ``monitoring`` reference comes from running this very bundle on the eval data (bundle/monitoring.py)."""
+    build_dir = Path(build_dir)
+    _check_build_dir(build_dir)
+    report = _read_json(build_dir / "report.json", "build report")
+    task = _bundled_task(build_dir, report)
+    if not report.get("passed") and not allow_failed:
+        failed = ", ".join(g.get("name", "?") for g in report.get("gates", []) if not g.get("passed")) or "unknown"
+        raise InputError(f"build {build_dir} failed its gates ({failed}); refusing to package it.",
+                         "Pass --allow-failed to package it anyway.")
+    files, labels, model_format = _build_files(build_dir, report)
+    manifest = build_manifest(build_dir, report, files, labels, model_format, task)
+    from mcompress.bundle.reference import monitoring_reference
+
+    manifest["monitoring"] = monitoring_reference(build_dir, report, task, labels, _zipped(files, manifest),
+                                                  reference_data)
+    return _zipped(files, manifest), manifest
+
+
+def package_build(build_dir: Path, out_file: Path, force: bool = False, allow_failed: bool = False,
+                  reference_data: Path | None = None) -> dict:
+    """Write ``out_file`` (a .mcpkg bundle) from ``build_dir``; return its manifest.
+
+    Nothing in ``build_dir`` is modified; ``out_file`` appears only when complete."""
+    build_dir, out_file = Path(build_dir), Path(out_file)
+    resolved = _check_paths(build_dir, out_file, force)
+    data, manifest = bundle_bytes(build_dir, allow_failed, reference_data)
     fd, tmp_name = tempfile.mkstemp(prefix=f".{out_file.name}.", suffix=".partial", dir=resolved.parent)
     try:
         with os.fdopen(fd, "wb") as tmp:
-            _zip_bytes(members, tmp)
+            tmp.write(data)
             tmp.flush()
             os.fsync(tmp.fileno())
         os.chmod(tmp_name, 0o644)

@@ -233,6 +233,35 @@ def package(
 
 
 @app.command()
+def serve(
+    model: Path = typer.Argument(..., help="Bundle (NAME.mcpkg) or build directory (packaged in memory) to serve."),
+    host: str = typer.Option("127.0.0.1", help="Address to listen on."),
+    port: int = typer.Option(8000, help="Port to listen on."),
+    max_batch_size: int = typer.Option(32, "--max-batch-size", help="Texts per model call (the length-bucket size)."),
+    max_wait_ms: float = typer.Option(5.0, "--max-wait-ms", help="How long a batch waits for requests still arriving."),
+    max_queue: int = typer.Option(256, "--max-queue", help="Requests that may wait for the model; more get 503."),
+    max_texts: int = typer.Option(64, "--max-texts", help="Texts per request."),
+    max_chars: int = typer.Option(10_000, "--max-chars", help="Characters per text."),
+    max_body_bytes: int = typer.Option(1_048_576, "--max-body-bytes", help="Request body size."),
+    drift_window: int = typer.Option(2000, "--drift-window", help="Recent texts the drift monitor compares."),
+    threads: Optional[int] = typer.Option(None, "--threads", min=1, help="Model intra-op threads."),
+    allow_failed: bool = typer.Option(False, "--allow-failed", help="Serve a build directory whose gates failed."),
+) -> None:
+    """Serve a bundle or build over HTTP: POST /v1/predict, /v1/model, /v1/monitor, /metrics, /healthz, /readyz."""
+    def body():
+        from mcompress.serve.config import ServeConfig
+        from mcompress.serve.server import serve as run_server
+
+        config = ServeConfig(model, host, port, max_batch_size, max_wait_ms, max_queue, max_texts, max_chars,
+                             max_body_bytes, drift_window, threads, allow_failed)
+        return config, run_server
+
+    config, run_server = _guard(body)
+    # outside _guard's handlers: uvicorn handles SIGTERM/SIGINT itself (drain, then exit 0)
+    _guard(run_server, config, lambda url: _line("[bold green]serving[/]", f"{model} at {url} (docs: {url}/docs)"))
+
+
+@app.command()
 def predict(
     bundle: Path = typer.Argument(..., help="Bundle written by `mcompress package` (NAME.mcpkg)."),
     texts: Optional[list[str]] = typer.Argument(None, help="Texts to classify."),
