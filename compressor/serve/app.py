@@ -157,6 +157,7 @@ def create_app(bundle, config: ServeConfig, model_sha256: str):
     from fastapi import FastAPI, Request
     from fastapi.exceptions import RequestValidationError
     from fastapi.responses import Response
+    from starlette.exceptions import HTTPException as StarletteHTTPException
 
     state = AppState(bundle, config, model_sha256)
     PredictRequest, PredictResponse, Error = _models(config)
@@ -180,6 +181,12 @@ def create_app(bundle, config: ServeConfig, model_sha256: str):
         field = _field_of(errors)
         return _json(422, {"error": f"{field}: {first.get('msg', 'invalid request')}", "field": field,
                            "detail": errors})
+
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(request: Request, exc: StarletteHTTPException):
+        if exc.status_code == 400:  # FastAPI could not parse the body (not UTF-8, not the declared form)
+            return _json(422, {"error": f"body: {exc.detail}; send UTF-8 JSON {{\"texts\": [...]}}", "field": "body"})
+        return _json(exc.status_code, {"error": str(exc.detail)}, getattr(exc, "headers", None))
 
     _routes(app, state, PredictRequest, PredictResponse, Error, Response)
     return _Limits(app, state)
