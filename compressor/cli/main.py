@@ -217,17 +217,21 @@ def package(
     out: Path = typer.Option(..., "--out", "-o", help="Bundle to write: NAME.mcpkg."),
     force: bool = typer.Option(False, "--force", help="Replace the bundle if it exists."),
     allow_failed: bool = typer.Option(False, "--allow-failed", help="Package a build whose gates failed."),
+    reference_data: Optional[Path] = typer.Option(None, "--reference-data",
+                                                  help="Eval data for the monitoring reference (default: the one report.json records)."),
 ) -> None:
     """Package a build into one reproducible NAME.mcpkg bundle (model, tokenizer, labels, manifest)."""
     def body():
         from mcompress.bundle.package import package_build
         from mcompress.core.hashing import file_digest
 
-        manifest = package_build(build_dir, out, force=force, allow_failed=allow_failed)
+        manifest = package_build(build_dir, out, force=force, allow_failed=allow_failed, reference_data=reference_data)
         size = out.stat().st_size
         verdict = "PASS" if manifest["passed"] else "FAIL (packaged with --allow-failed)"
         _line("[bold green]packaged[/]", f"{build_dir} -> {out} ({size / 1e6:.1f} MB, {len(manifest['files']) + 1} files, "
                                           f"gates {verdict}, sha256 {file_digest(out)})")
+        if "unavailable" in manifest["monitoring"]:
+            _line("[yellow]note:[/]", f"no drift-monitoring reference in the bundle: {manifest['monitoring']['unavailable']}.")
 
     _guard(body)
 
