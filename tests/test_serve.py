@@ -277,3 +277,32 @@ def test_the_api_holds_to_its_openapi_schema(fuzzed_server):
 
         check()
     assert fuzzed_server.process.poll() is None, fuzzed_server.output()
+
+
+def test_triton_repository_from_a_bundle(classifier_bundle, tmp_path):
+    """`mcompress triton` writes config.pbtxt (inputs/outputs from the manifest, dynamic batching)
+    and the bundle's own model bytes; the written model runs at max_batch_size rows."""
+    import numpy as np
+    from typer.testing import CliRunner
+
+    from conftest import ort_session
+    from mcompress.cli import app
+    from mcompress.runtime import read_bundle
+
+    result = CliRunner().invoke(app, ["triton", str(classifier_bundle), str(tmp_path / "repo"), "--name", "tiny",
+                                      "--max-batch-size", "8"])
+    assert result.exit_code == 0, result.output
+    manifest, members = read_bundle(classifier_bundle)
+    model_dir = tmp_path / "repo" / "tiny"
+    assert (model_dir / "1" / "model.onnx").read_bytes() == members["model.onnx"]
+    config = (model_dir / "config.pbtxt").read_text()
+    assert 'platform: "onnxruntime_onnx"' in config and "max_batch_size: 8" in config
+    assert "preferred_batch_size: [ 1, 2, 4, 8 ]" in config and "max_queue_delay_microseconds: 5000" in config
+    for spec in manifest["inputs"]:
+        assert f'name: "{spec["name"]}" data_type: TYPE_INT64 dims: [ -1 ]' in config
+    assert f'name: "logits" data_type: TYPE_FP32 dims: [ {manifest["num_labels"]} ]' in config
+    session = ort_session(model_dir / "1" / "model.onnx")
+    feed = {i.name: np.ones((8, 16), dtype=np.int64) for i in session.get_inputs()}
+    assert session.run(["logits"], feed)[0].shape == (8, manifest["num_labels"])
+    again = CliRunner().invoke(app, ["triton", str(classifier_bundle), str(tmp_path / "repo"), "--name", "tiny"])
+    assert again.exit_code == ExitCode.BAD_INPUT and "already exists" in again.output

@@ -158,6 +158,19 @@ def _openvino_runtime(report: dict) -> dict:
 BUNDLED = {ONNX.name: _Bundled(_graph_io, _onnx_runtime), OPENVINO_IR.name: _Bundled(_ir_io, _openvino_runtime)}
 
 
+def _metrics(report: dict) -> dict:
+    """The gated figures of the build (the manifest's ``metrics``)."""
+    return {
+        "eval_examples": ((report.get("data") or {}).get("eval") or {}).get("examples"),
+        "eval_sha256": ((report.get("data") or {}).get("eval") or {}).get("sha256"),
+        "reference_accuracy": (report.get("reference") or {}).get("accuracy"),
+        "build_accuracy": (report.get("build") or {}).get("accuracy"),
+        "reference_score": (report.get("reference") or {}).get("score"),
+        "build_score": (report.get("build") or {}).get("score"),
+        "latency": report.get("latency"),
+    }
+
+
 def build_manifest(build_dir: Path, report: dict, files: dict[str, bytes], labels: dict[str, str],
                    model_format: ModelFormat, task: str = UNRECORDED_TASK) -> dict:
     model_file = model_format.model_file
@@ -208,15 +221,7 @@ def build_manifest(build_dir: Path, report: dict, files: dict[str, bytes], label
         "quantization": (report.get("artifact") or {}).get("quantization"),
         "passed": bool(report.get("passed")),
         "gates": gates,
-        "metrics": {
-            "eval_examples": ((report.get("data") or {}).get("eval") or {}).get("examples"),
-            "eval_sha256": ((report.get("data") or {}).get("eval") or {}).get("sha256"),
-            "reference_accuracy": (report.get("reference") or {}).get("accuracy"),
-            "build_accuracy": (report.get("build") or {}).get("accuracy"),
-            "reference_score": (report.get("reference") or {}).get("score"),
-            "build_score": (report.get("build") or {}).get("score"),
-            "latency": report.get("latency"),
-        },
+        "metrics": _metrics(report),
         "files": {name: {"sha256": _sha256(data), "bytes": len(data)} for name, data in sorted(files.items())},
     }
 

@@ -266,6 +266,29 @@ def serve(
 
 
 @app.command()
+def triton(
+    model: Path = typer.Argument(..., help="Bundle (NAME.mcpkg) or build directory (an onnx-cpu build)."),
+    out: Path = typer.Argument(..., help="Triton model repository to write the model into (created if missing)."),
+    name: str = typer.Option("mcompress", "--name", help="Model name in the repository."),
+    max_batch_size: int = typer.Option(32, "--max-batch-size", help="Triton max_batch_size and largest preferred batch."),
+    max_queue_delay_us: int = typer.Option(5000, "--max-queue-delay-us", help="Dynamic batching queue delay."),
+    allow_failed: bool = typer.Option(False, "--allow-failed", help="Use a build directory whose gates failed."),
+) -> None:
+    """Write a Triton Inference Server model repository entry (config.pbtxt with dynamic batching, 1/model.onnx)."""
+    def body():
+        from mcompress.bundle.runtime import read_bundle
+        from mcompress.serve.server import bundle_source
+        from mcompress.serve.triton import write_repository
+
+        source, data = bundle_source(model, allow_failed)
+        manifest, members = read_bundle(source, data=data)
+        written = write_repository(manifest, members, source, out, name, max_batch_size, max_queue_delay_us)
+        _line("[bold green]wrote[/]", f"{written}/config.pbtxt and {written}/1/model.onnx (Triton onnxruntime backend)")
+
+    _guard(body)
+
+
+@app.command()
 def predict(
     bundle: Path = typer.Argument(..., help="Bundle written by `mcompress package` (NAME.mcpkg)."),
     texts: Optional[list[str]] = typer.Argument(None, help="Texts to classify."),

@@ -17,16 +17,23 @@ import signal
 from mcompress.serve.config import ServeConfig
 
 
+def bundle_source(model: Path, allow_failed: bool = False) -> tuple[Path, bytes | None]:
+    """(name, bytes) to hand the runtime: a .mcpkg file is read by the runtime itself (bytes None),
+    a build directory is packaged in memory first."""
+    if model.is_dir():
+        from mcompress.bundle.package import bundle_bytes
+
+        data, _ = bundle_bytes(model, allow_failed=allow_failed)
+        return model / "(packaged in memory)", data
+    return model, None
+
+
 def load_model(config: ServeConfig):
     """The Bundle to serve: a .mcpkg file as is, a build directory packaged in memory."""
     from mcompress.bundle.runtime import load
 
-    if config.model.is_dir():
-        from mcompress.bundle.package import bundle_bytes
-
-        data, _ = bundle_bytes(config.model, allow_failed=config.allow_failed)
-        return load(config.model / "(packaged in memory)", threads=config.threads, data=data)
-    return load(config.model, threads=config.threads)
+    name, data = bundle_source(config.model, config.allow_failed)
+    return load(name, threads=config.threads, data=data)
 
 
 def model_sha256(bundle) -> str:
