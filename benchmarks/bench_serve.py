@@ -8,7 +8,7 @@ setting (--threads; default: ONNX Runtime's). A bounded async httpx client sends
 requests of one text each (texts from the file, cyclically) at concurrency 1, 8 and 32, to one
 server at a time, the servers alternating per concurrency level; each server gets 50 warm-up
 requests first. Per level and server: throughput (requests/s over the wall time of the level),
-p50/p99 latency (client side, from send to full response), errors (non-200 or transport errors),
+p50/p99 latency (client side, from send to full response), errors (non-200 or transport errors, by kind),
 and the server's peak RSS (VmHWM of its process) at the end.
 
 Also: the p50 of a direct ``bundle.predict([text])`` call in this process (same texts, same
@@ -71,19 +71,19 @@ async def _load(url: str, texts: list[str], requests: int, concurrency: int) -> 
     """``requests`` one-text requests, ``concurrency`` at a time: throughput, p50, p99, errors."""
     import httpx
 
-    latencies, errors, counter = [], 0, iter(range(requests))
+    latencies, errors, counter = [], {}, iter(range(requests))
 
     async def worker(client):
-        nonlocal errors
         for i in counter:
             started = time.perf_counter()
             try:
                 response = await client.post(f"{url}/v1/predict", json={"texts": [texts[i % len(texts)]]})
-                ok = response.status_code == 200
-            except httpx.HTTPError:
-                ok = False
+                kind = None if response.status_code == 200 else f"HTTP {response.status_code}"
+            except httpx.HTTPError as err:
+                kind = type(err).__name__
             latencies.append(time.perf_counter() - started)
-            errors += not ok
+            if kind:
+                errors[kind] = errors.get(kind, 0) + 1
 
     limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
     async with httpx.AsyncClient(timeout=60, limits=limits) as client:
@@ -94,7 +94,7 @@ async def _load(url: str, texts: list[str], requests: int, concurrency: int) -> 
     return {"requests": requests, "concurrency": concurrency, "throughput_rps": round(requests / wall, 1),
             "p50_ms": round(1000 * latencies[len(latencies) // 2], 2),
             "p99_ms": round(1000 * latencies[min(len(latencies) - 1, int(len(latencies) * 0.99))], 2),
-            "errors": errors}
+            "errors": sum(errors.values()), "error_kinds": errors}
 
 
 def _direct_p50_ms(bundle_path: Path, texts: list[str], threads: int | None, calls: int = 500) -> float:
