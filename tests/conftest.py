@@ -90,6 +90,11 @@ def predict_with_imports_blocked(bundle: Path, blocked: set[str], texts: list[st
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
+def batched_score(report: dict, batch_size: int = 32) -> float:
+    """The build's gated metric in length-bucketed batches of ``batch_size`` (report["as_deployed"])."""
+    return next(m["score"] for m in report["as_deployed"]["modes"] if m["batch_size"] == batch_size)
+
+
 def tiny_bert_config(labels: list[str]):
     """2 layers, hidden 32, 2 heads of 16, FFN 64, with MiniLM's vocabulary: the tiny test models."""
     from transformers import BertConfig
@@ -183,6 +188,7 @@ latency:
   warmup: 1
   iterations: 3
   threads: 1
+  isolation: shared   # the tests' builds are timed in-process (test_run_e2e times one in separate processes)
 quantize:
   static:
     calibration_examples: 8

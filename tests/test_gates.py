@@ -137,3 +137,79 @@ def test_size_gate():
     gate = size_gate(23_000_000, 92_000_000, 0.25)
     assert (gate.name, gate.passed, gate.unit) == ("size_ratio", True, "x") and gate.value == pytest.approx(0.25)
     assert not size_gate(23_000_001, 92_000_000, 0.25).passed
+
+
+def _scored(predictions, labels, logits) -> EvalResult:
+    predictions, labels = np.asarray(predictions), np.asarray(labels)
+    return EvalResult(float((predictions == labels).mean()), predictions, labels, np.asarray(logits, dtype=np.float32),
+                      get_task("text-classification"))
+
+
+def test_deployed_accuracy_gates_the_worst_batching_and_says_why():
+    from mcompress.metrics.deployed import deployed_accuracy
+
+    labels = np.array([0, 1] * 50)
+    reference = _scored(labels, labels, np.zeros((100, 2)))
+    alone_pred, batched_pred = labels.copy(), labels.copy()
+    alone_pred[:1] ^= 1  # each text alone: 1 more wrong
+    batched_pred[:3] ^= 1  # in batches of 32: 3 more wrong
+    alone = _scored(alone_pred, labels, np.zeros((100, 2)))
+    batched_logits = np.zeros((100, 2))
+    batched_logits[5, 1] = 0.02  # a quantization step's worth of difference
+    batched = _scored(batched_pred, labels, batched_logits)
+
+    deployed = deployed_accuracy(reference, {1: alone, 32: batched}, max_drop=2.0)
+    assert deployed.worst == 32 and deployed.batch_dependent
+    gate = deployed.gate()
+    assert gate.value == pytest.approx(3.0) and gate.passed is False  # batch 1 alone (1.0) would pass
+    assert "batch 32" in gate.detail and "batch 1: 1.00" in gate.detail and "depend on the batching" in gate.detail
+    modes = deployed.as_dict()["modes"]
+    assert [m["batch_size"] for m in modes] == [1, 32]
+    assert modes[0]["agreement"] == 1.0 and modes[1]["agreement"] == pytest.approx(0.98)
+
+
+def test_deployed_accuracy_of_a_batch_independent_build():
+    from mcompress.metrics.deployed import deployed_accuracy
+
+    labels = np.array([0, 1] * 20)
+    reference = _scored(labels, labels, np.zeros((40, 2)))
+    same = {b: _scored(labels, labels, np.full((40, 2), 1e-7 * b)) for b in (1, 8)}
+    deployed = deployed_accuracy(reference, same, max_drop=1.0)
+    assert not deployed.batch_dependent and deployed.worst == 1  # equal drops: the first batching
+    assert deployed.as_dict()["max_logit_difference"] == pytest.approx(7e-7, rel=1e-3)
+    single = deployed_accuracy(reference, {1: same[1]}, max_drop=1.0)
+    assert single.gate().detail == single.gates[1].detail  # one batching: the plain gate
+
+
+def test_recipe_batching_defaults_to_alone_and_the_eval_batch_size():
+    from mcompress.core.recipe import EvalConfig
+
+    assert EvalConfig().deployed_batchings() == [1, 32]
+    assert EvalConfig(batch_size=1).deployed_batchings() == [1]
+    assert EvalConfig(batching=[8]).deployed_batchings() == [8]
+    for bad in ([], [0], [4, 4]):
+        with pytest.raises(ValueError):
+            EvalConfig(batching=bad)
+
+
+def test_distance_to_limit_rates_and_shares():
+    from mcompress.metrics.roofline import achieved_gmacs, distance_to_limit
+
+    # 1.44 GMAC per sequence at 10 ms: 144 GMAC/s
+    assert achieved_gmacs(1_440_000_000, 1, 10.0) == pytest.approx(144.0)
+    pairs = [(LatencyResult(1, 128, 20.0, 21.0, 10, []), LatencyResult(1, 128, 8.0, 9.0, 10, [])),
+             (LatencyResult(8, 128, 100.0, 110.0, 4, []), LatencyResult(8, 128, 40.0, 44.0, 4, [])),
+             (LatencyResult(1, 14, 5.0, 5.0, 10, []), LatencyResult(1, 14, 2.0, 2.0, 10, []))]
+    rows = distance_to_limit(1_000_000_000, 500_000_000, pairs, {"fp32": 100.0, "int8": 250.0}, "int8")
+    assert [(r["batch_size"], r["sequence_length"]) for r in rows] == [(1, 128), (8, 128)]  # MACs are at sequence 128
+    assert rows[0]["reference_gmacs"] == pytest.approx(50.0) and rows[0]["reference_share"] == pytest.approx(0.5)
+    assert rows[0]["build_gmacs"] == pytest.approx(62.5) and rows[0]["build_share"] == pytest.approx(0.25)
+    assert rows[1]["build_gmacs"] == pytest.approx(100.0)
+
+
+def test_measured_gemm_peaks_are_positive():
+    from mcompress.metrics.roofline import gemm_peak_gmacs
+
+    fp32 = gemm_peak_gmacs("fp32", 1, shape=(64, 256, 256), seconds=0.05)
+    int8 = gemm_peak_gmacs("int8", 1, shape=(64, 256, 256), seconds=0.05)
+    assert fp32 > 0.5 and int8 > 0.5  # even a loaded 2-core CPU does more than 0.5 GMAC/s

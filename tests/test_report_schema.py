@@ -83,7 +83,7 @@ def test_markdown_and_html_show_the_same_sections_and_cells(built):
     html_headings, html_rows = _html_tables(render_html(report))
     chart_headings = [b.heading for b in build_sections(report) if isinstance(b, ScatterChart)]  # no chart in report.md
     assert md_headings == [h for h in html_headings if h not in chart_headings]
-    assert {"Gates", "Passes", "Latency (ms, same process)"} <= set(md_headings)
+    assert {"Gates", "Passes", "Latency (ms, same process, interleaved rounds)"} <= set(md_headings)
     unmark = lambda cell: cell.replace("**", "").replace("`", "")
     assert [[unmark(c) for c in row] for row in md_rows] == html_rows
     tables = [b for b in build_sections(report) if isinstance(b, Table)]

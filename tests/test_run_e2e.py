@@ -77,6 +77,13 @@ def test_report_contents(tiny_build):
     drop = gates["accuracy_drop"]
     assert drop["passed"] and drop["threshold"] == 1.0 and drop["ci95"][0] <= drop["value"] <= drop["ci95"][1]
     assert drop["value"] == pytest.approx((report["reference"]["accuracy"] - report["build"]["accuracy"]) * 100, abs=1e-3)
+    # Gated as deployed: each text alone and in batches of eval.batch_size; the gate took the worst.
+    deployed = report["as_deployed"]
+    assert [m["batch_size"] for m in deployed["modes"]] == [1, 32]
+    assert drop["value"] == pytest.approx(max(m["drop"] for m in deployed["modes"]), abs=1e-4)
+    gated = next(m for m in deployed["modes"] if m["batch_size"] == deployed["gated_batch_size"])
+    assert gated["score"] == pytest.approx(report["build"]["accuracy"], abs=1e-9)
+    assert deployed["batch_dependent"] == (deployed["max_logit_difference"] > deployed["tolerance"])
 
     for side in ("reference", "build"):
         (entry,) = report["latency"][side]
@@ -98,6 +105,12 @@ def test_report_contents(tiny_build):
     assert low < report["artifact"]["size_ratio"] < high
     markdown = (out / "report.md").read_text()
     assert markdown.startswith("# mcompress build: PASS") and "accuracy_drop" in markdown
+    assert "Accuracy as deployed" in markdown and "each text alone" in markdown
+    limit = report["distance_to_limit"]
+    assert set(limit["peaks_gmacs"]) == {"fp32", "int8"} and min(limit["peaks_gmacs"].values()) > 0
+    assert limit["shapes"] == []  # timed at sequence 16 only; MACs are counted at 128
+    assert limit["build_precision"] == ("fp32" if report["artifact"]["quantization"] == "fp32" else "int8")
+    assert "segmentation" not in report["data"]["eval"]  # the source's tokenizer
 
 
 def test_fresh_session_reproduces_build_accuracy(tiny_build):
@@ -105,8 +118,15 @@ def test_fresh_session_reproduces_build_accuracy(tiny_build):
     report = json.loads((out / "report.json").read_text())
     rows = _jsonl(model / "splits" / "test.jsonl")
     labels = np.array([LABELS.index(r["label"]) for r in rows])
-    predictions = _ort_predictions(out, [r["text"] for r in rows])
-    assert (predictions == labels).mean() == pytest.approx(report["build"]["accuracy"], abs=1e-9)
+    texts = [r["text"] for r in rows]
+    modes = {m["batch_size"]: m["score"] for m in report["as_deployed"]["modes"]}
+    # The 24 test texts fit one batch of 32: the batched mode is one padded batch of all of them,
+    # and the batch-1 mode is each text alone.
+    together = _ort_predictions(out, texts)
+    alone = np.array([_ort_predictions(out, [t])[0] for t in texts])
+    assert (together == labels).mean() == pytest.approx(modes[32], abs=1e-9)
+    assert (alone == labels).mean() == pytest.approx(modes[1], abs=1e-9)
+    assert report["build"]["accuracy"] == min(modes.values())
     assert report["build"]["accuracy"] >= 0.75  # the tiny model learnt its synthetic task
 
 
@@ -150,6 +170,27 @@ def test_force_replaces_an_existing_build(tiny_checkpoint, fast_recipe, tmp_path
     report = json.loads((out / "report.json").read_text())
     assert report["passed"] is True and report["artifact"]["quantization"] == "dynamic"
     assert [p.name for p in tmp_path.iterdir()] == ["build"]  # no .partial / .previous left beside it
+
+
+@pytest.mark.slow
+def test_latency_is_measured_in_separate_processes(tiny_checkpoint, fast_recipe, tmp_path, monkeypatch):
+    """latency.isolation: process (the default recipe's): the original and the build are each timed in
+    a spawned process, so the gate's figures come from there; nothing is left running afterwards."""
+    import multiprocessing
+
+    monkeypatch.setenv("MCOMPRESS_CACHE_DIR", str(tmp_path / "cache"))
+    recipe = tmp_path / "isolated.yaml"
+    recipe.write_text(fast_recipe.read_text().replace("isolation: shared", "isolation: process"))
+    out = tmp_path / "build"
+    code, output = _run_cli(tiny_checkpoint, out, recipe)
+    assert code == ExitCode.OK, output
+    report = json.loads((out / "report.json").read_text())
+    assert report["latency"]["isolation"] == "process"
+    for side in ("reference", "build"):
+        (entry,) = report["latency"][side]
+        assert entry["iterations"] == 3 and 0 < entry["p50_ms"] <= entry["p95_ms"]
+    assert "each in its own process" in (out / "report.md").read_text()
+    assert multiprocessing.active_children() == []
 
 
 # --- the real MiniLM --------------------------------------------------------------------------

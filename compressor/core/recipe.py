@@ -91,6 +91,10 @@ class LatencyConfig(_Strict):
     warmup: int = Field(5, ge=0)
     iterations: int = Field(40, ge=3)
     threads: Optional[int] = Field(None, ge=1)  # null = all cores
+    # "process": the gate and the cpu-auto race time the original and each build in its own
+    # process (metrics/isolated.py), so runtimes never share a process's threads; "shared": all in
+    # the run's process (faster to start, for tests; PyTorch's spinning threads can slow the build).
+    isolation: Literal["process", "shared"] = "process"
 
     @model_validator(mode="after")
     def _positive(self):
@@ -105,6 +109,33 @@ class EvalConfig(_Strict):
     max_examples: Optional[int] = Field(None, ge=1)  # null = the whole eval split
     batch_size: int = Field(32, ge=1)
     evaluate_each_pass: bool = True
+    # Batch sizes the build is gated at, as it will be called: 1 = each text alone (a server at low
+    # load, an edge device), larger = length-bucketed batches as the bundle runtime and the server
+    # form them. The accuracy gate takes the worst. null = [1, batch_size].
+    batching: Optional[list[int]] = None
+
+    @model_validator(mode="after")
+    def _batchings(self):
+        if self.batching is not None:
+            if not self.batching:
+                raise ValueError("batching must list at least one batch size (1 = each text alone)")
+            if any(b < 1 for b in self.batching) or len(set(self.batching)) != len(self.batching):
+                raise ValueError("batching must list distinct batch sizes >= 1")
+        return self
+
+    def deployed_batchings(self) -> list[int]:
+        """The batch sizes the build is gated at, in the recipe's order."""
+        return list(self.batching) if self.batching is not None else list(dict.fromkeys([1, self.batch_size]))
+
+
+class VocabularyConfig(_Strict):
+    """Vocabulary pruning (passes/prune/vocabulary.py): keep the word pieces the training text uses,
+    the special tokens and a reserve, so that every word still segments into kept pieces."""
+
+    # "single-characters": every one-character piece and its continuation form (e.g. "a", "##a"),
+    # so a word of known characters never becomes [UNK]; "none": only what the text uses.
+    reserve: Literal["single-characters", "none"] = "single-characters"
+    min_count: int = Field(1, ge=1)  # occurrences in the training text for a piece to be kept
 
 
 class PruneConfig(_Strict):
@@ -121,15 +152,23 @@ class PruneConfig(_Strict):
     # 2:4 magnitude masks on the encoder's Linear weights after structured pruning, for sparse
     # tensor-core targets; the CPU target runs them as dense weights that happen to hold zeros.
     semi_structured_2_4: bool = False
+    # Keep only the word pieces the training text uses (after distillation, before export); null = all.
+    vocabulary: Optional[VocabularyConfig] = None
 
     @model_validator(mode="after")
     def _one_budget(self):
         counts = self.heads_per_layer is not None or self.ffn_neurons_per_layer is not None
         if counts and self.keep_ratio is not None:
             raise ValueError("give either keep_ratio or heads_per_layer/ffn_neurons_per_layer, not both")
-        if not counts and self.keep_ratio is None and self.keep_layers is None and not self.semi_structured_2_4:
-            raise ValueError("no budget: set keep_ratio, keep_layers, or heads_per_layer and/or ffn_neurons_per_layer")
+        if not self.structural() and self.vocabulary is None:
+            raise ValueError("no budget: set keep_ratio, keep_layers, heads_per_layer and/or ffn_neurons_per_layer, "
+                             "or vocabulary")
         return self
+
+    def structural(self) -> bool:
+        """Whether heads, neurons or layers are pruned (or 2:4 masks applied), not only the vocabulary."""
+        return (self.heads_per_layer is not None or self.ffn_neurons_per_layer is not None or self.keep_ratio is not None
+                or self.keep_layers is not None or self.semi_structured_2_4)
 
 
 class DistillConfig(_Strict):

@@ -11,7 +11,12 @@ from typing import Any
 from mcompress.core.checkpoint import Checkpoint
 from mcompress.core.formats import ModelFormat, ModelKind, format_for_kind
 
-__all__ = ["ModelKind", "ModelState"]
+__all__ = ["ModelKind", "ModelState", "TOKENIZER_DIR"]
+
+# Annotation: a directory of tokenizer files (core.formats.TOKENIZER_FILES) that replaced the
+# source checkpoint's, e.g. after vocabulary pruning. Builds ship those files; every later pass,
+# evaluation and latency measurement of this state tokenizes with them.
+TOKENIZER_DIR = "tokenizer_dir"
 
 
 @dataclass(frozen=True)
@@ -37,6 +42,21 @@ class ModelState:
     # Read-only views for passes that handle one format: the model file when it is in that format.
     onnx_path = property(lambda self: self._file_if(ModelKind.ONNX))
     ir_path = property(lambda self: self._file_if(ModelKind.OPENVINO))
+
+    @property
+    def tokenizer_files_dir(self) -> Path:
+        """Where this model's tokenizer files are: the source checkpoint, unless a pass replaced them."""
+        return Path(self.annotations.get(TOKENIZER_DIR) or self.source.path)
+
+    def with_tokenizer_reloaded(self) -> "ModelState":
+        """This state with its tokenizer loaded from its TOKENIZER_DIR annotation, if it has one (a
+        cache hit restores files, not the tokenizer object)."""
+        if TOKENIZER_DIR not in self.annotations:
+            return self
+        from transformers import AutoTokenizer
+
+        return dataclasses.replace(self, tokenizer=AutoTokenizer.from_pretrained(self.tokenizer_files_dir,
+                                                                                 local_files_only=True))
 
     def size_bytes(self) -> int:
         if self.format is None:

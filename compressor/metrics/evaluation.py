@@ -194,14 +194,19 @@ def latency_inputs(tokenizer, texts: list[str], batch_size: int, sequence_length
 
 
 def measure_latency(runner: Runner, inputs: dict[str, np.ndarray], warmup: int = 5, iterations: int = 40) -> LatencyResult:
+    """p50/p95 of ``iterations`` calls after ``warmup``; a runner in its own process
+    (metrics/isolated.py) times the calls there."""
     feed = {k: v for k, v in inputs.items() if k in runner.input_names}
-    for _ in range(warmup):
-        runner.logits(feed)
-    times = np.empty(iterations)
-    for i in range(iterations):
-        started = time.perf_counter()
-        runner.logits(feed)
-        times[i] = (time.perf_counter() - started) * 1000.0
+    if hasattr(runner, "call_times"):
+        times = np.asarray(runner.call_times(feed, warmup, iterations))
+    else:
+        for _ in range(warmup):
+            runner.logits(feed)
+        times = np.empty(iterations)
+        for i in range(iterations):
+            started = time.perf_counter()
+            runner.logits(feed)
+            times[i] = (time.perf_counter() - started) * 1000.0
     batch, seq = feed["input_ids"].shape
     return LatencyResult(batch, seq, float(np.percentile(times, 50)), float(np.percentile(times, 95)), iterations, times.tolist())
 
@@ -219,29 +224,33 @@ def latency_race(runners: dict[str, Runner], tokenizer, texts: list[str], shapes
                  warmup: int = 3, on_shape=None) -> dict[tuple[int, int], dict[str, LatencyResult]]:
     """Every runner at every (batch, sequence, calls) shape on the same real texts, in
     ``RACE_ROUNDS`` interleaved rounds (fewer when there are fewer calls), so that machine noise
-    hits all runners alike: {(batch, sequence): {runner name: LatencyResult}}."""
+    hits all runners alike: {(batch, sequence): {runner name: LatencyResult}}. ``tokenizer``: one
+    for all runners, or {runner name: tokenizer} when their vocabularies differ (a build with a
+    pruned vocabulary); the texts and shapes are the same for all."""
     results = {}
+    tokenizers = tokenizer if isinstance(tokenizer, dict) else {name: tokenizer for name in runners}
     for batch, sequence, calls in shapes:
         rounds = min(RACE_ROUNDS, calls)
-        inputs = latency_inputs(tokenizer, texts, batch, sequence)
+        inputs = {name: latency_inputs(tokenizers[name], texts, batch, sequence) for name in runners}
         results[(batch, sequence)] = interleaved_latency(runners, inputs, rounds, math.ceil(calls / rounds), warmup)
         if on_shape:
             on_shape(1)
     return results
 
 
-def interleaved_latency(runners: dict[str, Runner], inputs: dict[str, np.ndarray], rounds: int = 5,
+def interleaved_latency(runners: dict[str, Runner], feeds: dict[str, dict[str, np.ndarray]], rounds: int = 5,
                         per_round: int = 8, warmup: int = 3) -> dict[str, LatencyResult]:
-    """Latency of several runners on the same inputs, measured in interleaved rounds (each runner
-    runs ``per_round`` calls per round) so that a burst of machine noise hits all of them alike.
-    Each round starts with one untimed call: the previous runner's thread pool may still be
-    spinning for a moment after its last call, and that cost belongs to neither of them."""
-    for runner in runners.values():
-        measure_latency(runner, inputs, warmup=warmup, iterations=1)
+    """Latency of several runners, each on its inputs ({runner name: inputs}, the same texts at one
+    shape), measured in interleaved rounds (each runner runs ``per_round`` calls per round) so that
+    a burst of machine noise hits all of them alike. Each round starts with one untimed call: the
+    previous runner's thread pool may still be spinning for a moment after its last call, and that
+    cost belongs to neither of them."""
+    for name, runner in runners.items():
+        measure_latency(runner, feeds[name], warmup=warmup, iterations=1)
     times: dict[str, list[float]] = {name: [] for name in runners}
     for _ in range(rounds):
         for name, runner in runners.items():
-            times[name] += measure_latency(runner, inputs, warmup=1, iterations=per_round).raw_ms
-    batch, seq = inputs["input_ids"].shape
+            times[name] += measure_latency(runner, feeds[name], warmup=1, iterations=per_round).raw_ms
+    batch, seq = next(iter(feeds.values()))["input_ids"].shape
     return {name: LatencyResult(batch, seq, float(np.percentile(t, 50)), float(np.percentile(t, 95)), len(t), t)
             for name, t in times.items()}

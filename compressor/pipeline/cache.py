@@ -9,7 +9,8 @@ the target's name. Equal keys mean equal inputs, so a hit is reused as the pass'
 An entry is a directory ``ROOT/entries/KEY/``: ``entry.json`` (kind, metrics, annotations with paths
 made relative, ``modified``, and the size and sha256 of every file) plus the model: ``files/N/`` for
 each model file (the state's model and every ``Path`` inside its annotations, e.g. graph variants)
-with the files its format keeps beside it (core/formats.py), or ``torch/`` (``save_pretrained``, safetensors). Entries are written into ``ROOT/tmp/`` and renamed
+with the files its format keeps beside it (core/formats.py), or a directory an annotation names
+(a pass's tokenizer files, reloaded on a hit), or ``torch/`` (``save_pretrained``, safetensors). Entries are written into ``ROOT/tmp/`` and renamed
 into place, so a crash or a kill never leaves half an entry; an entry that fails verification on
 load is removed and the pass runs again. Least recently used entries (directory mtime, touched on
 every hit) are evicted when the cache grows past its size limit.
@@ -134,6 +135,7 @@ class PassCache:
             else:  # a model in memory
                 restored = dataclasses.replace(state, kind=kind, torch_model=_load_torch(entry / "torch"),
                                                model_file=None, annotations=annotations)
+            restored = restored.with_tokenizer_reloaded()
         except Exception as err:  # a corrupt, partial or foreign entry: rebuild it
             logger.warning("cache entry %s is unusable (%s); rebuilding it", entry, err)
             self._remove(entry)
@@ -180,13 +182,15 @@ class PassCache:
 
         def carry(path: Path, model_format: ModelFormat | None = None) -> dict:
             src = Path(path).resolve()
-            if not src.is_file():
-                raise _NotCacheable(f"annotated path {path} is not a file")
+            if not (src.is_file() or src.is_dir()):
+                raise _NotCacheable(f"annotated path {path} is not a file or a directory")
             if src not in copies:
                 rel = f"files/{len(copies)}/{src.name}"
                 (tmp / rel).parent.mkdir(parents=True)
-                model_format = model_format or format_of(src)  # a model file brings its format's files along
-                if model_format is not None:
+                model_format = None if src.is_dir() else model_format or format_of(src)  # a model file brings its format's files along
+                if src.is_dir():  # e.g. a pass's tokenizer files (core.state.TOKENIZER_DIR)
+                    shutil.copytree(src, tmp / rel, symlinks=False)
+                elif model_format is not None:
                     model_format.copy(src, (tmp / rel).parent)
                 else:
                     shutil.copyfile(src, tmp / rel)
@@ -286,7 +290,7 @@ def _restore_paths(value, entry: Path):
     if isinstance(value, dict):
         if set(value) == {_PATH}:
             path = entry / value[_PATH]
-            if not path.is_file():
+            if not path.exists():
                 raise ValueError(f"{value[_PATH]} is missing")
             return path
         return {k: _restore_paths(v, entry) for k, v in value.items()}

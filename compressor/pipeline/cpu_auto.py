@@ -36,6 +36,7 @@ from mcompress.pipeline.job import TargetBuild, build_target, raise_for_outcome
 from mcompress.pipeline.outputs import staged_dir
 from mcompress.pipeline.prepare import Prepared, ProgressFactory, RunRequest, prepare
 from mcompress.pipeline.reference import Reference, measure_reference
+from mcompress.pipeline.timing import timing_runners
 from mcompress.report.schema import CpuAutoChoice, Report
 from mcompress.report.write import write_report
 from mcompress.targets import CPU_AUTO, CPU_AUTO_TARGETS
@@ -104,11 +105,13 @@ def _keep(kept: TargetBuild, built: list[Candidate], staging: Path, work: Path) 
 def _race(built: list[Candidate], prepared: Prepared, reference: Reference, progress) -> dict:
     """Interleaved latency of the built artifacts at batch 1 and 8: {name: {"b1": ..., "b8": ...}}."""
     recipe = prepared.recipe
-    runners = {c.name: c.build.gated.runner for c in built}
+    in_process = {c.name: c.build.gated.runner for c in built}
+    factories = {c.name: (c.build.gated.build.runner, reference.threads) for c in built}
     shapes = b1_b8_shapes(recipe.max_length, recipe.latency.iterations)
     load_before = other_processes_cpu(0.5)
-    raced = latency_race(runners, reference.tokenizer, prepared.eval_data.texts, shapes,
-                         on_shape=progress("racing CPU targets", len(shapes)))
+    with timing_runners(recipe, in_process, factories) as runners:  # each build in its own process
+        raced = latency_race(runners, {c.name: c.build.gated.tokenizer for c in built}, prepared.eval_data.texts, shapes,
+                             on_shape=progress("racing CPU targets", len(shapes)))
     load_after = other_processes_cpu(0.5)
     race = {c.name: {f"b{b}": raced[(b, s)][c.name].as_dict() for b, s, _ in shapes} for c in built}
     return {"race": race, "rounds": min(RACE_ROUNDS, shapes[0][2]), "threads": reference.threads,

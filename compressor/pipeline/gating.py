@@ -2,8 +2,14 @@
 fresh runner on the final model file, evaluated on the eval data, timed beside the original.
 
 Latency: every (batch, sequence) shape of the recipe, the original and the build alternating in
-interleaved rounds (metrics.evaluation.latency_race), so machine noise hits both alike. The
+interleaved rounds (metrics.evaluation.latency_race), so machine noise hits both alike; each in
+its own process (``latency.isolation: process``, pipeline/timing.py), so PyTorch's threads never
+share a process with the build's runtime. The
 latency gates read batch 1 at sequence 128 (the first shape when 128 is not measured).
+
+Accuracy as deployed: the build is evaluated at every batch size of ``eval.batching`` (default:
+each text alone, and eval.batch_size), and the accuracy gate takes the worst
+(metrics/deployed.py); ``candidate`` is the build at that batching.
 
 A target whose artifact cannot run here (a TensorRT engine without a GPU) gates a stand-in,
 skips the latency gates (the stand-in's latency is not the target's), and the run ends
@@ -20,10 +26,13 @@ import numpy as np
 from mcompress.core.hashing import file_digest
 from mcompress.core.state import ModelState
 from mcompress.core.target_base import BuildInputs, BuildResult
+from mcompress.metrics.deployed import DeployedAccuracy, deployed_accuracy
 from mcompress.metrics.evaluation import EvalResult, LatencyResult, latency_race
-from mcompress.metrics.gates import GateResult, accuracy_drop_gate, latency_gates, size_gate
+from mcompress.metrics.gates import GateResult, latency_gates, size_gate
+from mcompress.metrics.roofline import gemm_peaks
 from mcompress.pipeline.prepare import Prepared, ProgressFactory
 from mcompress.pipeline.reference import Reference
+from mcompress.pipeline.timing import reference_runner, timing_runners
 
 GATE_SHAPE = (1, 128)  # (batch, sequence) the latency gates read
 
@@ -32,12 +41,15 @@ GATE_SHAPE = (1, 128)  # (batch, sequence) the latency gates read
 class GatedBuild:
     build: BuildResult  # what the target wrote: files, model file, facts, whether it was measured
     runner: object  # a fresh runner of build.model_file
-    candidate: EvalResult  # the build on the eval data
+    tokenizer: object  # the build's tokenizer (the source's, or a pruned vocabulary's)
+    candidate: EvalResult  # the build on the eval data, at the batching with the largest drop
+    deployed: DeployedAccuracy  # the build at every batching it is gated at
     gates: list[GateResult]
     latency: dict[str, list[LatencyResult]]  # "reference" / "build": one per shape, in the same order
     files: dict  # every file of the build: name -> {bytes, sha256}
     median_tokens: int
     truncated_fraction: float
+    gemm_peaks: dict  # {precision: GMAC/s} of this CPU's GEMM kernels, measured after the latency race
 
     @property
     def passed(self) -> bool:
@@ -49,13 +61,17 @@ def gate_latency(results: list[LatencyResult]) -> LatencyResult:
     return next((r for r in results if (r.batch_size, r.sequence_length) == GATE_SHAPE), results[0])
 
 
-def _latency(prepared: Prepared, reference: Reference, runner, lengths: np.ndarray, progress: ProgressFactory):
+def _latency(prepared: Prepared, reference: Reference, build: BuildResult, runner, tokenizer, lengths: np.ndarray,
+             progress: ProgressFactory):
     latency = prepared.recipe.latency
     data_length = int(max(2, min(prepared.recipe.max_length, np.median(lengths))))
     shapes = [(b, data_length if s == "data" else s, latency.iterations)
               for s in latency.sequence_lengths for b in latency.batch_sizes]
-    raced = latency_race({"reference": reference.runner, "build": runner}, reference.tokenizer,
-                         prepared.eval_data.texts, shapes, latency.warmup, progress("measuring latency", len(shapes)))
+    factories = {"reference": (reference_runner, prepared.checkpoint, reference.threads),
+                 "build": (build.runner, reference.threads)}
+    with timing_runners(prepared.recipe, {"reference": reference.runner, "build": runner}, factories) as runners:
+        raced = latency_race(runners, {"reference": reference.tokenizer, "build": tokenizer}, prepared.eval_data.texts,
+                             shapes, latency.warmup, progress("measuring latency", len(shapes)))
     return {side: [raced[(b, s)][side] for b, s, _ in shapes] for side in ("reference", "build")}
 
 
@@ -66,15 +82,19 @@ def gate_build(prepared: Prepared, reference: Reference, target, state: ModelSta
     lengths = reference.eval_lengths
     build = target.build(state, staging, BuildInputs(recipe, np.minimum(lengths, recipe.max_length), prepared.cache_root))
     runner = build.runner(reference.threads)
-    candidate = run_eval(runner, eval_data, "the build")
-    gates = [accuracy_drop_gate(reference.eval, candidate, recipe.gates.max_drop, recipe.seed, recipe.gates.drop_type),
-             *pass_gates]
-    latency = _latency(prepared, reference, runner, lengths, progress)
+    deployed = deployed_accuracy(reference.eval, {
+        batch: run_eval(runner, eval_data, f"the build (batch {batch})", batch, state.tokenizer)
+        for batch in recipe.eval.deployed_batchings()},
+        recipe.gates.max_drop, recipe.seed, recipe.gates.drop_type)
+    candidate = deployed.results[deployed.worst]
+    gates = [deployed.gate(), *pass_gates]
+    latency = _latency(prepared, reference, build, runner, state.tokenizer, lengths, progress)
     if build.artifact_measured:
         gates += latency_gates(gate_latency(latency["reference"]), gate_latency(latency["build"]),
                                recipe.gates.max_latency_ms, recipe.gates.min_speedup, recipe.gates.max_latency_p95_ms)
     if recipe.gates.max_size_ratio is not None:
         gates.append(size_gate(build.model_bytes, reference.size_bytes, recipe.gates.max_size_ratio))
     files = {p.name: {"bytes": p.stat().st_size, "sha256": file_digest(p)} for p in build.files}
-    return GatedBuild(build, runner, candidate, gates, latency, files,
-                      int(np.median(lengths)), round(float((lengths > recipe.max_length).mean()), 4))
+    return GatedBuild(build, runner, state.tokenizer, candidate, deployed, gates, latency, files,
+                      int(np.median(lengths)), round(float((lengths > recipe.max_length).mean()), 4),
+                      gemm_peaks(reference.threads))

@@ -23,21 +23,21 @@ from mcompress.pipeline.reference import FLOPS_SEQUENCE
 class PassEvaluations:
     """``get(pass, state)``: the pass's model evaluated on the eval data, once."""
 
-    def __init__(self, runner_for: Callable[[ModelState], object], evaluate: Callable[[object, str], EvalResult]):
+    def __init__(self, runner_for: Callable[[ModelState], object],
+                 evaluate: Callable[[ModelState, object, str], EvalResult]):
         self.runner_for = runner_for  # state -> runner (PyTorch for torch states, the target's otherwise)
-        self.evaluate = evaluate  # (runner, label) -> EvalResult on the eval data
+        self.evaluate = evaluate  # (state, runner, label) -> EvalResult on the eval data, with the state's tokenizer
         self._done: dict[str, EvalResult] = {}
 
     def get(self, p, state: ModelState) -> EvalResult:
         if p.name not in self._done:
-            self._done[p.name] = self.evaluate(self.runner_for(state), f"after {p.name}")
+            self._done[p.name] = self.evaluate(state, self.runner_for(state), f"after {p.name}")
         return self._done[p.name]
 
 
 class PassEvaluator(Instrument):
-    def __init__(self, evaluations: PassEvaluations, tokenizer, texts: list[str], latency_config, sequence_length: int):
+    def __init__(self, evaluations: PassEvaluations, texts: list[str], latency_config, sequence_length: int):
         self.evaluations = evaluations
-        self.tokenizer = tokenizer
         self.texts = texts
         self.latency = latency_config
         self.sequence_length = sequence_length
@@ -48,7 +48,7 @@ class PassEvaluator(Instrument):
         evaluation = self.evaluations.get(p, result.state)
         record.evaluation.update(evaluation.summary())
         runner = self.evaluations.runner_for(result.state)
-        inputs = latency_inputs(self.tokenizer, self.texts, 1, self.sequence_length)
+        inputs = latency_inputs(result.state.tokenizer, self.texts, 1, self.sequence_length)
         timing = measure_latency(runner, inputs, self.latency.warmup, self.latency.iterations)
         record.evaluation["latency"] = {"batch_size": 1, "sequence_length": self.sequence_length,
                                         "p50_ms": round(timing.p50_ms, 3)}

@@ -66,11 +66,12 @@ def _run_passes(prepared: Prepared, reference: Reference, target, work: Path, ru
                       reference.selection.score, progress=progress,
                       resume_dir=cache_root / "resume" if cache_root else None, task=prepared.task)
     evaluations = PassEvaluations(state_runner(target, reference.threads, target.settings(recipe)),
-                                  lambda runner, label: run_eval(runner, prepared.eval_data, label))
+                                  lambda state, runner, label: run_eval(runner, prepared.eval_data, label,
+                                                                        model_tokenizer=state.tokenizer))
     pass_gate = PassGate(recipe, reference.eval, evaluations.get)
     instruments = [FlopsCounter(reference.flops), pass_gate]
     if recipe.eval.evaluate_each_pass:
-        instruments.insert(0, PassEvaluator(evaluations, reference.tokenizer, prepared.eval_data.texts,
+        instruments.insert(0, PassEvaluator(evaluations, prepared.eval_data.texts,
                                             recipe.latency, _pass_sequence_length(recipe)))
     manager = PassManager(target.pipeline(recipe), instruments=instruments, cache=prepared.cache)
     state, records = manager.run(reference.state(prepared), ctx)

@@ -38,13 +38,15 @@ class Reference:
 
 
 def evaluator(prepared: Prepared, tokenizer, progress: ProgressFactory):
-    """``evaluate(runner, data, label)`` with the run's settings and a progress bar."""
+    """``evaluate(runner, data, label, batch_size=None, model_tokenizer=None)`` with the run's
+    settings (eval.batch_size unless a batch size is given), ``tokenizer`` unless the model has its
+    own (a pruned vocabulary), and a progress bar."""
     recipe = prepared.recipe
 
-    def run_eval(runner, dataset, label: str) -> EvalResult:
+    def run_eval(runner, dataset, label: str, batch_size: int | None = None, model_tokenizer=None) -> EvalResult:
         advance = progress(f"evaluating {label}", len(dataset))
-        return prepared.task.evaluate(runner, tokenizer, dataset, recipe.max_length, recipe.eval.batch_size, advance,
-                                      what=label)
+        return prepared.task.evaluate(runner, model_tokenizer or tokenizer, dataset, recipe.max_length,
+                                      batch_size or recipe.eval.batch_size, advance, what=label)
 
     return run_eval
 

@@ -5,6 +5,8 @@ from __future__ import annotations
 from mcompress import __version__
 from mcompress.core.manager import PassRecord
 from mcompress.metrics.machine import library_versions, machine_info
+from mcompress.metrics.roofline import PEAK_SHAPE, distance_to_limit
+from mcompress.metrics.tokenization import segmentation_change
 from mcompress.pipeline.gating import GatedBuild
 from mcompress.pipeline.prepare import Prepared
 from mcompress.pipeline.reference import Reference
@@ -30,15 +32,28 @@ def _pass_entry(r: PassRecord) -> dict:
             "cached": r.cached, "cache_key": r.cache_key}
 
 
-def _data_section(prepared: Prepared, gated: GatedBuild) -> dict:
+def _data_section(prepared: Prepared, reference: Reference, gated: GatedBuild) -> dict:
     eval_data, data = prepared.eval_data, prepared.data
+    resegmented = ({} if gated.tokenizer is reference.tokenizer else  # a pruned vocabulary: how the eval text changed
+                   {"segmentation": segmentation_change(reference.tokenizer, gated.tokenizer, eval_data.texts)})
     return {
         "eval": {"source": eval_data.source, "examples": len(eval_data), "sha256": eval_data.content_hash(),
-                 "median_tokens": gated.median_tokens, "truncated_fraction": gated.truncated_fraction},
+                 "median_tokens": gated.median_tokens, "truncated_fraction": gated.truncated_fraction, **resegmented},
         "selection": {"source": data.selection.source, "examples": len(prepared.selection_data)},
         "calibration": {"source": data.calibration.source, "examples": len(data.calibration)},
         "notes": data.notes,
     }
+
+
+def _distance_to_limit(reference: Reference, state, records: list[PassRecord], gated: GatedBuild) -> dict:
+    """The original's and the build's GMAC/s at sequence 128 against this CPU's measured GEMM peaks."""
+    build_flops = next((r.evaluation["flops_seq128"] for r in reversed(records) if "flops_seq128" in r.evaluation),
+                       reference.flops)
+    precision = state.annotations.get("precision", "fp32")
+    pairs = list(zip(gated.latency["reference"], gated.latency["build"]))
+    return {"peaks_gmacs": gated.gemm_peaks, "peak_shape": list(PEAK_SHAPE), "build_precision": precision,
+            "kernels": "onnxruntime MLAS MatMul (fp32) / MatMulInteger u8 x s8 (int8)",
+            "shapes": distance_to_limit(reference.flops // 2, build_flops // 2, pairs, gated.gemm_peaks, precision)}
 
 
 def assemble_report(prepared: Prepared, reference: Reference, target, state, records: list[PassRecord],
@@ -53,14 +68,17 @@ def assemble_report(prepared: Prepared, reference: Reference, target, state, rec
         "machine": machine_info(),
         "source": {"path": str(ckpt.path), "sha256": ckpt.content_hash, "model_type": ckpt.model_type,
                    "architecture": ckpt.architecture, "task": ckpt.task, "labels": ckpt.id2label},
-        "data": _data_section(prepared, gated),
+        "data": _data_section(prepared, reference, gated),
         "metric": prepared.metric,
         "reference": {"runtime": reference.runner.name, **reference.eval.summary(), **prepared.task.report_fields(reference.eval),
                       "size_bytes": reference.size_bytes, "flops_seq128": reference.flops},
         "passes": [_pass_entry(r) for r in records],
         "build": {"runtime": gated.runner.name, **gated.candidate.summary(), **prepared.task.report_fields(gated.candidate)},
-        "latency": {side: [r.as_dict() for r in results] for side, results in gated.latency.items()},
+        "latency": {**{side: [r.as_dict() for r in results] for side, results in gated.latency.items()},
+                    "isolation": prepared.recipe.latency.isolation},
         "gates": [g.as_dict() for g in gated.gates],
+        "as_deployed": gated.deployed.as_dict(),
+        "distance_to_limit": _distance_to_limit(reference, state, records, gated),
         "passed": gated.passed,
         "artifact": {"model_file": gated.build.model_file.name, "model_bytes": gated.build.model_bytes,
                      "size_ratio": round(gated.build.model_bytes / reference.size_bytes, 4),

@@ -121,6 +121,8 @@ class EvalData(_ReportModel):
     sha256: str | None = None
     median_tokens: int | None = None
     truncated_fraction: Number | None = None
+    # the build's tokenizer vs the original's on the eval texts (a pruned vocabulary; metrics/tokenization.py)
+    segmentation: dict[str, Number] | None = None
 
 
 class SplitData(_ReportModel):
@@ -136,12 +138,51 @@ class Data(_ReportModel):
 
 
 class LatencyTable(_ReportModel):
-    """The original and the build, measured interleaved in one process, shape by shape."""
+    """The original and the build, measured in interleaved rounds, shape by shape; ``isolation``:
+    "process" (each in its own process) or "shared" (both in the run's process)."""
     reference: list[Latency] = Field(default_factory=list)
     build: list[Latency] = Field(default_factory=list)
+    isolation: str | None = None  # reports before isolation was recorded: shared
 
     def pairs(self) -> list[tuple[Latency, Latency]]:
         return list(zip(self.reference, self.build))
+
+
+class DeployedMode(_ReportModel):
+    """The build at one batching: its gated metric, drop (with its interval) and the share of its
+    predictions equal to those at the first batching."""
+    batch_size: int
+    score: Number
+    drop: Number
+    ci95: list[Number] | None = None
+    agreement: Number
+
+
+class AsDeployed(_ReportModel):
+    """The build evaluated the way it is called (metrics/deployed.py); the gate took the worst batching."""
+    modes: list[DeployedMode]
+    gated_batch_size: int
+    batch_dependent: bool
+    max_logit_difference: Number | None = None
+    tolerance: Number | None = None
+
+
+class LimitShape(_ReportModel):
+    batch_size: int
+    sequence_length: int
+    reference_gmacs: Number
+    reference_share: Number  # of the FP32 peak
+    build_gmacs: Number
+    build_share: Number  # of the peak of the build's precision
+
+
+class DistanceToLimit(_ReportModel):
+    """Achieved GMAC/s against this CPU's measured GEMM peaks (metrics/roofline.py)."""
+    peaks_gmacs: dict[str, Number]
+    peak_shape: list[int] = Field(default_factory=list)
+    build_precision: str = "fp32"
+    kernels: str = ""
+    shapes: list[LimitShape] = Field(default_factory=list)
 
 
 class ArtifactFile(_ReportModel):
@@ -202,6 +243,8 @@ class Report(_ReportModel):
     build: Measured
     latency: LatencyTable
     gates: list[Gate]
+    as_deployed: AsDeployed | None = None  # reports before the batchings were gated have none
+    distance_to_limit: DistanceToLimit | None = None
     passed: bool
     artifact: Artifact
     wall_s: Number | None = None

@@ -18,12 +18,13 @@ from mcompress.report.schema import CpuAutoChoice, PassEntry, Report
 SENSITIVITY_PREVIEW_ROWS = 15  # rows of the sensitivity table in report.md (all of them in report.html)
 SENSITIVITY_CHART_ROWS = 40
 PASS_NOTE_KEYS = ("fused_operators", "chosen", "parity_max_abs_diff", "skipped", "heads_per_layer", "ffn_size", "sparsity",
-                  "steps", "best_step", "selection_accuracy", "float_layers", "latency_cost_ms", "quantized_operations")
+                  "steps", "best_step", "selection_accuracy", "float_layers", "latency_cost_ms", "quantized_operations",
+                  "vocabulary_kept", "vocabulary_before")
 
 
 def build_sections(report: Report) -> list[Block]:
-    blocks: list[Block] = [VerdictHeading(report.verdict()), *_intro(report), _gates(report), *_passes(report),
-                           _latency(report)]
+    blocks: list[Block] = [VerdictHeading(report.verdict()), *_intro(report), _gates(report), *_as_deployed(report),
+                           *_passes(report), _latency(report), *_distance_to_limit(report)]
     metric = report.metric.replace("_", " ")
     blocks += _cpu_auto(report.cpu_auto, metric) + _candidates(report)
     fallback = _pass_metrics(report, "fallback")
@@ -42,7 +43,12 @@ def _intro(report: Report) -> list[Block]:
                 [Paragraph(f"**The deployed artifact was not measured**: the gates ran on "
                            f"{tb.get('gated_artifact', 'a stand-in')}. {tb.get('reason', '')}".rstrip())])
     kept = ", ".join(f"`{layer}`" for layer in art.float_layers)
-    return stand_in + [
+    seg = report.data.eval.segmentation
+    vocabulary = ([Paragraph(f"The build has its own (pruned) vocabulary: on the eval texts "
+                             f"{seg['tokens_out_of_vocabulary']:.2%} of the original tokens are not in it and "
+                             f"{seg['texts_resegmented']:.2%} of the texts segment differently; the gates measured the effect.")]
+                  if seg else [])
+    return stand_in + vocabulary + [
         Paragraph(f"Target **{report.target}**, recipe **{report.recipe.get('name', '')}**, source `{report.source.path}` "
                   f"(sha256 {report.source.sha256[:12]}…), eval data `{report.data.eval.source}` "
                   f"({report.data.eval.examples} examples)."),
@@ -57,6 +63,27 @@ def _gates(report: Report) -> Table:
                   f"[{g.ci95[0]:.2f}, {g.ci95[1]:.2f}]" if g.ci95 else "–", verdict_cell(g.passed), g.detail)
                  for g in report.gates)
     return Table("Gates", ("gate", "value", "budget", "95% CI", "verdict", "detail"), rows)
+
+
+def _as_deployed(report: Report) -> list[Block]:
+    """The build at each batching it was gated at, and whether its answers depend on the batching."""
+    deployed = report.as_deployed
+    if deployed is None:
+        return []
+    metric = report.metric.replace("_", " ")
+    rows = tuple(("each text alone" if m.batch_size == 1 else f"batches of {m.batch_size} (length-bucketed)",
+                  score(m.score), f"{m.drop:.2f}", f"[{m.ci95[0]:.2f}, {m.ci95[1]:.2f}]" if m.ci95 else "–",
+                  f"{m.agreement:.2%}", "gated" if m.batch_size == deployed.gated_batch_size else "")
+                 for m in deployed.modes)
+    table = Table(f"Accuracy as deployed ({metric})", ("batching", metric, "drop", "95% CI",
+                                                        "predictions equal to the first batching", ""), rows)
+    diff = deployed.max_logit_difference
+    note = (f"The build's answers depend on what shares a batch (largest logit difference between batchings "
+            f"{diff:.2g} > {deployed.tolerance:g}; dynamically quantized INT8 takes activation ranges over the padded batch): "
+            "the gate took the worst batching." if deployed.batch_dependent else
+            f"The build's answers do not depend on the batching (largest logit difference {diff:.2g})." if diff is not None
+            else "")
+    return [table, Paragraph(note)] if note and len(deployed.modes) > 1 else [table]
 
 
 def _pass_notes(p: PassEntry) -> str:
@@ -100,8 +127,24 @@ def _passes(report: Report) -> list[Block]:
 def _latency(report: Report) -> Table:
     rows = tuple((str(b.batch_size), str(b.sequence_length), ms(r.p50_ms), ms(r.p95_ms), ms(b.p50_ms), ms(b.p95_ms),
                   f"{r.p50_ms / b.p50_ms:.2f}×") for r, b in report.latency.pairs())
-    return Table("Latency (ms, same process)",
+    where = "each in its own process" if report.latency.isolation == "process" else "same process"
+    return Table(f"Latency (ms, {where}, interleaved rounds)",
                  ("batch", "sequence", "PyTorch FP32 p50", "p95", "build p50", "p95", "speedup (p50)"), rows)
+
+
+def _distance_to_limit(report: Report) -> list[Block]:
+    limit = report.distance_to_limit
+    if limit is None or not limit.shapes:
+        return []
+    peaks = ", ".join(f"{p.upper()} {v:.0f} GMAC/s" for p, v in limit.peaks_gmacs.items())
+    rows = tuple((str(s.batch_size), str(s.sequence_length), f"{s.reference_gmacs:.1f}", f"{s.reference_share:.0%}",
+                  f"{s.build_gmacs:.1f}", f"{s.build_share:.0%}") for s in limit.shapes)
+    table = Table("Distance to the limit (GMAC/s at p50)", ("batch", "sequence", "PyTorch FP32", "of FP32 peak",
+                                                             f"build ({limit.build_precision.upper()})",
+                                                             f"of {limit.build_precision.upper()} peak"), rows)
+    return [table, Paragraph(f"Peaks measured on this CPU with {limit.kernels}, "
+                             f"{' x '.join(map(str, limit.peak_shape))}, same threads: {peaks}. MACs counted for the "
+                             "Linear layers and attention matmuls only; time spent elsewhere lowers the share.")]
 
 
 def _cpu_auto(choice: CpuAutoChoice | None, metric: str) -> list[Block]:

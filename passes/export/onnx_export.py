@@ -24,7 +24,7 @@ logger = logging.getLogger(__name__)
 
 INPUT_ORDER = ("input_ids", "attention_mask", "token_type_ids")
 # Config fields that describe tensor shapes and that pruning may change.
-SHAPE_CONFIG_KEYS = ("pruned_heads", "intermediate_size", "hidden_dim", "num_hidden_layers", "n_layers")
+SHAPE_CONFIG_KEYS = ("pruned_heads", "intermediate_size", "hidden_dim", "num_hidden_layers", "n_layers", "vocab_size")
 
 
 def _logits_module(model, input_names: list[str]):

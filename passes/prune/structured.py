@@ -391,7 +391,7 @@ class PruneStructured(Pass):
 
     def cache_key_parts(self, ctx: PassContext) -> dict:
         cfg = ctx.recipe.prune
-        return {"prune": cfg.model_dump(mode="json"), "max_length": ctx.recipe.max_length, "seed": ctx.seed,
+        return {"prune": cfg.model_dump(mode="json", exclude={"vocabulary"}), "max_length": ctx.recipe.max_length, "seed": ctx.seed,
                 "scoring_data": ctx.calibration.head(cfg.importance_examples).content_hash()}
 
     def call(self, state: ModelState, ctx: PassContext) -> PassResult:

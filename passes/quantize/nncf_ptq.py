@@ -171,7 +171,7 @@ class QuantizeNNCF(Pass):
                 nncf_verdict=capture.completion() or "the fully quantized model was within budget")
         float_layers = metrics.get("accuracy_control", {}).get("reverted_operations", [])
         out = dataclasses.replace(state, model_file=xml, annotations={**state.annotations, "quantization": "nncf-int8",
-                                                                    "graph": "openvino-ir", "float_layers": float_layers})
+                                                                    "precision": "int8", "graph": "openvino-ir", "float_layers": float_layers})
         return PassResult(out, True, metrics)
 
     @staticmethod

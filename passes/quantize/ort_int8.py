@@ -212,6 +212,8 @@ class QuantizeInt8(Pass):
         annotations = {k: v for k, v in state.annotations.items() if k != "graph_variants"}
         chosen_state = dataclasses.replace(state, model_file=candidates[chosen],
                                            annotations={**annotations, "quantization": mode, "graph": variant,
+                                                        # what its GEMMs run at (metrics/roofline.py)
+                                                        "precision": "fp32" if mode == "fp32" else "int8",
                                                         # the float graph it was quantized from (passes/quantize/fallback.py)
                                                         "float_graph": Path(variants[variant])})
         return PassResult(chosen_state, candidates[chosen] != state.onnx_path, metrics)

@@ -65,6 +65,7 @@ def write_config_and_tokenizer(state, out_dir: Path) -> None:
         (out_dir / "config.json").write_text(json.dumps(config, indent=2) + "\n")
     else:
         shutil.copyfile(state.source.path / "config.json", out_dir / "config.json")
+    tokenizer_dir = state.tokenizer_files_dir  # the source's, or a pass's (vocabulary pruning)
     for name in TOKENIZER_FILES:
-        if (state.source.path / name).is_file():
-            shutil.copyfile(state.source.path / name, out_dir / name)
+        if (tokenizer_dir / name).is_file():
+            shutil.copyfile(tokenizer_dir / name, out_dir / name)
