@@ -275,3 +275,16 @@ def word_targets(first_positions: list[list[int]], labels: list[list[int]] | Non
         labels = [[PREDICTED] * len(p) for p in first_positions]
     return aligned_labels(first_positions, labels, sequence_length)
 
+
+def entities(tags: list[str]) -> set[tuple[str, int, int]]:
+    """(type, first word, last word) of every entity in one sentence's IOB2 tags."""
+    found, start, current = set(), None, None
+    for i, tag in enumerate([*tags, "O"]):
+        prefix, kind = (tag[0], tag[2:]) if tag != "O" and len(tag) > 2 and tag[1] == "-" else ("O", None)
+        begins = prefix == "B" or (prefix == "I" and kind != current)
+        if current is not None and (prefix == "O" or begins):
+            found.add((current, start, i - 1))
+            current = None
+        if begins:
+            start, current = i, kind
+    return found

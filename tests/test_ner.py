@@ -348,14 +348,38 @@ def test_conll2003_corpus_is_iob2_with_standard_split():
         assert len(words) == len(tags) and set(tags) <= set(corpus.labels)
 
 
-def test_packaging_a_tagger_build_is_refused_clearly(tagger_build, tmp_path):
+def test_a_tagger_bundle_predicts_the_builds_entities_with_character_offsets(tagger_build, tagger, tmp_path):
+    """Taggers get bundles: the torch-free runtime splits raw text into words, tags each from its
+    first sub-token and returns entities with character offsets; they are exactly the entities of
+    the build's own ONNX model scored the gate's way (predict_word_logits, same batches)."""
     from mcompress.bundle.package import package_build
+    from mcompress.engines.onnxruntime_cpu import OrtRunner
+    from mcompress.runtime import load
+    from mcompress.tasks.token_classification import predict_word_logits
 
     code, _, out, _, _ = tagger_build
+    _, _, tokenizer, test = tagger
     assert code == ExitCode.OK
-    with pytest.raises(InputError, match="is a token-classification model; bundles and the bundle runtime support"):
-        package_build(out, tmp_path / "t.mcpkg")
-    assert not (tmp_path / "t.mcpkg").exists()
+    manifest = package_build(out, tmp_path / "t.mcpkg")
+    assert manifest["task"] == "token-classification" and manifest["monitoring"]["signals"]["label"]["counts"]
+    bundle = load(tmp_path / "t.mcpkg")
+    texts = [" ".join(words) for words in test.words]
+    got = bundle.predict(texts)
+    word_logits = predict_word_logits(OrtRunner(out / "model.onnx", 1), tokenizer, test.words, bundle.max_sequence_length)
+    found = 0
+    for words, text, logits, prediction in zip(test.words, texts, word_logits, got):
+        tags = [NER_LABELS[i] for i in logits.argmax(-1)] + ["O"] * (len(words) - len(logits))
+        starts = np.cumsum([0] + [len(w) + 1 for w in words])[:-1].tolist()
+        expected = sorted((kind, starts[first], starts[last] + len(words[last])) for kind, first, last in entities(tags))
+        assert sorted((e["type"], e["start"], e["end"]) for e in prediction["entities"]) == expected
+        for e in prediction["entities"]:
+            assert e["text"] == text[e["start"]:e["end"]] and 0 < e["score"] <= 1
+        found += len(expected)
+    assert found >= 10  # the tiny tagger does tag entities, so the comparison is not vacuous
+    # raw text with irregular spacing: offsets point into the text as given
+    [spaced] = bundle.predict(["  John   Smith  lives in   London . "])
+    for e in spaced["entities"]:
+        assert e["text"] == "  John   Smith  lives in   London . "[e["start"]:e["end"]] and not e["text"].startswith(" ")
 
 
 def test_tagger_sensitivity_ranks_layers_over_words(tiny_tagger, fast_recipe, tmp_path):

@@ -5,7 +5,7 @@ holds the model, the tokenizer files, ``labels.json`` (id -> label name) and ``m
 which records how to feed the model (input names, dtypes, dynamic axes read from the ONNX graph;
 tokenizer, truncation, padding), the sha256 and size of every other member, the recipe, the runtime
 versions the build was gated with, the source checkpoint's hash, the gate verdicts and metrics, and
-the build's provenance (report/provenance.py: an in-toto Statement, SLSA provenance v1). Nothing
+the build's provenance (core/provenance.py: an in-toto Statement, SLSA provenance v1). Nothing
 in it depends on when or where it was packaged, so packaging one build twice gives the same bytes.
 With a signing key, the bundle also holds ``signature.sigstore.json`` over every other member
 (bundle/signing.py); ECDSA signatures are randomised, so a signed bundle's bytes differ from one
@@ -29,10 +29,10 @@ from mcompress import __version__
 from mcompress.bundle.runtime import SIGNATURE
 from mcompress.core.errors import InputError
 from mcompress.core.formats import ONNX, OPENVINO_IR, TOKENIZER_FILES, ModelFormat, format_named, format_of
-from mcompress.report.provenance import build_provenance, subject_digests
+from mcompress.core.task import TASKS, UNRECORDED_TASK, runtime_decoder
+from mcompress.core.provenance import build_provenance, subject_digests
 
 SCHEMA_VERSION = 1
-TASK = "text-classification"
 MANIFEST = "manifest.json"
 LABELS = "labels.json"
 # The tokenizer file the runtime reads is tokenizer.json; the others (TOKENIZER_FILES) ride along
@@ -163,8 +163,21 @@ def _openvino_runtime(report: dict) -> dict:
 BUNDLED = {ONNX.name: _Bundled(_graph_io, _onnx_runtime), OPENVINO_IR.name: _Bundled(_ir_io, _openvino_runtime)}
 
 
+def _metrics(report: dict) -> dict:
+    """The gated figures of the build (the manifest's ``metrics``)."""
+    return {
+        "eval_examples": ((report.get("data") or {}).get("eval") or {}).get("examples"),
+        "eval_sha256": ((report.get("data") or {}).get("eval") or {}).get("sha256"),
+        "reference_accuracy": (report.get("reference") or {}).get("accuracy"),
+        "build_accuracy": (report.get("build") or {}).get("accuracy"),
+        "reference_score": (report.get("reference") or {}).get("score"),
+        "build_score": (report.get("build") or {}).get("score"),
+        "latency": report.get("latency"),
+    }
+
+
 def build_manifest(build_dir: Path, report: dict, files: dict[str, bytes], labels: dict[str, str],
-                   model_format: ModelFormat) -> dict:
+                   model_format: ModelFormat, task: str = UNRECORDED_TASK) -> dict:
     model_file = model_format.model_file
     model_names = [p.name for p in model_format.files(build_dir / model_file)]
     inputs, outputs = BUNDLED[model_format.name].describe_io([files[n] for n in model_names], build_dir / model_file)
@@ -182,7 +195,7 @@ def build_manifest(build_dir: Path, report: dict, files: dict[str, bytes], label
     gates = report.get("gates") or []
     return {
         "schema_version": SCHEMA_VERSION,
-        "task": TASK,
+        "task": task,
         "target": report.get("target"),
         "mcompress_version": __version__,
         "built_with_mcompress": report.get("mcompress_version"),
@@ -213,13 +226,7 @@ def build_manifest(build_dir: Path, report: dict, files: dict[str, bytes], label
         "quantization": (report.get("artifact") or {}).get("quantization"),
         "passed": bool(report.get("passed")),
         "gates": gates,
-        "metrics": {
-            "eval_examples": ((report.get("data") or {}).get("eval") or {}).get("examples"),
-            "eval_sha256": ((report.get("data") or {}).get("eval") or {}).get("sha256"),
-            "reference_accuracy": (report.get("reference") or {}).get("accuracy"),
-            "build_accuracy": (report.get("build") or {}).get("accuracy"),
-            "latency": report.get("latency"),
-        },
+        "metrics": _metrics(report),
         "provenance": _provenance(build_dir, report, files, model_names),
         "files": {name: {"sha256": _sha256(data), "bytes": len(data)} for name, data in sorted(files.items())},
     }
@@ -273,9 +280,8 @@ def _zip_bytes(members: dict[str, bytes], out) -> None:
             zf.writestr(info, members[name])
 
 
-def _check_paths(build_dir: Path, out_file: Path, force: bool) -> Path:
-    """Refuse a build directory that is not one, and a bundle path that is unusable; return the
-    bundle's resolved path."""
+def _check_build_dir(build_dir: Path) -> None:
+    """Refuse a build directory that is not one."""
     if not build_dir.exists():
         raise InputError(f"build directory {build_dir} does not exist.", "Pass the --out directory of `mcompress run`.")
     if not build_dir.is_dir():
@@ -284,6 +290,12 @@ def _check_paths(build_dir: Path, out_file: Path, force: bool) -> Path:
     if missing:
         raise InputError(f"build directory {build_dir} lacks {', '.join(missing)}.",
                          "Pass a complete build written by `mcompress run`.")
+
+
+def _check_paths(build_dir: Path, out_file: Path, force: bool) -> Path:
+    """Refuse a build directory that is not one, and a bundle path that is unusable; return the
+    bundle's resolved path."""
+    _check_build_dir(build_dir)
     if out_file.suffix != ".mcpkg":
         raise InputError(f"bundle name {out_file} must end in .mcpkg.", "Pass -o NAME.mcpkg.")
     resolved = out_file.resolve()
@@ -299,30 +311,24 @@ def _check_paths(build_dir: Path, out_file: Path, force: bool) -> Path:
     return resolved
 
 
-def package_build(build_dir: Path, out_file: Path, force: bool = False, allow_failed: bool = False,
-                  sign_key: Path | None = None) -> dict:
-    """Write ``out_file`` (a .mcpkg bundle) from ``build_dir``, signed with the PEM EC private key
-    ``sign_key`` if given; return its manifest.
-
-    Nothing in ``build_dir`` is modified; ``out_file`` appears only when complete."""
-    build_dir, out_file = Path(build_dir), Path(out_file)
-    resolved = _check_paths(build_dir, out_file, force)
-    report = _read_json(build_dir / "report.json", "build report")
-    task = (report.get("source") or {}).get("task", TASK)
-    if task != TASK:
-        raise InputError(f"build {build_dir} is a {task} model; bundles and the bundle runtime support {TASK} only so far.",
+def _bundled_task(build_dir: Path, report: dict) -> str:
+    task = (report.get("source") or {}).get("task", UNRECORDED_TASK)
+    if runtime_decoder(task) is None:
+        supported = ", ".join(n for n, entry in TASKS.items() if entry.runtime_decoder)
+        raise InputError(f"build {build_dir} is a {task} model; bundles and the bundle runtime support {supported} so far.",
                          "Deploy the build directory itself (model.onnx, config.json, tokenizer files) with ONNX Runtime or Optimum.")
-    if not report.get("passed") and not allow_failed:
-        failed = ", ".join(g.get("name", "?") for g in report.get("gates", []) if not g.get("passed")) or "unknown"
-        raise InputError(f"build {build_dir} failed its gates ({failed}); refusing to package it.",
-                         "Pass --allow-failed to package it anyway.")
+    return task
+
+
+def _build_files(build_dir: Path, report: dict) -> tuple[dict[str, bytes], dict[str, str], ModelFormat]:
+    """The bundle's members but the manifest (model, tokenizer files, labels.json), checked against
+    the sha256 report.json recorded when the build was gated; the label map; the model format."""
     model_format = _bundled_format(build_dir, report)
     model_files = [p.name for p in model_format.files(build_dir / model_format.model_file)]
     missing = [name for name in model_files if not (build_dir / name).is_file()]
     if missing:
         raise InputError(f"build directory {build_dir} lacks {', '.join(missing)}.",
                          "Pass a complete build written by `mcompress run`.")
-
     files = {name: (build_dir / name).read_bytes() for name in model_files}
     for name in TOKENIZER_FILES:
         if (build_dir / name).is_file():
@@ -335,14 +341,20 @@ def package_build(build_dir: Path, out_file: Path, force: bool = False, allow_fa
         if expected and expected != _sha256(data):
             raise InputError(f"{build_dir / name} changed since the build was gated (sha256 differs from report.json).",
                              "Rebuild with `mcompress run`.")
+    return files, labels, model_format
 
-    manifest = build_manifest(build_dir, report, files, labels, model_format)
-    members = dict(files)
-    members[MANIFEST] = (json.dumps(manifest, indent=2, sort_keys=True) + "\n").encode()
-    if sign_key is not None:
-        members[SIGNATURE] = _signature(members, sign_key, out_file.stem)
-    _write_atomically(members, resolved, out_file)
-    return manifest
+
+def _members(files: dict[str, bytes], manifest: dict) -> dict[str, bytes]:
+    """The bundle's members: ``files`` and the manifest."""
+    return {**files, MANIFEST: (json.dumps(manifest, indent=2, sort_keys=True) + "\n").encode()}
+
+
+def _zipped(members: dict[str, bytes]) -> bytes:
+    import io
+
+    buffer = io.BytesIO()
+    _zip_bytes(members, buffer)
+    return buffer.getvalue()
 
 
 def _signature(members: dict[str, bytes], key: Path, name: str) -> bytes:
@@ -352,12 +364,38 @@ def _signature(members: dict[str, bytes], key: Path, name: str) -> bytes:
     return sign_digests({n: _sha256(data) for n, data in members.items() if n != SIGNATURE}, key, name)
 
 
-def _write_atomically(members: dict[str, bytes], resolved: Path, out_file: Path) -> None:
-    """The zip of ``members`` at ``resolved``, appearing only when complete."""
+def bundle_bytes(build_dir: Path, allow_failed: bool = False, reference_data: Path | None = None,
+                 sign_key: Path | None = None, name: str = "bundle") -> tuple[bytes, dict]:
+    """The bundle of ``build_dir`` as bytes, and its manifest, built in memory (``mcompress
+    package`` writes these bytes; ``mcompress serve BUILD_DIR`` loads them). The manifest's
+    ``monitoring`` reference comes from running this very bundle on the eval data
+    (bundle/monitoring.py); with ``sign_key`` (a PEM EC private key) the bundle is signed as ``name``."""
+    build_dir = Path(build_dir)
+    _check_build_dir(build_dir)
+    report = _read_json(build_dir / "report.json", "build report")
+    task = _bundled_task(build_dir, report)
+    if not report.get("passed") and not allow_failed:
+        failed = ", ".join(g.get("name", "?") for g in report.get("gates", []) if not g.get("passed")) or "unknown"
+        raise InputError(f"build {build_dir} failed its gates ({failed}); refusing to package it.",
+                         "Pass --allow-failed to package it anyway.")
+    files, labels, model_format = _build_files(build_dir, report)
+    manifest = build_manifest(build_dir, report, files, labels, model_format, task)
+    from mcompress.bundle.reference import monitoring_reference
+
+    manifest["monitoring"] = monitoring_reference(build_dir, report, task, labels, _zipped(_members(files, manifest)),
+                                                  reference_data)
+    members = _members(files, manifest)
+    if sign_key is not None:
+        members[SIGNATURE] = _signature(members, sign_key, name)
+    return _zipped(members), manifest
+
+
+def _write_atomically(data: bytes, resolved: Path, out_file: Path) -> None:
+    """``data`` at ``resolved``, appearing only when complete."""
     fd, tmp_name = tempfile.mkstemp(prefix=f".{out_file.name}.", suffix=".partial", dir=resolved.parent)
     try:
         with os.fdopen(fd, "wb") as tmp:
-            _zip_bytes(members, tmp)
+            tmp.write(data)
             tmp.flush()
             os.fsync(tmp.fileno())
         os.chmod(tmp_name, 0o644)
@@ -368,6 +406,19 @@ def _write_atomically(members: dict[str, bytes], resolved: Path, out_file: Path)
         except FileNotFoundError:
             pass
         raise
+
+
+def package_build(build_dir: Path, out_file: Path, force: bool = False, allow_failed: bool = False,
+                  reference_data: Path | None = None, sign_key: Path | None = None) -> dict:
+    """Write ``out_file`` (a .mcpkg bundle) from ``build_dir``, signed with the PEM EC private key
+    ``sign_key`` if given; return its manifest.
+
+    Nothing in ``build_dir`` is modified; ``out_file`` appears only when complete."""
+    build_dir, out_file = Path(build_dir), Path(out_file)
+    resolved = _check_paths(build_dir, out_file, force)
+    data, manifest = bundle_bytes(build_dir, allow_failed, reference_data, sign_key, out_file.stem)
+    _write_atomically(data, resolved, out_file)
+    return manifest
 
 
 def sign_bundle(bundle: Path, key: Path, out_file: Path, force: bool = False) -> str:
@@ -394,7 +445,7 @@ def sign_bundle(bundle: Path, key: Path, out_file: Path, force: bool = False) ->
     if json.loads(members[MANIFEST]) != contents.manifest:
         raise InputError(f"bundle {bundle} changed while it was being signed.", "Sign it again.")
     members[SIGNATURE] = _signature(members, key, out_file.stem)
-    _write_atomically(members, resolved, out_file)
+    _write_atomically(_zipped(members), resolved, out_file)
     from mcompress.bundle.signing import signature_key_id
 
     return signature_key_id(members[SIGNATURE])

@@ -23,6 +23,7 @@ This module must stay importable without torch, transformers, pydantic, typer or
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import re
 import stat
@@ -34,7 +35,7 @@ from pathlib import Path
 
 from mcompress.core.errors import InputError
 from mcompress.core.formats import ONNX, OPENVINO_IR
-from mcompress.core.task import TASKS, runtime_decoder
+from mcompress.core.task import TASKS, UNRECORDED_TASK, runtime_decoder
 
 SCHEMA_VERSION = 1
 MANIFEST = "manifest.json"
@@ -95,7 +96,12 @@ def _read_member(zf: zipfile.ZipFile, info: zipfile.ZipInfo, expected: dict | No
     return data
 
 
-def _open_zip(path: Path) -> zipfile.ZipFile:
+def _open_zip(path: Path, data: bytes | None = None) -> zipfile.ZipFile:
+    if data is not None:  # a bundle assembled in memory (mcompress serve BUILD_DIR); path names it
+        try:
+            return zipfile.ZipFile(io.BytesIO(data), "r")
+        except _ZIP_ERRORS as err:
+            raise BundleError(f"bundle {path} is not a readable zip ({type(err).__name__}: {err}).") from None
     if not path.exists():
         raise BundleError(f"bundle {path} does not exist.")
     if not path.is_file():
@@ -227,11 +233,12 @@ class BundleContents:
 
 
 def open_bundle(path: str | Path, max_bytes: int = MAX_TOTAL_BYTES, max_members: int = MAX_MEMBERS,
-                trusted_keys=None) -> BundleContents:
+                trusted_keys=None, data: bytes | None = None) -> BundleContents:
     """Verify a bundle: its signature first when ``trusted_keys`` (paths of PEM EC public keys, or
-    signing.TrustedKey) are given, then every member against the manifest."""
+    signing.TrustedKey) are given, then every member against the manifest. ``data``: the bundle's
+    bytes, already in memory (``path`` then only names it in errors)."""
     path = Path(path)
-    zf = _open_zip(path)
+    zf = _open_zip(path, data)
     with zf:
         by_name = _checked_members(zf, path, max_bytes, max_members)
         # the signature first: a member changed after signing is named as such, whatever it broke
@@ -245,11 +252,21 @@ def open_bundle(path: str | Path, max_bytes: int = MAX_TOTAL_BYTES, max_members:
 
 
 def read_bundle(path: str | Path, max_bytes: int = MAX_TOTAL_BYTES, max_members: int = MAX_MEMBERS,
-                trusted_keys=None) -> tuple[dict, dict[str, bytes]]:
+                trusted_keys=None, data: bytes | None = None) -> tuple[dict, dict[str, bytes]]:
     """Verify a bundle (see open_bundle) and return (manifest, {member name: bytes}) for every
     member the manifest lists."""
-    contents = open_bundle(path, max_bytes, max_members, trusted_keys)
+    contents = open_bundle(path, max_bytes, max_members, trusted_keys, data)
     return contents.manifest, contents.members
+
+
+@dataclass(frozen=True)
+class Prediction:
+    """Bundle.run's answer: per text, in input order, the task's prediction, its token count (after
+    truncation, special tokens included) and whether max_sequence_length truncated it."""
+
+    results: list[dict]
+    token_lengths: list[int]
+    truncated: list[bool]
 
 
 @dataclass
@@ -262,6 +279,11 @@ class Bundle:
     input_dtypes: dict = field(default_factory=dict)  # model input name -> numpy dtype name
     feeds: dict = field(default_factory=dict)  # model input name -> Encoding attribute
     signer: object | None = None  # the trusted key (signing.TrustedKey) that verified it, if keys were given
+    decoder: object = field(default=None, repr=False)  # the task's tasks.decoding.RuntimeDecoder
+
+    def __post_init__(self):
+        if self.decoder is None:
+            self.decoder = runtime_decoder(self.manifest.get("task", UNRECORDED_TASK))
 
     @property
     def max_sequence_length(self) -> int:
@@ -271,8 +293,8 @@ class Bundle:
     def input_names(self) -> list[str]:
         return list(self.feeds)
 
-    def logits(self, texts: list[str], batch_size: int = 32):
-        """Logits for every text, in input order.
+    def _batches(self, texts: list[str], batch_size: int):
+        """(indices, encoded batch, logits) per batch.
 
         Texts are batched in order of character length (stable), exactly as `mcompress run`
         batched the eval data it gated the build on, so the bundle reproduces the gated
@@ -290,18 +312,42 @@ class Bundle:
                 raise TypeError(f"texts[{i}] is {type(text).__name__}, not str")
         if batch_size < 1:
             raise ValueError("batch_size must be >= 1")
-        out = np.empty((len(texts), len(self.labels)), dtype=np.float32)
         for idx in length_batches(texts, batch_size):
-            encodings = self.tokenizer.encode_batch([texts[i] for i in idx])
-            feed = {name: np.array([getattr(e, attr) for e in encodings], dtype=self.input_dtypes[name])
+            encoded = self.decoder.encode(self.tokenizer, [texts[i] for i in idx])
+            feed = {name: np.array([getattr(e, attr) for e in encoded.encodings], dtype=self.input_dtypes[name])
                     for name, attr in self.feeds.items()}
-            out[idx] = self.session.run(["logits"], feed)[0]
-        return out
+            yield idx, encoded, self.session.run(["logits"], feed)[0]
+
+    def logits(self, texts: list[str], batch_size: int = 32):
+        """The model's logits for every text, in input order: an array with one row per text when
+        every text's logits have one shape (text classification), else a list of arrays (a
+        tagger's per-token logits, padded per batch)."""
+        import numpy as np
+
+        rows: list = [None] * len(texts)
+        for idx, _, logits in self._batches(texts, batch_size):
+            for row, i in enumerate(idx):
+                rows[i] = logits[row]
+        if not rows:
+            return np.empty((0, len(self.labels)), dtype=np.float32)
+        return np.stack(rows) if len({r.shape for r in rows}) == 1 else rows
+
+    def run(self, texts: list[str], batch_size: int = 32) -> Prediction:
+        """Predictions with the token count and truncation of every text (what the server monitors)."""
+        results: list = [None] * len(texts)
+        lengths, truncated = [0] * len(texts), [False] * len(texts)
+        for idx, encoded, logits in self._batches(texts, batch_size):
+            batch_texts = [texts[i] for i in idx]
+            decoded = self.decoder.decode(logits, encoded, batch_texts, self.labels)
+            for i, result, length, cut in zip(idx, decoded, encoded.token_lengths, encoded.truncated):
+                results[i], lengths[i], truncated[i] = result, length, cut
+        return Prediction(results, lengths, truncated)
 
     def predict(self, texts: list[str], batch_size: int = 32) -> list[dict]:
-        """For each text, the task's prediction (its runtime decoder, compressor/tasks/decoding.py);
-        text classification: {"label": name, "score": its softmax probability, "scores": {label: prob}}."""
-        return runtime_decoder(self.manifest.get("task"))(self.logits(texts, batch_size), self.labels)
+        """For each text, the task's prediction (its runtime decoder, compressor/tasks/decoding.py):
+        text classification: {"label": name, "score": its softmax probability, "scores": {label: prob}};
+        token classification: {"entities": [{"type", "start", "end", "text", "score"}]}."""
+        return self.run(texts, batch_size).results
 
 
 def _manifest_field(manifest: dict, *keys, kind=None):
@@ -362,14 +408,15 @@ def _labels(manifest: dict, members: dict[str, bytes]) -> list[str]:
 
 
 def load(path: str | Path, threads: int | None = None, max_bytes: int = MAX_TOTAL_BYTES,
-         max_members: int = MAX_MEMBERS, trusted_keys=None) -> Bundle:
+         max_members: int = MAX_MEMBERS, trusted_keys=None, data: bytes | None = None) -> Bundle:
     """Verify ``path`` and return a ready-to-run Bundle (an ONNX Runtime CPU session built from the
     model's bytes, and the bundle's tokenizer with truncation at max_sequence_length and padding
     to the longest text in a batch). With ``trusted_keys`` (paths of PEM EC public keys), a bundle
-    not signed by one of them is refused (open_bundle)."""
-    contents = open_bundle(path, max_bytes, max_members, trusted_keys)
+    not signed by one of them is refused (open_bundle). ``data``: the bundle's bytes when it is
+    already in memory."""
+    contents = open_bundle(path, max_bytes, max_members, trusted_keys, data)
     manifest, members = contents.manifest, contents.members
-    if runtime_decoder(manifest.get("task")) is None:
+    if runtime_decoder(manifest.get("task", UNRECORDED_TASK)) is None:
         raise BundleError(f"bundle task {manifest.get('task')!r} is not supported; this runtime runs "
                           f"{', '.join(n for n, entry in TASKS.items() if entry.runtime_decoder)}.")
     labels = _labels(manifest, members)

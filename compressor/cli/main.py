@@ -237,18 +237,23 @@ def package(
     force: bool = typer.Option(False, "--force", help="Replace the bundle if it exists."),
     allow_failed: bool = typer.Option(False, "--allow-failed", help="Package a build whose gates failed."),
     sign_key: Optional[Path] = typer.Option(None, "--sign-key", help="Sign the bundle with this PEM EC private key (P-256; needs mcompress[sign])."),
+    reference_data: Optional[Path] = typer.Option(None, "--reference-data",
+                                                  help="Eval data for the monitoring reference (default: the one report.json records)."),
 ) -> None:
     """Package a build into one reproducible NAME.mcpkg bundle (model, tokenizer, labels, manifest with provenance)."""
     def body():
         from mcompress.bundle.package import package_build
         from mcompress.core.hashing import file_digest
 
-        manifest = package_build(build_dir, out, force=force, allow_failed=allow_failed, sign_key=sign_key)
+        manifest = package_build(build_dir, out, force=force, allow_failed=allow_failed, reference_data=reference_data,
+                                 sign_key=sign_key)
         size = out.stat().st_size
         verdict = "PASS" if manifest["passed"] else "FAIL (packaged with --allow-failed)"
         signed = f", signed with {sign_key.name}" if sign_key else ", unsigned"
         _line("[bold green]packaged[/]", f"{build_dir} -> {out} ({size / 1e6:.1f} MB, {len(manifest['files']) + 1 + bool(sign_key)} files, "
                                           f"gates {verdict}{signed}, sha256 {file_digest(out)})")
+        if "unavailable" in manifest["monitoring"]:
+            _line("[yellow]note:[/]", f"no drift-monitoring reference in the bundle: {manifest['monitoring']['unavailable']}.")
 
     _guard(body)
 
@@ -266,6 +271,61 @@ def sign(
 
         signer = sign_bundle(bundle, key, out, force)
         _line("[bold green]signed[/]", f"{bundle} -> {out} with key sha256 {signer[:16]}…")
+
+    _guard(body)
+
+
+@app.command()
+def serve(
+    model: Path = typer.Argument(..., help="Bundle (NAME.mcpkg) or build directory (packaged in memory) to serve."),
+    host: str = typer.Option("127.0.0.1", help="Address to listen on."),
+    port: int = typer.Option(8000, help="Port to listen on."),
+    max_batch_size: int = typer.Option(32, "--max-batch-size", help="Texts per model call (the length-bucket size)."),
+    max_wait_ms: float = typer.Option(5.0, "--max-wait-ms", help="How long a batch waits for requests still arriving."),
+    max_queue: int = typer.Option(256, "--max-queue", help="Requests that may wait for the model; more get 503."),
+    max_texts: int = typer.Option(64, "--max-texts", help="Texts per request."),
+    max_chars: int = typer.Option(10_000, "--max-chars", help="Characters per text."),
+    max_body_bytes: int = typer.Option(1_048_576, "--max-body-bytes", help="Request body size."),
+    drift_window: int = typer.Option(2000, "--drift-window", help="Recent texts the drift monitor compares."),
+    threads: Optional[int] = typer.Option(None, "--threads", min=1, help="Model intra-op threads."),
+    allow_failed: bool = typer.Option(False, "--allow-failed", help="Serve a build directory whose gates failed."),
+    trusted_keys: Optional[list[Path]] = typer.Option(None, "--trusted-key", help=TRUSTED_KEY_HELP),
+) -> None:
+    """Serve a bundle or build over HTTP: POST /v1/predict, /v1/model, /v1/monitor, /metrics, /healthz, /readyz."""
+    def body():
+        from mcompress.serve.config import ServeConfig
+        from mcompress.serve.server import serve as run_server
+
+        keys = _trusted(trusted_keys)
+        config = ServeConfig(model, host, port, max_batch_size, max_wait_ms, max_queue, max_texts, max_chars,
+                             max_body_bytes, drift_window, threads, allow_failed,
+                             trusted_keys=tuple(keys) if keys else None)
+        return config, run_server
+
+    config, run_server = _guard(body)
+    # outside _guard's handlers: uvicorn handles SIGTERM/SIGINT itself (drain, then exit 0)
+    _guard(run_server, config, lambda url: _line("[bold green]serving[/]", f"{model} at {url} (docs: {url}/docs)"))
+
+
+@app.command()
+def triton(
+    model: Path = typer.Argument(..., help="Bundle (NAME.mcpkg) or build directory (an onnx-cpu build)."),
+    out: Path = typer.Argument(..., help="Triton model repository to write the model into (created if missing)."),
+    name: str = typer.Option("mcompress", "--name", help="Model name in the repository."),
+    max_batch_size: int = typer.Option(32, "--max-batch-size", help="Triton max_batch_size and largest preferred batch."),
+    max_queue_delay_us: int = typer.Option(5000, "--max-queue-delay-us", help="Dynamic batching queue delay."),
+    allow_failed: bool = typer.Option(False, "--allow-failed", help="Use a build directory whose gates failed."),
+) -> None:
+    """Write a Triton Inference Server model repository entry (config.pbtxt with dynamic batching, 1/model.onnx)."""
+    def body():
+        from mcompress.bundle.runtime import read_bundle
+        from mcompress.serve.server import bundle_source
+        from mcompress.serve.triton import write_repository
+
+        source, data = bundle_source(model, allow_failed)
+        manifest, members = read_bundle(source, data=data)
+        written = write_repository(manifest, members, source, out, name, max_batch_size, max_queue_delay_us)
+        _line("[bold green]wrote[/]", f"{written}/config.pbtxt and {written}/1/model.onnx (Triton onnxruntime backend)")
 
     _guard(body)
 

@@ -35,14 +35,15 @@ class TaskEntry:
     metrics and the data loaders)."""
 
     implementation: str  # "module:Class"
-    runtime_decoder: str | None = None  # "module:function", decoder(logits, labels) -> list[dict]
+    runtime_decoder: str | None = None  # "module:object", a tasks.decoding.RuntimeDecoder
 
 
 # name -> TaskEntry; a task registers itself by adding a line here.
 TASKS = {
     "text-classification": TaskEntry("mcompress.tasks.text_classification:TextClassification",
                                      runtime_decoder="mcompress.tasks.decoding:class_scores"),
-    "token-classification": TaskEntry("mcompress.tasks.token_classification:TokenClassification"),
+    "token-classification": TaskEntry("mcompress.tasks.token_classification:TokenClassification",
+                                      runtime_decoder="mcompress.tasks.decoding:word_tags"),
 }
 # The task of reports and bundles that do not record one (written before taggers were supported).
 UNRECORDED_TASK = "text-classification"
@@ -166,7 +167,7 @@ def task_for_architecture(architecture: str) -> Task | None:
 
 
 def runtime_decoder(name: str):
-    """The bundle runtime's decoder of a task, decoder(logits, labels) -> one dict per example;
-    None when the task has none (or is unknown)."""
+    """The bundle runtime's decoder of a task (tasks.decoding.RuntimeDecoder: encode texts, decode
+    a batch's logits into one dict per text); None when the task has none (or is unknown)."""
     entry = TASKS.get(name) if isinstance(name, str) else None
     return _load(entry.runtime_decoder) if entry and entry.runtime_decoder else None

@@ -23,19 +23,8 @@ from __future__ import annotations
 
 import numpy as np
 
-
-def entities(tags: list[str]) -> set[tuple[str, int, int]]:
-    """(type, first word, last word) of every entity in one sentence's IOB2 tags."""
-    found, start, current = set(), None, None
-    for i, tag in enumerate([*tags, "O"]):
-        prefix, kind = (tag[0], tag[2:]) if tag != "O" and len(tag) > 2 and tag[1] == "-" else ("O", None)
-        begins = prefix == "B" or (prefix == "I" and kind != current)
-        if current is not None and (prefix == "O" or begins):
-            found.add((current, start, i - 1))
-            current = None
-        if begins:
-            start, current = i, kind
-    return found
+# entities() lives with the IOB2 scheme in calibration.tagged, where the torch-free bundle runtime reads it too
+from mcompress.calibration.tagged import entities  # noqa: F401  (re-exported)
 
 
 def sentence_counts(gold: list[list[str]], predicted: list[list[str]], types: list[str]) -> np.ndarray:

@@ -11,7 +11,7 @@ from mcompress.metrics.tokenization import segmentation_change
 from mcompress.pipeline.gating import GatedBuild
 from mcompress.pipeline.prepare import Prepared
 from mcompress.pipeline.reference import Reference
-from mcompress.report.provenance import build_provenance
+from mcompress.core.provenance import build_provenance
 from mcompress.report.schema import REPORT_SCHEMA, Report
 
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from mcompress.report.provenance import subject_digests
+from mcompress.core.provenance import subject_digests
 from mcompress.report.schema import Report
 
 

@@ -253,7 +253,7 @@ class Report(_ReportModel):
     out: str | None = None
     cpu_auto: CpuAutoChoice | None = None
     sections: list[Table] = Field(default_factory=list)  # contributed by tasks and targets, shown after the standard ones
-    provenance: dict[str, Any] | None = None  # in-toto Statement, SLSA provenance v1 (report/provenance.py)
+    provenance: dict[str, Any] | None = None  # in-toto Statement, SLSA provenance v1 (core/provenance.py)
 
     @classmethod
     def load(cls, path: Path) -> Report:

@@ -1,0 +1,189 @@
+"""Load benchmark of `mcompress serve` against the naive one-request-one-inference FastAPI + ONNX
+Runtime server (benchmarks/naive_server.py) of the same build, in one run.
+
+    python benchmarks/bench_serve.py BUILD_DIR TEXTS.jsonl [--requests 2000] [--rss-requests 10000]
+
+Both servers are started as subprocesses on 127.0.0.1 (free ports), with the same intra-op thread
+setting (--threads; default: ONNX Runtime's). A bounded async httpx client sends ``--requests``
+requests of one text each (texts from the file, cyclically) at concurrency 1, 8 and 32, to one
+server at a time, the servers alternating per concurrency level; each server gets 50 warm-up
+requests first. Per level and server: throughput (requests/s over the wall time of the level),
+p50/p99 latency (client side, from send to full response), errors (non-200 or transport errors, by kind),
+and the server's peak RSS (VmHWM of its process) at the end.
+
+Also: the p50 of a direct ``bundle.predict([text])`` call in this process (same texts, same
+threads), for the concurrency-1 comparison; and the memory check: ``--rss-requests`` requests at
+concurrency 32 to `mcompress serve`, its VmRSS after warm-up and after them.
+
+The machine's CPU (lscpu model, AVX2/AVX-512 VNNI/AMX flags) and the CPU other processes used
+during the run are printed with the figures: the client runs on the same CPUs as the server.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO / "tests"))
+
+from serving import free_port  # noqa: E402  (tests/serving.py: the same free-port helper the tests use)
+
+WARMUP = 50
+LEVELS = (1, 8, 32)
+
+
+def _vm(pid: int, key: str) -> int:
+    """VmRSS / VmHWM of a process, in bytes."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith(key + ":"):
+            return int(line.split()[1]) * 1024
+    raise KeyError(key)
+
+
+def _start(command: list[str], url: str, log: Path) -> subprocess.Popen:
+    import httpx
+
+    with open(log, "wb") as out:
+        process = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT,
+                                   env={**os.environ, "HF_HUB_OFFLINE": "1"})
+    deadline = time.monotonic() + 180
+    while time.monotonic() < deadline and process.poll() is None:
+        try:
+            if httpx.get(f"{url}/healthz", timeout=2).status_code == 200:
+                return process
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.2)
+    process.kill()
+    raise SystemExit(f"{command} did not start: {log.read_text()}")
+
+
+async def _load(url: str, texts: list[str], requests: int, concurrency: int) -> dict:
+    """``requests`` one-text requests, ``concurrency`` at a time: throughput, p50, p99, errors."""
+    import httpx
+
+    latencies, errors, counter = [], {}, iter(range(requests))
+
+    async def worker(client):
+        for i in counter:
+            started = time.perf_counter()
+            try:
+                response = await client.post(f"{url}/v1/predict", json={"texts": [texts[i % len(texts)]]})
+                kind = None if response.status_code == 200 else f"HTTP {response.status_code}"
+            except httpx.HTTPError as err:
+                kind = type(err).__name__
+            latencies.append(time.perf_counter() - started)
+            if kind:
+                errors[kind] = errors.get(kind, 0) + 1
+
+    limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
+    async with httpx.AsyncClient(timeout=60, limits=limits) as client:
+        started = time.perf_counter()
+        await asyncio.gather(*(worker(client) for _ in range(concurrency)))
+        wall = time.perf_counter() - started
+    latencies.sort()
+    return {"requests": requests, "concurrency": concurrency, "throughput_rps": round(requests / wall, 1),
+            "p50_ms": round(1000 * latencies[len(latencies) // 2], 2),
+            "p99_ms": round(1000 * latencies[min(len(latencies) - 1, int(len(latencies) * 0.99))], 2),
+            "errors": sum(errors.values()), "error_kinds": errors}
+
+
+def _direct_p50_ms(bundle_path: Path, texts: list[str], threads: int | None, calls: int = 500) -> float:
+    from mcompress.runtime import load
+
+    bundle = load(bundle_path, threads=threads)
+    for text in texts[:WARMUP]:
+        bundle.predict([text])
+    times = []
+    for i in range(calls):
+        started = time.perf_counter()
+        bundle.predict([texts[i % len(texts)]])
+        times.append(time.perf_counter() - started)
+    return round(1000 * statistics.median(times), 3)
+
+
+def _cpu() -> dict:
+    model, flags = "?", set()
+    for line in subprocess.run(["lscpu"], capture_output=True, text=True).stdout.splitlines():
+        if line.startswith("Model name:"):
+            model = line.split(":", 1)[1].strip()
+        if line.startswith("Flags:"):
+            flags = set(line.split(":", 1)[1].split())
+    return {"model": model, "cores": os.cpu_count(),
+            "isa": {f: f in flags for f in ("avx2", "avx512f", "avx512_vnni", "amx_int8")}}
+
+
+def _servers(build: Path, bundle: Path, threads: int | None, work: Path) -> dict:
+    thread_flags = ["--threads", str(threads)] if threads else []
+    servers = {}
+    for name, command in (
+            ("mcompress-serve", [str(Path(sys.executable).parent / "mcompress"), "serve", str(bundle), *thread_flags]),
+            ("naive-fastapi-ort", [sys.executable, str(REPO / "benchmarks" / "naive_server.py"), str(build),
+                                   *thread_flags])):
+        port = free_port()
+        url = f"http://127.0.0.1:{port}"
+        servers[name] = (_start([*command, "--port", str(port)], url, work / f"{name}.log"), url)
+    return servers
+
+
+def _run(args, texts: list[str], work: Path) -> dict:
+    from mcompress.bundle.package import package_build
+    from mcompress.metrics.machine import other_processes_cpu
+
+    bundle = work / "bench.mcpkg"
+    package_build(args.build, bundle)
+    servers = _servers(args.build, bundle, args.threads, work)
+    results = {"cpu": _cpu(), "other_processes_cpu_before": other_processes_cpu(2.0), "levels": []}
+    try:
+        for name, (_, url) in servers.items():
+            asyncio.run(_load(url, texts, WARMUP, 1))
+        for concurrency in LEVELS:
+            for name, (process, url) in servers.items():
+                row = asyncio.run(_load(url, texts, args.requests, concurrency))
+                results["levels"].append({"server": name, **row, "server_peak_rss_mb": round(_vm(process.pid, "VmHWM") / 2**20, 1)})
+                print(json.dumps(results["levels"][-1]), flush=True)
+        process, url = servers["mcompress-serve"]
+        before = _vm(process.pid, "VmRSS")
+        rss_row = asyncio.run(_load(url, texts, args.rss_requests, 32))
+        after = _vm(process.pid, "VmRSS")
+        results["rss_check"] = {**rss_row, "rss_before_mb": round(before / 2**20, 1), "rss_after_mb": round(after / 2**20, 1),
+                                "growth_pct": round(100 * (after - before) / before, 2)}
+    finally:
+        for process, _ in servers.values():
+            process.terminate()
+            process.wait(60)
+    results["direct_bundle_predict_p50_ms"] = _direct_p50_ms(bundle, texts, args.threads)
+    results["other_processes_cpu_after"] = other_processes_cpu(2.0)
+    return results
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("build", type=Path, help="build directory written by `mcompress run`")
+    parser.add_argument("texts", type=Path, help="CSV/JSONL file of texts (text column)")
+    parser.add_argument("--requests", type=int, default=2000)
+    parser.add_argument("--rss-requests", type=int, default=10_000)
+    parser.add_argument("--threads", type=int, default=None, help="intra-op threads of both servers")
+    parser.add_argument("--out", type=Path, default=None, help="write the results as JSON here")
+    args = parser.parse_args()
+    from mcompress.calibration.datasets import read_texts
+
+    texts = read_texts(args.texts, "text")
+    with tempfile.TemporaryDirectory(prefix="bench-serve-") as tmp:
+        results = {"command": " ".join(sys.argv), **_run(args, texts, Path(tmp))}
+    print(json.dumps(results, indent=2))
+    if args.out:
+        args.out.write_text(json.dumps(results, indent=2) + "\n")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,246 @@
+"""The ASGI app (FastAPI) around one loaded bundle: routes, limits, metrics (docs/serving.md).
+
+Limits are enforced before anything reaches the model: the body size by an ASGI middleware (413,
+from Content-Length or while the body streams in), the number of texts and characters per text by
+the request schema (422 naming the field: ``{"error": ..., "field": "texts.3", "detail": [...]}``);
+a full queue answers 503 with ``Retry-After``.
+"""
+
+# no `from __future__ import annotations`: FastAPI reads the route signatures, whose models are local
+
+import json
+import time
+from typing import Annotated, Any
+
+from mcompress.serve.batcher import MicroBatcher, QueueFull
+from mcompress.serve.config import ServeConfig
+from mcompress.serve.metrics import ServerMetrics
+from mcompress.serve.monitor import DriftMonitor
+
+PREDICT = "/v1/predict"
+RETRY_AFTER_S = 1
+ROUTES = ("/v1/predict", "/v1/model", "/v1/monitor", "/healthz", "/readyz", "/metrics", "/docs", "/openapi.json")
+
+
+def _models(config: ServeConfig):
+    """Request and response schemas, with the configured limits in the request's."""
+    from pydantic import BaseModel, ConfigDict, Field, StringConstraints
+
+    Text = Annotated[str, StringConstraints(max_length=config.max_chars)]
+
+    class PredictRequest(BaseModel):
+        model_config = ConfigDict(extra="forbid")
+        texts: Annotated[list[Text], Field(min_length=1, max_length=config.max_texts,
+                                           description=f"1 to {config.max_texts} texts of at most "
+                                                       f"{config.max_chars} characters each")]
+
+    class PredictResponse(BaseModel):
+        predictions: list[dict[str, Any]] = Field(description="one prediction per text, in order (the task's runtime decoder)")
+        task: str
+        model_sha256: str
+
+    class Error(BaseModel):
+        error: str
+        field: str | None = None
+
+    return PredictRequest, PredictResponse, Error
+
+
+def _json(status: int, body: dict, headers: dict | None = None):
+    from fastapi.responses import JSONResponse
+
+    return JSONResponse(body, status_code=status, headers=headers)
+
+
+class _Limits:
+    """ASGI middleware: counts in-flight requests and arriving predict requests, times and counts
+    every response by route and status, and refuses bodies over max_body_bytes with 413."""
+
+    def __init__(self, app, state):
+        self.app, self.state = app, state
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        state, path = self.state, scope["path"]
+        route = path if path in ROUTES else "other"
+        predict = path == PREDICT and scope["method"] == "POST"
+        status, started = {"code": 500}, time.perf_counter()
+        limit = state.config.max_body_bytes
+        declared = dict(scope.get("headers") or []).get(b"content-length")
+        state.metrics.in_flight.inc()
+        if predict:
+            scope.setdefault("state", {})["arriving"] = True
+            state.batcher.arriving += 1
+        try:
+            if declared is not None and declared.isdigit() and int(declared) > limit:
+                return await self._too_large(scope, receive, send, status)
+            received = {"bytes": 0}
+
+            async def counted_receive():
+                message = await receive()
+                if message["type"] == "http.request":
+                    received["bytes"] += len(message.get("body", b""))
+                    if received["bytes"] > limit:
+                        raise _BodyTooLarge
+                return message
+
+            async def recorded_send(message):
+                if message["type"] == "http.response.start":
+                    status["code"] = message["status"]
+                await send(message)
+
+            try:
+                await self.app(scope, counted_receive, recorded_send)
+            except _BodyTooLarge:
+                await self._too_large(scope, receive, send, status)
+        finally:
+            leave_arriving(scope, state.batcher)
+            state.metrics.in_flight.dec()
+            state.metrics.requests.labels(route, str(status["code"])).inc()
+            state.metrics.latency.labels(route).observe(time.perf_counter() - started)
+
+    async def _too_large(self, scope, receive, send, status):
+        status["code"] = 413
+        response = _json(413, {"error": f"request body is over {self.state.config.max_body_bytes} bytes "
+                                        "(--max-body-bytes)", "field": "body"})
+        await response(scope, receive, send)
+
+
+class _BodyTooLarge(Exception):
+    pass
+
+
+def leave_arriving(scope, batcher: MicroBatcher) -> None:
+    """A predict request stops counting as arriving (once): it was submitted, or refused."""
+    state = scope.get("state") or {}
+    if state.get("arriving"):
+        state["arriving"] = False
+        batcher.arriving -= 1
+
+
+def _field_of(errors: list[dict]) -> str:
+    """The field the first error is about, dotted ("texts.3"); "body" for a body that is not JSON."""
+    if not errors or errors[0].get("type") == "json_invalid":
+        return "body"
+    return ".".join(str(part) for part in (errors[0].get("loc") or []) if part != "body") or "body"
+
+
+class AppState:
+    """Everything the routes share: the bundle, its batcher, metrics and drift monitor."""
+
+    def __init__(self, bundle, config: ServeConfig, model_sha256: str):
+        self.bundle, self.config, self.model_sha256 = bundle, config, model_sha256
+        self.metrics = ServerMetrics(config.max_batch_size, bundle.max_sequence_length)
+        self.monitor = DriftMonitor(bundle.manifest.get("monitoring"), config.drift_window)
+        self.batcher = MicroBatcher(bundle, config.max_batch_size, config.max_wait_ms, config.max_queue, self.on_batch)
+        self.ready = False
+
+    def on_batch(self, jobs, prediction, seconds: float) -> None:
+        self.metrics.observe_batch(len(jobs), len(prediction.results), seconds)
+        observations = [self.bundle.decoder.observations(result) for result in prediction.results]
+        self.metrics.observe_predictions(observations, prediction.token_lengths, prediction.truncated)
+        self.monitor.observe(observations, prediction.token_lengths)
+
+    async def warm_up(self) -> None:
+        """One real model call before /readyz says ready (ORT allocates and tunes on its first run)."""
+        await self.batcher.call(self.bundle.run, ["warm-up"], 1)
+        self.ready = True
+        self.metrics.ready.set(1)
+
+
+def create_app(bundle, config: ServeConfig, model_sha256: str):
+    """The FastAPI app serving ``bundle`` (a loaded mcompress.runtime Bundle)."""
+    import asyncio
+    from contextlib import asynccontextmanager
+
+    from fastapi import FastAPI, Request
+    from fastapi.exceptions import RequestValidationError
+    from fastapi.responses import Response
+    from starlette.exceptions import HTTPException as StarletteHTTPException
+
+    state = AppState(bundle, config, model_sha256)
+    PredictRequest, PredictResponse, Error = _models(config)
+
+    @asynccontextmanager
+    async def lifespan(app):
+        state.batcher.start()
+        warm = asyncio.get_running_loop().create_task(state.warm_up())
+        yield
+        warm.cancel()
+        await state.batcher.stop()
+
+    app = FastAPI(title="mcompress serve", version=str(bundle.manifest.get("mcompress_version")),
+                  description=f"{bundle.manifest.get('task')} bundle {bundle.path.name}", lifespan=lifespan)
+    app.state.serve = state
+
+    @app.exception_handler(RequestValidationError)
+    async def invalid(request: Request, exc: RequestValidationError):
+        errors = json.loads(json.dumps(exc.errors(), default=str))
+        first = errors[0] if errors else {}
+        field = _field_of(errors)
+        return _json(422, {"error": f"{field}: {first.get('msg', 'invalid request')}", "field": field,
+                           "detail": errors})
+
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(request: Request, exc: StarletteHTTPException):
+        if exc.status_code == 400:  # FastAPI could not parse the body (not UTF-8, not the declared form)
+            return _json(422, {"error": f"body: {exc.detail}; send UTF-8 JSON {{\"texts\": [...]}}", "field": "body"})
+        return _json(exc.status_code, {"error": str(exc.detail)}, getattr(exc, "headers", None))
+
+    _routes(app, state, PredictRequest, PredictResponse, Error, Response)
+    return _Limits(app, state)
+
+
+def _routes(app, state: AppState, PredictRequest, PredictResponse, Error, Response) -> None:
+    from fastapi import Request
+
+    busy = {503: {"model": Error, "description": "the queue is full; retry after Retry-After seconds"},
+            413: {"model": Error, "description": "the body is over --max-body-bytes"},
+            422: {"model": Error, "description": "the request does not match the schema or the limits"}}
+
+    @app.post(PREDICT, response_model=PredictResponse, responses=busy)
+    async def predict(body: PredictRequest, request: Request):
+        leave_arriving(request.scope, state.batcher)
+        try:
+            results, _, _, queued = await state.batcher.submit(body.texts)
+        except QueueFull:
+            return _json(503, {"error": f"the server is busy ({state.config.max_queue} requests waiting, --max-queue)"},
+                         {"Retry-After": str(RETRY_AFTER_S)})
+        state.metrics.queue_latency.observe(queued)
+        return {"predictions": results, "task": state.bundle.manifest.get("task"), "model_sha256": state.model_sha256}
+
+    @app.get("/v1/model")
+    async def model() -> dict[str, Any]:
+        manifest = state.bundle.manifest
+        return {"bundle": state.bundle.path.name, "model_sha256": state.model_sha256,
+                **{key: manifest.get(key) for key in ("task", "target", "model_format", "num_labels", "max_sequence_length",
+                                                      "mcompress_version", "built_with_mcompress", "passed", "gates",
+                                                      "metrics", "runtime", "source", "quantization", "files")},
+                "labels": state.bundle.labels,
+                "serving": {"max_batch_size": state.config.max_batch_size, "max_wait_ms": state.config.max_wait_ms,
+                            "max_queue": state.config.max_queue, "max_texts": state.config.max_texts,
+                            "max_chars": state.config.max_chars, "max_body_bytes": state.config.max_body_bytes}}
+
+    @app.get("/healthz")
+    async def healthz() -> dict[str, str]:
+        return {"status": "ok"}
+
+    @app.get("/readyz", responses={503: {"model": Error, "description": "still warming up"}})
+    async def readyz():
+        if not state.ready:
+            return _json(503, {"error": "warming up"})
+        return {"status": "ready"}
+
+    @app.get("/v1/monitor")
+    async def monitor() -> dict[str, Any]:
+        report = state.monitor.report()
+        state.metrics.set_drift(report)
+        return report
+
+    @app.get("/metrics", response_class=Response)
+    async def metrics():
+        state.metrics.queue_depth.set(state.batcher.depth)
+        state.metrics.set_drift(state.monitor.report())
+        data, content_type = state.metrics.exposition()
+        return Response(data, media_type=content_type)
