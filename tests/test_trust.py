@@ -387,3 +387,29 @@ def test_verification_needs_no_torch_and_model_signing_only_with_keys(signed, ke
 
     assert imported() == []  # a signed bundle loads as before without keys: model-signing is not imported
     assert "model_signing" in imported(keys["fleet"][1])
+
+
+@pytest.mark.slow
+def test_serve_with_trusted_keys_serves_the_signed_bundle_and_refuses_others_before_binding(signed, keys, build,
+                                                                                            tmp_path):
+    """A real `mcompress serve` process: the fleet-signed bundle is served; an unsigned one and one
+    trusted under another key exit 2 with one line, before the port is bound."""
+    import subprocess
+
+    import httpx
+
+    from serving import MCOMPRESS, free_port, port_is_bound, running
+
+    with running(signed, tmp_path / "served.log", "--trusted-key", str(keys["fleet"][1])) as server:
+        answer = httpx.post(f"{server.url}/v1/predict", json={"texts": ["great"]}, timeout=60)
+        assert answer.status_code == 200 and len(answer.json()["predictions"]) == 1
+    unsigned = tmp_path / "unsigned.mcpkg"
+    package_build(build, unsigned)
+    for bundle, key, reason in ((unsigned, "fleet", UNSIGNED), (signed, "other", UNTRUSTED)):
+        port = free_port()
+        proc = subprocess.run([MCOMPRESS, "serve", str(bundle), "--port", str(port), "--trusted-key", str(keys[key][1])],
+                              capture_output=True, text=True, timeout=180)
+        assert proc.returncode == ExitCode.BAD_INPUT, proc.stderr
+        lines = [line for line in proc.stderr.splitlines() if line.strip()]
+        assert len(lines) == 1 and reason in lines[0], proc.stderr
+        assert not port_is_bound(port)
