@@ -20,7 +20,7 @@ This module must stay importable without torch, transformers, pydantic, typer or
 from __future__ import annotations
 
 import hashlib
-import json
+import math
 import re
 import stat
 import struct
@@ -30,6 +30,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from mcompress.core.errors import InputError
+from mcompress.core.limits import brief, brief_repr, json_loads_bounded
 from mcompress.core.formats import ONNX, OPENVINO_IR
 from mcompress.core.task import TASKS, runtime_decoder
 
@@ -38,7 +39,15 @@ MANIFEST = "manifest.json"
 MAX_TOTAL_BYTES = 2 * 1024 ** 3  # uncompressed, all members together
 MAX_MEMBERS = 10_000
 MAX_MANIFEST_BYTES = 16 * 1024 ** 2
+MAX_CENTRAL_DIRECTORY_BYTES = 16 * 1024 ** 2  # the zip's directory, read from its end record before zipfile parses it
+MAX_NAME_CHARS = 255  # one member name
+# Uncompressed over compressed size of a deflated member over 1 MiB (package writes stored
+# members, ratio 1; real ONNX/IR weights deflate by < 2x, tokenizer files by < 5x).
+MAX_COMPRESSION_RATIO = 100
+MAX_SEQUENCE_LENGTH = 1 << 20
 _DRIVE = re.compile(r"^[A-Za-z]:")
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+_SHA256 = re.compile(r"[0-9a-f]{64}")
 _ZIP_ERRORS = (zipfile.BadZipFile, zipfile.LargeZipFile, EOFError, OSError, ValueError, NotImplementedError,
                RuntimeError, struct.error, zlib.error, KeyError)
 
@@ -57,8 +66,8 @@ def _check_name(name: str) -> None:
     parts = name.split("/")
     if ".." in parts:
         raise BundleError(f"bundle member {name!r} contains '..'; refusing a possible path traversal.")
-    if any(p in ("", ".") for p in parts) or "\0" in name:
-        raise BundleError(f"bundle member {name!r} is not a plain file name; refusing it.")
+    if any(p in ("", ".") for p in parts) or _CONTROL.search(name) or len(name) > MAX_NAME_CHARS:
+        raise BundleError(f"bundle member {brief_repr(name)} is not a plain file name; refusing it.")
 
 
 def _check_info(info: zipfile.ZipInfo) -> None:
@@ -72,6 +81,12 @@ def _check_info(info: zipfile.ZipInfo) -> None:
         raise BundleError(f"bundle member {info.filename!r} is encrypted; refusing it.")
     if info.compress_type not in (zipfile.ZIP_STORED, zipfile.ZIP_DEFLATED):
         raise BundleError(f"bundle member {info.filename!r} uses unsupported compression {info.compress_type}.")
+    if info.compress_type == zipfile.ZIP_STORED and info.compress_size != info.file_size:
+        raise BundleError(f"bundle member {info.filename!r} is stored uncompressed, but the zip directory gives it "
+                          f"{info.compress_size} bytes stored and {info.file_size} unpacked.")
+    if info.file_size > (1 << 20) and info.file_size > MAX_COMPRESSION_RATIO * max(info.compress_size, 1):
+        raise BundleError(f"bundle member {info.filename!r} unpacks {info.compress_size:,} bytes into "
+                          f"{info.file_size:,}, over {MAX_COMPRESSION_RATIO}x; refusing a possible zip bomb.")
 
 
 def _read_member(zf: zipfile.ZipFile, info: zipfile.ZipInfo, expected: dict | None = None) -> bytes:
@@ -90,11 +105,29 @@ def _read_member(zf: zipfile.ZipFile, info: zipfile.ZipInfo, expected: dict | No
     return data
 
 
+def _check_end_record(path: Path) -> None:
+    """The zip's end-of-central-directory record (zipfile's reader of it) says the directory is
+    within MAX_MEMBERS entries and MAX_CENTRAL_DIRECTORY_BYTES, before zipfile builds a ZipInfo for
+    every entry; a bundle with no record at all is left to zipfile's own error."""
+    try:
+        with open(path, "rb") as f:
+            record = zipfile._EndRecData(f)  # noqa: SLF001 - stdlib's own parser, stable since Python 2
+    except _ZIP_ERRORS:
+        return
+    if not record:
+        return
+    entries, size = record[zipfile._ECD_ENTRIES_TOTAL], record[zipfile._ECD_SIZE]
+    if entries > MAX_MEMBERS or size > MAX_CENTRAL_DIRECTORY_BYTES:
+        raise BundleError(f"bundle {path} declares {entries:,} members in a {size:,}-byte directory, over the limits "
+                          f"of {MAX_MEMBERS:,} members and {MAX_CENTRAL_DIRECTORY_BYTES:,} bytes.")
+
+
 def _open_zip(path: Path) -> zipfile.ZipFile:
     if not path.exists():
         raise BundleError(f"bundle {path} does not exist.")
     if not path.is_file():
         raise BundleError(f"bundle {path} is not a file.")
+    _check_end_record(path)
     try:
         return zipfile.ZipFile(path, "r")
     except _ZIP_ERRORS as err:
@@ -116,7 +149,65 @@ def _checked_members(zf: zipfile.ZipFile, path: Path, max_bytes: int, max_member
     total = sum(i.file_size for i in infos)
     if total > max_bytes:
         raise BundleError(f"bundle {path} unpacks to {total} bytes, over the limit of {max_bytes}.")
+    stored = sum(i.compress_size for i in infos)
+    if stored > path.stat().st_size:
+        raise BundleError(f"bundle {path}: its members claim {stored:,} stored bytes in a {path.stat().st_size:,}-byte "
+                          "file; refusing overlapping members (a zip bomb).")
     return {i.filename: i for i in infos}
+
+
+def _number(value) -> bool:
+    return type(value) in (int, float) and math.isfinite(value)
+
+
+def _optional(check):
+    return lambda value: value is None or check(value)
+
+
+def _list_of(check):
+    return lambda value: isinstance(value, list) and all(check(v) for v in value)
+
+
+def _fields(**checks):
+    """A dict whose listed keys, where present, pass their checks (other keys are free)."""
+    return lambda value: isinstance(value, dict) and all(key not in value or check(value[key])
+                                                         for key, check in checks.items())
+
+
+_TEXT = lambda value: isinstance(value, str)  # noqa: E731
+_WHOLE = lambda value: type(value) is int and value >= 0  # noqa: E731
+_SIDE = lambda value: value in ("left", "right")  # noqa: E731
+_LATENCY_ROW = _fields(batch_size=_WHOLE, sequence_length=_WHOLE,
+                       p50_ms=lambda v: _number(v) and v > 0, p95_ms=lambda v: _number(v) and v > 0)
+# Types of the manifest fields the runtime and `mcompress inspect` read (keys not listed are not
+# checked): a well-formed manifest that lies about a type is refused here, not mid-load.
+MANIFEST_FIELDS = {
+    "task": _TEXT, "target": _optional(_TEXT), "model_file": _TEXT, "model_format": _TEXT, "weights_file": _TEXT,
+    "labels_file": _TEXT, "num_labels": _WHOLE, "quantization": _optional(_TEXT), "passed": lambda v: type(v) is bool,
+    "max_sequence_length": lambda v: type(v) is int and 2 <= v <= MAX_SEQUENCE_LENGTH,
+    "inputs": _list_of(_fields(name=_TEXT, dtype=_TEXT, shape=_list_of(lambda d: _TEXT(d) or _WHOLE(d)))),
+    "outputs": _list_of(lambda v: isinstance(v, dict)),
+    "preprocessing": _fields(tokenizer_file=_TEXT, truncation=lambda v: type(v) is bool, padding=_TEXT,
+                             max_length=_optional(_WHOLE), feeds=_fields(), pad_id=_optional(_WHOLE),
+                             pad_token=_optional(_TEXT), pad_type_id=_WHOLE, padding_side=_SIDE, truncation_side=_SIDE),
+    "runtime": _fields(), "source": _fields(), "recipe": _fields(),
+    "gates": _list_of(_fields(name=_TEXT, value=_number, unit=_optional(_TEXT), threshold=_optional(_number),
+                              passed=lambda v: type(v) is bool, detail=_optional(_TEXT),
+                              ci95=_optional(lambda v: isinstance(v, list) and len(v) == 2 and all(map(_number, v))))),
+    "metrics": _fields(eval_examples=_optional(_WHOLE), reference_accuracy=_optional(_number),
+                       build_accuracy=_optional(_number),
+                       latency=_optional(_fields(reference=_list_of(_LATENCY_ROW), build=_list_of(_LATENCY_ROW)))),
+}
+
+
+def _check_manifest_fields(manifest: dict, path: Path) -> None:
+    bad = next((key for key, check in MANIFEST_FIELDS.items() if key in manifest and not check(manifest[key])), None)
+    if bad is not None:
+        raise BundleError(f"bundle {path}: {MANIFEST} field {bad!r} has the wrong type or value "
+                          f"({brief_repr(manifest[bad])}); it was not written by `mcompress package`.")
+    feeds = (manifest.get("preprocessing") or {}).get("feeds") or {}
+    if not all(isinstance(v, str) for v in feeds.values()):
+        raise BundleError(f"bundle {path}: {MANIFEST} preprocessing.feeds must map input names to tokenizer fields.")
 
 
 def _read_manifest(zf: zipfile.ZipFile, by_name: dict[str, zipfile.ZipInfo], path: Path) -> dict:
@@ -126,8 +217,8 @@ def _read_manifest(zf: zipfile.ZipFile, by_name: dict[str, zipfile.ZipInfo], pat
     if by_name[MANIFEST].file_size > MAX_MANIFEST_BYTES:
         raise BundleError(f"bundle {path}: {MANIFEST} is over {MAX_MANIFEST_BYTES} bytes.")
     try:
-        manifest = json.loads(_read_member(zf, by_name[MANIFEST]).decode("utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as err:
+        manifest = json_loads_bounded(_read_member(zf, by_name[MANIFEST]).decode("utf-8"))
+    except ValueError as err:  # UnicodeDecodeError is one
         raise BundleError(f"bundle {path}: {MANIFEST} is not valid JSON ({err}).") from None
     if not isinstance(manifest, dict):
         raise BundleError(f"bundle {path}: {MANIFEST} is not a JSON object.")
@@ -138,8 +229,10 @@ def _read_manifest(zf: zipfile.ZipFile, by_name: dict[str, zipfile.ZipInfo], pat
     if not isinstance(files, dict) or not files:
         raise BundleError(f"bundle {path}: {MANIFEST} lists no files.")
     for name, entry in files.items():
-        if not (isinstance(entry, dict) and isinstance(entry.get("sha256"), str) and isinstance(entry.get("bytes"), int)):
-            raise BundleError(f"bundle {path}: {MANIFEST} entry for {name!r} lacks sha256/bytes.")
+        if not (isinstance(entry, dict) and isinstance(entry.get("sha256"), str) and _SHA256.fullmatch(entry["sha256"])
+                and type(entry.get("bytes")) is int and entry["bytes"] >= 0):
+            raise BundleError(f"bundle {path}: {MANIFEST} entry for {brief_repr(name)} lacks sha256/bytes.")
+    _check_manifest_fields(manifest, path)
     return manifest
 
 
@@ -147,10 +240,10 @@ def _check_listing(files: dict, by_name: dict[str, zipfile.ZipInfo], path: Path)
     """The zip holds exactly the files the manifest lists (and the manifest)."""
     unlisted = sorted(set(by_name) - set(files) - {MANIFEST})
     if unlisted:
-        raise BundleError(f"bundle {path} has members its manifest does not list: {', '.join(unlisted)}.")
+        raise BundleError(f"bundle {path} has members its manifest does not list: {brief(', '.join(unlisted), 200)}.")
     missing = sorted(set(files) - set(by_name))
     if missing:
-        raise BundleError(f"bundle {path} lacks files its manifest lists: {', '.join(missing)}.")
+        raise BundleError(f"bundle {path} lacks files its manifest lists: {brief(', '.join(missing), 200)}.")
 
 
 def _verified_member(zf: zipfile.ZipFile, info: zipfile.ZipInfo, expected: dict) -> bytes:
@@ -280,9 +373,11 @@ def _labels(manifest: dict, members: dict[str, bytes]) -> list[str]:
     if name not in members:
         raise BundleError(f"bundle lacks its label file {name!r}.")
     try:
-        id2label = json.loads(members[name].decode("utf-8"))
-        labels = [str(id2label[str(i)]) for i in range(len(id2label))]
-    except (UnicodeDecodeError, json.JSONDecodeError, KeyError, TypeError, AttributeError):
+        id2label = json_loads_bounded(members[name].decode("utf-8"))
+        labels = [id2label[str(i)] for i in range(len(id2label))]
+        if not all(isinstance(label, str) for label in labels):
+            raise TypeError
+    except (ValueError, KeyError, TypeError, AttributeError):  # UnicodeDecodeError is a ValueError
         raise BundleError(f"bundle label file {name!r} is not a map of ids 0..N-1 to label names.") from None
     if not labels:
         raise BundleError(f"bundle label file {name!r} is empty.")
