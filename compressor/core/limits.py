@@ -25,7 +25,9 @@ from mcompress.core.errors import InputError
 
 MAX_JSON_DEPTH = 64  # objects/arrays inside each other; every JSON file mcompress reads needs < 10
 _BRIEF = reprlib.Repr()  # keyword arguments to Repr() need Python 3.12
-_BRIEF.maxstring, _BRIEF.maxother, _BRIEF.maxlist, _BRIEF.maxdict, _BRIEF.maxlevel = 80, 80, 6, 6, 3
+_BRIEF.maxstring, _BRIEF.maxother, _BRIEF.maxlist, _BRIEF.maxdict, _BRIEF.maxlevel = 80, 80, 4, 4, 2
+_BRIEF.maxtuple = _BRIEF.maxset = 4
+MAX_SHOWN_CHARS = 160  # of a repr in an error line
 
 
 def brief(value, limit: int = 80) -> str:
@@ -39,9 +41,10 @@ def brief(value, limit: int = 80) -> str:
 def brief_repr(value) -> str:
     """repr(value) shortened for an error message (strings quoted, containers cut after a few items)."""
     try:
-        return _BRIEF.repr(value)
+        text = _BRIEF.repr(value)
     except ValueError:  # an int too long for str()
         return f"<{type(value).__name__}>"
+    return text if len(text) <= MAX_SHOWN_CHARS else text[:MAX_SHOWN_CHARS] + "…"
 
 
 def file_size_within(path: Path, max_bytes: int, what: str, hint: str | None = None) -> int:

@@ -1,0 +1,1 @@
+"""tests/fuzz: property-based fuzzing of the input readers (see fuzz_support.py)."""
