@@ -168,16 +168,17 @@ def _list_of(check):
     return lambda value: isinstance(value, list) and all(check(v) for v in value)
 
 
-def _fields(**checks):
-    """A dict whose listed keys, where present, pass their checks (other keys are free)."""
-    return lambda value: isinstance(value, dict) and all(key not in value or check(value[key])
-                                                         for key, check in checks.items())
+def _fields(required: tuple[str, ...] = (), **checks):
+    """A dict that has the ``required`` keys and whose listed keys, where present, pass their
+    checks (other keys are free)."""
+    return lambda value: isinstance(value, dict) and all(key in value for key in required) and \
+        all(key not in value or check(value[key]) for key, check in checks.items())
 
 
 _TEXT = lambda value: isinstance(value, str)  # noqa: E731
 _WHOLE = lambda value: type(value) is int and value >= 0  # noqa: E731
 _SIDE = lambda value: value in ("left", "right")  # noqa: E731
-_LATENCY_ROW = _fields(batch_size=_WHOLE, sequence_length=_WHOLE,
+_LATENCY_ROW = _fields(("batch_size", "sequence_length", "p50_ms"), batch_size=_WHOLE, sequence_length=_WHOLE,
                        p50_ms=lambda v: _number(v) and v > 0, p95_ms=lambda v: _number(v) and v > 0)
 # Types of the manifest fields the runtime and `mcompress inspect` read (keys not listed are not
 # checked): a well-formed manifest that lies about a type is refused here, not mid-load.
@@ -191,7 +192,7 @@ MANIFEST_FIELDS = {
                              max_length=_optional(_WHOLE), feeds=_fields(), pad_id=_optional(_WHOLE),
                              pad_token=_optional(_TEXT), pad_type_id=_WHOLE, padding_side=_SIDE, truncation_side=_SIDE),
     "runtime": _fields(), "source": _fields(), "recipe": _fields(),
-    "gates": _list_of(_fields(name=_TEXT, value=_number, unit=_optional(_TEXT), threshold=_optional(_number),
+    "gates": _list_of(_fields(("name", "value", "passed"), name=_TEXT, value=_number, unit=_optional(_TEXT), threshold=_optional(_number),
                               passed=lambda v: type(v) is bool, detail=_optional(_TEXT),
                               ci95=_optional(lambda v: isinstance(v, list) and len(v) == 2 and all(map(_number, v))))),
     "metrics": _fields(eval_examples=_optional(_WHOLE), reference_accuracy=_optional(_number),

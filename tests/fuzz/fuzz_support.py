@@ -11,6 +11,8 @@ the examples and draws new random ones:
 
     MCOMPRESS_FUZZ_SCALE=50 MCOMPRESS_FUZZ_RANDOM=1 pytest tests/fuzz --hypothesis-show-statistics
 
+(MCOMPRESS_FUZZ_GENERATED_ONLY=1 skips the @example regressions and runs generated inputs only.)
+
 Inputs that found a bug are kept in tests/fuzz/corpus/<target>/ and replayed by test_fuzz_corpus.py.
 """
 
@@ -20,19 +22,23 @@ import os
 import re
 from datetime import timedelta
 
-from hypothesis import HealthCheck, settings
+from hypothesis import HealthCheck, Phase, currently_in_test_context, event, settings
 
 from mcompress.core.errors import InputError, McompressError
 
 SCALE = int(os.environ.get("MCOMPRESS_FUZZ_SCALE", "1"))
 RANDOM = os.environ.get("MCOMPRESS_FUZZ_RANDOM") == "1"
+# Skip the @example inputs (the kept regressions) and run only generated ones: how many bugs the
+# generators find on their own, e.g. on an older commit.
+GENERATED_ONLY = os.environ.get("MCOMPRESS_FUZZ_GENERATED_ONLY") == "1"
 DEADLINE = timedelta(seconds=10)  # per example; the slowest real input takes well under 1 s
 MAX_MESSAGE = 1500
 _LINE_BREAKING = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029]")
 
 
 def budget(examples: int):
-    return settings(max_examples=examples * SCALE, derandomize=not RANDOM, deadline=DEADLINE, database=None,
+    phases = [p for p in Phase if not (GENERATED_ONLY and p == Phase.explicit)]
+    return settings(max_examples=examples * SCALE, derandomize=not RANDOM, deadline=DEADLINE, database=None, phases=phases,
                     suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large,
                                            HealthCheck.filter_too_much, HealthCheck.function_scoped_fixture],
                     print_blob=True)
@@ -49,7 +55,16 @@ def check_one_line(err: McompressError) -> str:
 def accepted_or_input_error(call, *args, **kwargs):
     """call(*args) or the InputError it raised (checked to be one line); anything else propagates."""
     try:
-        return call(*args, **kwargs)
+        result = call(*args, **kwargs)
     except InputError as err:
         check_one_line(err)
+        _event(f"{call.__name__}: refused")
         return err
+    _event(f"{call.__name__}: accepted")
+    return result
+
+
+def _event(what: str) -> None:
+    """Counted in --hypothesis-show-statistics (how many inputs each reader accepted)."""
+    if currently_in_test_context():
+        event(what)
