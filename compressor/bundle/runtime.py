@@ -178,6 +178,7 @@ def _fields(required: tuple[str, ...] = (), **checks):
 _TEXT = lambda value: isinstance(value, str)  # noqa: E731
 _WHOLE = lambda value: type(value) is int and value >= 0  # noqa: E731
 _SIDE = lambda value: value in ("left", "right")  # noqa: E731
+_TOKEN_ID = lambda value: type(value) is int and 0 <= value < 2 ** 32  # noqa: E731 - tokenizers takes u32
 _LATENCY_ROW = _fields(("batch_size", "sequence_length", "p50_ms"), batch_size=_WHOLE, sequence_length=_WHOLE,
                        p50_ms=lambda v: _number(v) and v > 0, p95_ms=lambda v: _number(v) and v > 0)
 # Types of the manifest fields the runtime and `mcompress inspect` read (keys not listed are not
@@ -189,8 +190,8 @@ MANIFEST_FIELDS = {
     "inputs": _list_of(_fields(name=_TEXT, dtype=_TEXT, shape=_list_of(lambda d: _TEXT(d) or _WHOLE(d)))),
     "outputs": _list_of(lambda v: isinstance(v, dict)),
     "preprocessing": _fields(tokenizer_file=_TEXT, truncation=lambda v: type(v) is bool, padding=_TEXT,
-                             max_length=_optional(_WHOLE), feeds=_fields(), pad_id=_optional(_WHOLE),
-                             pad_token=_optional(_TEXT), pad_type_id=_WHOLE, padding_side=_SIDE, truncation_side=_SIDE),
+                             max_length=_optional(_WHOLE), feeds=_fields(), pad_id=_optional(_TOKEN_ID),
+                             pad_token=_optional(_TEXT), pad_type_id=_TOKEN_ID, padding_side=_SIDE, truncation_side=_SIDE),
     "runtime": _fields(), "source": _fields(), "recipe": _fields(),
     "gates": _list_of(_fields(("name", "value", "passed"), name=_TEXT, value=_number, unit=_optional(_TEXT), threshold=_optional(_number),
                               passed=lambda v: type(v) is bool, detail=_optional(_TEXT),
@@ -361,6 +362,9 @@ def _tokenizer(manifest: dict, members: dict[str, bytes]):
         pad_id = existing.get("pad_id")
     if pad_id is None or pad_token is None:
         raise BundleError("bundle tokenizer has no pad token; batches cannot be padded.")
+    if not _TOKEN_ID(pad_id) or pad_id >= tokenizer.get_vocab_size():
+        raise BundleError(f"bundle pad id {brief_repr(pad_id)} is not a token of its tokenizer "
+                          f"({tokenizer.get_vocab_size()} tokens).")
     if pre.get("padding", "longest") != "longest":
         raise BundleError(f"bundle asks for padding {pre.get('padding')!r}; this runtime supports 'longest'.")
     tokenizer.enable_padding(direction=pre.get("padding_side", "right"), pad_id=int(pad_id),

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import json
 import reprlib
+import stat
 from pathlib import Path
 
 from mcompress.core.errors import InputError
@@ -48,11 +49,15 @@ def brief_repr(value) -> str:
 
 
 def file_size_within(path: Path, max_bytes: int, what: str, hint: str | None = None) -> int:
-    """The size of ``path``; InputError when it is over ``max_bytes`` (nothing read yet)."""
+    """The size of ``path``; InputError when it is over ``max_bytes`` or not a regular file (a
+    FIFO or device would block or never end), before anything is read."""
     try:
-        size = path.stat().st_size
+        info = path.stat()
     except OSError as err:
         raise InputError(f"cannot read {what} {path}: {err.strerror}.") from None
+    if not stat.S_ISREG(info.st_mode):
+        raise InputError(f"{what} {path} is not a regular file.", "Pass a file, not a pipe, device or directory.")
+    size = info.st_size
     if size > max_bytes:
         raise InputError(f"{what} {path} is {size:,} bytes, over the limit of {max_bytes:,} bytes.",
                          hint or "See docs/limits.md.")

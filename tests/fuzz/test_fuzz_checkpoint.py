@@ -8,42 +8,13 @@ from __future__ import annotations
 import json
 import struct
 
-import numpy as np
 import pytest
 from hypothesis import example, given, strategies as st
 
-from fuzz_support import accepted_or_input_error, budget
-from mcompress.core.checkpoint import Checkpoint, inspect_checkpoint
+from fuzz_support import budget
+from fuzz_targets import CONFIG, TENSORS, check_checkpoint_dir, safetensors_bytes, valid_weights, write_checkpoint
+from mcompress.core.checkpoint import inspect_checkpoint
 from mcompress.core.errors import InputError
-
-CONFIG = {"model_type": "bert", "architectures": ["BertForSequenceClassification"], "hidden_size": 4,
-          "num_attention_heads": 2, "num_hidden_layers": 1, "intermediate_size": 8, "vocab_size": 10,
-          "max_position_embeddings": 8, "id2label": {"0": "neg", "1": "pos"}, "label2id": {"neg": 0, "pos": 1}}
-TENSORS = {"bert.embeddings.word_embeddings.weight": (10, 4), "bert.embeddings.position_embeddings.weight": (8, 4),
-           "classifier.weight": (2, 4), "classifier.bias": (2,)}
-
-
-def safetensors_bytes(header: dict, data: bytes) -> bytes:
-    raw = json.dumps(header).encode()
-    return struct.pack("<Q", len(raw)) + raw + data
-
-
-def valid_weights() -> tuple[dict, bytes]:
-    header, data, offset = {"__metadata__": {"format": "pt"}}, b"", 0
-    for name, shape in TENSORS.items():
-        blob = np.full(shape, 0.5, dtype=np.float32).tobytes()
-        header[name] = {"dtype": "F32", "shape": list(shape), "data_offsets": [offset, offset + len(blob)]}
-        data, offset = data + blob, offset + len(blob)
-    return header, data
-
-
-def write_checkpoint(root, config, weights: bytes):
-    root.mkdir(parents=True, exist_ok=True)
-    (root / "config.json").write_bytes(config if isinstance(config, bytes) else json.dumps(config).encode())
-    (root / "model.safetensors").write_bytes(weights)
-    (root / "vocab.txt").write_text("[PAD]\n[UNK]\n")
-    return root
-
 
 _JSON = st.recursive(st.none() | st.booleans() | st.integers(-2 ** 40, 2 ** 40) | st.floats() | st.text(max_size=6),
                      lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=4), inner, max_size=3),
@@ -94,18 +65,7 @@ def lying_headers(draw):
 
 
 def _check(tmp_path_factory, config, weights: bytes):
-    root = write_checkpoint(tmp_path_factory.mktemp("ckpt") / "model", config, weights)
-    result = accepted_or_input_error(inspect_checkpoint, root)
-    if isinstance(result, Checkpoint):
-        assert sorted(result.id2label) == list(range(result.num_labels))
-        assert result.label2id == {name: i for i, name in result.id2label.items()}
-        given_label2id = result.config.get("label2id")
-        assert given_label2id is None or {k: int(v) for k, v in given_label2id.items()} == result.label2id
-        from safetensors import safe_open
-
-        with safe_open(str(root / "model.safetensors"), framework="numpy") as f:  # the header told the truth
-            assert f.get_tensor("classifier.weight").shape[0] == result.num_labels
-    return result
+    return check_checkpoint_dir(write_checkpoint(tmp_path_factory.mktemp("ckpt") / "model", config, weights))
 
 
 @pytest.mark.slow
