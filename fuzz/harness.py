@@ -31,6 +31,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests" / "fuzz"))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 with atheris.instrument_imports(include=["mcompress", "yaml"]):
+    import yaml  # noqa: F401 - load_recipe imports it lazily; imported here so that it is instrumented
     from fuzz_targets import check_bundle_file, check_checkpoint_dir, check_data_file, check_recipe_file  # noqa: F401
     from test_fuzz_corpus import replay
 

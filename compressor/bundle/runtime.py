@@ -95,10 +95,10 @@ def _read_member(zf: zipfile.ZipFile, info: zipfile.ZipInfo, expected: dict | No
         data = zf.read(info)
     except zipfile.BadZipFile as err:
         sha = f" (manifest sha256 {expected.get('sha256', '?')[:16]}…)" if expected else ""
-        raise BundleError(f"bundle member {name!r} is corrupt or was modified: {err}; its content cannot match "
+        raise BundleError(f"bundle member {name!r} is corrupt or was modified: {brief(str(err), 200)}; its content cannot match "
                           f"the manifest's sha256{sha}.") from None
     except _ZIP_ERRORS as err:
-        raise BundleError(f"bundle member {name!r} cannot be read ({type(err).__name__}: {err}); "
+        raise BundleError(f"bundle member {name!r} cannot be read ({type(err).__name__}: {brief(str(err), 200)}); "
                           "the bundle is truncated or corrupt.") from None
     if len(data) != info.file_size:
         raise BundleError(f"bundle member {name!r} is {len(data)} bytes, the zip directory says {info.file_size}.")
@@ -131,7 +131,7 @@ def _open_zip(path: Path) -> zipfile.ZipFile:
     try:
         return zipfile.ZipFile(path, "r")
     except _ZIP_ERRORS as err:
-        raise BundleError(f"bundle {path} is not a readable zip ({type(err).__name__}: {err}); "
+        raise BundleError(f"bundle {path} is not a readable zip ({type(err).__name__}: {brief(str(err), 200)}); "
                           "it is truncated, corrupt or not a .mcpkg.") from None
 
 
@@ -347,7 +347,7 @@ def _tokenizer(manifest: dict, members: dict[str, bytes]):
     try:
         tokenizer = Tokenizer.from_str(members[name].decode("utf-8"))
     except Exception as err:  # tokenizers raises plain Exception on a bad file
-        raise BundleError(f"bundle tokenizer {name!r} cannot be loaded: {err}.") from None
+        raise BundleError(f"bundle tokenizer {name!r} cannot be loaded: {brief(str(err), 200)}.") from None
     if pre.get("truncation", True):
         tokenizer.enable_truncation(max_length=max_length, strategy="longest_first",
                                     direction=pre.get("truncation_side", "right"))
@@ -427,6 +427,15 @@ def load(path: str | Path, threads: int | None = None, max_bytes: int = MAX_TOTA
     return Bundle(Path(path), manifest, labels, session, tokenizer, input_dtypes, feeds)
 
 
+def _check_input_dtypes(manifest: dict, model_dtypes: dict[str, str]) -> None:
+    """The manifest's input dtypes are the model's: a mismatch would load and then fail at the
+    first prediction."""
+    for spec in manifest.get("inputs", []):
+        name, dtype = spec.get("name"), spec.get("dtype")
+        if name in model_dtypes and model_dtypes[name] != dtype:
+            raise BundleError(f"bundle model input {name!r} is {model_dtypes[name]}, but the manifest says {dtype}.")
+
+
 def _onnx_session(manifest: dict, members: dict[str, bytes], model_name: str, threads: int | None):
     """An ONNX Runtime CPU session built from the model's bytes; its input names and logit count."""
     import onnxruntime as ort
@@ -441,6 +450,7 @@ def _onnx_session(manifest: dict, members: dict[str, bytes], model_name: str, th
     except Exception as err:  # ORT raises its own pybind exception types
         raise BundleError(f"bundle model {model_name!r} cannot be loaded by onnxruntime {ort.__version__}: "
                           f"{str(err).splitlines()[0] if str(err) else type(err).__name__}.") from None
+    _check_input_dtypes(manifest, {i.name: i.type.removeprefix("tensor(").removesuffix(")") for i in session.get_inputs()})
     outputs = {o.name: o for o in session.get_outputs()}
     if "logits" not in outputs:
         raise BundleError(f"bundle model {model_name!r} has no 'logits' output.")
@@ -492,6 +502,7 @@ def _openvino_session(manifest: dict, members: dict[str, bytes], model_name: str
         raise BundleError(f"bundle model {model_name!r} cannot be loaded by openvino {ov.__version__}: "
                           f"{str(err).splitlines()[0] if str(err) else type(err).__name__}.") from None
     session = _OpenVINOSession(compiled)
+    _check_input_dtypes(manifest, {port.get_any_name(): port.get_element_type().to_dtype().name for port in compiled.inputs})
     return session, session.input_names, session.num_logits
 
 

@@ -352,10 +352,10 @@ def recipes_dir() -> Path:
 # Limits of a recipe file (docs/limits.md). A recipe is a few hundred bytes of plain mappings;
 # anchors and aliases are allowed, but the document they expand to is bounded, so a "billion
 # laughs" file (aliases of aliases) is refused while it is composed, before anything walks it.
-MAX_RECIPE_BYTES = 1024 ** 2
+MAX_RECIPE_BYTES = 256 * 1024
 MAX_YAML_DEPTH = 32  # mappings/sequences inside each other
 MAX_YAML_ALIASES = 1_000
-MAX_YAML_NODES = 100_000  # nodes of the document with every alias expanded
+MAX_YAML_NODES = 10_000  # nodes of the document with every alias expanded (a full recipe has ~200)
 
 
 class _YAMLLimit(Exception):

@@ -11,7 +11,7 @@ the examples and draws new random ones:
 
     MCOMPRESS_FUZZ_SCALE=50 MCOMPRESS_FUZZ_RANDOM=1 pytest tests/fuzz --hypothesis-show-statistics
 
-(MCOMPRESS_FUZZ_GENERATED_ONLY=1 skips the @example regressions and runs generated inputs only.)
+(MCOMPRESS_FUZZ_PHASES=generate,shrink skips the @example regressions and runs generated inputs only.)
 
 Inputs that found a bug are kept in tests/fuzz/corpus/<target>/ and replayed by test_fuzz_corpus.py.
 """
@@ -28,17 +28,17 @@ from mcompress.core.errors import InputError, McompressError
 
 SCALE = int(os.environ.get("MCOMPRESS_FUZZ_SCALE", "1"))
 RANDOM = os.environ.get("MCOMPRESS_FUZZ_RANDOM") == "1"
-# Skip the @example inputs (the kept regressions) and run only generated ones: how many bugs the
-# generators find on their own, e.g. on an older commit.
-GENERATED_ONLY = os.environ.get("MCOMPRESS_FUZZ_GENERATED_ONLY") == "1"
+# Which hypothesis phases run, e.g. "generate,shrink" (generated inputs only: how many bugs the
+# generators find on their own, on an older commit) or "explicit" (the kept @example regressions only).
+_PHASES = os.environ.get("MCOMPRESS_FUZZ_PHASES")
+PHASES = [Phase[name.strip()] for name in _PHASES.split(",")] if _PHASES else list(Phase)
 DEADLINE = timedelta(seconds=10)  # per example; the slowest real input takes well under 1 s
 MAX_MESSAGE = 1500
 _LINE_BREAKING = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029]")
 
 
 def budget(examples: int):
-    phases = [p for p in Phase if not (GENERATED_ONLY and p == Phase.explicit)]
-    return settings(max_examples=examples * SCALE, derandomize=not RANDOM, deadline=DEADLINE, database=None, phases=phases,
+    return settings(max_examples=examples * SCALE, derandomize=not RANDOM, deadline=DEADLINE, database=None, phases=PHASES,
                     suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large,
                                            HealthCheck.filter_too_much, HealthCheck.function_scoped_fixture],
                     print_blob=True)

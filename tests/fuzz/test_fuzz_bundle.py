@@ -14,7 +14,7 @@ from hypothesis import example, given, strategies as st
 from bundle_maker import bundle_bytes, members, valid_manifest, zip_bytes
 from fuzz_support import budget, check_one_line
 from fuzz_targets import check_bundle_file
-from mcompress.bundle.runtime import Bundle, read_bundle
+from mcompress.bundle.runtime import Bundle, BundleError, read_bundle
 
 _JSON = st.recursive(st.none() | st.booleans() | st.integers(-2 ** 70, 2 ** 70) | st.floats() | st.text(max_size=6),
                      lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=4), inner, max_size=3),
@@ -43,7 +43,7 @@ def _set(document, path, value):
         else:
             return
     if isinstance(node, dict):
-        node[path[-1]] = value
+        node[str(path[-1])] = value  # JSON object keys are strings
     elif isinstance(node, list) and isinstance(path[-1], int) and path[-1] < len(node):
         node[path[-1]] = value
 
@@ -106,6 +106,13 @@ def damaged(draw):
     return bytes(raw)
 
 
+def _with_name_length(raw: bytes, name: str, length: int) -> bytes:
+    """``raw`` with the name-length field of ``name``'s local header set to ``length``."""
+    at = raw.index(name.encode()) - 30  # the first occurrence is the local header's name, at byte 30 of it
+    assert raw[at:at + 4] == b"PK\x03\x04"
+    return raw[:at + 26] + length.to_bytes(2, "little") + raw[at + 28:]
+
+
 def _check_bundle(tmp_path_factory, raw: bytes):
     path = tmp_path_factory.mktemp("bundle") / "x.mcpkg"
     path.write_bytes(raw)
@@ -122,6 +129,8 @@ def _check_bundle(tmp_path_factory, raw: bytes):
 @example(bundle_bytes({**valid_manifest(), "max_sequence_length": -1}))  # tokenizers: OverflowError
 @example(bundle_bytes({**valid_manifest(), "preprocessing": {**valid_manifest()["preprocessing"], "pad_type_id": 2 ** 40}}))
 @example(bundle_bytes({**valid_manifest(), "preprocessing": {**valid_manifest()["preprocessing"], "pad_id": 10 ** 6}}))
+@example(bundle_bytes({**valid_manifest(), "inputs": [{**valid_manifest()["inputs"][0], "dtype": "int32"},
+                                                       valid_manifest()["inputs"][1]]}))  # loaded, then ORT failed at predict
 def test_manifest_fields(tmp_path_factory, raw):
     _check_bundle(tmp_path_factory, raw)
 
@@ -137,6 +146,7 @@ def test_zip_structure(tmp_path_factory, raw):
 @pytest.mark.slow
 @budget(200)
 @given(damaged() | st.binary(max_size=200))
+@example(_with_name_length(bundle_bytes(), "manifest.json", 4000))  # zipfile's message quoted 4,000 header bytes
 def test_damaged_bytes(tmp_path_factory, raw):
     _check_bundle(tmp_path_factory, raw)
 
@@ -155,6 +165,39 @@ def test_the_tiny_bundle_loads_and_predicts(tmp_path_factory):
 def test_bombs_and_names_are_refused_before_reading(tmp_path, entries, compression, expect):
     path = tmp_path / "b.mcpkg"
     path.write_bytes(zip_bytes(entries, compression))
-    with pytest.raises(Exception) as err:
+    with pytest.raises(BundleError) as err:
         read_bundle(path)
     assert expect in check_one_line(err.value)
+
+
+def _end_record_at(raw: bytes) -> int:
+    return raw.rindex(b"PK\x05\x06")
+
+
+def test_a_directory_over_the_limits_is_refused_before_zipfile_parses_it(tmp_path):
+    raw = bytearray(bundle_bytes())
+    end = _end_record_at(raw)
+    raw[end + 12:end + 16] = (20 * 1024 ** 2).to_bytes(4, "little")  # the directory's declared size
+    path = tmp_path / "b.mcpkg"
+    path.write_bytes(bytes(raw))
+    with pytest.raises(BundleError) as err:
+        read_bundle(path)
+    assert "-byte directory, over the limits" in check_one_line(err.value)
+
+
+def test_overlapping_members_are_refused(tmp_path):
+    """Two directory entries for the same stored bytes (the overlap zip bomb): together they claim
+    more stored bytes than the file holds."""
+    raw = bytearray(zip_bytes([("a", b"\0" * 100_000)]))
+    end = _end_record_at(raw)
+    directory_start = int.from_bytes(raw[end + 16:end + 20], "little")
+    entry = bytes(raw[directory_start:end])
+    twin = entry[:46] + b"b" + entry[47:]  # same entry, the name "a" -> "b" (name starts at byte 46)
+    record = bytearray(raw[end:])
+    record[8:10] = record[10:12] = (2).to_bytes(2, "little")
+    record[12:16] = (2 * len(entry)).to_bytes(4, "little")
+    path = tmp_path / "b.mcpkg"
+    path.write_bytes(bytes(raw[:end]) + twin + bytes(record))
+    with pytest.raises(BundleError) as err:
+        read_bundle(path)
+    assert "overlapping members" in check_one_line(err.value)
