@@ -1,1 +1,0 @@
-"""tests/fuzz: property-based fuzzing of the input readers (see fuzz_support.py)."""
