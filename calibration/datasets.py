@@ -11,14 +11,24 @@ import csv
 import hashlib
 import io
 import json
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 from mcompress.core.errors import InputError
+from mcompress.core.limits import brief, json_loads_bounded, read_text_bounded
 
 SPLIT_NAMES = ("train", "validation", "test")
+# Limits of every data file (docs/limits.md); each is checked before the memory it bounds is used.
+MAX_DATA_BYTES = 512 * 1024 ** 2  # file size, checked with stat before reading
+MAX_ROWS = 1_000_000  # records (JSONL/CSV rows, CoNLL words-lines)
+MAX_LINE_CHARS = 1024 ** 2  # one JSONL record or CoNLL line
+MAX_COLUMNS = 1_000  # CSV/TSV header fields (a CSV field is at most csv.field_size_limit(), 131,072 characters)
+_NEWLINE = re.compile(r"\r\n|\r|\n")
+_LABEL_ID = re.compile(r"-?[0-9]+")  # ASCII digits only: str.isdigit() also accepts '²', which int() refuses
+TAB = "\t"
 
 
 @dataclass(frozen=True)
@@ -62,49 +72,117 @@ def is_split_dir(path: Path) -> bool:
     return path.is_dir() and any(split_file(path, s) for s in SPLIT_NAMES)
 
 
-def read_rows(path: Path) -> list[dict]:
-    suffix = path.suffix.lower()
-    try:
-        raw = path.read_text(encoding="utf-8")
-    except UnicodeDecodeError as err:
-        raise InputError(f"data file {path} is not UTF-8 text (byte {err.start}).",
-                         "Re-encode it as UTF-8.") from None
-    except OSError as err:
-        raise InputError(f"cannot read data file {path}: {err.strerror}.") from None
+def read_data_text(path: Path, hint: str = "Give a file with at least one example.") -> str:
+    """The UTF-8 text of a data file (BOM dropped), refused before reading when over MAX_DATA_BYTES."""
+    raw = read_text_bounded(path, MAX_DATA_BYTES, "data file", "Split it, or sample the examples you need.")
     if not raw.strip():
-        raise InputError(f"data file {path} is empty.", "Give a file with at least one example.")
-    if suffix in (".jsonl", ".json"):
+        raise InputError(f"data file {path} is empty.", hint)
+    return raw
+
+
+def data_lines(path: Path, raw: str) -> list[str]:
+    """The lines of a JSONL/CoNLL file, split on \\n, \\r\\n and lone \\r (none of which can occur raw inside
+    a JSON string, unlike U+2028, which str.splitlines() would also split on); each line at most
+    MAX_LINE_CHARS, at most MAX_ROWS non-blank lines."""
+    lines = _NEWLINE.split(raw)
+    long_line = next((i for i, line in enumerate(lines) if len(line) > MAX_LINE_CHARS), None)
+    if long_line is not None:
+        raise InputError(f"{path}:{long_line + 1} is {len(lines[long_line]):,} characters long, over the limit of "
+                         f"{MAX_LINE_CHARS:,}.", "Is it one record per line? See docs/limits.md.")
+    _check_row_count(path, sum(1 for line in lines if line.strip()))
+    return lines
+
+
+def _check_row_count(path: Path, rows: int) -> None:
+    if rows > MAX_ROWS:
+        raise InputError(f"data file {path} has {rows:,} records, over the limit of {MAX_ROWS:,}.",
+                         "Sample the examples you need; see docs/limits.md.")
+
+
+def _jsonl_rows(path: Path, raw: str) -> list[dict]:
+    rows = []
+    for line_no, line in enumerate(data_lines(path, raw), start=1):
+        if not line.strip():
+            continue
+        try:
+            row = json_loads_bounded(line)
+        except ValueError as err:
+            raise InputError(f"{path}:{line_no} is not valid JSON ({err}).",
+                             "JSONL needs one JSON object per line.") from None
+        if not isinstance(row, dict):
+            raise InputError(f"{path}:{line_no} is not a JSON object.", "JSONL needs one JSON object per line.")
+        rows.append(row)
+    return rows
+
+
+def _header(path: Path, names: list[str]) -> list[str]:
+    """Column names, stripped of surrounding whitespace; refused when empty, repeated or too many,
+    since any of these makes 'the text column' ambiguous."""
+    names = [name.strip() for name in names]
+    if len(names) > MAX_COLUMNS:
+        raise InputError(f"data file {path} has {len(names):,} columns, over the limit of {MAX_COLUMNS:,}.",
+                         "Is the delimiter right (.csv: comma, .tsv: tab)?")
+    for i, name in enumerate(names, start=1):
+        if not name:
+            raise InputError(f"data file {path}: column {i} of the header has no name.",
+                             "Give every column a name in the first line.")
+        if names.index(name) != i - 1:
+            raise InputError(f"data file {path}: the header names column {brief(name)!r} twice "
+                             f"(columns {names.index(name) + 1} and {i}).", "Give every column a distinct name.")
+    return names
+
+
+def _table_rows(path: Path, raw: str, delimiter: str) -> list[dict]:
+    """Rows of a CSV/TSV with a header (strict quoting: an unclosed quote is an error, not a field
+    that swallows the rest of the file); every row has exactly the header's number of fields."""
+    reader = csv.reader(io.StringIO(raw, newline=""), delimiter=delimiter, strict=True)
+    try:
+        header = _header(path, next(reader, []))
         rows = []
-        # split on \n only: str.splitlines() also splits on U+2028 etc. inside JSON strings
-        for line_no, line in enumerate(raw.split("\n"), start=1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as err:
-                raise InputError(f"{path}:{line_no} is not valid JSON ({err.msg}).",
-                                 "JSONL needs one JSON object per line.") from None
-            if not isinstance(row, dict):
-                raise InputError(f"{path}:{line_no} is not a JSON object.",
-                                 "JSONL needs one JSON object per line.")
-            rows.append(row)
-        return rows
-    if suffix in (".csv", ".tsv"):
-        delimiter = "\t" if suffix == ".tsv" else ","
-        return list(csv.DictReader(io.StringIO(raw, newline=""), delimiter=delimiter))
-    raise InputError(f"data file {path} has an unsupported extension '{suffix}'.",
-                     "Use .csv, .tsv, .jsonl or a split directory written by `mcompress example`.")
+        for fields in reader:
+            if not fields:
+                continue  # a blank line
+            if len(fields) != len(header):
+                raise InputError(f"{path}:{reader.line_num} has {len(fields)} fields, the header has {len(header)}.",
+                                 "Quote fields that contain the delimiter.")
+            rows.append(dict(zip(header, fields)))
+            if len(rows) > MAX_ROWS:
+                _check_row_count(path, len(rows))
+    except csv.Error as err:
+        raise InputError(f"{path}:{reader.line_num} is not valid {'TSV' if delimiter == TAB else 'CSV'} ({err}).",
+                         f"Fields are at most {csv.field_size_limit():,} characters; quote fields with "
+                         "delimiters, quotes or line breaks.") from None
+    return rows
+
+
+def read_rows(path: Path) -> list[dict]:
+    """The records of a CSV/TSV (with a header) or JSONL file, within the limits above."""
+    suffix = path.suffix.lower()
+    if suffix not in (".jsonl", ".json", ".csv", ".tsv"):
+        raise InputError(f"data file {path} has an unsupported extension '{suffix}'.",
+                         "Use .csv, .tsv, .jsonl or a split directory written by `mcompress example`.")
+    raw = read_data_text(path)
+    if suffix in (".jsonl", ".json"):
+        return _jsonl_rows(path, raw)
+    return _table_rows(path, raw, TAB if suffix == ".tsv" else ",")
+
+
+def label_id_of(key: str, num_labels: int) -> int | None:
+    """``key`` as a label id when it is a decimal integer in 0..num_labels-1, else None."""
+    if _LABEL_ID.fullmatch(key) and len(key) <= 12 and 0 <= int(key) < num_labels:
+        return int(key)
+    return None
 
 
 def _label_id(value, label2id: dict[str, int], where: str) -> int:
-    key = str(value).strip()
+    key = None if isinstance(value, (dict, list)) else str(value).strip()
     if key in label2id:
         return label2id[key]
-    num_labels = len(label2id)
-    if key.lstrip("-").isdigit() and 0 <= int(key) < num_labels:
-        return int(key)
-    known = ", ".join(sorted(label2id))
-    raise InputError(f"{where}: label '{key}' is not in the checkpoint's label map ({known}).",
+    label = None if key is None else label_id_of(key, len(label2id))
+    if label is not None:
+        return label
+    known = brief(", ".join(sorted(label2id)), 200)
+    raise InputError(f"{where}: label {brief(value)!r} is not in the checkpoint's label map ({known}).",
                      "Fix the label or the checkpoint's config.json label2id.")
 
 

@@ -35,7 +35,8 @@ from pathlib import Path
 
 import numpy as np
 
-from mcompress.calibration.datasets import read_rows, resolve_data_file
+from mcompress.calibration.datasets import data_lines, label_id_of, read_data_text, read_rows, resolve_data_file
+from mcompress.core.limits import brief
 from mcompress.core.errors import InputError
 
 CONLL_SUFFIXES = (".conll", ".txt", ".iob", ".bio", ".iob2")
@@ -119,24 +120,13 @@ def check_iob2_order(tags: list[str], where: str) -> None:
 
 # -- loading -------------------------------------------------------------------------------------
 
-def _read_text(path: Path) -> str:
-    try:
-        raw = path.read_text(encoding="utf-8")
-    except UnicodeDecodeError as err:
-        raise InputError(f"data file {path} is not UTF-8 text (byte {err.start}).", "Re-encode it as UTF-8.") from None
-    except OSError as err:
-        raise InputError(f"cannot read data file {path}: {err.strerror}.") from None
-    if not raw.strip():
-        raise InputError(f"data file {path} is empty.", "Give a file with at least one sentence.")
-    return raw
-
-
 def read_conll(path: Path) -> tuple[list[list[str]], list[list[str]] | None, list[int]]:
     """(words, tags or None, first line number of each sentence)."""
     words, tags, starts = [], [], []
     sentence_words, sentence_tags, start = [], [], 0
     fields_per_line = set()
-    for line_no, line in enumerate(_read_text(path).split("\n"), start=1):
+    raw = read_data_text(path, "Give a file with at least one sentence.")
+    for line_no, line in enumerate(data_lines(path, raw), start=1):
         parts = line.split()
         if parts and parts[0] == "-DOCSTART-":
             continue
@@ -220,11 +210,12 @@ def load_tagged_sentences(path: str | Path, label2id: dict[str, int], tokens_col
         names = []
         for tag in sentence_tags:
             if tag not in label2id:
-                if tag.lstrip("-").isdigit() and int(tag) in id2label:
-                    tag = id2label[int(tag)]
+                tag_id = label_id_of(tag, len(id2label))
+                if tag_id is not None and tag_id in id2label:
+                    tag = id2label[tag_id]
                 else:
-                    raise InputError(f"{where(i)}: tag '{tag}' is not in the checkpoint's label map "
-                                     f"({', '.join(sorted(label2id))}).",
+                    raise InputError(f"{where(i)}: tag {brief(tag)!r} is not in the checkpoint's label map "
+                                     f"({brief(', '.join(sorted(label2id)), 200)}).",
                                      "Fix the tag, or use the checkpoint whose config.json label2id has it.")
             names.append(tag)
         check_iob2_order(names, where(i))

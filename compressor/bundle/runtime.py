@@ -25,6 +25,7 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import math
 import re
 import stat
 import struct
@@ -34,6 +35,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from mcompress.core.errors import InputError
+from mcompress.core.limits import brief, brief_repr, json_loads_bounded
 from mcompress.core.formats import ONNX, OPENVINO_IR
 from mcompress.core.task import TASKS, UNRECORDED_TASK, runtime_decoder
 
@@ -44,7 +46,15 @@ MAX_SIGNATURE_BYTES = 1024 ** 2  # a key-signed Sigstore bundle is ~1.5 kB plus 
 MAX_TOTAL_BYTES = 2 * 1024 ** 3  # uncompressed, all members together
 MAX_MEMBERS = 10_000
 MAX_MANIFEST_BYTES = 16 * 1024 ** 2
+MAX_CENTRAL_DIRECTORY_BYTES = 16 * 1024 ** 2  # the zip's directory, read from its end record before zipfile parses it
+MAX_NAME_CHARS = 255  # one member name
+# Uncompressed over compressed size of a deflated member over 1 MiB (package writes stored
+# members, ratio 1; real ONNX/IR weights deflate by < 2x, tokenizer files by < 5x).
+MAX_COMPRESSION_RATIO = 100
+MAX_SEQUENCE_LENGTH = 1 << 20
 _DRIVE = re.compile(r"^[A-Za-z]:")
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+_SHA256 = re.compile(r"[0-9a-f]{64}")
 _ZIP_ERRORS = (zipfile.BadZipFile, zipfile.LargeZipFile, EOFError, OSError, ValueError, NotImplementedError,
                RuntimeError, struct.error, zlib.error, KeyError)
 
@@ -63,8 +73,8 @@ def _check_name(name: str) -> None:
     parts = name.split("/")
     if ".." in parts:
         raise BundleError(f"bundle member {name!r} contains '..'; refusing a possible path traversal.")
-    if any(p in ("", ".") for p in parts) or "\0" in name:
-        raise BundleError(f"bundle member {name!r} is not a plain file name; refusing it.")
+    if any(p in ("", ".") for p in parts) or _CONTROL.search(name) or len(name) > MAX_NAME_CHARS:
+        raise BundleError(f"bundle member {brief_repr(name)} is not a plain file name; refusing it.")
 
 
 def _check_info(info: zipfile.ZipInfo) -> None:
@@ -78,6 +88,12 @@ def _check_info(info: zipfile.ZipInfo) -> None:
         raise BundleError(f"bundle member {info.filename!r} is encrypted; refusing it.")
     if info.compress_type not in (zipfile.ZIP_STORED, zipfile.ZIP_DEFLATED):
         raise BundleError(f"bundle member {info.filename!r} uses unsupported compression {info.compress_type}.")
+    if info.compress_type == zipfile.ZIP_STORED and info.compress_size != info.file_size:
+        raise BundleError(f"bundle member {info.filename!r} is stored uncompressed, but the zip directory gives it "
+                          f"{info.compress_size} bytes stored and {info.file_size} unpacked.")
+    if info.file_size > (1 << 20) and info.file_size > MAX_COMPRESSION_RATIO * max(info.compress_size, 1):
+        raise BundleError(f"bundle member {info.filename!r} unpacks {info.compress_size:,} bytes into "
+                          f"{info.file_size:,}, over {MAX_COMPRESSION_RATIO}x; refusing a possible zip bomb.")
 
 
 def _read_member(zf: zipfile.ZipFile, info: zipfile.ZipInfo, expected: dict | None = None) -> bytes:
@@ -86,30 +102,50 @@ def _read_member(zf: zipfile.ZipFile, info: zipfile.ZipInfo, expected: dict | No
         data = zf.read(info)
     except zipfile.BadZipFile as err:
         sha = f" (manifest sha256 {expected.get('sha256', '?')[:16]}…)" if expected else ""
-        raise BundleError(f"bundle member {name!r} is corrupt or was modified: {err}; its content cannot match "
+        raise BundleError(f"bundle member {name!r} is corrupt or was modified: {brief(str(err), 200)}; its content cannot match "
                           f"the manifest's sha256{sha}.") from None
     except _ZIP_ERRORS as err:
-        raise BundleError(f"bundle member {name!r} cannot be read ({type(err).__name__}: {err}); "
+        raise BundleError(f"bundle member {name!r} cannot be read ({type(err).__name__}: {brief(str(err), 200)}); "
                           "the bundle is truncated or corrupt.") from None
     if len(data) != info.file_size:
         raise BundleError(f"bundle member {name!r} is {len(data)} bytes, the zip directory says {info.file_size}.")
     return data
 
 
-def _open_zip(path: Path, data: bytes | None = None) -> zipfile.ZipFile:
-    if data is not None:  # a bundle assembled in memory (mcompress serve BUILD_DIR); path names it
-        try:
-            return zipfile.ZipFile(io.BytesIO(data), "r")
-        except _ZIP_ERRORS as err:
-            raise BundleError(f"bundle {path} is not a readable zip ({type(err).__name__}: {err}).") from None
-    if not path.exists():
-        raise BundleError(f"bundle {path} does not exist.")
-    if not path.is_file():
-        raise BundleError(f"bundle {path} is not a file.")
+def _check_end_record(f, path: Path) -> None:
+    """The zip's end-of-central-directory record (zipfile's reader of it) says the directory is
+    within MAX_MEMBERS entries and MAX_CENTRAL_DIRECTORY_BYTES, before zipfile builds a ZipInfo for
+    every entry; a bundle with no record at all is left to zipfile's own error."""
     try:
-        return zipfile.ZipFile(path, "r")
+        record = zipfile._EndRecData(f)  # noqa: SLF001 - stdlib's own parser, stable since Python 2
+    except _ZIP_ERRORS:
+        return
+    if not record:
+        return
+    entries, size = record[zipfile._ECD_ENTRIES_TOTAL], record[zipfile._ECD_SIZE]
+    if entries > MAX_MEMBERS or size > MAX_CENTRAL_DIRECTORY_BYTES:
+        raise BundleError(f"bundle {path} declares {entries:,} members in a {size:,}-byte directory, over the limits "
+                          f"of {MAX_MEMBERS:,} members and {MAX_CENTRAL_DIRECTORY_BYTES:,} bytes.")
+
+
+def _open_zip(path: Path, data: bytes | None = None) -> zipfile.ZipFile:
+    """The bundle's zip, its end record checked first (_check_end_record). ``data``: a bundle
+    assembled in memory (mcompress serve BUILD_DIR); ``path`` then only names it."""
+    if data is None:
+        if not path.exists():
+            raise BundleError(f"bundle {path} does not exist.")
+        if not path.is_file():
+            raise BundleError(f"bundle {path} is not a file.")
+        with open(path, "rb") as f:
+            _check_end_record(f, path)
+        source = path
+    else:
+        _check_end_record(io.BytesIO(data), path)
+        source = io.BytesIO(data)
+    try:
+        return zipfile.ZipFile(source, "r")
     except _ZIP_ERRORS as err:
-        raise BundleError(f"bundle {path} is not a readable zip ({type(err).__name__}: {err}); "
+        raise BundleError(f"bundle {path} is not a readable zip ({type(err).__name__}: {brief(str(err), 200)}); "
                           "it is truncated, corrupt or not a .mcpkg.") from None
 
 
@@ -127,7 +163,67 @@ def _checked_members(zf: zipfile.ZipFile, path: Path, max_bytes: int, max_member
     total = sum(i.file_size for i in infos)
     if total > max_bytes:
         raise BundleError(f"bundle {path} unpacks to {total} bytes, over the limit of {max_bytes}.")
+    stored = sum(i.compress_size for i in infos)
+    if stored > path.stat().st_size:
+        raise BundleError(f"bundle {path}: its members claim {stored:,} stored bytes in a {path.stat().st_size:,}-byte "
+                          "file; refusing overlapping members (a zip bomb).")
     return {i.filename: i for i in infos}
+
+
+def _number(value) -> bool:
+    return type(value) in (int, float) and math.isfinite(value)
+
+
+def _optional(check):
+    return lambda value: value is None or check(value)
+
+
+def _list_of(check):
+    return lambda value: isinstance(value, list) and all(check(v) for v in value)
+
+
+def _fields(required: tuple[str, ...] = (), **checks):
+    """A dict that has the ``required`` keys and whose listed keys, where present, pass their
+    checks (other keys are free)."""
+    return lambda value: isinstance(value, dict) and all(key in value for key in required) and \
+        all(key not in value or check(value[key]) for key, check in checks.items())
+
+
+_TEXT = lambda value: isinstance(value, str)  # noqa: E731
+_WHOLE = lambda value: type(value) is int and value >= 0  # noqa: E731
+_SIDE = lambda value: value in ("left", "right")  # noqa: E731
+_TOKEN_ID = lambda value: type(value) is int and 0 <= value < 2 ** 32  # noqa: E731 - tokenizers takes u32
+_LATENCY_ROW = _fields(("batch_size", "sequence_length", "p50_ms"), batch_size=_WHOLE, sequence_length=_WHOLE,
+                       p50_ms=lambda v: _number(v) and v > 0, p95_ms=lambda v: _number(v) and v > 0)
+# Types of the manifest fields the runtime and `mcompress inspect` read (keys not listed are not
+# checked): a well-formed manifest that lies about a type is refused here, not mid-load.
+MANIFEST_FIELDS = {
+    "task": _TEXT, "target": _optional(_TEXT), "model_file": _TEXT, "model_format": _TEXT, "weights_file": _TEXT,
+    "labels_file": _TEXT, "num_labels": _WHOLE, "quantization": _optional(_TEXT), "passed": lambda v: type(v) is bool,
+    "max_sequence_length": lambda v: type(v) is int and 2 <= v <= MAX_SEQUENCE_LENGTH,
+    "inputs": _list_of(_fields(name=_TEXT, dtype=_TEXT, shape=_list_of(lambda d: _TEXT(d) or _WHOLE(d)))),
+    "outputs": _list_of(lambda v: isinstance(v, dict)),
+    "preprocessing": _fields(tokenizer_file=_TEXT, truncation=lambda v: type(v) is bool, padding=_TEXT,
+                             max_length=_optional(_WHOLE), feeds=_fields(), pad_id=_optional(_TOKEN_ID),
+                             pad_token=_optional(_TEXT), pad_type_id=_TOKEN_ID, padding_side=_SIDE, truncation_side=_SIDE),
+    "runtime": _fields(), "source": _fields(), "recipe": _fields(),
+    "gates": _list_of(_fields(("name", "value", "passed"), name=_TEXT, value=_number, unit=_optional(_TEXT), threshold=_optional(_number),
+                              passed=lambda v: type(v) is bool, detail=_optional(_TEXT),
+                              ci95=_optional(lambda v: isinstance(v, list) and len(v) == 2 and all(map(_number, v))))),
+    "metrics": _fields(eval_examples=_optional(_WHOLE), reference_accuracy=_optional(_number),
+                       build_accuracy=_optional(_number),
+                       latency=_optional(_fields(reference=_list_of(_LATENCY_ROW), build=_list_of(_LATENCY_ROW)))),
+}
+
+
+def _check_manifest_fields(manifest: dict, path: Path) -> None:
+    bad = next((key for key, check in MANIFEST_FIELDS.items() if key in manifest and not check(manifest[key])), None)
+    if bad is not None:
+        raise BundleError(f"bundle {path}: {MANIFEST} field {bad!r} has the wrong type or value "
+                          f"({brief_repr(manifest[bad])}); it was not written by `mcompress package`.")
+    feeds = (manifest.get("preprocessing") or {}).get("feeds") or {}
+    if not all(isinstance(v, str) for v in feeds.values()):
+        raise BundleError(f"bundle {path}: {MANIFEST} preprocessing.feeds must map input names to tokenizer fields.")
 
 
 def _read_manifest(zf: zipfile.ZipFile, by_name: dict[str, zipfile.ZipInfo], path: Path) -> dict:
@@ -137,8 +233,8 @@ def _read_manifest(zf: zipfile.ZipFile, by_name: dict[str, zipfile.ZipInfo], pat
     if by_name[MANIFEST].file_size > MAX_MANIFEST_BYTES:
         raise BundleError(f"bundle {path}: {MANIFEST} is over {MAX_MANIFEST_BYTES} bytes.")
     try:
-        manifest = json.loads(_read_member(zf, by_name[MANIFEST]).decode("utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as err:
+        manifest = json_loads_bounded(_read_member(zf, by_name[MANIFEST]).decode("utf-8"))
+    except ValueError as err:  # UnicodeDecodeError is one
         raise BundleError(f"bundle {path}: {MANIFEST} is not valid JSON ({err}).") from None
     if not isinstance(manifest, dict):
         raise BundleError(f"bundle {path}: {MANIFEST} is not a JSON object.")
@@ -149,8 +245,10 @@ def _read_manifest(zf: zipfile.ZipFile, by_name: dict[str, zipfile.ZipInfo], pat
     if not isinstance(files, dict) or not files:
         raise BundleError(f"bundle {path}: {MANIFEST} lists no files.")
     for name, entry in files.items():
-        if not (isinstance(entry, dict) and isinstance(entry.get("sha256"), str) and isinstance(entry.get("bytes"), int)):
-            raise BundleError(f"bundle {path}: {MANIFEST} entry for {name!r} lacks sha256/bytes.")
+        if not (isinstance(entry, dict) and isinstance(entry.get("sha256"), str) and _SHA256.fullmatch(entry["sha256"])
+                and type(entry.get("bytes")) is int and entry["bytes"] >= 0):
+            raise BundleError(f"bundle {path}: {MANIFEST} entry for {brief_repr(name)} lacks sha256/bytes.")
+    _check_manifest_fields(manifest, path)
     return manifest
 
 
@@ -158,10 +256,10 @@ def _check_listing(files: dict, by_name: dict[str, zipfile.ZipInfo], path: Path)
     """The zip holds exactly the files the manifest lists (and the manifest)."""
     unlisted = sorted(set(by_name) - set(files) - {MANIFEST, SIGNATURE})
     if unlisted:
-        raise BundleError(f"bundle {path} has members its manifest does not list: {', '.join(unlisted)}.")
+        raise BundleError(f"bundle {path} has members its manifest does not list: {brief(', '.join(unlisted), 200)}.")
     missing = sorted(set(files) - set(by_name))
     if missing:
-        raise BundleError(f"bundle {path} lacks files its manifest lists: {', '.join(missing)}.")
+        raise BundleError(f"bundle {path} lacks files its manifest lists: {brief(', '.join(missing), 200)}.")
 
 
 def _verified_member(zf: zipfile.ZipFile, info: zipfile.ZipInfo, expected: dict) -> bytes:
@@ -200,8 +298,8 @@ def _named_model_files(zf: zipfile.ZipFile, by_name: dict[str, zipfile.ZipInfo])
     if info is None or info.file_size > MAX_MANIFEST_BYTES:
         return []
     try:
-        manifest = json.loads(zf.read(info).decode("utf-8"))
-    except (*_ZIP_ERRORS, UnicodeDecodeError):
+        manifest = json_loads_bounded(zf.read(info).decode("utf-8"))
+    except (*_ZIP_ERRORS, UnicodeDecodeError):  # ValueError (bad or too deep JSON) is among _ZIP_ERRORS
         return []
     if not isinstance(manifest, dict):
         return []
@@ -370,7 +468,7 @@ def _tokenizer(manifest: dict, members: dict[str, bytes]):
     try:
         tokenizer = Tokenizer.from_str(members[name].decode("utf-8"))
     except Exception as err:  # tokenizers raises plain Exception on a bad file
-        raise BundleError(f"bundle tokenizer {name!r} cannot be loaded: {err}.") from None
+        raise BundleError(f"bundle tokenizer {name!r} cannot be loaded: {brief(str(err), 200)}.") from None
     if pre.get("truncation", True):
         tokenizer.enable_truncation(max_length=max_length, strategy="longest_first",
                                     direction=pre.get("truncation_side", "right"))
@@ -385,6 +483,9 @@ def _tokenizer(manifest: dict, members: dict[str, bytes]):
         pad_id = existing.get("pad_id")
     if pad_id is None or pad_token is None:
         raise BundleError("bundle tokenizer has no pad token; batches cannot be padded.")
+    if not _TOKEN_ID(pad_id) or pad_id >= tokenizer.get_vocab_size():
+        raise BundleError(f"bundle pad id {brief_repr(pad_id)} is not a token of its tokenizer "
+                          f"({tokenizer.get_vocab_size()} tokens).")
     if pre.get("padding", "longest") != "longest":
         raise BundleError(f"bundle asks for padding {pre.get('padding')!r}; this runtime supports 'longest'.")
     tokenizer.enable_padding(direction=pre.get("padding_side", "right"), pad_id=int(pad_id),
@@ -398,9 +499,11 @@ def _labels(manifest: dict, members: dict[str, bytes]) -> list[str]:
     if name not in members:
         raise BundleError(f"bundle lacks its label file {name!r}.")
     try:
-        id2label = json.loads(members[name].decode("utf-8"))
-        labels = [str(id2label[str(i)]) for i in range(len(id2label))]
-    except (UnicodeDecodeError, json.JSONDecodeError, KeyError, TypeError, AttributeError):
+        id2label = json_loads_bounded(members[name].decode("utf-8"))
+        labels = [id2label[str(i)] for i in range(len(id2label))]
+        if not all(isinstance(label, str) for label in labels):
+            raise TypeError
+    except (ValueError, KeyError, TypeError, AttributeError):  # UnicodeDecodeError is a ValueError
         raise BundleError(f"bundle label file {name!r} is not a map of ids 0..N-1 to label names.") from None
     if not labels:
         raise BundleError(f"bundle label file {name!r} is empty.")
@@ -448,6 +551,15 @@ def load(path: str | Path, threads: int | None = None, max_bytes: int = MAX_TOTA
     return Bundle(Path(path), manifest, labels, session, tokenizer, input_dtypes, feeds, contents.signer)
 
 
+def _check_input_dtypes(manifest: dict, model_dtypes: dict[str, str]) -> None:
+    """The manifest's input dtypes are the model's: a mismatch would load and then fail at the
+    first prediction."""
+    for spec in manifest.get("inputs", []):
+        name, dtype = spec.get("name"), spec.get("dtype")
+        if name in model_dtypes and model_dtypes[name] != dtype:
+            raise BundleError(f"bundle model input {name!r} is {model_dtypes[name]}, but the manifest says {dtype}.")
+
+
 def _onnx_session(manifest: dict, members: dict[str, bytes], model_name: str, threads: int | None):
     """An ONNX Runtime CPU session built from the model's bytes; its input names and logit count."""
     import onnxruntime as ort
@@ -462,6 +574,7 @@ def _onnx_session(manifest: dict, members: dict[str, bytes], model_name: str, th
     except Exception as err:  # ORT raises its own pybind exception types
         raise BundleError(f"bundle model {model_name!r} cannot be loaded by onnxruntime {ort.__version__}: "
                           f"{str(err).splitlines()[0] if str(err) else type(err).__name__}.") from None
+    _check_input_dtypes(manifest, {i.name: i.type.removeprefix("tensor(").removesuffix(")") for i in session.get_inputs()})
     outputs = {o.name: o for o in session.get_outputs()}
     if "logits" not in outputs:
         raise BundleError(f"bundle model {model_name!r} has no 'logits' output.")
@@ -513,6 +626,7 @@ def _openvino_session(manifest: dict, members: dict[str, bytes], model_name: str
         raise BundleError(f"bundle model {model_name!r} cannot be loaded by openvino {ov.__version__}: "
                           f"{str(err).splitlines()[0] if str(err) else type(err).__name__}.") from None
     session = _OpenVINOSession(compiled)
+    _check_input_dtypes(manifest, {port.get_any_name(): port.get_element_type().to_dtype().name for port in compiled.inputs})
     return session, session.input_names, session.num_logits
 
 

@@ -125,7 +125,7 @@ def signature_key_id(signature: bytes) -> str | None:
     verifying anything; None when unreadable."""
     try:
         hint = json.loads(signature.decode("utf-8"))["verificationMaterial"]["publicKey"]["hint"]
-    except (UnicodeDecodeError, ValueError, KeyError, TypeError):
+    except (UnicodeDecodeError, ValueError, KeyError, TypeError, RecursionError):
         return None
     return hint if isinstance(hint, str) else None
 

@@ -8,17 +8,27 @@ with --allow-pickle, loaded with ``weights_only=True``) and the tokenizer. Files
 from __future__ import annotations
 
 import hashlib
-import json
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from mcompress.core.errors import InputError
 from mcompress.core.formats import VOCABULARY_FILES
+from mcompress.core.limits import brief_repr, json_loads_bounded, read_text_bounded
+from mcompress.core.safetensors_header import check_header_matches_config, read_safetensors_header
 from mcompress.core.task import all_tasks, get_task, task_for_architecture
 
 # BERT-family encoders whose ONNX export and ONNX Runtime fusions are tested (tests/test_checkpoint.py).
 SUPPORTED_MODEL_TYPES = ("bert", "roberta", "distilbert")
 PICKLE_WEIGHTS = ("pytorch_model.bin",)
+# Limits of config.json (docs/limits.md); the safetensors header's are in core/safetensors_header.py.
+MAX_CONFIG_BYTES = 16 * 1024 ** 2
+MAX_LABELS = 100_000
+MAX_CONFIG_SIZE = 10_000_000  # any size field below: layers, heads, widths, vocabulary, positions
+# Size fields mcompress or transformers read from the config; each must be a positive int.
+SIZE_FIELDS = ("hidden_size", "num_attention_heads", "num_hidden_layers", "intermediate_size",
+               "max_position_embeddings", "vocab_size", "type_vocab_size", "dim", "n_heads", "n_layers", "hidden_dim")
+_ID = re.compile(r"[0-9]{1,9}")
 
 
 @dataclass(frozen=True)
@@ -88,6 +98,75 @@ def _non_finite(name: str, tensor) -> str | None:
     return f"weights of '{name}' contain {what} ({count} of {tensor.numel()} values)"
 
 
+def _read_config(config_path: Path) -> dict:
+    try:
+        config = json_loads_bounded(read_text_bounded(config_path, MAX_CONFIG_BYTES, "model config"))
+    except ValueError as err:
+        raise InputError(f"{config_path} is not valid JSON ({err}).") from None
+    if not isinstance(config, dict):
+        raise InputError(f"{config_path} must hold a JSON object.")
+    for key in SIZE_FIELDS:
+        value = config.get(key)
+        if value is not None and (type(value) is not int or not 0 < value <= MAX_CONFIG_SIZE):
+            raise InputError(f"{config_path}: {key} is {brief_repr(value)}; it must be a whole number from 1 to "
+                             f"{MAX_CONFIG_SIZE:,}.", "Save the checkpoint again with save_pretrained().")
+    architectures = config.get("architectures") or []
+    if not isinstance(architectures, list) or not all(isinstance(a, str) for a in architectures):
+        raise InputError(f"{config_path}: architectures is {brief_repr(architectures)}; it must be a list of class names.")
+    if config.get("hidden_size", config.get("dim")) is None or config.get("num_attention_heads", config.get("n_heads")) is None:
+        raise InputError(f"{config_path} lacks hidden_size or num_attention_heads.",
+                         "Save the checkpoint again with save_pretrained().")
+    pruned = config.get("pruned_heads") or {}
+    if not (isinstance(pruned, dict) and all(label_id_key(k) is not None and isinstance(v, list)
+                                             and all(type(h) is int and h >= 0 for h in v) for k, v in pruned.items())):
+        raise InputError(f"{config_path}: pruned_heads must map layer numbers to lists of head numbers.")
+    return config
+
+
+def label_id_key(key) -> int | None:
+    """A JSON object key (or int) as a label id: ASCII decimal digits only, else None."""
+    if type(key) is int:
+        return key
+    if isinstance(key, str) and _ID.fullmatch(key):
+        return int(key)
+    return None
+
+
+def _label_maps(config: dict, config_path: Path) -> tuple[dict[int, str], dict[str, int]]:
+    """id2label (ids exactly 0..N-1, distinct names) and label2id, which must be its inverse when
+    the config has one: a map that disagrees with itself would silently score every prediction
+    against the wrong label."""
+    id2label_raw = config.get("id2label") or {}
+    if not isinstance(id2label_raw, dict):
+        raise InputError(f"{config_path}: id2label is {type(id2label_raw).__name__}, not a map of ids to label names.",
+                         "Save the checkpoint with id2label/label2id set.")
+    if len(id2label_raw) > MAX_LABELS:
+        raise InputError(f"{config_path}: id2label has {len(id2label_raw):,} labels, over the limit of {MAX_LABELS:,}.")
+    id2label = {label_id_key(k): v for k, v in id2label_raw.items()}
+    if None in id2label:
+        raise InputError(f"{config_path}: id2label keys must be integers.") from None
+    if not id2label or sorted(id2label) != list(range(len(id2label))):
+        raise InputError(f"{config_path}: id2label must map 0..N-1 to label names.",
+                         "Save the checkpoint with id2label/label2id set.")
+    bad = next((i for i, name in id2label.items() if not isinstance(name, str) or not name.strip()), None)
+    if bad is not None:
+        raise InputError(f"{config_path}: id2label[{bad}] is {brief_repr(id2label[bad])}, not a label name.")
+    label2id = {name: i for i, name in id2label.items()}
+    if len(label2id) < len(id2label):
+        name = next(n for n in label2id if sum(v == n for v in id2label.values()) > 1)
+        raise InputError(f"{config_path}: id2label gives the label {brief_repr(name)} to more than one id.",
+                         "Give every label a distinct name.")
+    given = config.get("label2id")
+    if given is not None and (not isinstance(given, dict) or {k: label_id_key(v) for k, v in given.items()} != label2id):
+        shown = next((f"label2id[{brief_repr(k)}] is {brief_repr(v)}, id2label says {label2id.get(k)}"
+                      for k, v in (given.items() if isinstance(given, dict) else [])
+                      if label2id.get(k) != label_id_key(v)), None)
+        raise InputError(f"{config_path}: label2id disagrees with id2label"
+                         f" ({shown or 'they hold different labels'}); every accuracy would be scored against the wrong labels.",
+                         "Save the checkpoint with one consistent label map (label2id the inverse of id2label).")
+    return id2label, label2id
+
+
 def inspect_checkpoint(model_dir: str | Path, allow_pickle: bool = False) -> Checkpoint:
     path = Path(model_dir)
     if not path.exists():
@@ -97,49 +176,25 @@ def inspect_checkpoint(model_dir: str | Path, allow_pickle: bool = False) -> Che
     config_path = path / "config.json"
     if not config_path.is_file():
         raise InputError(f"{path} has no config.json.", "Pass a Hugging Face checkpoint saved with save_pretrained().")
-    try:
-        config = json.loads(config_path.read_text(encoding="utf-8"))
-    except (ValueError, UnicodeDecodeError) as err:
-        raise InputError(f"{config_path} is not valid JSON ({err}).") from None
-    if not isinstance(config, dict):
-        raise InputError(f"{config_path} must hold a JSON object.")
+    config = _read_config(config_path)
     if config.get("auto_map"):
         raise InputError(f"{path} needs trust_remote_code (config.json has auto_map); mcompress does not run code from checkpoints.",
                          f"Use a model whose type is one of: {', '.join(SUPPORTED_MODEL_TYPES)}.")
     model_type = config.get("model_type")
     if model_type not in SUPPORTED_MODEL_TYPES:
-        raise InputError(f"model type '{model_type}' is not supported.",
+        raise InputError(f"model type {brief_repr(model_type)} is not supported.",
                          f"Supported model types: {', '.join(SUPPORTED_MODEL_TYPES)}.")
-    architectures = config.get("architectures") or []
-    architecture = next((a for a in architectures if task_for_architecture(a)), None)
+    architecture = next((a for a in config.get("architectures") or [] if task_for_architecture(a)), None)
     if architecture is None:
         heads = ", ".join(f"*{t.head_suffix}" for t in all_tasks())
-        raise InputError(f"architecture {architectures or '(none)'} is not supported; mcompress needs a task head.",
+        raise InputError(f"architecture {brief_repr(config.get('architectures')) if config.get('architectures') else '(none)'} "
+                         "is not supported; mcompress needs a task head.",
                          f"Supported: {heads} (fine-tune the model for your task first).")
     task = task_for_architecture(architecture)
-
-    id2label_raw = config.get("id2label") or {}
-    try:
-        id2label = {int(k): str(v) for k, v in id2label_raw.items()}
-    except (TypeError, ValueError):
-        raise InputError(f"{config_path}: id2label keys must be integers.") from None
-    if not id2label or sorted(id2label) != list(range(len(id2label))):
-        raise InputError(f"{config_path}: id2label must map 0..N-1 to label names.",
-                         "Save the checkpoint with id2label/label2id set.")
-    label2id = {v: k for k, v in id2label.items()}
+    id2label, label2id = _label_maps(config, config_path)
     task.check_labels(id2label, f"{config_path} id2label")  # e.g. a tagger's IOB2, checked before any work
 
-    weights = path / "model.safetensors"
-    if weights.is_file():
-        _check_safetensors(weights)
-    else:
-        pickle = next((path / n for n in PICKLE_WEIGHTS if (path / n).is_file()), None)
-        if pickle is None:
-            raise InputError(f"{path} has no model.safetensors.", "Save the weights with save_pretrained(safe_serialization=True).")
-        if not allow_pickle:
-            raise InputError(f"{path} has only pickle weights ({pickle.name}); pickles can run code when loaded.",
-                             "Convert to model.safetensors, or pass --allow-pickle (loaded with weights_only=True).")
-        weights = pickle
+    weights = _weights_file(path, allow_pickle, config, len(id2label))
     if not any((path / n).is_file() for n in VOCABULARY_FILES):
         raise InputError(f"{path} has no tokenizer files ({', '.join(VOCABULARY_FILES)}).",
                          "Save the tokenizer next to the model with tokenizer.save_pretrained().")
@@ -148,6 +203,22 @@ def inspect_checkpoint(model_dir: str | Path, allow_pickle: bool = False) -> Che
     heads = config.get("num_attention_heads", config.get("n_heads"))
     return Checkpoint(path, config, model_type, architecture, task.name, label2id, id2label, weights,
                       int(hidden), int(heads), _sha256([config_path, weights]))
+
+
+def _weights_file(path: Path, allow_pickle: bool, config: dict, num_labels: int) -> Path:
+    weights = path / "model.safetensors"
+    if weights.is_file():
+        header = read_safetensors_header(weights)
+        check_header_matches_config(weights, header, config, num_labels)
+        _check_safetensors(weights)
+        return weights
+    pickle = next((path / n for n in PICKLE_WEIGHTS if (path / n).is_file()), None)
+    if pickle is None:
+        raise InputError(f"{path} has no model.safetensors.", "Save the weights with save_pretrained(safe_serialization=True).")
+    if not allow_pickle:
+        raise InputError(f"{path} has only pickle weights ({pickle.name}); pickles can run code when loaded.",
+                         "Convert to model.safetensors, or pass --allow-pickle (loaded with weights_only=True).")
+    return pickle
 
 
 def load_model_and_tokenizer(ckpt: Checkpoint):

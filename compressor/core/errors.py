@@ -6,7 +6,11 @@ the CLI prints that line (no traceback unless --debug) and exits with the error'
 
 from __future__ import annotations
 
+import re
 from enum import IntEnum
+
+# C0/C1 controls, DEL and the Unicode line/paragraph separators: anything a terminal may break a line on.
+_CONTROL = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029]")
 
 
 class ExitCode(IntEnum):
@@ -27,7 +31,10 @@ class McompressError(Exception):
         self.hint = hint
 
     def one_line(self) -> str:
-        return f"{self.message} {self.hint}".strip() if self.hint else self.message
+        """The message and hint as exactly one line: line breaks and other control characters a
+        message quotes from the input (a path, a column name, a label) are shown escaped."""
+        text = f"{self.message} {self.hint}".strip() if self.hint else self.message
+        return _CONTROL.sub(lambda m: m.group().encode("unicode_escape").decode("ascii"), text)
 
 
 class InputError(McompressError):

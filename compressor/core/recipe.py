@@ -12,6 +12,7 @@ from typing import Literal, Optional, Union
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from mcompress.core.errors import InputError
+from mcompress.core.limits import brief, brief_repr, read_text_bounded
 
 
 
@@ -286,7 +287,7 @@ class FallbackConfig(_Strict):
 
 class Recipe(_Strict):
     name: str = "ptq"
-    seed: int = 0
+    seed: int = Field(0, ge=0, lt=2 ** 32)  # numpy and torch seeds; torch refuses larger ones
     max_length: int = Field(128, ge=8, le=4096)
     export: ExportConfig = ExportConfig()
     optimize: OptimizeConfig = OptimizeConfig()
@@ -325,11 +326,11 @@ def _validate(data: dict, origin: str) -> Recipe:
         return Recipe.model_validate(data)
     except ValidationError as err:
         first = err.errors()[0]
-        where = ".".join(str(p) for p in first["loc"]) or "(top level)"
+        where = brief(".".join(str(p) for p in first["loc"]), 120) or "(top level)"
         if first["type"] == "extra_forbidden":
             raise InputError(f"recipe {origin}: unknown key '{where}'.",
                              "Check its spelling against recipes/ptq.yaml.") from None
-        raise InputError(f"recipe {origin}: '{where}': {first['msg']} (got {first.get('input')!r}).") from None
+        raise InputError(f"recipe {origin}: '{where}': {first['msg']} (got {brief_repr(first.get('input'))}).") from None
 
 
 def validate_against_checkpoint(recipe: Recipe, ckpt) -> None:
@@ -387,6 +388,57 @@ def recipes_dir() -> Path:
     return Path(str(files("mcompress.recipes")))
 
 
+# Limits of a recipe file (docs/limits.md). A recipe is a few hundred bytes of plain mappings;
+# anchors and aliases are allowed, but the document they expand to is bounded, so a "billion
+# laughs" file (aliases of aliases) is refused while it is composed, before anything walks it.
+MAX_RECIPE_BYTES = 256 * 1024
+MAX_YAML_DEPTH = 32  # mappings/sequences inside each other
+MAX_YAML_ALIASES = 1_000
+MAX_YAML_NODES = 10_000  # nodes of the document with every alias expanded (a full recipe has ~200)
+
+
+class _YAMLLimit(Exception):
+    pass
+
+
+def _bounded_loader():
+    """A yaml.SafeLoader subclass that enforces MAX_YAML_DEPTH, MAX_YAML_ALIASES and MAX_YAML_NODES
+    as it composes the node graph (expanded sizes are counted once per node: aliases share nodes)."""
+    import yaml
+
+    class BoundedLoader(yaml.SafeLoader):
+        def __init__(self, stream):
+            super().__init__(stream)
+            self._depth, self._aliases, self._expanded = 0, 0, {}
+
+        def compose_node(self, parent, index):
+            if self.check_event(yaml.AliasEvent):
+                self._aliases += 1
+                if self._aliases > MAX_YAML_ALIASES:
+                    raise _YAMLLimit(f"more than {MAX_YAML_ALIASES} aliases")
+            self._depth += 1
+            if self._depth > MAX_YAML_DEPTH:
+                raise _YAMLLimit(f"nested deeper than {MAX_YAML_DEPTH} levels")
+            try:
+                node = super().compose_node(parent, index)
+            finally:
+                self._depth -= 1
+            if self._expanded_size(node) > MAX_YAML_NODES:
+                raise _YAMLLimit(f"more than {MAX_YAML_NODES:,} values once its aliases are expanded")
+            return node
+
+        def _expanded_size(self, node) -> int:
+            size = self._expanded.get(id(node))
+            if size is None:
+                children = node.value if isinstance(node, yaml.SequenceNode) else \
+                    [n for pair in node.value for n in pair] if isinstance(node, yaml.MappingNode) else []
+                size = 1 + sum(self._expanded.get(id(child), 1) for child in children)
+                self._expanded[id(node)] = size
+            return size
+
+    return BoundedLoader
+
+
 def load_recipe(path: str | Path | None) -> Recipe:
     import yaml
 
@@ -395,10 +447,15 @@ def load_recipe(path: str | Path | None) -> Recipe:
     path = Path(path)
     if not path.is_file():
         raise InputError(f"recipe file {path} does not exist.", "Pass --recipe with a YAML file, e.g. recipes/ptq.yaml.")
+    text = read_text_bounded(path, MAX_RECIPE_BYTES, "recipe")
     try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+        data = yaml.load(text, Loader=_bounded_loader()) or {}
     except yaml.YAMLError as err:
         raise InputError(f"recipe {path} is not valid YAML: {str(err).splitlines()[0]}.") from None
+    except _YAMLLimit as err:
+        raise InputError(f"recipe {path} is refused: {err}.", "See docs/limits.md.") from None
+    except (ValueError, OverflowError, RecursionError) as err:  # a value the constructor cannot build (a 5000-digit int, month 13)
+        raise InputError(f"recipe {path} is not valid YAML: {brief(str(err).splitlines()[0] if str(err) else type(err).__name__, 200)}.") from None
     if not isinstance(data, dict):
         raise InputError(f"recipe {path} must be a YAML mapping of keys to values.")
     return _validate(data, str(path))
