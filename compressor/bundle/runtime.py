@@ -149,8 +149,10 @@ def _open_zip(path: Path, data: bytes | None = None) -> zipfile.ZipFile:
                           "it is truncated, corrupt or not a .mcpkg.") from None
 
 
-def _checked_members(zf: zipfile.ZipFile, path: Path, max_bytes: int, max_members: int) -> dict[str, zipfile.ZipInfo]:
-    """Name -> zip entry, once every entry is a safe, plain, unique file and the whole is within the limits."""
+def _checked_members(zf: zipfile.ZipFile, path: Path, max_bytes: int, max_members: int,
+                     archive_bytes: int) -> dict[str, zipfile.ZipInfo]:
+    """Name -> zip entry, once every entry is a safe, plain, unique file and the whole is within the
+    limits; ``archive_bytes``: the size of the zip itself (a file's, or the in-memory bytes')."""
     infos = zf.infolist()
     if len(infos) > max_members:
         raise BundleError(f"bundle {path} has {len(infos)} members, over the limit of {max_members}.")
@@ -164,8 +166,8 @@ def _checked_members(zf: zipfile.ZipFile, path: Path, max_bytes: int, max_member
     if total > max_bytes:
         raise BundleError(f"bundle {path} unpacks to {total} bytes, over the limit of {max_bytes}.")
     stored = sum(i.compress_size for i in infos)
-    if stored > path.stat().st_size:
-        raise BundleError(f"bundle {path}: its members claim {stored:,} stored bytes in a {path.stat().st_size:,}-byte "
+    if stored > archive_bytes:
+        raise BundleError(f"bundle {path}: its members claim {stored:,} stored bytes in a {archive_bytes:,}-byte "
                           "file; refusing overlapping members (a zip bomb).")
     return {i.filename: i for i in infos}
 
@@ -338,7 +340,8 @@ def open_bundle(path: str | Path, max_bytes: int = MAX_TOTAL_BYTES, max_members:
     path = Path(path)
     zf = _open_zip(path, data)
     with zf:
-        by_name = _checked_members(zf, path, max_bytes, max_members)
+        archive_bytes = len(data) if data is not None else path.stat().st_size
+        by_name = _checked_members(zf, path, max_bytes, max_members, archive_bytes)
         # the signature first: a member changed after signing is named as such, whatever it broke
         signer = _verify_signature(zf, by_name, path, trusted_keys) if trusted_keys is not None else None
         manifest = _read_manifest(zf, by_name, path)
