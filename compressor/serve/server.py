@@ -13,6 +13,7 @@ Shutdown: on SIGTERM or SIGINT uvicorn stops accepting connections, lets in-flig
 from __future__ import annotations
 
 import signal
+from pathlib import Path
 
 from mcompress.serve.config import ServeConfig
 
