@@ -38,6 +38,7 @@ def word_tokenizer(with_eos: bool = True):
     core.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
     core.post_processor = processors.TemplateProcessing(single="<bos> $A", special_tokens=[("<bos>", 1)])
     return PreTrainedTokenizerFast(tokenizer_object=core, unk_token="<unk>", bos_token="<bos>",
+                                   model_input_names=["input_ids", "attention_mask"],
                                    eos_token="<eos>" if with_eos else None)
 
 

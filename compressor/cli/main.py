@@ -192,11 +192,12 @@ def _print_summary(report: Report) -> None:
 
     console = _console()
     out = escape(report.out)
-    gate = next(g for g in report.gates if g.name == f"{report.metric}_drop")
+    gate = report.metric_gate()
+    title, key = report.metric_columns()[0]  # the gated metric as the task shows it (perplexity: 1 / score)
     ref_b1, build_b1 = report.latency.pairs()[0]
     console.print(f"[bold green]PASS[/] {report.target} build in {out}", highlight=False)
-    console.print(f"  {report.metric.replace('_', ' ')} {report.reference.gated_score:.4f} -> {report.build.gated_score:.4f} "
-                  f"(drop {gate.value:.2f} {gate.unit}, 95% CI [{gate.ci95[0]:.2f}, {gate.ci95[1]:.2f}], budget {gate.threshold})",
+    console.print(f"  {title} {getattr(report.reference, key):.4f} -> {getattr(report.build, key):.4f} "
+                  f"({gate.name.rsplit('_', 1)[-1]} {gate.value:.2f} {gate.unit}, 95% CI [{gate.ci95[0]:.2f}, {gate.ci95[1]:.2f}], budget {gate.threshold})",
                   highlight=False)
     console.print(f"  latency b{build_b1.batch_size}/s{build_b1.sequence_length} p50 {ref_b1.p50_ms:.2f} -> {build_b1.p50_ms:.2f} ms "
                   f"({ref_b1.p50_ms / build_b1.p50_ms:.2f}x); size {report.artifact.size_ratio:.3f}x "

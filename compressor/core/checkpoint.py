@@ -202,7 +202,7 @@ def inspect_checkpoint(model_dir: str | Path, allow_pickle: bool = False) -> Che
                          f"Supported model types: {', '.join(supported)}.")
     architecture = next((a for a in config.get("architectures") or [] if task_for_architecture(a)), None)
     if architecture is None:
-        heads = ", ".join(f"*{t.head_suffix}" for t in all_tasks())
+        heads = ", ".join(f"*{suffix}" for t in all_tasks() for suffix in t.head_suffixes)
         raise InputError(f"architecture {brief_repr(config.get('architectures')) if config.get('architectures') else '(none)'} "
                          "is not supported; mcompress needs a task head.",
                          f"Supported: {heads} (fine-tune the model for your task first).")

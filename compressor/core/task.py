@@ -59,7 +59,8 @@ class Task(ABC):
     ``task`` attribute naming its task."""
 
     name: str
-    head_suffix: str  # the end of the architecture name, e.g. "ForSequenceClassification"
+    # the end of the architecture name, e.g. "ForSequenceClassification"; or several (str.endswith's tuple)
+    head_suffix: str | tuple[str, ...]
     auto_model: str  # the transformers Auto class that loads the checkpoint
     optimum_model: str  # the optimum.onnxruntime ORTModel class that loads a build
     logits_axes: tuple[str, ...]  # dynamic axes of the exported "logits" output
@@ -91,12 +92,20 @@ class Task(ABC):
             return np.divide(drops, reference, out=np.zeros_like(drops), where=np.asarray(reference) > 0)
         return drops
 
+    def shown_score(self, score: float) -> float:
+        """The gated score as reports show it (a causal LM's perplexity is 1 / score)."""
+        return score
+
     def for_recipe(self, recipe) -> "Task":
         """The task as a recipe configures it (a decoder's perplexity windowing); itself by default."""
         return self
 
     def prepare_tokenizer(self, tokenizer, where: str) -> None:
         """Checks (InputError) and completes the loaded tokenizer for this task; nothing by default."""
+
+    @property
+    def head_suffixes(self) -> tuple[str, ...]:
+        return self.head_suffix if isinstance(self.head_suffix, tuple) else (self.head_suffix,)
 
     def gated_metric(self, recipe_metric: str) -> str:
         """The metric the accuracy gate uses: the task's own for ``auto``, else the recipe's, which

@@ -1,4 +1,4 @@
-"""Causal language modelling (``*ForCausalLM``: LLaMA, GPT-2), gated by perplexity.
+"""Causal language modelling (``*ForCausalLM``, GPT-2's ``GPT2LMHeadModel``), gated by perplexity.
 
 Data: documents, one a line of a .txt file or a record of a JSONL file's text column, or a split
 dir (calibration/documents.py); the text is its own target, so there are no labels. Each document
@@ -30,7 +30,7 @@ IGNORE_INDEX = -100  # targets of padding in training batches (torch's cross_ent
 
 class CausalLM(Task):
     name = "causal-lm"
-    head_suffix = "ForCausalLM"
+    head_suffix = ("ForCausalLM", "LMHeadModel")  # GPT-2's head is GPT2LMHeadModel
     auto_model = "AutoModelForCausalLM"
     optimum_model = "ORTModelForCausalLM"
     logits_axes = ("batch", "sequence")
@@ -52,6 +52,9 @@ class CausalLM(Task):
 
     def windowing(self, max_length: int) -> Windowing:
         return Windowing(max_length, self.stride or max(1, max_length // 2), self.batch_tokens)
+
+    def shown_score(self, score):
+        return 1 / score if score else float("inf")
 
     def gate_budget(self, gates):
         return gates.max_ppl_increase, "relative"
