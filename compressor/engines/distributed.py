@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import datetime
 import os
+import re
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any, Callable, Iterator
@@ -170,7 +171,20 @@ def section(fn: Callable[[Any], None], payload) -> Iterator[Session]:
         yield session
     except BaseException:
         session.broken = True
+        _ignore_stop_signals()
         raise
+
+
+def _ignore_stop_signals() -> None:
+    """The job is ending with an error: the launcher's SIGTERM (sent once it sees the failed rank)
+    must not turn that error into a bare KeyboardInterrupt before its line is printed."""
+    import signal
+
+    try:
+        for s in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(s, signal.SIG_IGN)
+    except ValueError:  # not the main thread: signals stay as they are
+        pass
 
 
 def serve() -> None:
@@ -221,7 +235,16 @@ def gather(obj) -> list | None:
 
 
 def is_collective_failure(err: BaseException) -> bool:
-    """True for the errors a collective raises when a peer died or timed out."""
+    """True for the errors a collective raises when a peer died or timed out: torch's DistError
+    (NCCL, the store), or the plain RuntimeError gloo's transport raises, which names gloo's
+    sources ("[.../gloo/transport/tcp/pair.cc:537] Read error ...: Connection reset by peer")."""
     import torch.distributed as dist
 
-    return isinstance(err, dist.DistError)
+    return isinstance(err, dist.DistError) or (isinstance(err, RuntimeError) and "gloo" in str(err))
+
+
+def failure_reason(err: BaseException) -> str:
+    """A collective's error as a short phrase: its first sentence, without the source location
+    ("Read error [127.0.0.1]:41182: Connection reset by peer")."""
+    first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+    return re.sub(r"^\[[^\]]*\.(?:cpp|cc|h):\d+\]\s*", "", first).split(". ")[0][:200]

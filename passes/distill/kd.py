@@ -443,7 +443,7 @@ class _Training:
             raise
         except Exception as err:
             if self.session and distributed.is_collective_failure(err):
-                raise self.rank_lost(f"a collective failed: {str(err).splitlines()[0][:200]}") from err
+                raise self.rank_lost(f"a collective failed ({distributed.failure_reason(err)}): a rank died or hung") from err
             raise
         return time.perf_counter() - started
 
