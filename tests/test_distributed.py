@@ -41,7 +41,7 @@ import numpy as np
 import pytest
 
 from mcompress.core.errors import InputError
-from mcompress.engines.distributed import World
+from mcompress.engines.distributed import World, timeout_s
 
 WEIGHT_ATOL = 1e-5  # max |w_2ranks - w_1process| over the student's parameters but the key biases
 KEY_BIAS = ".attention.self.key.bias"  # gradient zero in exact arithmetic: see the module docstring
@@ -79,6 +79,9 @@ def test_world_is_read_from_the_launch_variables():
         with pytest.raises(InputError) as caught:
             World.from_env(bad)
         assert "Start mcompress with torchrun or accelerate launch" in caught.value.one_line()
+    assert timeout_s({}) == 1800 and timeout_s({"MCOMPRESS_DIST_TIMEOUT_S": "20"}) == 20
+    with pytest.raises(InputError, match="MCOMPRESS_DIST_TIMEOUT_S"):
+        timeout_s({"MCOMPRESS_DIST_TIMEOUT_S": "0"})
 
 
 def test_rank_shards_of_a_batch_are_the_one_process_batch():
@@ -161,6 +164,7 @@ def test_two_ranks_at_batch_4_match_one_process_at_batch_8(no_dropout_checkpoint
     report_two = json.loads((tmp_path / "two" / "report.json").read_text())
     assert report_one.get("distributed") is None
     assert report_two["distributed"]["world_size"] == 2 and report_two["distributed"]["backend"] == "gloo"
+    assert "Built under a distributed launch: 2 processes, backend gloo" in (tmp_path / "two" / "report.md").read_text()
     m1, m2 = _distill_metrics(report_one), _distill_metrics(report_two)
     assert (m1["world_size"], m1["batch_size"], m1["global_batch_size"]) == (1, 8, 8)
     assert (m2["world_size"], m2["batch_size"], m2["global_batch_size"], m2["backend"]) == (2, 4, 8, "gloo")
