@@ -151,6 +151,7 @@ def _distill_metrics(report: dict) -> dict:
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(900)  # two whole runs (~1.5 min alone; 4 min seen with the machine shared)
 def test_two_ranks_at_batch_4_match_one_process_at_batch_8(no_dropout_checkpoint, fast_recipe, tmp_path):
     model = no_dropout_checkpoint
     settings = dict(steps=10, eval_every=5, checkpoint_every=1000)
@@ -225,6 +226,7 @@ def _children_with_rank(parent: int, rank: int) -> list[int]:
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(900)  # a killed run and its rerun
 def test_a_killed_rank_ends_the_job_cleanly_and_the_rerun_resumes(no_dropout_checkpoint, fast_recipe, tmp_path):
     recipe = _recipe(tmp_path, fast_recipe, "long", batch=4, steps=40, eval_every=20, checkpoint_every=5)
     out, cache = tmp_path / "out", tmp_path / "cache"
