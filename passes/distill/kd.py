@@ -213,6 +213,7 @@ class _MainSide:
 
 
 def _read_checkpoint(path: Path) -> dict | None:
+    """The resume checkpoint at ``path`` (rank 0 reads it; the job carries it to every rank), or None."""
     import torch
 
     if not path.is_file():
@@ -406,6 +407,7 @@ class _Training:
         return distributed.broadcast(stop) if self.session else stop
 
     def loop(self) -> None:
+        """Steps, evaluations and periodic checkpoints until the schedule ends or patience runs out."""
         cfg, total = self.cfg, self.schedule.total
         progress = self.main.ctx.progress if self.main else None
         advance = progress("distilling", total) if progress else (lambda n: None)
