@@ -182,7 +182,8 @@ def run(
                 return lambda n: bar.advance(task_id, n)
 
             report = run_job(request, task)
-        _print_summary(report)
+        if report is not None:  # None: a rank > 0 of a torchrun/accelerate launch (rank 0 reports)
+            _print_summary(report)
 
     _guard(body)
 

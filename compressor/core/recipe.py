@@ -196,7 +196,7 @@ class DistillConfig(_Strict):
     epochs: float = Field(1.0, gt=0, le=1000)  # passes over the training text (ignored when steps is set)
     steps: Optional[int] = Field(None, ge=1)  # optimizer steps; when set, it replaces epochs
     train_examples: Optional[int] = Field(None, ge=1)  # first N of the train split (null = all)
-    batch_size: int = Field(32, ge=1)
+    batch_size: int = Field(32, ge=1)  # per process under torchrun/accelerate launch (docs/distributed.md)
     lr: float = Field(1e-4, gt=0, le=1)
     weight_decay: float = Field(0.01, ge=0)
     warmup_ratio: float = Field(0.06, ge=0, lt=1)  # linear warm-up over this fraction, then linear decay

@@ -10,6 +10,7 @@ orchestrator (pipeline/cpu_auto.py) both call it, with one validation and one re
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import tempfile
 import time
@@ -21,6 +22,7 @@ from mcompress.core.errors import GateFailure, TargetUnavailable
 from mcompress.core.manager import PassManager, PassRecord
 from mcompress.core.pass_base import PassContext
 from mcompress.core.state import ModelState
+from mcompress.engines import distributed
 from mcompress.pipeline.gating import GatedBuild, gate_build
 from mcompress.pipeline.instruments import FlopsCounter, PassEvaluations, PassEvaluator, state_runner
 from mcompress.pipeline.outputs import staged_dir
@@ -112,9 +114,46 @@ def raise_for_outcome(build: TargetBuild, out: Path, prefix: str = "") -> None:
                                 f"{report.metric.replace('_', ' ')} {build.gated.candidate.score:.4f}, gates passed.")
 
 
-def run(req: RunRequest, progress: ProgressFactory = no_progress) -> Report:
+def run(req: RunRequest, progress: ProgressFactory = no_progress) -> Report | None:
     """``mcompress run``: the report of the written build. A failed gate raises GateFailure and an
-    artifact gated on a stand-in raises TargetUnavailable, after the build is written."""
+    artifact gated on a stand-in raises TargetUnavailable, after the build is written.
+
+    Under torchrun or ``accelerate launch`` (engines/distributed.py) rank 0 runs the whole job and
+    returns its report; the other ranks only join the passes that announce a distributed section
+    (distill) and return None once rank 0 is done, without writing anything."""
+    world = distributed.World.from_env()
+    if world is None:
+        return _run_here(req, progress)
+    with distributed.process_group(world):
+        if not world.is_main:
+            _import_model_classes(req)
+            distributed.serve()
+            return None
+        try:
+            report = _run_here(req, progress)
+        except Exception:
+            # Raised outside a section (one that raised is broken, and release skips it): the
+            # others wait for the next section; let them go. Best effort on the way out.
+            with contextlib.suppress(Exception):
+                distributed.release_workers()
+            raise
+        distributed.release_workers()
+        return report
+
+
+def _import_model_classes(req: RunRequest) -> None:
+    """Ranks > 0: import the checkpoint's transformers class while rank 0 validates and measures
+    (tens of seconds on a loaded machine), so the first section does not wait for it. Any error
+    is rank 0's to report."""
+    with contextlib.suppress(Exception):
+        import transformers
+
+        from mcompress.core.checkpoint import inspect_checkpoint
+
+        getattr(transformers, inspect_checkpoint(req.model_dir, req.allow_pickle).architecture)
+
+
+def _run_here(req: RunRequest, progress: ProgressFactory) -> Report:
     from mcompress.targets import CPU_CHOICES
 
     if req.target in CPU_CHOICES:  # a choice between targets, orchestrated above this job

@@ -12,6 +12,7 @@ from mcompress.pipeline.gating import GatedBuild
 from mcompress.pipeline.prepare import Prepared
 from mcompress.pipeline.reference import Reference
 from mcompress.core.provenance import build_provenance
+from mcompress.engines import distributed
 from mcompress.report.schema import REPORT_SCHEMA, Report
 
 
@@ -93,6 +94,9 @@ def assemble_report(prepared: Prepared, reference: Reference, target, state, rec
     }
     if gated.build.summary:
         report["target_build"] = dict(gated.build.summary)
+    session = distributed.active()
+    if session is not None:
+        report["distributed"] = session.summary()
     model_format = format_of(gated.build.model_file)
     model_files = [p.name for p in model_format.files(gated.build.model_file)] if model_format else [gated.build.model_file.name]
     report["provenance"] = build_provenance(report, model_files)

@@ -240,6 +240,15 @@ class CpuAutoChoice(_ReportModel):
     unavailable: dict[str, str] = Field(default_factory=dict)  # CPU target -> why it was not built (--target cpu)
 
 
+class DistributedRun(_ReportModel):
+    """The launch a build was made under (torchrun / accelerate launch; engines/distributed.py):
+    its world size, the process group's backend, and the collective timeout. The distill pass's
+    metrics say which backend its tensors used (gloo on the CPU, nccl on GPUs)."""
+    world_size: int
+    backend: str
+    timeout_s: Number | None = None
+
+
 class Report(_ReportModel):
     schema_version: int = Field(REPORT_SCHEMA, alias="schema")
     mcompress_version: str = ""
@@ -263,6 +272,7 @@ class Report(_ReportModel):
     target_build: dict[str, Any] | None = None  # the target's build facts (target.build_summary)
     out: str | None = None
     cpu_auto: CpuAutoChoice | None = None
+    distributed: DistributedRun | None = None  # None: one process (no torchrun/accelerate launch)
     sections: list[Table] = Field(default_factory=list)  # contributed by tasks and targets, shown after the standard ones
     provenance: dict[str, Any] | None = None  # in-toto Statement, SLSA provenance v1 (core/provenance.py)
 

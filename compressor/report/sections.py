@@ -48,7 +48,10 @@ def _intro(report: Report) -> list[Block]:
                              f"{seg['tokens_out_of_vocabulary']:.2%} of the original tokens are not in it and "
                              f"{seg['texts_resegmented']:.2%} of the texts segment differently; the gates measured the effect.")]
                   if seg else [])
-    return stand_in + vocabulary + [
+    launch = report.distributed
+    launched = ([Paragraph(f"Built under a distributed launch: {launch.world_size} processes, backend {launch.backend}; "
+                           "distillation ran data-parallel, everything else on rank 0.")] if launch else [])
+    return stand_in + vocabulary + launched + [
         Paragraph(f"Target **{report.target}**, recipe **{report.recipe.get('name', '')}**, source `{report.source.path}` "
                   f"(sha256 {report.source.sha256[:12]}…), eval data `{report.data.eval.source}` "
                   f"({report.data.eval.examples} examples)."),
