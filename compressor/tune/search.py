@@ -188,12 +188,11 @@ def ray_session(address: Optional[str], num_cpus: Optional[int]):
     import ray
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    logging.getLogger("ray").setLevel(logging.ERROR)  # e.g. Ray's note on token authentication at start
     if address:
-        ray.init(address=address, log_to_driver=False, logging_level=logging.WARNING)
+        ray.init(address=address, log_to_driver=False, logging_level=logging.ERROR)
     else:
         ray.init(address="local", num_cpus=num_cpus or os.cpu_count(), include_dashboard=False, log_to_driver=False,
-                 logging_level=logging.WARNING)
+                 logging_level=logging.ERROR)
     try:
         yield ray
     finally:

@@ -222,10 +222,12 @@ def _resolve_base(name: Optional[str], relative_to: Optional[Path]) -> Path:
 
 
 def _check(space: SearchSpace, ckpt, origin: str) -> None:
-    """Every value a domain can give, and every start point, make a recipe valid for this checkpoint."""
+    """Every value a domain can give (with the other parameters at the base recipe's point), and
+    every start point, make a recipe valid for this checkpoint."""
+    base_point = _base_point(space.base, space.parameters)
     for key, domain in space.parameters.items():
         for value in domain.extremes():
-            _check_point(space, {key: value}, ckpt, f"{origin}: parameter '{key}' value {value!r}")
+            _check_point(space, {**base_point, key: value}, ckpt, f"{origin}: parameter '{key}' value {value!r}")
     for i, point in enumerate(space.start_with):
         unknown = sorted(set(point) - set(space.parameters))
         if unknown:
