@@ -6,6 +6,7 @@ import logging
 import os
 import signal
 import sys
+from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Optional
 
@@ -146,8 +147,6 @@ def run(
 ) -> None:
     """Compress MODEL_DIR for a target, gate the built artifact on held-out data, write the build."""
     def body():
-        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-
         from mcompress.pipeline.job import RunRequest, run as run_job
 
         request = RunRequest(model_dir, target, out, recipe, eval_data, calib_data, text_column, label_column,
@@ -157,16 +156,25 @@ def run(
                               "gates.min_speedup": min_speedup, "quantize.mode": quantize_mode,
                               "eval.max_examples": eval_examples},
                              cache_dir=cache_dir, use_cache=not no_cache, cache_max_gb=cache_max_gb)
-        with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                      console=_console(), transient=True) as bar:
-            def task(description: str, total: int):
-                task_id = bar.add_task(description, total=total)
-                return lambda n: bar.advance(task_id, n)
-
+        with _progress_bars() as task:
             report = run_job(request, task)
         _print_summary(report)
 
     _guard(body)
+
+
+@contextmanager
+def _progress_bars():
+    """A pipeline.prepare.ProgressFactory drawing transient rich bars on stderr."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                  console=_console(), transient=True) as bar:
+        def task(description: str, total: int):
+            task_id = bar.add_task(description, total=total)
+            return lambda n: bar.advance(task_id, n)
+
+        yield task
 
 
 def _print_summary(report: Report) -> None:
@@ -215,19 +223,12 @@ def tune(
 
     Needs the distributed extra: pip install 'mcompress\\[distributed]' (exit 4 without it)."""
     def body():
-        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-
         from mcompress.tune.search import TuneRequest, parse_duration, require_extra, tune as run_tune
 
         require_extra()
         request = TuneRequest(model_dir, target, max_drop, parse_duration(time_budget), trials, ray_address, out, space,
                               cache_dir, num_cpus, cpus_per_trial, gpus_per_trial, eval_data, calib_data, force, seed)
-        with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                      console=_console(), transient=True) as bar:
-            def task(description: str, total: int):
-                task_id = bar.add_task(description, total=total)
-                return lambda n: bar.advance(task_id, n)
-
+        with _progress_bars() as task:
             summary = run_tune(request, task)
         _line("[bold green]PASS[/]", f"kept trial {summary['chosen']} in {summary['build']}: {summary['metric']} "
                                      f"{summary['chosen_score']:.4f} (reference {summary['reference_score']:.4f}), "

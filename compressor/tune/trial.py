@@ -78,6 +78,9 @@ def final_result(report, build_dir: Path, validation: dict) -> dict:
     validation figures of its distillation (``validation``: val_shortfall, val_score)."""
     gate = next(g for g in report.gates if g.name == f"{report.metric}_drop")
     b1 = next(b for _, b in report.latency.pairs() if b.batch_size == 1)
+    if validation.get("val_score") is None:  # a pass reused from the cache reports no evaluations: its record has them
+        recorded = [p.metrics["selection_accuracy"] for p in report.passes if "selection_accuracy" in p.metrics]
+        validation = {**validation, "val_score": recorded[-1] if recorded else None}
     return {FINAL: True, **validation, "score": report.build.gated_score, "metric": report.metric,
             "drop": gate.value, "passed": report.passed, "failed_gates": [g.name for g in report.gates if not g.passed],
             "latency_ms": b1.p50_ms, "latency_shape": [b1.batch_size, b1.sequence_length],
