@@ -11,6 +11,7 @@ the machine that runs tune before a build is chosen (tune/race.py).
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Optional
@@ -65,11 +66,18 @@ def one_line_error(error: BaseException) -> str:
     return f"{type(cause).__name__}: {message}"[:400]
 
 
+def _trial_id_of_dir(name: str) -> str:
+    """A trial that failed before reporting anything has no trial_id in its metrics; Ray Tune
+    names its directory <trainable>_<trial id>_<index>_<config>_<date>."""
+    match = re.match(r"run_trial_([0-9a-f]+)_\d+_", name)
+    return match.group(1) if match else name
+
+
 def record_of(result, recipe_of) -> TrialRecord:
     """A TrialRecord from a ray.tune Result; ``recipe_of(point)`` gives the trial's recipe."""
     metrics = dict(result.metrics or {})
     point = {k: (v.item() if hasattr(v, "item") else v) for k, v in (result.config or {}).items()}
-    trial_id = metrics.get("trial_id") or Path(str(result.path)).name
+    trial_id = metrics.get("trial_id") or _trial_id_of_dir(Path(str(result.path)).name)
     status = "error" if result.error is not None else "completed" if metrics.get(FINAL) else "stopped"
     known = {k: metrics.get(k) for k in ("val_score", "val_shortfall", "score", "metric", "drop", "passed",
                                           "latency_ms", "model_bytes", "size_ratio", "quantization", "build_dir",
