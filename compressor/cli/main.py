@@ -6,6 +6,7 @@ import logging
 import os
 import signal
 import sys
+from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Optional
 
@@ -164,8 +165,6 @@ def run(
 ) -> None:
     """Compress MODEL_DIR for a target, gate the built artifact on held-out data, write the build."""
     def body():
-        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-
         from mcompress.pipeline.job import RunRequest, run as run_job
 
         request = RunRequest(model_dir, target, out, recipe, eval_data, calib_data, text_column, label_column,
@@ -175,17 +174,26 @@ def run(
                               "gates.min_speedup": min_speedup, "quantize.mode": quantize_mode,
                               "eval.max_examples": eval_examples},
                              cache_dir=cache_dir, use_cache=not no_cache, cache_max_gb=cache_max_gb)
-        with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                      console=_console(), transient=True) as bar:
-            def task(description: str, total: int):
-                task_id = bar.add_task(description, total=total)
-                return lambda n: bar.advance(task_id, n)
-
+        with _progress_bars() as task:
             report = run_job(request, task)
         if report is not None:  # None: a rank > 0 of a torchrun/accelerate launch (rank 0 reports)
             _print_summary(report)
 
     _guard(body)
+
+
+@contextmanager
+def _progress_bars():
+    """A pipeline.prepare.ProgressFactory drawing transient rich bars on stderr."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                  console=_console(), transient=True) as bar:
+        def task(description: str, total: int):
+            task_id = bar.add_task(description, total=total)
+            return lambda n: bar.advance(task_id, n)
+
+        yield task
 
 
 def _print_summary(report: Report) -> None:
@@ -210,6 +218,45 @@ def _print_summary(report: Report) -> None:
     reused = [p.name for p in report.passes if p.cached]
     if reused:
         console.print(f"  reused cached {', '.join(reused)} (inputs unchanged; --no-cache reruns them)", highlight=False)
+
+
+@app.command()
+def tune(
+    model_dir: Path = typer.Argument(..., help="Fine-tuned Hugging Face checkpoint with splits/ (train, validation, test)."),
+    target: str = typer.Option("onnx-cpu", "--target", "-t", help="Deployment target of every trial: onnx-cpu | openvino-cpu | tensorrt | cpu-auto."),
+    max_drop: Optional[float] = typer.Option(1.0, "--max-drop", help="Accuracy budget: gates.max_drop of every trial (points)."),
+    time_budget: str = typer.Option("60m", "--time-budget", help="Wall time for the search and the final race, e.g. 20m, 1.5h, 900s."),
+    trials: int = typer.Option(50, "--trials", min=1, help="Most trials to start (the time budget usually ends the search first)."),
+    ray_address: Optional[str] = typer.Option(None, "--ray-address", help="Join this Ray cluster (e.g. ray://head:10001 or head:6379); default: a local Ray on this machine."),
+    out: Optional[Path] = typer.Option(None, "--out", "-o", help="Tune directory: build/, recipe.yaml, tune.json, tune.html, trials/, experiment/ (default: build/<model>-tune)."),
+    space: Optional[Path] = typer.Option(None, "--space", help="Search space YAML (default: derived from the model; docs/distributed.md)."),
+    eval_data: Optional[Path] = typer.Option(None, "--eval-data", help="Labelled eval data (default: MODEL_DIR/splits test split)."),
+    calib_data: Optional[Path] = typer.Option(None, "--calib-data", help="Calibration/training text (default: the train split)."),
+    cache_dir: Optional[Path] = typer.Option(None, "--cache-dir", help="Pass cache every trial shares (default: $MCOMPRESS_CACHE_DIR or ~/.cache/mcompress; on a cluster: a shared filesystem)."),
+    num_cpus: Optional[int] = typer.Option(None, "--num-cpus", min=1, help="CPUs of the local Ray cluster (default: all); ignored with --ray-address."),
+    cpus_per_trial: Optional[float] = typer.Option(None, "--cpus-per-trial", min=0.1, help="CPUs each trial holds (default: min(4, the largest node's CPUs))."),
+    gpus_per_trial: Optional[float] = typer.Option(None, "--gpus-per-trial", min=0, help="GPUs each trial holds (default: 1 when the cluster has GPUs, else 0)."),
+    seed: int = typer.Option(0, "--seed", min=0, help="Seed of the TPE sampler."),
+    force: bool = typer.Option(False, "--force", help="Start over in an --out that holds a tune (finished or not)."),
+) -> None:
+    """Search the recipe space on Ray Tune for the fastest build within --max-drop; rerun the same command to resume a killed search.
+
+    Needs the distributed extra: pip install 'mcompress\\[distributed]' (exit 4 without it)."""
+    def body():
+        from mcompress.tune.search import TuneRequest, parse_duration, require_extra, tune as run_tune
+
+        require_extra()
+        request = TuneRequest(model_dir, target, max_drop, parse_duration(time_budget), trials, ray_address, out, space,
+                              cache_dir, num_cpus, cpus_per_trial, gpus_per_trial, eval_data, calib_data, force, seed)
+        with _progress_bars() as task:
+            summary = run_tune(request, task)
+        _line("[bold green]PASS[/]", f"kept trial {summary['chosen']} in {summary['build']}: {summary['metric']} "
+                                     f"{summary['chosen_score']:.4f} (reference {summary['reference_score']:.4f}), "
+                                     f"batch-1 p50 {summary['chosen_b1_ms']:.2f} ms raced here; "
+                                     f"{summary['trials_completed']} trials completed, {summary['trials_stopped']} stopped, "
+                                     f"{summary['trials_failed']} failed; {request.out_dir}/tune.html")
+
+    _guard(body)
 
 
 @app.command()

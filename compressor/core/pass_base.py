@@ -41,6 +41,10 @@ class PassContext:
     # The model's task (core/task.py): passes call its hooks, never test for its name. None: the
     # task of the calibration data.
     task: Optional["Task"] = None
+    # An observer hook: on_progress(pass name, figures) while a pass runs, e.g. distill's
+    # {"step", "selection_score"} after each validation evaluation (mcompress tune hands them to
+    # Ray Tune's early-stopping scheduler). None: nobody listens.
+    on_progress: Optional[Callable[[str, dict], None]] = None
 
     def __post_init__(self):
         if self.task is None:

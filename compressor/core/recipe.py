@@ -454,23 +454,29 @@ def _bounded_loader():
     return BoundedLoader
 
 
-def load_recipe(path: str | Path | None) -> Recipe:
+def read_yaml_mapping(path: Path, what: str, hint: str) -> dict:
+    """A bounded YAML file (MAX_RECIPE_BYTES, _bounded_loader) that must hold a mapping; ``what``
+    names it in the one-line errors (InputError), ``hint`` says what it should hold."""
     import yaml
 
+    text = read_text_bounded(path, MAX_RECIPE_BYTES, what)
+    try:
+        data = yaml.load(text, Loader=_bounded_loader()) or {}
+    except yaml.YAMLError as err:
+        raise InputError(f"{what} {path} is not valid YAML: {str(err).splitlines()[0]}.") from None
+    except _YAMLLimit as err:
+        raise InputError(f"{what} {path} is refused: {err}.", "See docs/limits.md.") from None
+    except (ValueError, OverflowError, RecursionError) as err:  # a value the constructor cannot build (a 5000-digit int, month 13)
+        raise InputError(f"{what} {path} is not valid YAML: {brief(str(err).splitlines()[0] if str(err) else type(err).__name__, 200)}.") from None
+    if not isinstance(data, dict):
+        raise InputError(f"{what} {path} must be a YAML mapping of {hint}.")
+    return data
+
+
+def load_recipe(path: str | Path | None) -> Recipe:
     if path is None:
         path = recipes_dir() / "ptq.yaml"
     path = Path(path)
     if not path.is_file():
         raise InputError(f"recipe file {path} does not exist.", "Pass --recipe with a YAML file, e.g. recipes/ptq.yaml.")
-    text = read_text_bounded(path, MAX_RECIPE_BYTES, "recipe")
-    try:
-        data = yaml.load(text, Loader=_bounded_loader()) or {}
-    except yaml.YAMLError as err:
-        raise InputError(f"recipe {path} is not valid YAML: {str(err).splitlines()[0]}.") from None
-    except _YAMLLimit as err:
-        raise InputError(f"recipe {path} is refused: {err}.", "See docs/limits.md.") from None
-    except (ValueError, OverflowError, RecursionError) as err:  # a value the constructor cannot build (a 5000-digit int, month 13)
-        raise InputError(f"recipe {path} is not valid YAML: {brief(str(err).splitlines()[0] if str(err) else type(err).__name__, 200)}.") from None
-    if not isinstance(data, dict):
-        raise InputError(f"recipe {path} must be a YAML mapping of keys to values.")
-    return _validate(data, str(path))
+    return _validate(read_yaml_mapping(path, "recipe", "keys to values"), str(path))

@@ -66,7 +66,8 @@ def _run_passes(prepared: Prepared, reference: Reference, target, work: Path, ru
     cache_root = prepared.cache_root
     ctx = PassContext(recipe, target, work, prepared.data.calibration, prepared.data.selection,
                       reference.selection.score, progress=progress,
-                      resume_dir=cache_root / "resume" if cache_root else None, task=prepared.task)
+                      resume_dir=cache_root / "resume" if cache_root else None, task=prepared.task,
+                      on_progress=prepared.request.on_pass_progress)
     evaluations = PassEvaluations(state_runner(target, reference.threads, target.settings(recipe)),
                                   lambda state, runner, label: run_eval(runner, prepared.eval_data, label,
                                                                         model_tokenizer=state.tokenizer))

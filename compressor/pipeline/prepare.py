@@ -46,6 +46,8 @@ class RunRequest:
     cache_dir: Path | None = None  # pass cache (pipeline/cache.py); None = $MCOMPRESS_CACHE_DIR or ~/.cache/mcompress
     use_cache: bool = True
     cache_max_gb: float = DEFAULT_MAX_GB
+    # Called with (pass name, figures) while a pass runs (core.pass_base.PassContext.on_progress).
+    on_pass_progress: Callable[[str, dict], None] | None = None
 
     @property
     def default_out(self) -> Path:

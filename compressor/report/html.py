@@ -18,7 +18,7 @@ from mcompress.report.schema import Report
 from mcompress.report.sections import build_sections
 from mcompress.report.svg import bar_chart, escape, hbar_chart, scatter_chart
 
-_CSS = """
+CSS = """
 body{font-family:system-ui,-apple-system,Segoe UI,Roboto,sans-serif;margin:24px;color:#222;max-width:1200px}
 h1 .pass,h1 .fail{font-size:0.9em} .pass{color:#1a7f37;font-weight:600} .fail{color:#cf222e;font-weight:700}
 table{border-collapse:collapse;margin:8px 0 16px;font-size:13px} th,td{border:1px solid #d0d7de;padding:3px 8px;text-align:left}
@@ -32,7 +32,7 @@ code{background:#f6f8fa;padding:1px 4px}
 def render_html(report: Report | dict) -> str:
     body = "".join(html_of(block) for block in build_sections(Report.parse(report)))
     return ("<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\"><title>mcompress report</title>"
-            f"<style>{_CSS}</style></head><body>" + body + "</body></html>\n")
+            f"<style>{CSS}</style></head><body>" + body + "</body></html>\n")
 
 
 def inline(text: str) -> str:

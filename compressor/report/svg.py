@@ -116,7 +116,8 @@ def hbar_chart(title: str, labels: list[str], values: list[float], unit: str, no
 def scatter_chart(title: str, series: list[tuple[str, list[tuple[float, float, str]]]], xlabel: str, ylabel: str,
                   hline: tuple[float, str] | None = None, chosen: tuple[float, float] | None = None,
                   width: int = 760, height: int = 380) -> str:
-    """Points (x, y, label) per named series; an optional horizontal budget line and a ring on the chosen point."""
+    """Points (x, y, label) or (x, y, label, radius) per named series; an optional horizontal budget
+    line and a ring on the chosen point."""
     left, right, top, bottom = 60, 170, 28, 44
     plot_w, plot_h = width - left - right, height - top - bottom
     xs = [p[0] for _, pts in series for p in pts]
@@ -141,8 +142,10 @@ def scatter_chart(title: str, series: list[tuple[str, list[tuple[float, float, s
                     f'<text x="{left + 4}" y="{y - 4:.1f}" class="tick" fill="#cf222e">{escape(hline[1])}</text>')
     for si, (name, pts) in enumerate(series):
         color = _PALETTE[si % len(_PALETTE)]
-        for x, y, label in pts:
-            body.append(f'<circle cx="{x_of(x):.1f}" cy="{y_of(y):.1f}" r="5" fill="{color}" fill-opacity="0.85">'
+        for x, y, label, *radius in pts:
+            r = f"{radius[0]:.1f}" if radius else "5"
+            body.append(f'<circle cx="{x_of(x):.1f}" cy="{y_of(y):.1f}" r="{r}" '
+                        f'fill="{color}" fill-opacity="0.85">'
                         f'<title>{escape(name)}: {escape(label)} — accuracy {y:.4f}, {x:.3f} ms</title></circle>')
         ly = top + 14 + si * 16
         body.append(f'<circle cx="{left + plot_w + 12}" cy="{ly - 4}" r="5" fill="{color}"/>'

@@ -1,0 +1,43 @@
+"""The pieces of the search that subclass Ray Tune's own classes (imported only once ray is known to
+be installed: mcompress.tune.search checks the extra first). Module-level, so an experiment saved
+with them restores by name (``Tuner.restore``)."""
+
+from __future__ import annotations
+
+import sys
+
+from ray.tune import Callback
+from ray.tune.search.optuna import OptunaSearch
+
+from mcompress.tune.trial import FINAL
+
+
+class FinalResultSearch(OptunaSearch):
+    """Optuna's TPE on the two objectives of a trial's final result. A trial that ended without
+    one (ASHA stopped it, or the time budget did) is told to Optuna as pruned, not as a point with
+    empty objectives."""
+
+    def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False):
+        super().on_trial_complete(trial_id, result if result and result.get(FINAL) else None, error)
+
+
+class TrialLines(Callback):
+    """One line on stderr per finished trial, so a long search shows where it is."""
+
+    def on_trial_complete(self, iteration, trials, trial, **info):
+        result = trial.last_result or {}
+        if result.get(FINAL):
+            verdict = "pass" if result.get("passed") else "FAIL"
+            _line(f"trial {trial.trial_id}: {result.get('metric')} {result.get('score'):.4f} "
+                  f"(drop {result.get('drop'):.2f}, gates {verdict}), batch-1 p50 {result.get('latency_ms'):.2f} ms, "
+                  f"{(result.get('model_bytes') or 0) / 1e6:.1f} MB")
+        else:
+            _line(f"trial {trial.trial_id}: stopped early (validation shortfall {result.get('val_shortfall')})")
+
+    def on_trial_error(self, iteration, trials, trial, **info):
+        _line(f"trial {trial.trial_id}: failed (recorded in tune.json; the search goes on)")
+
+
+def _line(text: str) -> None:
+    sys.stderr.write(f"tune: {text}\n")
+    sys.stderr.flush()

@@ -1,0 +1,282 @@
+"""The recipe space `mcompress tune` searches, and how a point of it becomes a recipe.
+
+A space is a base recipe and a set of parameters, each a dotted recipe key (``prune.keep_layers``,
+``distill.alpha``, ``quantize.mode``) with a domain: ``choice`` (a list of values), ``uniform`` or
+``loguniform`` (floats in [lo, hi]) or ``randint`` (integers in [lo, hi], both included). A trial's
+recipe is the base recipe with the point's values applied as overrides (``Recipe.with_overrides``,
+the same path as ``mcompress run``'s flags), then one normalisation: a point that prunes nothing
+(every layer, head and FFN neuron kept) has no ``prune`` and no ``distill`` section, since there is
+nothing to recover, so it is a plain post-training quantization.
+
+The default space (``default_space``) is derived from the checkpoint's shape (L layers, H heads
+per layer, FFN width F) on top of ``recipes/prune-distill-int8.yaml``:
+
+    prune.keep_layers            choice  ceil(L/2) .. L
+    prune.heads_per_layer        choice  H/4, H/2, 3H/4, H   (rounded down, at least 1, distinct)
+    prune.ffn_neurons_per_layer  choice  F/4, F/2, 3F/4, F
+    distill.epochs               choice  1, 2, 3
+    distill.alpha                uniform 0.3 .. 0.9
+    distill.hidden_weight        choice  0.0, 1.0
+    quantize.mode                choice  dynamic, static
+    optimize.fusion              choice  fused, unfused
+    fallback.enabled             choice  false, true
+
+and starts with two points: the unpruned model quantized dynamically on the fused graph (cheap, so
+a short budget still returns a build), and the base recipe's own values where they lie in the space.
+
+A YAML space has the same shape (``docs/distributed.md``)::
+
+    base_recipe: prune-distill-int8.yaml   # a shipped recipe, or a path relative to this file
+    parameters:
+      prune.keep_layers: {choice: [2, 3, 4]}
+      distill.alpha: {uniform: [0.3, 0.9]}
+    start_with:                            # points tried first (optional)
+      - {prune.keep_layers: 4, distill.alpha: 0.5}
+
+Every value a domain can give is checked against the recipe schema and the checkpoint before any
+work (an unknown key or an impossible value is one line, exit 2).
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any, Optional, Union
+
+from pydantic import BaseModel, ConfigDict, ValidationError, model_validator
+
+from mcompress.core.errors import InputError
+from mcompress.core.limits import brief
+from mcompress.core.recipe import Recipe, load_recipe, read_yaml_mapping, recipes_dir, validate_against_checkpoint
+
+DEFAULT_BASE_RECIPE = "prune-distill-int8.yaml"
+Value = Union[bool, int, float, str, None]
+PRUNE_KEYS = ("keep_layers", "heads_per_layer", "ffn_neurons_per_layer")
+
+
+class Domain(BaseModel):
+    """Exactly one of: ``choice`` (values), ``uniform``/``loguniform`` ([lo, hi] floats), ``randint`` ([lo, hi] ints)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    choice: Optional[list[Value]] = None
+    uniform: Optional[tuple[float, float]] = None
+    loguniform: Optional[tuple[float, float]] = None
+    randint: Optional[tuple[int, int]] = None
+
+    @model_validator(mode="after")
+    def _one_kind(self):
+        given = [k for k in ("choice", "uniform", "loguniform", "randint") if getattr(self, k) is not None]
+        if len(given) != 1:
+            raise ValueError("give exactly one of choice, uniform, loguniform, randint")
+        if self.choice is not None and not self.choice:
+            raise ValueError("choice needs at least one value")
+        bounds = self.bounds()
+        if bounds is not None and not bounds[0] <= bounds[1]:
+            raise ValueError(f"needs lo <= hi (got {list(bounds)})")
+        if self.loguniform is not None and self.loguniform[0] <= 0:
+            raise ValueError("loguniform needs lo > 0")
+        return self
+
+    def bounds(self) -> Optional[tuple]:
+        return self.uniform or self.loguniform or self.randint
+
+    def extremes(self) -> list[Value]:
+        """The values that bound what the domain can give (every choice; lo and hi)."""
+        return list(self.choice) if self.choice is not None else list(self.bounds())
+
+    def contains(self, value: Value) -> bool:
+        if self.choice is not None:
+            return value in self.choice
+        lo, hi = self.bounds()
+        return isinstance(value, (int, float)) and not isinstance(value, bool) and lo <= value <= hi \
+            and (self.randint is None or float(value).is_integer())
+
+    def default(self) -> Value:
+        """A value inside the domain: the first choice, or the middle of the range."""
+        if self.choice is not None:
+            return self.choice[0]
+        lo, hi = self.bounds()
+        if self.randint is not None:
+            return (lo + hi) // 2
+        return math.sqrt(lo * hi) if self.loguniform is not None else (lo + hi) / 2
+
+    def to_ray(self):
+        from ray import tune
+
+        if self.choice is not None:
+            return tune.choice(list(self.choice))
+        if self.uniform is not None:
+            return tune.uniform(*self.uniform)
+        if self.loguniform is not None:
+            return tune.loguniform(*self.loguniform)
+        return tune.randint(self.randint[0], self.randint[1] + 1)  # Ray's upper bound is exclusive
+
+
+class SpaceFile(BaseModel):
+    """The YAML a user gives with --space."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    base_recipe: Optional[str] = None
+    parameters: dict[str, Domain]
+    start_with: list[dict[str, Value]] = []
+
+
+class SearchSpace(BaseModel):
+    """A validated space: the base recipe, the parameters and the points tried first."""
+
+    model_config = ConfigDict(frozen=True, arbitrary_types_allowed=True)
+    base: Recipe
+    base_source: str
+    parameters: dict[str, Domain]
+    start_with: list[dict[str, Value]]
+    model_shape: dict[str, int]  # layers, heads, ffn of the checkpoint (the "prunes nothing" test)
+
+    def to_ray(self) -> dict:
+        return {key: domain.to_ray() for key, domain in self.parameters.items()}
+
+    def recipe_for(self, point: dict[str, Any]) -> Recipe:
+        """The trial's recipe: the base with the point's values, normalised (module docstring)."""
+        recipe = self.base.with_overrides(**{k: _plain(v) for k, v in point.items()})
+        if recipe.prune is not None and _prunes_nothing(recipe, self.model_shape):
+            data = recipe.model_dump()
+            data.update(prune=None, distill=None)
+            recipe = Recipe.model_validate(data)
+        return recipe
+
+    def describe(self) -> dict:
+        """The space as tune.json records it."""
+        return {"base_recipe": self.base_source,
+                "parameters": {k: d.model_dump(exclude_none=True) for k, d in self.parameters.items()},
+                "start_with": self.start_with, "model_shape": self.model_shape}
+
+
+def _plain(value):
+    """numpy scalars (Ray and Optuna hand them out) as Python values."""
+    return value.item() if hasattr(value, "item") else value
+
+
+def _prunes_nothing(recipe: Recipe, shape: dict[str, int]) -> bool:
+    prune = recipe.prune
+    if prune.keep_ratio not in (None, 1.0) or prune.semi_structured_2_4 or prune.vocabulary is not None:
+        return False
+    full = {"keep_layers": shape["layers"], "heads_per_layer": shape["heads"], "ffn_neurons_per_layer": shape["ffn"]}
+    return all(getattr(prune, k) in (None, full[k]) for k in PRUNE_KEYS)
+
+
+def model_shape(ckpt) -> dict[str, int]:
+    """Layers, heads per layer and FFN width, read the way recipe validation reads them."""
+    config = ckpt.config
+    return {"layers": int(config.get("num_hidden_layers", config.get("n_layers", 0)) or 0),
+            "heads": int(ckpt.num_attention_heads),
+            "ffn": int(config.get("intermediate_size", config.get("hidden_dim", 0)) or 0)}
+
+
+def _fractions(full: int) -> list[int]:
+    return sorted({max(1, full * q // 4) for q in (1, 2, 3, 4)})
+
+
+def default_parameters(shape: dict[str, int]) -> dict[str, Domain]:
+    layers = shape["layers"]
+    return {
+        "prune.keep_layers": Domain(choice=list(range(max(1, math.ceil(layers / 2)), layers + 1))),
+        "prune.heads_per_layer": Domain(choice=_fractions(shape["heads"])),
+        "prune.ffn_neurons_per_layer": Domain(choice=_fractions(shape["ffn"])),
+        "distill.epochs": Domain(choice=[1, 2, 3]),
+        "distill.alpha": Domain(uniform=(0.3, 0.9)),
+        "distill.hidden_weight": Domain(choice=[0.0, 1.0]),
+        "quantize.mode": Domain(choice=["dynamic", "static"]),
+        "optimize.fusion": Domain(choice=["fused", "unfused"]),
+        "fallback.enabled": Domain(choice=[False, True]),
+    }
+
+
+def _base_point(base: Recipe, parameters: dict[str, Domain]) -> dict[str, Value]:
+    """The base recipe's own value of every parameter, or the domain's default where it lies outside."""
+    point = {}
+    dumped = base.model_dump(mode="json")
+    for key, domain in parameters.items():
+        node: Any = dumped
+        for part in key.split("."):
+            node = node.get(part) if isinstance(node, dict) else None
+        point[key] = node if domain.contains(node) else domain.default()
+    return point
+
+
+def _unpruned_point(shape: dict[str, int], parameters: dict[str, Domain], base_point: dict) -> dict[str, Value]:
+    """The cheapest point: nothing pruned, dynamic INT8 on the fused graph, no fallback (each where the space allows)."""
+    wanted = {"prune.keep_layers": shape["layers"], "prune.heads_per_layer": shape["heads"],
+              "prune.ffn_neurons_per_layer": shape["ffn"], "quantize.mode": "dynamic", "optimize.fusion": "fused",
+              "fallback.enabled": False}
+    return {k: wanted[k] if k in wanted and parameters[k].contains(wanted[k]) else v for k, v in base_point.items()}
+
+
+def _resolve_base(name: Optional[str], relative_to: Optional[Path]) -> Path:
+    if name is None:
+        return recipes_dir() / DEFAULT_BASE_RECIPE
+    path = Path(name)
+    if not path.is_absolute() and relative_to is not None and (relative_to / path).is_file():
+        return relative_to / path
+    if not path.is_absolute() and (recipes_dir() / path).is_file():
+        return recipes_dir() / path
+    return path
+
+
+def _check(space: SearchSpace, ckpt, origin: str) -> None:
+    """Every value a domain can give (with the other parameters at the base recipe's point), and
+    every start point, make a recipe valid for this checkpoint."""
+    base_point = _base_point(space.base, space.parameters)
+    for key, domain in space.parameters.items():
+        for value in domain.extremes():
+            _check_point(space, {**base_point, key: value}, ckpt, f"{origin}: parameter '{key}' value {value!r}")
+    for i, point in enumerate(space.start_with):
+        unknown = sorted(set(point) - set(space.parameters))
+        if unknown:
+            raise InputError(f"{origin}: start_with[{i}] sets '{unknown[0]}', which is not a parameter.",
+                             "Start points may only set keys listed under parameters.")
+        outside = next((k for k, v in point.items() if not space.parameters[k].contains(v)), None)
+        if outside:
+            raise InputError(f"{origin}: start_with[{i}] gives {outside} = {point[outside]!r}, outside its domain.")
+        _check_point(space, point, ckpt, f"{origin}: start_with[{i}]")
+
+
+def _check_point(space: SearchSpace, point: dict, ckpt, where: str) -> None:
+    try:
+        validate_against_checkpoint(space.recipe_for(point), ckpt)
+    except InputError as err:
+        raise InputError(f"{where}: {err.message}", err.hint) from None
+
+
+def build_space(ckpt, space_path: Optional[Path] = None) -> SearchSpace:
+    """The default space for ``ckpt``, or the one in ``space_path``; validated (InputError)."""
+    shape = model_shape(ckpt)
+    spec = _read_space_file(space_path) if space_path is not None else None
+    parameters = spec.parameters if spec else default_parameters(shape)
+    base_path = _resolve_base(spec.base_recipe if spec else None, space_path.parent if space_path else None)
+    origin = f"space {space_path}" if space_path else "default space"
+    if not base_path.is_file():
+        raise InputError(f"{origin}: base_recipe {base_path} does not exist.",
+                         f"Name a shipped recipe ({', '.join(sorted(p.name for p in recipes_dir().glob('*.yaml')))}) "
+                         "or a path relative to the space file.")
+    base = load_recipe(base_path)
+    space = SearchSpace(base=base, base_source=str(base_path), parameters=parameters, start_with=[], model_shape=shape)
+    if spec and spec.start_with:
+        start = [dict(p) for p in spec.start_with]
+    else:
+        base_point = _base_point(base, parameters)
+        start = [p for p in (_unpruned_point(shape, parameters, base_point), base_point)]
+        start = [p for i, p in enumerate(start) if p not in start[:i]]
+    space = space.model_copy(update={"start_with": start})
+    _check(space, ckpt, origin)
+    return space
+
+
+def _read_space_file(path: Path) -> SpaceFile:
+    if not path.is_file():
+        raise InputError(f"space file {path} does not exist.", "Pass --space with a YAML file (docs/distributed.md).")
+    data = read_yaml_mapping(path, "space", "'parameters' (and optionally 'base_recipe', 'start_with')")
+    try:
+        return SpaceFile.model_validate(data)
+    except ValidationError as err:
+        first = err.errors()[0]
+        where = ".".join(str(p) for p in first["loc"]) or "(top level)"
+        raise InputError(f"space {path}: '{brief(where, 120)}': {first['msg']}.", "See docs/distributed.md.") from None

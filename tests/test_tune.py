@@ -1,0 +1,261 @@
+"""`mcompress tune` on a real local Ray cluster (2 CPUs) with the tiny checkpoint and 4 trials.
+
+One search, run the way a user runs it (the CLI in its own process), is interrupted with SIGINT
+once its first trial has finished and resumed by rerunning the same command (Tuner.restore). Its
+space makes one start point fail for real (an export parity tolerance no float graph meets), so
+the same search shows a failed trial recorded while the others go on. Bad spaces and a missing
+extra end before any work with one line and their exit codes.
+"""
+
+from __future__ import annotations
+
+import html.parser
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from conftest import tree_digest
+from mcompress.cli import app
+from mcompress.core.errors import ExitCode
+
+HAVE_EXTRA = all(__import__("importlib.util").util.find_spec(m) is not None for m in ("ray", "optuna"))
+needs_extra = pytest.mark.skipif(not HAVE_EXTRA, reason="mcompress[distributed] (ray[tune], optuna) is not installed")
+
+BASE_RECIPE = """\
+name: tune-test
+latency: {batch_sizes: [1], sequence_lengths: [16], warmup: 1, iterations: 3, threads: 1, isolation: shared}
+quantize: {static: {calibration_examples: 8}}
+prune: {keep_layers: 1, ffn_neurons_per_layer: 32, importance_examples: 16, batch_size: 8, max_length: 32}
+distill: {epochs: 1, batch_size: 8, max_length: 32, eval_every: 2}
+"""
+
+# Four start points, tried in order: the unpruned model (prune and distill dropped), a pruned and
+# distilled one, one whose export must fail (parity 1e-30), and a pruned static-INT8 one.
+SPACE = """\
+base_recipe: base.yaml
+parameters:
+  prune.keep_layers: {choice: [1, 2]}
+  prune.ffn_neurons_per_layer: {choice: [32, 64]}
+  quantize.mode: {choice: [dynamic, static]}
+  export.parity_atol: {choice: [1.0e-4, 1.0e-30]}
+start_with:
+  - {prune.keep_layers: 2, prune.ffn_neurons_per_layer: 64, quantize.mode: dynamic, export.parity_atol: 1.0e-4}
+  - {prune.keep_layers: 1, prune.ffn_neurons_per_layer: 32, quantize.mode: dynamic, export.parity_atol: 1.0e-4}
+  - {prune.keep_layers: 1, prune.ffn_neurons_per_layer: 64, quantize.mode: static, export.parity_atol: 1.0e-30}
+  - {prune.keep_layers: 2, prune.ffn_neurons_per_layer: 32, quantize.mode: static, export.parity_atol: 1.0e-4}
+"""
+
+FAILING_POINT = {"prune.keep_layers": 1, "prune.ffn_neurons_per_layer": 64, "quantize.mode": "static",
+                 "export.parity_atol": 1e-30}
+
+
+def _space_dir(tmp: Path, space: str = SPACE) -> Path:
+    tmp.mkdir(parents=True, exist_ok=True)
+    (tmp / "base.yaml").write_text(BASE_RECIPE)
+    (tmp / "space.yaml").write_text(space)
+    return tmp / "space.yaml"
+
+
+def _command(model: Path, space: Path, out: Path, cache: Path) -> list[str]:
+    return [sys.executable, "-m", "mcompress.cli", "tune", str(model), "--space", str(space), "--trials", "4",
+            "--num-cpus", "2", "--cpus-per-trial", "1", "--time-budget", "15m", "--out", str(out),
+            "--cache-dir", str(cache)]
+
+
+def _finished_trials(out: Path) -> list[Path]:
+    return sorted((out / "trials").glob("*/build/report.json"))
+
+
+@pytest.fixture(scope="module")
+def interrupted_then_resumed(tiny_checkpoint, tmp_path_factory):
+    """The search killed (SIGINT) after its first finished trial, then the same command again."""
+    root = tmp_path_factory.mktemp("tune")
+    space, out, cache = _space_dir(root / "space"), root / "out", root / "cache"
+    model_before = tree_digest(tiny_checkpoint)
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
+    first = subprocess.Popen(_command(tiny_checkpoint, space, out, cache), env=env, stdout=subprocess.PIPE,
+                             stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 600
+    while not _finished_trials(out) and first.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.5)
+    finished_before = {p: p.stat().st_mtime_ns for p in _finished_trials(out)}
+    first.send_signal(signal.SIGINT)
+    _, first_err = first.communicate(timeout=300)
+    second = subprocess.run(_command(tiny_checkpoint, space, out, cache), env=env, capture_output=True, text=True,
+                            timeout=900)
+    return {"out": out, "first_rc": first.returncode, "first_err": first_err, "finished_before": finished_before,
+            "second": second, "model_unchanged": tree_digest(tiny_checkpoint) == model_before,
+            "tune": json.loads((out / "tune.json").read_text()) if (out / "tune.json").is_file() else None}
+
+
+@needs_extra
+@pytest.mark.slow
+@pytest.mark.timeout(1500)
+def test_interrupted_tune_resumes_and_finishes(interrupted_then_resumed):
+    run = interrupted_then_resumed
+    assert run["finished_before"], f"no trial finished before the interrupt: {run['first_err'][-2000:]}"
+    assert run["first_rc"] == ExitCode.INTERRUPTED, run["first_err"][-2000:]
+    assert "rerun the same command to resume" in run["first_err"].lower()
+    assert run["second"].returncode == 0, run["second"].stderr[-3000:]
+    tune = run["tune"]
+    assert tune["resumed"] is True and len(tune["trials"]) == 4
+    # the trials that had finished were restored, not run again: their builds are untouched
+    for report, mtime in run["finished_before"].items():
+        assert report.stat().st_mtime_ns == mtime
+        trial = next(t for t in tune["trials"] if t["trial_id"] == report.parent.parent.name)
+        assert trial["status"] == "completed"
+    assert run["model_unchanged"]
+
+
+@needs_extra
+@pytest.mark.slow
+def test_failed_trial_is_recorded_and_the_search_goes_on(interrupted_then_resumed):
+    trials = interrupted_then_resumed["tune"]["trials"]
+    failed = [t for t in trials if t["status"] == "error"]
+    assert [t["point"] for t in failed] == [FAILING_POINT]
+    assert "parity_atol" in failed[0]["error"] and "\n" not in failed[0]["error"]
+    assert failed[0]["score"] is None and not (interrupted_then_resumed["out"] / "trials" / failed[0]["trial_id"] / "build").exists()
+    assert sum(t["status"] == "completed" for t in trials) == 3
+
+
+@needs_extra
+@pytest.mark.slow
+def test_tune_json_front_and_the_chosen_build(interrupted_then_resumed):
+    out, tune = interrupted_then_resumed["out"], interrupted_then_resumed["tune"]
+    completed = [t for t in tune["trials"] if t["status"] == "completed"]
+    for t in completed:
+        assert 0 <= t["score"] <= 1 and t["latency_ms"] > 0 and t["model_bytes"] > 0 and t["recipe"]["name"] == "tune-test"
+    # the unpruned start point is a plain PTQ: no prune, no distill; the pruned ones distilled
+    unpruned = next(t for t in completed if t["point"]["prune.keep_layers"] == 2 and t["point"]["prune.ffn_neurons_per_layer"] == 64)
+    assert unpruned["recipe"]["prune"] is None and unpruned["recipe"]["distill"] is None and unpruned["val_score"] is None
+    pruned = next(t for t in completed if t["point"]["prune.keep_layers"] == 1)
+    assert pruned["recipe"]["prune"]["keep_layers"] == 1 and pruned["val_score"] is not None
+    front = [t for t in completed if t["on_front"]]
+    assert front and all(t["raced"]["b1"]["p50_ms"] > 0 for t in front)
+    for t in completed:  # nothing off the front beats a front member on both objectives
+        if not t["on_front"]:
+            assert any(f["score"] >= t["score"] and f["latency_ms"] <= t["latency_ms"] for f in front)
+    chosen = next(t for t in front if t["trial_id"] == tune["chosen"])
+    passing = [t for t in front if t["passed"]]
+    assert chosen["passed"] and chosen["raced"]["b1"]["p50_ms"] <= 1.05 * min(t["raced"]["b1"]["p50_ms"] for t in passing)
+    # the chosen build is the trial's `run` build, copied, with its report pointing at it
+    report = json.loads((out / "build" / "report.json").read_text())
+    assert report["passed"] and report["out"] == str((out / "build").resolve())
+    assert tree_digest(out / "build" / "model.onnx") == tree_digest(Path(chosen["build_dir"]) / "model.onnx")
+    from mcompress.core.recipe import load_recipe
+
+    assert load_recipe(out / "recipe.yaml").model_dump(mode="json") == chosen["recipe"]
+
+
+class _Page(html.parser.HTMLParser):
+    def __init__(self):
+        super().__init__()
+        self.tags, self.open = [], []
+
+    def handle_starttag(self, tag, attrs):
+        self.tags.append((tag, dict(attrs)))
+
+
+@needs_extra
+@pytest.mark.slow
+def test_tune_html_is_self_contained_and_renders(interrupted_then_resumed, tmp_path):
+    page = (interrupted_then_resumed["out"] / "tune.html").read_text()
+    parser = _Page()
+    parser.feed(page)
+    tags = [t for t, _ in parser.tags]
+    assert "script" not in tags and "link" not in tags and "img" not in tags
+    assert not any(k in ("src", "href") for _, attrs in parser.tags for k in attrs)
+    completed = sum(t["status"] == "completed" for t in interrupted_then_resumed["tune"]["trials"])
+    markers = [a for t, a in parser.tags if t == "circle" and a.get("fill-opacity")]
+    assert len(markers) >= completed  # every completed trial, plus the front raced here
+    radii = {float(a["r"]) for a in markers}
+    assert len(radii) > 1  # marker size follows model size (the static build is ~4x the dynamic one)
+    chromium = next((shutil.which(b) for b in ("chromium", "chromium-browser", "google-chrome") if shutil.which(b)), None)
+    if chromium is None:
+        pytest.skip("no headless Chromium here: the page was checked by parsing only")
+    shot = tmp_path / "tune.png"
+    proc = subprocess.run([chromium, "--headless", "--no-sandbox", "--disable-gpu", "--no-proxy-server",
+                           "--host-resolver-rules=MAP * ~NOTFOUND", f"--screenshot={shot}", "--window-size=1200,1000",
+                           f"file://{interrupted_then_resumed['out'] / 'tune.html'}"], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0 and shot.stat().st_size > 10_000, proc.stderr[-2000:]
+    dom = subprocess.run([chromium, "--headless", "--no-sandbox", "--disable-gpu", "--dump-dom",
+                          f"file://{interrupted_then_resumed['out'] / 'tune.html'}"], capture_output=True, text=True, timeout=120)
+    assert dom.stdout.count("<circle") >= completed and "Pareto front" in dom.stdout
+
+
+def test_missing_extra_stops_before_any_work(tiny_checkpoint, tmp_path):
+    """Without ray and optuna importable, exit 4 and one line naming the extra; nothing written."""
+    blocker = ("import sys\n"
+               "class Blocker:\n"
+               "    def find_spec(self, name, path=None, target=None):\n"
+               "        if name.split('.')[0] in ('ray', 'optuna'):\n"
+               "            raise ModuleNotFoundError(name)\n"
+               "sys.meta_path.insert(0, Blocker())\n"
+               "from mcompress.cli import main\n"
+               "sys.argv = ['mcompress'] + sys.argv[1:]\n"
+               "main()\n")
+    out = tmp_path / "out"
+    proc = subprocess.run([sys.executable, "-c", blocker, "tune", str(tiny_checkpoint), "--out", str(out)],
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == ExitCode.TARGET_UNAVAILABLE, proc.stderr
+    lines = [line for line in proc.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and "mcompress[distributed]" in lines[0] and lines[0].startswith("error:")
+    assert not out.exists()
+
+
+BAD_SPACES = {
+    "not yaml": ("base_recipe: base.yaml\nparameters: [unclosed", "not valid YAML"),
+    "unknown recipe key": ("base_recipe: base.yaml\nparameters:\n  prune.keep_layerz: {choice: [1]}\n", "unknown key 'prune.keep_layerz'"),
+    "two kinds": ("base_recipe: base.yaml\nparameters:\n  distill.alpha: {uniform: [0.1, 0.5], choice: [0.3]}\n", "exactly one of"),
+    "more layers than the model has": ("base_recipe: base.yaml\nparameters:\n  prune.keep_layers: {choice: [1, 5]}\n", "more than the model's 2 layers"),
+    "value outside the recipe's range": ("base_recipe: base.yaml\nparameters:\n  distill.alpha: {uniform: [0.5, 1.5]}\n", "distill.alpha"),
+    "start point outside its domain": ("base_recipe: base.yaml\nparameters:\n  prune.keep_layers: {choice: [1]}\nstart_with:\n  - {prune.keep_layers: 2}\n",
+                                       "outside its domain"),
+    "missing base recipe": ("base_recipe: nowhere.yaml\nparameters:\n  prune.keep_layers: {choice: [1]}\n", "does not exist"),
+}
+
+
+@needs_extra
+@pytest.mark.parametrize("name", list(BAD_SPACES))
+def test_bad_space_is_one_line_and_exit_2(name, tiny_checkpoint, tmp_path):
+    text, expect = BAD_SPACES[name]
+    space = _space_dir(tmp_path / "space", text)
+    out = tmp_path / "out"
+    result = CliRunner().invoke(app, ["tune", str(tiny_checkpoint), "--space", str(space), "--out", str(out)])
+    assert result.exit_code == ExitCode.BAD_INPUT, result.output
+    lines = [line for line in result.output.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error:") and expect in lines[0], result.output
+    assert not out.exists()
+
+
+def test_default_space_follows_the_model(tiny_checkpoint):
+    from mcompress.core.checkpoint import inspect_checkpoint
+    from mcompress.tune.space import build_space
+
+    space = build_space(inspect_checkpoint(tiny_checkpoint))
+    assert space.parameters["prune.keep_layers"].choice == [1, 2]
+    assert space.parameters["prune.heads_per_layer"].choice == [1, 2]
+    assert space.parameters["prune.ffn_neurons_per_layer"].choice == [16, 32, 48, 64]
+    unpruned, base = space.start_with
+    assert space.recipe_for(unpruned).prune is None and space.recipe_for(unpruned).quantize.mode == "dynamic"
+    # the base recipe (prune-distill-int8) keeps 4 layers, more than the tiny model's 2: its point
+    # takes the domain's first value instead
+    assert base["prune.keep_layers"] == 1 and space.recipe_for(base).distill.epochs == 3
+
+
+def test_time_budget_parsing():
+    from mcompress.core.errors import InputError
+    from mcompress.tune.search import parse_duration
+
+    assert [parse_duration(t) for t in ("90s", "20m", "1.5h", "600")] == [90, 1200, 5400, 600]
+    for bad in ("", "ten minutes", "0m", "-5m", "5d"):
+        with pytest.raises(InputError):
+            parse_duration(bad)
