@@ -50,7 +50,7 @@ from mcompress.pipeline.reference import Reference, measure_reference
 from mcompress.pipeline.timing import timing_runners
 from mcompress.report.schema import CpuAutoChoice, Report
 from mcompress.report.write import write_report
-from mcompress.targets import CPU, CPU_AUTO, CPU_AUTO_TARGETS, get_target
+from mcompress.targets import CPU, CPU_AUTO, CPU_AUTO_TARGETS, CPU_CHOICES, get_target
 
 CANDIDATES_DIR = "candidates"
 
@@ -103,6 +103,11 @@ def run_cpu_auto(req: RunRequest, progress: ProgressFactory) -> Report:
     raise_for_outcome(kept, Path(out), prefix=f"no CPU target passed its gates; kept {kept.target.name} "
                                               "(smallest drop of the gated metric): ")
     return kept.report
+
+
+def targets_to_build(req: RunRequest) -> tuple[str, ...]:
+    """The registered targets a run of ``req.target`` builds: a CPU choice's CPU targets, or the one."""
+    return _cpu_targets(req)[0] if req.target in CPU_CHOICES else (req.target,)
 
 
 def _cpu_targets(req: RunRequest) -> tuple[tuple[str, ...], dict[str, str]]:
@@ -233,4 +238,4 @@ def _why_not(other: str, chosen: str, summaries: dict, b1: dict, tolerance: floa
     return f"{other} was {b1[other]:.2f} ms ({b1[other] / b1[chosen]:.2f}× slower)"
 
 
-__all__ = ["run_cpu_auto", "CPU", "CPU_AUTO", "CANDIDATES_DIR"]
+__all__ = ["run_cpu_auto", "targets_to_build", "CPU", "CPU_AUTO", "CANDIDATES_DIR"]

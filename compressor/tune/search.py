@@ -48,12 +48,12 @@ from typing import Optional
 from mcompress.core.checkpoint import inspect_checkpoint
 from mcompress.core.errors import ExitCode, GateFailure, InputError, McompressError, TargetUnavailable
 from mcompress.metrics.selection import fastest_within_budget
+from mcompress.pipeline.cpu_auto import targets_to_build
 from mcompress.pipeline.cache import default_cache_dir
 from mcompress.pipeline.outputs import check_output_dir, staged_dir
 from mcompress.pipeline.prepare import Prepared, ProgressFactory, RunRequest, no_progress, prepare
 from mcompress.report.schema import Report
 from mcompress.report.write import write_report
-from mcompress.targets import CPU_AUTO, CPU_AUTO_TARGETS
 from mcompress.tune.results import TUNE_JSON, TrialRecord, pareto_front, record_of, write_tune_json
 from mcompress.tune.space import SearchSpace, build_space
 from mcompress.tune.trial import OBJECTIVE_MODES, OBJECTIVES, SHORTFALL, TrialSettings, run_trial, trial_recipe
@@ -172,7 +172,7 @@ def validate(req: TuneRequest) -> Validated:
     cache_dir = Path(req.cache_dir or default_cache_dir()).expanduser().resolve()
     run_request = RunRequest(req.model_dir, req.target, out / "build", Path(space.base_source), req.eval_data,
                              req.calib_data, force=True, overrides={"gates.max_drop": req.max_drop}, cache_dir=cache_dir)
-    prepared = prepare(run_request, CPU_AUTO_TARGETS if req.target == CPU_AUTO else (req.target,))
+    prepared = prepare(run_request, targets_to_build(run_request))
     resume = _out_state(out, _identity(req, prepared, space), req.force)
     overrides = {"gates.max_drop": req.max_drop}
     settings = TrialSettings(str(req.model_dir.resolve()), req.target, space, str(out / "trials"), str(cache_dir),
