@@ -1,9 +1,10 @@
 """CPU benchmark: PyTorch FP32 eager vs Optimum dynamic INT8 vs mcompress onnx-cpu and openvino-cpu, in ONE run.
 
 For one example checkpoint (written by `mcompress example`), on its full test split:
-the task's metric (accuracy; entity-level F1 for the ner tagger), p50/p95 latency at batch 1 and 8
-(sequence 128), model file size, and mcompress's own
-pipeline wall time. Latency: each model is timed alone, in a fresh process of its own with its
+the task's metric (accuracy; entity-level F1 for the ner tagger) as deployed — each text alone
+(batch 1) and in length-bucketed batches of 32 —, p50/p95 latency at batch 1 and 8 at sequence 128
+and at the test texts' median token length, model file size, and mcompress's own pipeline wall time.
+`--target cpu` (mcompress's default) builds the CPU choice and measures the build it kept. Latency: each model is timed alone, in a fresh process of its own with its
 runtime's default settings (no OMP_WAIT_POLICY or other tuning that would slow another runtime),
 in alternating rounds (every model once per round, the order reversed every other round), so a
 burst of machine noise hits every model alike and no runtime's spinning threads take the cores of
@@ -43,11 +44,11 @@ def _runner(spec: dict, threads: int):
         from mcompress.engines.onnxruntime_cpu import OrtRunner
 
         return OrtRunner(Path(spec["model"]), threads)
-    from mcompress.core.recipe import load_recipe
+    from mcompress.core.recipe import Recipe
     from mcompress.targets import get_target
 
-    target = get_target(spec["target"])
-    return target.runner(Path(spec["model"]), threads, target.settings(load_recipe(Path(spec["recipe"]))))
+    target = get_target(spec["target"])  # the build's recipe, as its report holds it (a CPU choice's variant)
+    return target.runner(Path(spec["model"]), threads, target.settings(Recipe.model_validate(spec["recipe"])))
 
 
 def time_one(job: dict) -> dict:
@@ -58,19 +59,19 @@ def time_one(job: dict) -> dict:
 
     runner = _runner(job["spec"], job["threads"])
     tokenizer = AutoTokenizer.from_pretrained(job["tokenizer"], local_files_only=True)
-    return {batch: measure_latency(runner, latency_inputs(tokenizer, job["texts"], int(batch), 128), job["warmup"],
-                                   calls).raw_ms
-            for batch, calls in job["calls"].items()}  # batch is a JSON key: a string
+    return {shape: measure_latency(runner, latency_inputs(tokenizer, job["texts"], *map(int, shape.split("x"))),
+                                   job["warmup"], calls).raw_ms
+            for shape, calls in job["calls"].items()}  # "BATCHxSEQ": a JSON key
 
 
 def time_alone(specs: dict[str, dict], tokenizer_dir: Path, texts: list[str], threads: int, rounds: int,
-               per_round: int) -> dict[int, dict[str, dict]]:
-    """Each model timed in its own process, alternating rounds; {batch: {name: p50/p95/calls}}."""
+               per_round: int, sequences: tuple[int, ...] = (128,)) -> dict[str, dict[str, dict]]:
+    """Each model timed in its own process, alternating rounds; {"BATCHxSEQ": {name: p50/p95/calls}}."""
     import subprocess
 
     import numpy as np
 
-    calls = {1: per_round, 8: max(3, per_round // 4)}
+    calls = {f"{b}x{s}": n for s in sequences for b, n in ((1, per_round), (8, max(3, per_round // 4)))}
     times = {b: {name: [] for name in specs} for b in calls}
     names = list(specs)
     for r in range(rounds):
@@ -79,8 +80,8 @@ def time_alone(specs: dict[str, dict], tokenizer_dir: Path, texts: list[str], th
                    "warmup": 5, "calls": calls}
             out = subprocess.run([sys.executable, __file__, "--time-one", json.dumps(job)], capture_output=True,
                                  text=True, check=True, env={**os.environ}).stdout
-            for batch, raw in json.loads(out.strip().splitlines()[-1]).items():
-                times[int(batch)][name] += raw
+            for shape, raw in json.loads(out.strip().splitlines()[-1]).items():
+                times[shape][name] += raw
     return {b: {name: {"p50_ms": float(np.percentile(t, 50)), "p95_ms": float(np.percentile(t, 95)), "calls": len(t)}
                 for name, t in per_model.items()} for b, per_model in times.items()}
 
@@ -112,7 +113,7 @@ def main() -> int:
     parser.add_argument("--recipe", type=Path, action="append", default=None,
                         help="mcompress recipe(s) to build (default: recipes/ptq.yaml)")
     parser.add_argument("--target", action="append", default=None,
-                        help="mcompress target(s) to build (default: onnx-cpu, and openvino-cpu when installed)")
+                        help="mcompress target(s) to build (default: cpu, mcompress's default: the CPU choice)")
     parser.add_argument("--out", type=Path, default=None, help="write results JSON here")
     parser.add_argument("--builds", type=Path, default=None,
                         help="keep each recipe's build in DIR/build-<recipe>; with --reuse-builds, a build already "
@@ -122,6 +123,7 @@ def main() -> int:
     parser.add_argument("--per-round", type=int, default=20, help="timed calls per model per round at batch 1 (a quarter at 8)")
     args = parser.parse_args()
 
+    import numpy as np
     import torch
 
     from mcompress.core.checkpoint import inspect_checkpoint, load_model_and_tokenizer
@@ -129,11 +131,10 @@ def main() -> int:
     from mcompress.tasks import evaluate
     from mcompress.core.errors import GateFailure
     from mcompress.pipeline.job import RunRequest, run
-    from mcompress.core.recipe import load_recipe
+    from mcompress.core.recipe import Recipe
     from mcompress.metrics.machine import library_versions, machine_info, other_processes_cpu
     from mcompress.targets import get_target
     from mcompress.engines.onnxruntime_cpu import OrtRunner
-    from mcompress.targets.openvino_cpu.target import missing_packages
     from mcompress.core.task import get_task
 
     threads = os.cpu_count()
@@ -142,7 +143,7 @@ def main() -> int:
     model, tokenizer = load_model_and_tokenizer(ckpt)
     test = get_task(ckpt.task).load_data(args.example_dir / "splits", ckpt.label2id, None, None, split="test")
     recipes = args.recipe or [Path("recipes/ptq.yaml")]
-    targets = args.target or ["onnx-cpu"] + ([] if missing_packages() else ["openvino-cpu"])
+    targets = args.target or ["cpu"]
     fp32_bytes = ckpt.weights_file.stat().st_size
 
     with tempfile.TemporaryDirectory(prefix="mcompress-bench-") as tmp:
@@ -176,13 +177,16 @@ def main() -> int:
                 build_loads[f"{recipe.stem}-{target_name}"] = round(other_processes_cpu(), 1)
                 report = json.loads((out / "report.json").read_text())
             art = report["artifact"]
+            built = report["target"]  # a CPU choice's kept target
+            kept = f" → {report['cpu_auto']['chosen']}" if report.get("cpu_auto") else ""
             detail = (f"{art['quantization']}, {len(art.get('float_layers') or [])} ops reverted to float"
-                      if target_name == "openvino-cpu" else f"{art['quantization']}/{art['graph']}")
-            name = f"mcompress {target_name} ({recipe.stem}: {detail})"
-            target = get_target(target_name)
-            runners[name] = target.runner(out / art["model_file"], threads, target.settings(load_recipe(recipe)))
-            specs[name] = {"kind": "target", "target": target_name, "model": str((out / art["model_file"]).resolve()),
-                           "recipe": str(recipe.resolve())}
+                      if built == "openvino-cpu" else f"{art['quantization']}/{art['graph']}")
+            name = f"mcompress {target_name}{kept} ({recipe.stem}: {detail})"
+            target = get_target(built)
+            runners[name] = target.runner(out / art["model_file"], threads,
+                                          target.settings(Recipe.model_validate(report["recipe"])))
+            specs[name] = {"kind": "target", "target": built, "model": str((out / art["model_file"]).resolve()),
+                           "recipe": report["recipe"]}
             rows[name] = {"bytes": art["model_bytes"], "wall_s": wall, "runtime": runners[name].name,
                           "gflops_seq128": report["passes"][-1]["flops_seq128"] / 1e9, "gate_passed": report["passed"]}
             rows["PyTorch FP32 eager"]["gflops_seq128"] = report["reference"]["flops_seq128"] / 1e9
@@ -192,30 +196,37 @@ def main() -> int:
                 (args.out.parent / f"{args.out.stem}-{recipe.stem}{suffix}.report.json").write_text(json.dumps(report, indent=2) + "\n")
         rows[f"Optimum dynamic INT8 ({optimum_preset})"]["gflops_seq128"] = rows["PyTorch FP32 eager"].get("gflops_seq128")
 
-        for name, runner in runners.items():
-            result = evaluate(runner, tokenizer, test, 128, 32)
-            rows[name]["accuracy"] = result.accuracy  # of texts; of words' tags for a tagger
-            rows[name]["score"] = result.score  # the gated metric: accuracy, or entity F1
-            metric = result.metric
-            if result.metric == "entity_f1":
-                rows[name]["per_entity_f1"] = {t: round(v["f1"], 4) for t, v in result.details["per_type"].items()}
+        for name, runner in runners.items():  # as deployed: each text alone, and length-bucketed batches of 32
+            alone, batched = (evaluate(runner, tokenizer, test, 128, b) for b in (1, 32))
+            rows[name].update(accuracy=alone.accuracy, score=alone.score, score_batched=batched.score,
+                              accuracy_batched=batched.accuracy)  # accuracy of texts; of words' tags for a tagger
+            metric = alone.metric  # the gated metric: accuracy, or entity F1
+            if alone.metric == "entity_f1":
+                rows[name]["per_entity_f1"] = {t: round(v["f1"], 4) for t, v in alone.details["per_type"].items()}
         del runners  # accuracy is done; latency is timed in a process per model, with nothing else loaded
-        latency = time_alone(specs, args.example_dir, test.texts, threads, args.rounds, args.per_round)
+        real_length = int(np.median([len(tokenizer(t, truncation=True, max_length=128)["input_ids"]) for t in test.texts]))
+        latency = time_alone(specs, args.example_dir, test.texts, threads, args.rounds, args.per_round, (128, real_length))
         load_after = other_processes_cpu()
 
-    base = rows["PyTorch FP32 eager"]
-    base_b1, base_b8 = latency[1]["PyTorch FP32 eager"]["p50_ms"], latency[8]["PyTorch FP32 eager"]["p50_ms"]
-    metric_title = {"accuracy": "accuracy", "entity_f1": "entity F1"}[metric]
-    table = [f"| model | {metric_title} | drop (points) | b1 p50 ms | b1 vs FP32 | b8 p50 ms | b8 vs FP32 | MB | size vs FP32 | GFLOPs s128 | build wall s |",
-             "|---|---|---|---|---|---|---|---|---|---|---|"]
+    base, peer = rows["PyTorch FP32 eager"], rows[f"Optimum dynamic INT8 ({optimum_preset})"]
+    shapes = [f"{b}x{n}" for n in (128, real_length) for b in (1, 8)]
     for name, row in rows.items():
-        b1, b8 = latency[1][name]["p50_ms"], latency[8][name]["p50_ms"]
-        row.update(b1_p50_ms=b1, b1_p95_ms=latency[1][name]["p95_ms"], b8_p50_ms=b8, b8_p95_ms=latency[8][name]["p95_ms"])
-        table.append(f"| {name} | {row['score']:.4f} | {(base['score'] - row['score']) * 100:+.2f} | {b1:.2f} | "
-                     f"{b1 / base_b1:.2f} | {b8:.1f} | {b8 / base_b8:.2f} | {row['bytes'] / 1e6:.1f} | "
-                     f"{row['bytes'] / fp32_bytes:.3f} | {row['gflops_seq128']:.2f} | "
+        for shape in shapes:
+            row[f"p50_ms_{shape}"], row[f"p95_ms_{shape}"] = (latency[shape][name][q] for q in ("p50_ms", "p95_ms"))
+    metric_title = {"accuracy": "accuracy", "entity_f1": "entity F1"}[metric]
+    table = [f"| model | {metric_title}, each text alone | batches of 32 | drop (points) | "
+             + " | ".join(f"b{s.split('x')[0]}/s{s.split('x')[1]} p50 ms (vs FP32, vs Optimum)" for s in shapes)
+             + " | MB | size vs FP32 | GFLOPs s128 | build wall s |",
+             "|---" * (8 + len(shapes)) + "|"]
+    for name, row in rows.items():
+        cells = [f"{row[f'p50_ms_{s}']:.2f} ({row[f'p50_ms_{s}'] / base[f'p50_ms_{s}']:.2f}, "
+                 f"{row[f'p50_ms_{s}'] / peer[f'p50_ms_{s}']:.2f})" for s in shapes]
+        table.append(f"| {name} | {row['score']:.4f} | {row['score_batched']:.4f} | {(base['score'] - row['score']) * 100:+.2f} | "
+                     + " | ".join(cells) + f" | {row['bytes'] / 1e6:.1f} | {row['bytes'] / fp32_bytes:.3f} | "
+                     f"{row['gflops_seq128']:.2f} | "
                      f"{row['wall_s'] if row['wall_s'] is not None else '–'}{'' if row.get('gate_passed', True) else ' (gate FAILED)'} |")
-    result = {"example": str(args.example_dir), "metric": metric, "test_examples": len(test), "sequence_length": 128, "threads": threads,
+    result = {"example": str(args.example_dir), "metric": metric, "test_examples": len(test), "sequence_lengths": [128, real_length],
+              "threads": threads, "accuracy": "score: each text alone (batch 1); score_batched: length-bucketed batches of 32",
               "timing": "each model alone in its own process, runtime defaults, alternating rounds",
               "other_processes_cpu_percent": {"before": load_before, "after": load_after, "after_each_build": build_loads},
               "machine": machine_info(), "versions": library_versions(), "rows": rows}

@@ -195,7 +195,7 @@ def tagger_build(tiny_tagger, fast_recipe, tmp_path_factory):
     shutil.copytree(tiny_tagger, model)
     before = tree_digest(model)
     out = model.parent / "build"
-    code, output = _run(str(model), "--out", str(out), "--recipe", str(fast_recipe),
+    code, output = _run(str(model), "--target", "onnx-cpu", "--out", str(out), "--recipe", str(fast_recipe),
                         "--eval-data", str(model / "conll" / "test.conll"), "--calib-data", str(model / "splits" / "train.jsonl"))
     return code, output, out, model, before
 
@@ -262,7 +262,8 @@ def test_tagger_cpu_auto_races_both_builds_and_gates_entity_f1(tiny_tagger, fast
     assert code == ExitCode.OK, output
     report = json.loads((out / "report.json").read_text())
     choice = report["cpu_auto"]
-    assert set(choice["candidates"]) == {"onnx-cpu", "openvino-cpu"} and report["target"] == choice["chosen"]
+    assert {"onnx-cpu", "onnx-cpu+fp32", "openvino-cpu"} <= set(choice["candidates"])
+    assert report["target"] == choice["candidates"][choice["chosen"]]["target"]
     assert report["metric"] == "entity_f1" and report["gates"][0]["name"] == "entity_f1_drop"
     for name, candidate in choice["candidates"].items():
         assert candidate["metric"] == "entity_f1" and candidate["passed"], (name, candidate)
@@ -387,7 +388,7 @@ def test_tagger_sensitivity_ranks_layers_over_words(tiny_tagger, fast_recipe, tm
     recipe.write_text(fast_recipe.read_text().replace("quantize:\n", "quantize:\n  mode: dynamic\n")
                       + "sensitivity:\n  run: always\n  examples: 16\n  granularity: block\n")
     out = tmp_path / "build"
-    code, output = _run(str(tiny_tagger), "--out", str(out), "--recipe", str(recipe))
+    code, output = _run(str(tiny_tagger), "--target", "onnx-cpu", "--out", str(out), "--recipe", str(recipe))
     assert code == ExitCode.OK, output
     report = json.loads((out / "report.json").read_text())
     fallback = next(p for p in report["passes"] if p["name"] == "fallback")["metrics"]
@@ -407,7 +408,7 @@ def test_tagger_prune_and_distill(tiny_tagger, fast_recipe, tmp_path):
                       + "distill:\n  hidden_weight: 1.0\n  steps: 6\n  batch_size: 16\n  eval_every: 3\n  eval_examples: 24\n  lr: 0.003\n"
                       + "gates:\n  max_drop: 100\n")
     out = tmp_path / "build"
-    code, output = _run(str(tiny_tagger), "--out", str(out), "--recipe", str(recipe), "--no-cache")
+    code, output = _run(str(tiny_tagger), "--target", "onnx-cpu", "--out", str(out), "--recipe", str(recipe), "--no-cache")
     assert code == ExitCode.OK, output
     report = json.loads((out / "report.json").read_text())
     passes = {p["name"]: p for p in report["passes"]}

@@ -35,7 +35,7 @@ def _edit_weights(model: Path, change) -> None:
 
 
 def _run(model: Path, out: Path, recipe: Path, *extra: str) -> tuple[int, list[str]]:
-    result = CliRunner().invoke(app, ["run", str(model), "--out", str(out), "--recipe", str(recipe), "--no-cache", *extra])
+    result = CliRunner().invoke(app, ["run", str(model), "--target", "onnx-cpu", "--out", str(out), "--recipe", str(recipe), "--no-cache", *extra])
     assert result.exception is None or isinstance(result.exception, SystemExit), repr(result.exception)
     assert "Traceback" not in result.output
     return result.exit_code, [line for line in result.output.splitlines() if line.strip()]

@@ -234,8 +234,18 @@ def test_cpu_auto_keeps_the_faster_passing_build_and_says_why(tiny_checkpoint, f
     assert result.exit_code == 0, result.output
     report = json.loads((out / "report.json").read_text())
     choice = report["cpu_auto"]
-    assert set(choice["candidates"]) == {"onnx-cpu", "openvino-cpu"}
-    assert report["target"] == choice["chosen"] and "sequence 128: " in choice["reason"]
+    # Every CPU target at every precision this CPU offers: onnx-cpu's FP32 floor always, openvino's
+    # BF16 float ops only where the CPU plugin lists BF16 (and then "bf16" is not "not offered").
+    names = set(choice["candidates"])
+    assert {"onnx-cpu", "onnx-cpu+fp32", "openvino-cpu"} <= names <= {"onnx-cpu", "onnx-cpu+fp32", "openvino-cpu",
+                                                                       "openvino-cpu+bf16"}
+    assert ("openvino-cpu+bf16" in names) != choice["offered"].get("bf16", "").startswith("not offered")
+    assert choice["candidates"]["onnx-cpu+fp32"]["precision"] == "fp32"
+    fp32_report = (out / "report.json") if choice["chosen"] == "onnx-cpu+fp32" else out / "candidates" / "onnx-cpu+fp32.report.json"
+    fp32_report = json.loads(fp32_report.read_text())
+    assert fp32_report["artifact"]["quantization"] == "fp32" and fp32_report["recipe"]["quantize"]["mode"] == "none"
+    chosen = choice["candidates"][choice["chosen"]]
+    assert report["target"] == chosen["target"] and "sequence 128: " in choice["reason"]
     b1 = {n: c["race"]["b1"]["p50_ms"] for n, c in choice["candidates"].items()}
     assert all(c["passed"] for c in choice["candidates"].values())
     # The kept build is the fastest at batch 1, or within the tie tolerance of it.
@@ -243,12 +253,41 @@ def test_cpu_auto_keeps_the_faster_passing_build_and_says_why(tiny_checkpoint, f
     assert all(c["race"]["b1"]["sequence_length"] == 128 for c in choice["candidates"].values())  # recipe max_length
     model_file = report["artifact"]["model_file"]
     assert (out / model_file).is_file() and (out / "report.md").is_file()
-    other = next(n for n in choice["candidates"] if n != choice["chosen"])
-    assert json.loads((out / "candidates" / f"{other}.report.json").read_text())["target"] == other
+    for other in (n for n in choice["candidates"] if n != choice["chosen"]):
+        other_report = json.loads((out / "candidates" / f"{other}.report.json").read_text())
+        assert other_report["target"] == choice["candidates"][other]["target"]
     assert not [p for p in (out / "candidates").iterdir() if p.is_dir()]  # the other build's model is not kept
     assert "CPU target choice (cpu-auto)" in (out / "report.md").read_text()
     assert "<h2>CPU target choice (cpu-auto)</h2>" in (out / "report.html").read_text()
-    assert f"cpu-auto kept {choice['chosen']}" in result.output
+    assert f"CPU choice kept {choice['chosen']}" in result.output
+
+
+@pytest.mark.slow
+def test_default_cpu_target_races_what_is_installed(tiny_checkpoint, fast_recipe, tmp_path, monkeypatch):
+    """No --target: the CPU choice. Without openvino it races onnx-cpu's precisions and says why
+    openvino-cpu was not built, instead of failing."""
+    import mcompress.targets.openvino_cpu.target as ov_target
+
+    monkeypatch.setattr(ov_target, "missing_packages", lambda: ["openvino", "nncf"])
+    out = tmp_path / "cpu"
+    result = CliRunner().invoke(app, ["run", str(tiny_checkpoint), "--recipe", str(fast_recipe), "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    choice = json.loads((out / "report.json").read_text())["cpu_auto"]
+    assert set(choice["candidates"]) == {"onnx-cpu", "onnx-cpu+fp32"}
+    assert {c["precision"] for c in choice["candidates"].values()} == {"int8", "fp32"}
+    assert "mcompress[openvino]" in choice["unavailable"]["openvino-cpu"]
+    assert "openvino-cpu not built" in (out / "report.md").read_text()
+
+
+def test_default_cpu_target_leaves_out_a_target_that_refuses_the_recipe(tiny_checkpoint, fast_recipe):
+    from mcompress.pipeline.cpu_auto import _cpu_targets
+    from mcompress.pipeline.prepare import RunRequest
+
+    pytest.importorskip("openvino")
+    names, left_out = _cpu_targets(RunRequest(tiny_checkpoint, "cpu", recipe_path=fast_recipe,
+                                              overrides={"quantize.mode": "dynamic"}))
+    assert names == ("onnx-cpu",) and "cannot run quantize.mode 'dynamic'" in left_out["openvino-cpu"]
+    assert _cpu_targets(RunRequest(tiny_checkpoint, "cpu", recipe_path=fast_recipe)) == (("onnx-cpu", "openvino-cpu"), {})
 
 
 def test_bad_recipe_for_openvino_is_one_line_exit_2_before_any_work(tiny_checkpoint, fast_recipe, tmp_path):

@@ -345,7 +345,7 @@ def test_bad_recipe_values_fail_on_load(tmp_path, fast_recipe, extra, message):
 
 
 def _run_cli(model: Path, out: Path, recipe: Path, *extra: str):
-    result = CliRunner().invoke(app, ["run", str(model), "--out", str(out), "--recipe", str(recipe), *extra])
+    result = CliRunner().invoke(app, ["run", str(model), "--target", "onnx-cpu", "--out", str(out), "--recipe", str(recipe), *extra])
     assert result.exception is None or isinstance(result.exception, SystemExit), repr(result.exception)
     return result.exit_code, result.output
 

@@ -152,15 +152,21 @@ def test_cpu_auto_section_is_added_to_the_model():
                  "failed_gates": [], "race": race}
     report.cpu_auto = {"criterion": "fastest", "chosen": "onnx-cpu", "reason": "faster", "sequence_length": 128,
                        "race_rounds": 5, "threads": 2, "other_processes_cpu_percent": 3.0,
-                       "candidates": {"onnx-cpu": candidate, "openvino-cpu": candidate | {"passed": False},
+                       "offered": {"onnx-cpu": "int8", "bf16": "not offered: openvino-cpu: no BF16 here"},
+                       "unavailable": {"tensorrt-cpu": "not installed"},
+                       "candidates": {"onnx-cpu": candidate | {"target": "onnx-cpu", "precision": "int8"},
+                                      "openvino-cpu": candidate | {"passed": False},
                                       "stopped-cpu": {"passed": False, "stopped": "gate after export",
                                                       "failed_gates": ["gates.after"], "race": None}},
                        "candidate_reports": {"openvino-cpu": "candidates/openvino-cpu.report.json"}}
     assert isinstance(report.cpu_auto, CpuAutoChoice) and list(report.model_dump(mode="json"))[-1] == "cpu_auto"
     markdown = render_markdown(report)
     assert "## CPU target choice (cpu-auto)" in markdown and "**Kept onnx-cpu**: faster" in markdown
-    assert "| openvino-cpu | **FAIL** | 0.8000 | 0.100 | 2.00 | 2.50 | – | – | 1.0 |" in markdown
-    assert "| stopped-cpu | **FAIL** | – | – | – | – | – | – | – |" in markdown
+    assert "| onnx-cpu | int8 | pass | 0.8000 | 0.100 | 2.00 | 2.50 | – | – | 1.0 |" in markdown
+    assert "| openvino-cpu | - | **FAIL** | 0.8000 | 0.100 | 2.00 | 2.50 | – | – | 1.0 |" in markdown
+    assert "| stopped-cpu | - | **FAIL** | – | – | – | – | – | – | – |" in markdown
+    assert ("Not raced on this machine: bf16: not offered: openvino-cpu: no BF16 here; tensorrt-cpu not built: "
+            "not installed.") in markdown
     assert '<span class="fail">FAIL</span>' in render_html(report)
     stopped = report.model_dump(mode="json")["cpu_auto"]["candidates"]["stopped-cpu"]
     assert list(stopped) == ["passed", "stopped", "failed_gates", "race"]

@@ -20,7 +20,7 @@ BUILD_FILES = {"model.onnx", "config.json", "tokenizer.json", "tokenizer_config.
 
 
 def _run_cli(model: Path, out: Path, recipe: Path, *extra: str) -> tuple[int, str]:
-    result = CliRunner().invoke(app, ["run", str(model), "--out", str(out), "--recipe", str(recipe), *extra])
+    result = CliRunner().invoke(app, ["run", str(model), "--target", "onnx-cpu", "--out", str(out), "--recipe", str(recipe), *extra])
     assert result.exception is None or isinstance(result.exception, SystemExit), repr(result.exception)
     return result.exit_code, result.output
 

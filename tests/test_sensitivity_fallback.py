@@ -234,7 +234,7 @@ quantize:
 
 def test_unknown_pass_in_gates_after_is_bad_input(tiny_checkpoint, tmp_path):
     recipe = _write_recipe(tmp_path / "r.yaml", _BASE.format(name="bad") + "gates:\n  after: [prnue]\n")
-    result = CliRunner().invoke(app, ["run", str(tiny_checkpoint), "--out", str(tmp_path / "b"), "--recipe", str(recipe)])
+    result = CliRunner().invoke(app, ["run", str(tiny_checkpoint), "--target", "onnx-cpu", "--out", str(tmp_path / "b"), "--recipe", str(recipe)])
     assert result.exit_code == ExitCode.BAD_INPUT, result.output
     assert "prnue" in result.output and not (tmp_path / "b").exists()
 
@@ -255,7 +255,7 @@ def test_gate_after_prune_fails_the_cli_run(tiny_checkpoint, tmp_path, monkeypat
                                               "gates:\n  max_drop: 0\n  after: [prune]\n")
     recipe = _write_recipe(tmp_path / "r.yaml", text)
     out = tmp_path / "build"
-    result = CliRunner().invoke(app, ["run", str(tiny_checkpoint), "--out", str(out), "--recipe", str(recipe), "--no-cache"])
+    result = CliRunner().invoke(app, ["run", str(tiny_checkpoint), "--target", "onnx-cpu", "--out", str(out), "--recipe", str(recipe), "--no-cache"])
     assert result.exit_code == ExitCode.GATE_FAILED, result.output
     assert "gate failed after pass 'prune'" in " ".join(result.output.split())
     assert exported == [] and not out.exists()  # stopped before export; no build
@@ -270,7 +270,7 @@ def test_cli_run_writes_a_self_contained_html_report(tiny_checkpoint, tmp_path):
                                         "gates:\n  max_drop: 50\n  after: [export]\n")
     recipe = _write_recipe(tmp_path / "r.yaml", text)
     out = tmp_path / "build"
-    result = CliRunner().invoke(app, ["run", str(tiny_checkpoint), "--out", str(out), "--recipe", str(recipe)])
+    result = CliRunner().invoke(app, ["run", str(tiny_checkpoint), "--target", "onnx-cpu", "--out", str(out), "--recipe", str(recipe)])
     assert result.exit_code == ExitCode.OK, result.output
     report = json.loads((out / "report.json").read_text())
     assert [p["name"] for p in report["passes"]] == ["export", "optimize", "quantize", "fallback"]

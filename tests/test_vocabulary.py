@@ -93,7 +93,7 @@ VOCAB_RECIPE = "prune:\n  vocabulary:\n    reserve: single-characters\ngates:\n 
 
 
 def _run(model: Path, out: Path, recipe: Path):
-    result = CliRunner().invoke(app, ["run", str(model), "--out", str(out), "--recipe", str(recipe)])
+    result = CliRunner().invoke(app, ["run", str(model), "--target", "onnx-cpu", "--out", str(out), "--recipe", str(recipe)])
     assert result.exception is None or isinstance(result.exception, SystemExit), repr(result.exception)
     return result.exit_code, result.output
 

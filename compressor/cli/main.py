@@ -142,7 +142,7 @@ def _lm_example(out_dir: Path) -> None:
 @app.command()
 def run(
     model_dir: Path = typer.Argument(..., help="Fine-tuned Hugging Face checkpoint (config.json, model.safetensors, tokenizer)."),
-    target: str = typer.Option("onnx-cpu", "--target", "-t", help="Deployment target: onnx-cpu | openvino-cpu | tensorrt | cpu-auto (build onnx-cpu and openvino-cpu, keep the faster that passes)."),
+    target: str = typer.Option("cpu", "--target", "-t", help="Deployment target: cpu (default: the fastest build for this CPU: onnx-cpu and openvino-cpu, if installed, at every precision the CPU offers, raced, the fastest that passes kept) | cpu-auto (the same, requiring both targets) | onnx-cpu | openvino-cpu | tensorrt."),
     recipe: Optional[Path] = typer.Option(None, "--recipe", help="Recipe YAML (default: recipes/ptq.yaml)."),
     eval_data: Optional[Path] = typer.Option(None, "--eval-data", help="Labelled eval data: CSV, JSONL or a split dir (default: MODEL_DIR/splits test split)."),
     calib_data: Optional[Path] = typer.Option(None, "--calib-data", help="Calibration text: CSV, JSONL or a split dir (default: the train split)."),
@@ -203,7 +203,7 @@ def _print_summary(report: Report) -> None:
                   f"({ref_b1.p50_ms / build_b1.p50_ms:.2f}x); size {report.artifact.size_ratio:.3f}x "
                   f"({report.artifact.quantization}); report {out}/report.md", highlight=False)
     if report.cpu_auto:
-        console.print(f"  cpu-auto kept {report.cpu_auto.chosen}: {report.cpu_auto.reason}", highlight=False)
+        console.print(f"  CPU choice kept {report.cpu_auto.chosen}: {report.cpu_auto.reason}", highlight=False)
     if report.artifact.float_layers:
         console.print(f"  left in float by the fallback: {', '.join(report.artifact.float_layers)}", highlight=False)
     reused = [p.name for p in report.passes if p.cached]

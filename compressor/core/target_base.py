@@ -77,6 +77,21 @@ class BuildResult:
         return format_of(self.model_file).size(self.model_file)
 
 
+@dataclass(frozen=True)
+class PrecisionVariant:
+    """One precision the CPU choice (``--target cpu``, pipeline/cpu_auto.py) builds a target at:
+    the recipe keys that select it, and a name for the report (target name + suffix)."""
+
+    suffix: str  # "" = the recipe as given; e.g. "+fp32", "+bf16"
+    precision: str  # what the build runs in, e.g. "int8", "fp32", "int8, bf16 float ops"
+    overrides: Mapping[str, Any] = field(default_factory=dict)  # dotted recipe keys
+
+
+def recipe_precision(recipe) -> str:
+    """The precision a recipe asks of any target's weights: INT8 unless quantization is off."""
+    return "fp32" if recipe.quantize.mode == "none" else "int8"
+
+
 class Target(ABC):
     name: str
     description: str
@@ -91,6 +106,11 @@ class Target(ABC):
     def settings(self, recipe) -> TargetSettings:
         """The runner and build settings the recipe asks of this target."""
         return TargetSettings()
+
+    def precision_variants(self, recipe) -> tuple[list[PrecisionVariant], dict[str, str]]:
+        """The precisions a CPU choice builds this target at (the recipe as given first), and the
+        precisions this machine does not offer for it, with the reason."""
+        return [PrecisionVariant("", recipe_precision(recipe))], {}
 
     @abstractmethod
     def pipeline(self, recipe) -> list[Pass]: ...

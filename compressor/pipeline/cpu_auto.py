@@ -1,54 +1,80 @@
-"""``--target cpu-auto``: build every CPU target (onnx-cpu, openvino-cpu), gate each on the eval
-data, race the builds, and keep the faster one that passes its gates.
+"""``--target cpu`` (the default) and ``--target cpu-auto``: build every CPU target (onnx-cpu,
+openvino-cpu) at every precision this CPU offers, gate each build on the eval data, race the
+builds, and keep the fastest that passes.
 
-An orchestrator above the job: one validation for every target, one reference (the FP32
-original is evaluated once), then ``job.build_target`` per target into ``candidates/NAME`` of the
-final build's staging dir. A target stopped by a gate after a pass has no build and counts as
-failed.
+Candidates are (target, precision) pairs: each target lists its precision variants
+(``Target.precision_variants``: the recipe as given, then e.g. onnx-cpu's FP32 floor and, where the
+CPU plugin offers BF16, openvino-cpu's INT8 IR with BF16 float ops) and the precisions this machine
+does not offer it, with the reason; the report keeps both. ``cpu`` races the CPU targets that are
+installed and accept the recipe (the others are listed with why); ``cpu-auto`` requires all of them.
 
-Criterion: p50 latency at batch 1 and the recipe's ``max_length``, the builds measured in ONE
-process in interleaved rounds (metrics.evaluation.latency_race), so machine noise hits both alike.
-Batch 8 is measured and reported too, but does not decide. The choice follows
+An orchestrator above the job: one validation, one reference (the FP32 original is evaluated
+once), then ``job.build_target`` per candidate into ``candidates/NAME`` of the final build's
+staging dir; the pass cache shares identical prefixes (distillation, export) between candidates.
+A candidate stopped by a gate after a pass has no build and counts as failed.
+
+Criterion: p50 latency at batch 1 and the recipe's ``max_length``, each build timed in its own
+process in interleaved rounds (metrics.evaluation.latency_race via pipeline/timing.py), so machine
+noise hits all alike. Batch 8 is measured and reported too, but does not decide. The choice follows
 metrics.selection.fastest_within_budget: builds whose batch-1 p50 are within
-``quantize.latency_tie_tolerance`` of each other are tied and the first target in
-``CPU_AUTO_TARGETS`` wins (onnx-cpu: the build with fewer runtime dependencies), so near-equal
-timings do not flip the choice between runs. When no build passes its gates, the one with the best
-gated metric (the smallest drop) is kept and the run fails (exit 3), as a single-target run would.
+``quantize.latency_tie_tolerance`` of each other are tied and the first candidate wins (onnx-cpu
+before openvino-cpu: fewer runtime dependencies; the recipe's precision before the variants), so
+near-equal timings do not flip the choice between runs. When no build passes its gates, the one
+with the best gated metric (the smallest drop) is kept and the run fails (exit 3), as a
+single-target run would.
 
 The kept build's files move to the top of the staging dir, the others' reports stay in
 ``candidates/NAME.report.json``, and the kept report gains a ``cpu_auto`` section: the criterion,
-every candidate's gates, gated metric and raced latency, and the reason for the choice.
+what the CPU offered, every candidate's precision, gates, gated metric and raced latency, and the
+reason for the choice.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import shutil
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-from mcompress.core.errors import GateFailure
+from mcompress.core.errors import GateFailure, InputError, TargetUnavailable
 from mcompress.metrics.evaluation import RACE_ROUNDS, b1_b8_shapes, latency_race
 from mcompress.metrics.machine import other_processes_cpu
 from mcompress.metrics.selection import fastest_within_budget
 from mcompress.pipeline.job import TargetBuild, build_target, raise_for_outcome
 from mcompress.pipeline.outputs import staged_dir
-from mcompress.pipeline.prepare import Prepared, ProgressFactory, RunRequest, prepare
+from mcompress.pipeline.pass_gates import check_gate_passes
+from mcompress.pipeline.prepare import Prepared, ProgressFactory, RunRequest, prepare, request_recipe
 from mcompress.pipeline.reference import Reference, measure_reference
 from mcompress.pipeline.timing import timing_runners
 from mcompress.report.schema import CpuAutoChoice, Report
 from mcompress.report.write import write_report
-from mcompress.targets import CPU_AUTO, CPU_AUTO_TARGETS
+from mcompress.targets import CPU, CPU_AUTO, CPU_AUTO_TARGETS, get_target
 
 CANDIDATES_DIR = "candidates"
 
 
+@dataclass(frozen=True)
+class CandidateSpec:
+    """One (target, precision) pair to build: its name in the report, and its run with the
+    variant's recipe."""
+
+    name: str
+    precision: str
+    target: object  # core.target_base.Target
+    prepared: Prepared
+
+
 @dataclass
 class Candidate:
-    name: str
+    spec: CandidateSpec
     build: TargetBuild | None  # None: a gate after a pass stopped it
     stopped: str | None = None  # that gate's message
+
+    @property
+    def name(self) -> str:
+        return self.spec.name
 
     @property
     def passed(self) -> bool:
@@ -57,24 +83,67 @@ class Candidate:
 
 def run_cpu_auto(req: RunRequest, progress: ProgressFactory) -> Report:
     started = time.perf_counter()
-    prepared = prepare(req, CPU_AUTO_TARGETS)
+    names, unavailable = _cpu_targets(req)
+    prepared = prepare(req, names)
+    specs, offered = _candidate_specs(prepared)
     out = prepared.out
     reference = measure_reference(prepared, progress)
     with staged_dir(out) as staging:
         work = staging / CANDIDATES_DIR
-        candidates = [_build(prepared, reference, name, work / name, progress, started) for name in CPU_AUTO_TARGETS]
+        candidates = [_build(spec, reference, work / spec.name, progress, started) for spec in specs]
         built = [c for c in candidates if c.build is not None]
         if not built:
             raise GateFailure(f"no CPU target produced a build: {'; '.join(c.stopped for c in candidates)}")
         choice = _choose(candidates, _race(built, prepared, reference, progress), prepared.recipe)
         kept = next(c for c in candidates if c.name == choice["chosen"]).build
         _keep(kept, built, staging, work)
-        kept.report.cpu_auto = CpuAutoChoice.model_validate(choice)
+        kept.report.cpu_auto = CpuAutoChoice.model_validate({**choice, "offered": offered, "unavailable": unavailable})
         write_report(kept.report, staging)
     kept.report.out = str(Path(out).resolve())
     raise_for_outcome(kept, Path(out), prefix=f"no CPU target passed its gates; kept {kept.target.name} "
                                               "(smallest drop of the gated metric): ")
     return kept.report
+
+
+def _cpu_targets(req: RunRequest) -> tuple[tuple[str, ...], dict[str, str]]:
+    """The CPU targets to build, and those left out with why. ``cpu-auto`` requires every CPU
+    target (prepare raises for one that is missing or refuses the recipe); ``cpu`` builds those
+    that are installed and accept the recipe, and fails only when none does."""
+    if req.target == CPU_AUTO:
+        return CPU_AUTO_TARGETS, {}
+    recipe = request_recipe(req)
+    usable, unavailable, first_error = [], {}, None
+    for name in CPU_AUTO_TARGETS:
+        target = get_target(name)
+        try:
+            target.check_available()
+            target.validate_recipe(recipe)
+        except (TargetUnavailable, InputError) as err:
+            unavailable[name] = err.one_line()
+            first_error = first_error or err
+            continue
+        usable.append(name)
+    if not usable:
+        raise first_error
+    return tuple(usable), unavailable
+
+
+def _candidate_specs(prepared: Prepared) -> tuple[list[CandidateSpec], dict[str, str]]:
+    """Every target's precision variants, each a run with the variant's recipe (validated here,
+    before any work), and what was not offered: {"precision": "target: why"}."""
+    specs, not_offered = [], {}
+    for name, target in prepared.targets.items():
+        variants, missing = target.precision_variants(prepared.recipe)
+        for precision, why in missing.items():
+            not_offered.setdefault(precision, []).append(f"{name}: {why}")
+        for variant in variants:
+            recipe = prepared.recipe.with_overrides(**variant.overrides) if variant.overrides else prepared.recipe
+            target.validate_recipe(recipe)
+            check_gate_passes(recipe, [p.name for p in target.pipeline(recipe)])
+            specs.append(CandidateSpec(name + variant.suffix, variant.precision, target,
+                                       dataclasses.replace(prepared, recipe=recipe, targets={name: target})))
+    offered = {s.name: s.precision for s in specs}
+    return specs, {**offered, **{p: "not offered: " + "; ".join(why) for p, why in not_offered.items()}}
 
 
 @contextmanager
@@ -83,13 +152,13 @@ def _candidate_dir(path: Path):
     yield path
 
 
-def _build(prepared: Prepared, reference: Reference, name: str, out_dir: Path, progress, started: float) -> Candidate:
+def _build(spec: CandidateSpec, reference: Reference, out_dir: Path, progress, started: float) -> Candidate:
     try:
-        return Candidate(name, build_target(prepared, reference, prepared.targets[name], lambda: _candidate_dir(out_dir),
+        return Candidate(spec, build_target(spec.prepared, reference, spec.target, lambda: _candidate_dir(out_dir),
                                             progress, started))
-    except GateFailure as stop:  # a gate after a pass: this target has no build; the others still race
+    except GateFailure as stop:  # a gate after a pass: this candidate has no build; the others still race
         shutil.rmtree(out_dir, ignore_errors=True)
-        return Candidate(name, None, str(stop))
+        return Candidate(spec, None, str(stop))
 
 
 def _keep(kept: TargetBuild, built: list[Candidate], staging: Path, work: Path) -> None:
@@ -119,11 +188,12 @@ def _race(built: list[Candidate], prepared: Prepared, reference: Reference, prog
 
 
 def _summary(c: Candidate, race: dict) -> dict:
+    identity = {"target": c.spec.target.name, "precision": c.spec.precision}
     if c.build is None:
-        return {"passed": False, "stopped": c.stopped, "failed_gates": ["gates.after"], "race": None}
+        return {**identity, "passed": False, "stopped": c.stopped, "failed_gates": ["gates.after"], "race": None}
     report = c.build.report
     gate = next(g for g in report.gates if g.name == f"{report.metric}_drop")
-    return {"passed": report.passed, "metric": report.metric, "score": c.build.gated.candidate.score,
+    return {**identity, "passed": report.passed, "metric": report.metric, "score": c.build.gated.candidate.score,
             "accuracy": report.build.accuracy, "drop": gate.value, "accuracy_drop": gate.value,
             "runtime": report.build.runtime, "model_bytes": report.artifact.model_bytes,
             "failed_gates": [g.name for g in report.gates if not g.passed], "race": race[c.name]}
@@ -145,7 +215,7 @@ def _choose(candidates: list[Candidate], raced: dict, recipe) -> dict:
     else:
         reason = "no CPU target passed its gates; kept the one with the smallest drop of the gated metric"
     return {"criterion": f"fastest p50 at batch 1, sequence {seq} among the builds that pass their gates "
-                         f"(ties within {tolerance:.0%} go to the first of {', '.join(CPU_AUTO_TARGETS)})",
+                         f"(ties within {tolerance:.0%} go to the first of {', '.join(summaries)})",
             "chosen": chosen, "reason": reason, "candidates": summaries, "sequence_length": seq,
             "race_rounds": raced["rounds"], "threads": raced["threads"],
             "other_processes_cpu_percent": raced["other_processes_cpu_percent"],
@@ -163,4 +233,4 @@ def _why_not(other: str, chosen: str, summaries: dict, b1: dict, tolerance: floa
     return f"{other} was {b1[other]:.2f} ms ({b1[other] / b1[chosen]:.2f}× slower)"
 
 
-__all__ = ["run_cpu_auto", "CPU_AUTO", "CANDIDATES_DIR"]
+__all__ = ["run_cpu_auto", "CPU", "CPU_AUTO", "CANDIDATES_DIR"]

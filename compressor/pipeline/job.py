@@ -115,9 +115,9 @@ def raise_for_outcome(build: TargetBuild, out: Path, prefix: str = "") -> None:
 def run(req: RunRequest, progress: ProgressFactory = no_progress) -> Report:
     """``mcompress run``: the report of the written build. A failed gate raises GateFailure and an
     artifact gated on a stand-in raises TargetUnavailable, after the build is written."""
-    from mcompress.targets import CPU_AUTO
+    from mcompress.targets import CPU_CHOICES
 
-    if req.target == CPU_AUTO:  # a choice between targets, orchestrated above this job
+    if req.target in CPU_CHOICES:  # a choice between targets, orchestrated above this job
         from mcompress.pipeline.cpu_auto import run_cpu_auto
 
         return run_cpu_auto(req, progress)

@@ -149,9 +149,14 @@ def _open_cache(req: RunRequest, out: Path) -> tuple[Path | None, PassCache | No
     return cache_root, PassCache.open(cache_root, req.cache_max_gb) if cache_root else None
 
 
+def request_recipe(req: RunRequest) -> Recipe:
+    """The recipe a run uses: the file (or the default), with the command line's overrides."""
+    return load_recipe(req.recipe_path).with_overrides(**req.overrides)
+
+
 def prepare(req: RunRequest, target_names: tuple[str, ...]) -> Prepared:
-    """Validate a run that builds ``target_names`` (one target, or every CPU target for cpu-auto)."""
-    recipe = load_recipe(req.recipe_path).with_overrides(**req.overrides)
+    """Validate a run that builds ``target_names`` (one target, or the CPU targets of a CPU choice)."""
+    recipe = request_recipe(req)
     targets = _validate_targets(recipe, target_names)
     ckpt = inspect_checkpoint(req.model_dir, allow_pickle=req.allow_pickle)
     task = get_task(ckpt.task).for_recipe(recipe)

@@ -206,8 +206,11 @@ class Artifact(_ReportModel):
 
 
 class CpuAutoCandidate(_ReportModel):
-    """One CPU target's build in the race; one stopped by a gate after a pass has no figures and no race."""
+    """One (CPU target, precision) build in the race; one stopped by a gate after a pass has no
+    figures and no race."""
     passed: bool
+    target: str = ""  # reports before precision variants: the candidate's name is its target
+    precision: str = ""  # e.g. "int8", "fp32", "int8, bf16 float ops"
     stopped: str | None = None
     metric: str | None = None
     score: Number | None = None
@@ -231,6 +234,10 @@ class CpuAutoChoice(_ReportModel):
     threads: int | None = None
     other_processes_cpu_percent: Number | None = None
     candidate_reports: dict[str, str] = Field(default_factory=dict)
+    # Candidate name -> its precision, and precision -> "not offered: target: why" for the
+    # precisions this CPU does not offer.
+    offered: dict[str, str] = Field(default_factory=dict)
+    unavailable: dict[str, str] = Field(default_factory=dict)  # CPU target -> why it was not built (--target cpu)
 
 
 class Report(_ReportModel):

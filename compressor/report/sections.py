@@ -148,19 +148,23 @@ def _distance_to_limit(report: Report) -> list[Block]:
 
 
 def _cpu_auto(choice: CpuAutoChoice | None, metric: str) -> list[Block]:
-    """Which CPU target cpu-auto kept, why, and both candidates' numbers."""
+    """Which (CPU target, precision) build the CPU choice kept, why, every candidate's numbers, and
+    what this CPU did not offer."""
     if not choice:
         return []
-    rows = tuple((name, verdict_cell(c.passed), score(c.score if c.score is not None else c.accuracy),
+    rows = tuple((name, c.precision or "-", verdict_cell(c.passed), score(c.score if c.score is not None else c.accuracy),
                   ratio(c.drop if c.drop is not None else c.accuracy_drop),
                   *(ms(getattr((c.race or {}).get(b), q, None)) for b in ("b1", "b8") for q in ("p50_ms", "p95_ms")),
                   mb(c.model_bytes)) for name, c in choice.candidates.items())
-    note = (f"Latency measured in one process, interleaved ({choice.race_rounds} rounds), at sequence "
+    note = (f"Latency measured in interleaved rounds ({choice.race_rounds}), at sequence "
             f"{choice.sequence_length}; other processes' CPU during the race: {choice.other_processes_cpu_percent}%.")
-    return [Heading("CPU target choice (cpu-auto)"), Paragraph(f"**Kept {choice.chosen}**: {choice.reason}"),
-            Paragraph(f"Criterion: {choice.criterion}"),
-            Table("", ("target", "gates", metric, "drop (points)", "b1 p50 ms", "b1 p95 ms", "b8 p50 ms", "b8 p95 ms",
-                       "model MB"), rows, (note,))]
+    left_out = [f"{name}: {why}" for name, why in choice.offered.items() if why.startswith("not offered")]
+    left_out += [f"{name} not built: {why}" for name, why in choice.unavailable.items()]
+    blocks = [Heading("CPU target choice (cpu-auto)"), Paragraph(f"**Kept {choice.chosen}**: {choice.reason}"),
+              Paragraph(f"Criterion: {choice.criterion}"),
+              Table("", ("candidate", "precision", "gates", metric, "drop (points)", "b1 p50 ms", "b1 p95 ms",
+                         "b8 p50 ms", "b8 p95 ms", "model MB"), rows, (note,))]
+    return blocks + ([Paragraph("Not raced on this machine: " + "; ".join(left_out) + ".")] if left_out else [])
 
 
 def _gated(candidate: dict) -> float:

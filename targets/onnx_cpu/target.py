@@ -7,7 +7,7 @@ import shutil
 from pathlib import Path
 
 from mcompress.core.formats import CONFIG_SIDE_FILES, ONNX, TOKENIZER_FILES
-from mcompress.core.target_base import BuildResult, Target, TargetCapabilities, TargetSettings
+from mcompress.core.target_base import BuildResult, PrecisionVariant, Target, TargetCapabilities, TargetSettings, recipe_precision
 from mcompress.targets.front import torch_front_passes
 
 
@@ -37,6 +37,15 @@ class OnnxCpuTarget(Target):
 
             passes.append(QuantizeFallback())
         return passes
+
+    def precision_variants(self, recipe):
+        """The recipe as given, and FP32 (the fused float graph, no quantization) as the floor that
+        always fits an accuracy budget. ONNX Runtime's CPU provider has no BF16 kernels for x86."""
+        variants = [PrecisionVariant("", recipe_precision(recipe))]
+        if recipe.quantize.mode != "none":
+            variants.append(PrecisionVariant("+fp32", "fp32", {"quantize.mode": "none", "fallback.enabled": False,
+                                                              "sensitivity.run": "on_failure"}))
+        return variants, {"bf16": "ONNX Runtime's x86 CPU provider has no BF16 GEMM kernels"}
 
     def runner(self, model_path: Path, threads: int | None = None, settings: TargetSettings | None = None):
         from mcompress.engines.onnxruntime_cpu import OrtRunner

@@ -19,7 +19,8 @@ from pathlib import Path
 from mcompress.core.errors import InputError, TargetUnavailable
 from mcompress.core.formats import OPENVINO_IR, format_of
 from mcompress.core.sections import Table
-from mcompress.core.target_base import BuildInputs, BuildResult, Target, TargetCapabilities, TargetSettings
+from mcompress.core.target_base import (BuildInputs, BuildResult, PrecisionVariant, Target, TargetCapabilities,
+                                        TargetSettings, recipe_precision)
 from mcompress.targets.front import torch_front_passes
 
 METADATA_FILE = "openvino_build.json"
@@ -31,6 +32,14 @@ INSTALL_HINT = "pip install 'mcompress[openvino]' (openvino and nncf), or use --
 
 def missing_packages() -> list[str]:
     return [name for name in ("openvino", "nncf") if importlib.util.find_spec(name) is None]
+
+
+def cpu_capabilities() -> list[str]:
+    """The CPU plugin's OPTIMIZATION_CAPABILITIES on this machine (e.g. FP32, INT8, BF16)."""
+    import openvino as ov
+    import openvino.properties.device as device
+
+    return list(ov.Core().get_property("CPU", device.capabilities))
 
 
 class OpenVINOCpuTarget(Target):
@@ -66,13 +75,25 @@ class OpenVINOCpuTarget(Target):
                              "Remove the fallback/sensitivity sections, and use openvino.accuracy_control.")
         precision = recipe.openvino.inference_precision
         if precision != "f32" and not missing_packages():
-            import openvino as ov
-            import openvino.properties.device as device
-
-            supported = ov.Core().get_property("CPU", device.capabilities)
+            supported = cpu_capabilities()
             if PRECISION_CAPABILITY[precision] not in supported:
                 raise InputError(f"recipe openvino.inference_precision {precision}: this CPU's OpenVINO plugin supports "
                                  f"{', '.join(supported)}.", "Use f32.")
+
+    def precision_variants(self, recipe):
+        """The recipe as given and, where the CPU plugin offers BF16 (AMX or AVX-512 BF16) and the
+        recipe leaves the float operations in f32, the same INT8 IR with its float operations in
+        BF16. OpenVINO's FP32 is not raced: onnx-cpu's FP32 build is the float floor."""
+        weights = recipe_precision(recipe)
+        variants = [PrecisionVariant("", f"{weights}, {recipe.openvino.inference_precision} float ops")]
+        if recipe.openvino.inference_precision != "f32":
+            return variants, {}
+        supported = cpu_capabilities()
+        if PRECISION_CAPABILITY["bf16"] not in supported:
+            return variants, {"bf16": f"this CPU's OpenVINO plugin offers {', '.join(supported)} (BF16 needs AMX or "
+                                      "AVX-512 BF16)"}
+        return variants + [PrecisionVariant("+bf16", f"{weights}, bf16 float ops",
+                                            {"openvino.inference_precision": "bf16"})], {}
 
     def pipeline(self, recipe):
         from mcompress.passes.convert.openvino_ir import ConvertOpenVINO
