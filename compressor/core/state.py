@@ -60,7 +60,10 @@ class ModelState:
 
     def size_bytes(self) -> int:
         if self.format is None:
-            return sum(t.numel() * t.element_size() for t in self.torch_model.state_dict().values())
+            # tied weights (a decoder's embedding and LM head) share storage and are saved once
+            unique = {(t.data_ptr(), t.numel(), t.dtype): t.numel() * t.element_size()
+                      for t in self.torch_model.state_dict().values()}
+            return sum(unique.values())
         return self.format.size(Path(self.model_file))
 
     def with_model_file(self, kind: ModelKind, path: Path, **annotations) -> "ModelState":
