@@ -197,7 +197,7 @@ def _summary(c: Candidate, race: dict) -> dict:
     if c.build is None:
         return {**identity, "passed": False, "stopped": c.stopped, "failed_gates": ["gates.after"], "race": None}
     report = c.build.report
-    gate = next(g for g in report.gates if g.name == f"{report.metric}_drop")
+    gate = report.metric_gate()
     return {**identity, "passed": report.passed, "metric": report.metric, "score": c.build.gated.candidate.score,
             "accuracy": report.build.accuracy, "drop": gate.value, "accuracy_drop": gate.value,
             "runtime": report.build.runtime, "model_bytes": report.artifact.model_bytes,

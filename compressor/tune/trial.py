@@ -76,7 +76,7 @@ def _intermediate(figures: dict, recipe) -> dict:
 def final_result(report, build_dir: Path, validation: dict) -> dict:
     """The figures a finished trial reports: from its report.json, as `run` wrote it, and the last
     validation figures of its distillation (``validation``: val_shortfall, val_score)."""
-    gate = next(g for g in report.gates if g.name == f"{report.metric}_drop")
+    gate = report.metric_gate()
     b1 = next(b for _, b in report.latency.pairs() if b.batch_size == 1)
     if validation.get("val_score") is None:  # a pass reused from the cache reports no evaluations: its record has them
         recorded = [p.metrics["selection_accuracy"] for p in report.passes if "selection_accuracy" in p.metrics]
