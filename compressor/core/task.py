@@ -145,6 +145,39 @@ class Task(ABC):
         losses treat every task like one label per row."""
 
 
+    # -- latency beyond the batch latency every build is timed at --------------------------------
+
+    def task_latency(self, request: "TaskLatencyRequest") -> "TaskLatency | None":
+        """The latency figures this task's users judge a build by besides batch latency (a
+        decoder's prefill time and decode rate with its KV cache, metrics/decoder_latency.py),
+        the original and the build measured in the same run, and their gates; None (the default):
+        the task has none."""
+        return None
+
+
+@dataclass(frozen=True)
+class TaskLatencyRequest:
+    """What Task.task_latency measures: the original, the file that ships, real text, and how."""
+
+    checkpoint: Any  # the original's core.checkpoint.Checkpoint (its ``path``)
+    build_model: Any  # the build's model file (pathlib.Path)
+    tokenizer: Any  # the build's tokenizer (transformers)
+    texts: list[str]  # the eval data's texts, for the prompt
+    threads: int | None
+    gates: Any  # the recipe's GateConfig
+    isolation: str  # the recipe's latency.isolation: "process" (each model in its own) or "shared"
+
+
+@dataclass(frozen=True)
+class TaskLatency:
+    """Task.task_latency's answer: report.json's ``task_latency`` figures, the gates on them
+    (metrics.gates.GateResult), and the report sections that show them (core.sections.Table)."""
+
+    figures: dict
+    gates: list
+    tables: list
+
+
 def _load(reference: str):
     module, _, attribute = reference.partition(":")
     return getattr(importlib.import_module(module), attribute)
