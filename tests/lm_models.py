@@ -86,3 +86,16 @@ def build_report(build: Path, checkpoint: Path, model_type: str) -> dict:
               "artifact": {"model_file": "model.onnx", "quantization": "none", "files": files}, "gates": []}
     (build / "report.json").write_text(json.dumps(report))
     return report
+
+
+_EXPORTED: dict[str, tuple[Path, Path]] = {}
+
+
+def exported(kind: str, tmp_path_factory) -> tuple[Path, Path]:
+    """(checkpoint, export) of the tiny ``kind`` model, made once per test session (read-only:
+    tests that write into a build copy it first)."""
+    if kind not in _EXPORTED:
+        root = tmp_path_factory.mktemp(f"{kind}-lm")
+        checkpoint = tiny_checkpoint(kind, root / "checkpoint")
+        _EXPORTED[kind] = checkpoint, export_with_cache(checkpoint, root / "build")
+    return _EXPORTED[kind]

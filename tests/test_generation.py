@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 from typer.testing import CliRunner
 
-from lm_models import CONTEXT, build_report, export_with_cache, tiny_checkpoint
+from lm_models import CONTEXT, build_report, exported as exported_model
 from mcompress.core.errors import InputError
 from mcompress.engines.generation import Sampling, choose, generate, graph_problem, sampling_probabilities
 
@@ -37,9 +37,7 @@ PROMPTS = ["The council met on Tuesday", "Rain is expected", "Shares in the mini
 @pytest.fixture(scope="module", params=["llama", "gpt2"])
 def exported(request, tmp_path_factory) -> tuple[str, Path, Path]:
     """(kind, checkpoint, Optimum export with the KV cache)."""
-    root = tmp_path_factory.mktemp(request.param)
-    checkpoint = tiny_checkpoint(request.param, root / "checkpoint")
-    return request.param, checkpoint, export_with_cache(checkpoint, root / "build")
+    return (request.param, *exported_model(request.param, tmp_path_factory))
 
 
 def _decoder(build: Path):
@@ -54,6 +52,7 @@ def _eos(build: Path) -> frozenset[int]:
     return frozenset([json.loads((build / "config.json").read_text())["eos_token_id"]])
 
 
+@pytest.mark.slow  # the first test of each model pays its Optimum export
 def test_greedy_equals_optimum_generate_token_for_token(exported):
     from optimum.onnxruntime import ORTModelForCausalLM
     from transformers import AutoTokenizer
@@ -131,9 +130,13 @@ def test_graph_problems_are_named():
 def bundle(exported, tmp_path_factory) -> tuple[str, Path, Path]:
     from mcompress.bundle.package import package_build
 
-    kind, checkpoint, build = exported
+    import shutil
+
+    kind, checkpoint, export = exported
+    root = tmp_path_factory.mktemp(f"{kind}-bundle")
+    build = Path(shutil.copytree(export, root / "build"))
     build_report(build, checkpoint, kind)
-    out = tmp_path_factory.mktemp(f"{kind}-bundle") / "lm.mcpkg"
+    out = root / "lm.mcpkg"
     package_build(build, out)
     return kind, build, out
 

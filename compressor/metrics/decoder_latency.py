@@ -9,7 +9,7 @@ stop token, so every model does exactly the same amount of work:
   logits;
 - decode tokens/s: (new_tokens - 1) / the wall time of the decode steps, each one token fed with
   the cache grown by the previous steps (the first new token comes from the prefill);
-- peak RSS: the process's resident-set high-water mark (``ru_maxrss``) after the rounds, the
+- peak RSS: the process's resident-set high-water mark (Linux VmHWM) after the rounds, the
   interpreter and the runtime's libraries included.
 
 Each model runs in its own process (metrics/isolated.py: spawned, so no runtime shares threads
@@ -62,9 +62,18 @@ class DecoderLatency:
 
 
 def peak_rss_bytes() -> int:
-    """This process's peak resident set (Linux reports ru_maxrss in KiB, macOS in bytes)."""
+    """This process's peak resident set: Linux's VmHWM (the high-water mark of this program's own
+    memory map, which starts anew at exec), else ru_maxrss. On Linux ru_maxrss is not the child's
+    own: it carries over the RSS of the parent it was forked from (a spawned timing process would
+    report the parent's peak)."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) * 1024
+    except OSError:
+        pass
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    return int(peak if sys.platform == "darwin" else peak * 1024)
+    return int(peak if sys.platform == "darwin" else peak * 1024)  # KiB on Linux, bytes on macOS
 
 
 class DecoderTimer:
