@@ -14,9 +14,9 @@ ROOT = Path(__file__).resolve().parents[1]
 PACKAGE_DIRS = ("compressor", "passes", "targets", "calibration")
 TASK_MODULES = ROOT / "compressor" / "tasks"
 
-TASK_NAMES = ("text-classification", "token-classification")
-METRIC_NAMES = ("accuracy", "entity_f1")
-NAME = "|".join(re.escape(n) for n in TASK_NAMES) + "|(?:" + "|".join(map(re.escape, METRIC_NAMES)) + ")(?:_drop)?"
+TASK_NAMES = ("text-classification", "token-classification", "causal-lm")
+METRIC_NAMES = ("accuracy", "entity_f1", "perplexity")
+NAME = "|".join(re.escape(n) for n in TASK_NAMES) + "|(?:" + "|".join(map(re.escape, METRIC_NAMES)) + ")(?:_drop|_increase)?"
 QUOTED = rf"""["'](?:{NAME})["']"""  # a task or metric name, or a metric's gate name, in quotes
 QUOTED_TASK = rf"""["'](?:{'|'.join(map(re.escape, TASK_NAMES))})["']"""
 

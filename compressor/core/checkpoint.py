@@ -18,7 +18,8 @@ from mcompress.core.limits import brief_repr, json_loads_bounded, read_text_boun
 from mcompress.core.safetensors_header import check_header_matches_config, read_safetensors_header
 from mcompress.core.task import all_tasks, get_task, task_for_architecture
 
-# BERT-family encoders whose ONNX export and ONNX Runtime fusions are tested (tests/test_checkpoint.py).
+# BERT-family encoders whose ONNX export and ONNX Runtime fusions are tested (tests/test_checkpoint.py);
+# every task names the model types it supports (Task.model_types), e.g. llama and gpt2 decoders.
 SUPPORTED_MODEL_TYPES = ("bert", "roberta", "distilbert")
 PICKLE_WEIGHTS = ("pytorch_model.bin",)
 # Limits of config.json (docs/limits.md); the safetensors header's are in core/safetensors_header.py.
@@ -27,7 +28,11 @@ MAX_LABELS = 100_000
 MAX_CONFIG_SIZE = 10_000_000  # any size field below: layers, heads, widths, vocabulary, positions
 # Size fields mcompress or transformers read from the config; each must be a positive int.
 SIZE_FIELDS = ("hidden_size", "num_attention_heads", "num_hidden_layers", "intermediate_size",
-               "max_position_embeddings", "vocab_size", "type_vocab_size", "dim", "n_heads", "n_layers", "hidden_dim")
+               "max_position_embeddings", "vocab_size", "type_vocab_size", "dim", "n_heads", "n_layers", "hidden_dim",
+               "n_embd", "n_head", "n_layer", "n_positions", "num_key_value_heads")
+# The same size under each family's name: BERT/LLaMA, DistilBERT, GPT-2.
+HIDDEN_KEYS, HEADS_KEYS, POSITIONS_KEYS = ("hidden_size", "dim", "n_embd"), ("num_attention_heads", "n_heads", "n_head"), \
+    ("max_position_embeddings", "n_positions")
 _ID = re.compile(r"[0-9]{1,9}")
 
 
@@ -113,7 +118,7 @@ def _read_config(config_path: Path) -> dict:
     architectures = config.get("architectures") or []
     if not isinstance(architectures, list) or not all(isinstance(a, str) for a in architectures):
         raise InputError(f"{config_path}: architectures is {brief_repr(architectures)}; it must be a list of class names.")
-    if config.get("hidden_size", config.get("dim")) is None or config.get("num_attention_heads", config.get("n_heads")) is None:
+    if config_value(config, HIDDEN_KEYS) is None or config_value(config, HEADS_KEYS) is None:
         raise InputError(f"{config_path} lacks hidden_size or num_attention_heads.",
                          "Save the checkpoint again with save_pretrained().")
     pruned = config.get("pruned_heads") or {}
@@ -121,6 +126,16 @@ def _read_config(config_path: Path) -> dict:
                                              and all(type(h) is int and h >= 0 for h in v) for k, v in pruned.items())):
         raise InputError(f"{config_path}: pruned_heads must map layer numbers to lists of head numbers.")
     return config
+
+
+def config_value(config: dict, keys: tuple[str, ...]):
+    """The first of ``keys`` that config.json sets (one size under its family's names), or None."""
+    return next((config[k] for k in keys if config.get(k) is not None), None)
+
+
+def supported_model_types() -> tuple[str, ...]:
+    """Every model type some task supports, in the tasks' order."""
+    return tuple(dict.fromkeys(m for task in all_tasks() for m in task.model_types))
 
 
 def label_id_key(key) -> int | None:
@@ -179,19 +194,23 @@ def inspect_checkpoint(model_dir: str | Path, allow_pickle: bool = False) -> Che
     config = _read_config(config_path)
     if config.get("auto_map"):
         raise InputError(f"{path} needs trust_remote_code (config.json has auto_map); mcompress does not run code from checkpoints.",
-                         f"Use a model whose type is one of: {', '.join(SUPPORTED_MODEL_TYPES)}.")
+                         f"Use a model whose type is one of: {', '.join(supported_model_types())}.")
     model_type = config.get("model_type")
-    if model_type not in SUPPORTED_MODEL_TYPES:
+    supported = supported_model_types()
+    if model_type not in supported:
         raise InputError(f"model type {brief_repr(model_type)} is not supported.",
-                         f"Supported model types: {', '.join(SUPPORTED_MODEL_TYPES)}.")
+                         f"Supported model types: {', '.join(supported)}.")
     architecture = next((a for a in config.get("architectures") or [] if task_for_architecture(a)), None)
     if architecture is None:
-        heads = ", ".join(f"*{t.head_suffix}" for t in all_tasks())
+        heads = ", ".join(f"*{suffix}" for t in all_tasks() for suffix in t.head_suffixes)
         raise InputError(f"architecture {brief_repr(config.get('architectures')) if config.get('architectures') else '(none)'} "
                          "is not supported; mcompress needs a task head.",
                          f"Supported: {heads} (fine-tune the model for your task first).")
     task = task_for_architecture(architecture)
-    id2label, label2id = _label_maps(config, config_path)
+    if model_type not in task.model_types:
+        raise InputError(f"model type {brief_repr(model_type)} is not supported with the architecture {architecture} "
+                         f"({task.name}).", f"Supported model types for {task.name}: {', '.join(task.model_types)}.")
+    id2label, label2id = _label_maps(config, config_path) if task.labelled else ({}, {})
     task.check_labels(id2label, f"{config_path} id2label")  # e.g. a tagger's IOB2, checked before any work
 
     weights = _weights_file(path, allow_pickle, config, len(id2label))
@@ -199,8 +218,8 @@ def inspect_checkpoint(model_dir: str | Path, allow_pickle: bool = False) -> Che
         raise InputError(f"{path} has no tokenizer files ({', '.join(VOCABULARY_FILES)}).",
                          "Save the tokenizer next to the model with tokenizer.save_pretrained().")
 
-    hidden = config.get("hidden_size", config.get("dim"))
-    heads = config.get("num_attention_heads", config.get("n_heads"))
+    hidden = config_value(config, HIDDEN_KEYS)
+    heads = config_value(config, HEADS_KEYS)
     return Checkpoint(path, config, model_type, architecture, task.name, label2id, id2label, weights,
                       int(hidden), int(heads), _sha256([config_path, weights]))
 
@@ -233,6 +252,7 @@ def load_model_and_tokenizer(ckpt: Checkpoint):
         tokenizer = AutoTokenizer.from_pretrained(ckpt.path, local_files_only=True)
     except Exception as err:
         raise InputError(f"cannot load the tokenizer from {ckpt.path}: {str(err).splitlines()[0]}") from None
+    get_task(ckpt.task).prepare_tokenizer(tokenizer, str(ckpt.path))
     if ckpt.weights_file.suffix == ".safetensors":
         model = auto_model.from_pretrained(
             ckpt.path, local_files_only=True, dtype=torch.float32, use_safetensors=True)

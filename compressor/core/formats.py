@@ -27,6 +27,9 @@ from mcompress.core.hashing import file_digest, json_digest
 # them from a build or a bundle; the cache hashes them because they decide every pass's inputs.
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "vocab.txt", "vocab.json",
                    "merges.txt", "added_tokens.json", "spiece.model", "sentencepiece.bpe.model")
+# Configuration beside config.json that a build carries when the source has it (a decoder's
+# generation defaults: ORTModelForCausalLM and transformers read them).
+CONFIG_SIDE_FILES = ("generation_config.json",)
 # A checkpoint has a tokenizer when it holds at least one of these vocabularies.
 VOCABULARY_FILES = ("tokenizer.json", "vocab.txt", "vocab.json")
 

@@ -76,6 +76,10 @@ class GateConfig(_Strict):
     max_prefill_ms: Optional[float] = Field(None, gt=0)
     # Model file bytes over the FP32 original's tensor bytes (0.25 = a quarter of the size).
     max_size_ratio: Optional[float] = Field(None, gt=0)
+    # causal-lm: the largest allowed perplexity increase over the original, in percent of its
+    # perplexity (5.0 = +5%), on the eval documents (compressor/metrics/perplexity.py); it stands in
+    # for max_drop/drop_type, which apply to accuracy-like metrics.
+    max_ppl_increase: float = Field(5.0, ge=0, le=10_000)
 
 
     @field_validator("metric")
@@ -131,6 +135,16 @@ class EvalConfig(_Strict):
     def deployed_batchings(self) -> list[int]:
         """The batch sizes the build is gated at, in the recipe's order."""
         return list(self.batching) if self.batching is not None else list(dict.fromkeys([1, self.batch_size]))
+
+
+class PerplexityConfig(_Strict):
+    """causal-lm windowing (compressor/metrics/perplexity.py): windows of max_length tokens whose
+    starts are ``stride`` tokens apart; each window scores the tokens no earlier window scored."""
+
+    stride: Optional[int] = Field(None, ge=1)  # null = max_length // 2 (each token sees >= half a window)
+    # Windows per model call: batch_tokens // max_length (at least 1, at most the batch size), which
+    # bounds the logits held at once (windows x max_length x vocabulary floats).
+    batch_tokens: int = Field(2048, ge=8)
 
 
 class VocabularyConfig(_Strict):
@@ -299,6 +313,7 @@ class Recipe(_Strict):
     gates: GateConfig = GateConfig()
     latency: LatencyConfig = LatencyConfig()
     eval: EvalConfig = EvalConfig()
+    perplexity: PerplexityConfig = PerplexityConfig()  # causal-lm only
     # Optional torch passes that run before export, in this order: prune, then distill.
     prune: Optional[PruneConfig] = None
     distill: Optional[DistillConfig] = None

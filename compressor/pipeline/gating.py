@@ -84,12 +84,13 @@ def gate_build(prepared: Prepared, reference: Reference, target, state: ModelSta
     recipe = prepared.recipe
     eval_data = prepared.eval_data
     lengths = reference.eval_lengths
+    budget, drop_type = prepared.task.gate_budget(recipe.gates)  # max_drop, or a decoder's max_ppl_increase
     build = target.build(state, staging, BuildInputs(recipe, np.minimum(lengths, recipe.max_length), prepared.cache_root))
     runner = build.runner(reference.threads)
     deployed = deployed_accuracy(reference.eval, {
         batch: run_eval(runner, eval_data, f"the build (batch {batch})", batch, state.tokenizer)
         for batch in recipe.eval.deployed_batchings()},
-        recipe.gates.max_drop, recipe.seed, recipe.gates.drop_type)
+        budget, recipe.seed, drop_type)
     candidate = deployed.results[deployed.worst]
     gates = [deployed.gate(), *pass_gates]
     latency = _latency(prepared, reference, build, runner, state.tokenizer, lengths, progress)

@@ -32,8 +32,7 @@ class PassGate(Instrument):
 
     def __init__(self, recipe, reference, evaluate: Callable):
         self.after = list(recipe.gates.after)
-        self.max_drop = recipe.gates.max_drop
-        self.drop_type = recipe.gates.drop_type
+        self.max_drop, self.drop_type = reference.task.gate_budget(recipe.gates)
         self.seed = recipe.seed
         self.reference = reference
         self.evaluate = evaluate
@@ -44,7 +43,7 @@ class PassGate(Instrument):
             return
         candidate = self.evaluate(p, result.state)
         gate = accuracy_drop_gate(self.reference, candidate, self.max_drop, self.seed, self.drop_type,
-                                  name=f"{self.reference.metric}_drop_after_{p.name}")
+                                  name=f"{self.reference.metric}_{self.reference.task.gate_change}_after_{p.name}")
         self.results.append(gate)
         record.evaluation["gate"] = gate.as_dict()
         logger.info("gate after %s: drop %.3f %s (budget %s): %s", p.name, gate.value, gate.unit, gate.threshold,

@@ -133,7 +133,9 @@ def _validate_targets(recipe: Recipe, names: tuple[str, ...]) -> dict:
 
 
 def _check_max_length(recipe: Recipe, ckpt: Checkpoint) -> None:
-    max_positions = ckpt.config.get("max_position_embeddings")
+    from mcompress.core.checkpoint import POSITIONS_KEYS, config_value
+
+    max_positions = config_value(ckpt.config, POSITIONS_KEYS)
     if max_positions and recipe.max_length > max_positions:
         raise InputError(f"recipe max_length {recipe.max_length} exceeds the model's max_position_embeddings {max_positions}.",
                          f"Set max_length <= {max_positions}.")
@@ -152,7 +154,7 @@ def prepare(req: RunRequest, target_names: tuple[str, ...]) -> Prepared:
     recipe = load_recipe(req.recipe_path).with_overrides(**req.overrides)
     targets = _validate_targets(recipe, target_names)
     ckpt = inspect_checkpoint(req.model_dir, allow_pickle=req.allow_pickle)
-    task = get_task(ckpt.task)
+    task = get_task(ckpt.task).for_recipe(recipe)
     metric = task.gated_metric(recipe.gates.metric)
     validate_against_checkpoint(recipe, ckpt)
     _check_max_length(recipe, ckpt)

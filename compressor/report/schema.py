@@ -72,6 +72,9 @@ class Measured(_ReportModel):
     macro_f1: Number | None = None
     per_entity: dict[str, EntityScores] | None = None
     truncated_words: int | None = None
+    perplexity: Number | None = None  # causal-lm: 1 / score, with its windowing
+    windowing: dict[str, int] | None = None
+    scored_tokens: int | None = None
 
     @property
     def gated_score(self) -> float | None:
@@ -94,6 +97,7 @@ class PassEntry(_ReportModel):
     entity_f1: Number | None = None
     precision: Number | None = None
     recall: Number | None = None
+    perplexity: Number | None = None  # causal-lm
     flops_seq128: int | None = None
     gate: Gate | None = None
     latency: Latency | None = None
@@ -301,6 +305,19 @@ class Report(_ReportModel):
         from mcompress.core.task import UNRECORDED_TASK, get_task
 
         return list(get_task(self.source.task or UNRECORDED_TASK).summary_columns)
+
+    def shown_score(self, score: float) -> float:
+        """A gated score as the task shows it (Task.shown_score: perplexity for a causal LM)."""
+        from mcompress.core.task import UNRECORDED_TASK, get_task
+
+        return get_task(self.source.task or UNRECORDED_TASK).shown_score(score)
+
+    def metric_gate(self) -> Gate:
+        """The gate on the task's metric: ``<metric>_drop`` (``perplexity_increase`` for a causal LM)."""
+        from mcompress.core.task import UNRECORDED_TASK, get_task
+
+        name = f"{self.metric}_{get_task(self.source.task or UNRECORDED_TASK).gate_change}"
+        return next(g for g in self.gates if g.name == name)
 
     def pass_shape(self) -> tuple[int, int] | None:
         """(batch, sequence) the passes' models were timed at, if any was."""

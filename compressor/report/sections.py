@@ -72,7 +72,7 @@ def _as_deployed(report: Report) -> list[Block]:
         return []
     metric = report.metric.replace("_", " ")
     rows = tuple(("each text alone" if m.batch_size == 1 else f"batches of {m.batch_size} (length-bucketed)",
-                  score(m.score), f"{m.drop:.2f}", f"[{m.ci95[0]:.2f}, {m.ci95[1]:.2f}]" if m.ci95 else "–",
+                  score(report.shown_score(m.score)), f"{m.drop:.2f}", f"[{m.ci95[0]:.2f}, {m.ci95[1]:.2f}]" if m.ci95 else "–",
                   f"{m.agreement:.2%}", "gated" if m.batch_size == deployed.gated_batch_size else "")
                  for m in deployed.modes)
     table = Table(f"Accuracy as deployed ({metric})", ("batching", metric, "drop", "95% CI",

@@ -6,6 +6,8 @@ Parity: max |logit difference| between PyTorch and ONNX Runtime (FP32, all graph
 off) on real examples, at two batch shapes so the dynamic axes are exercised, must be <= atol.
 The logits output's dynamic axes come from the task (``Task.logits_axes``, compressor/tasks/): (batch) for a
 classifier, (batch, sequence) for a tagger, whose logits are per sub-token.
+A task that names an Optimum exporter task (``Task.optimum_export_task``: a causal LM with its KV
+cache) is exported through Optimum instead, with the parity of passes/export/decoder_export.py.
 """
 
 from __future__ import annotations
@@ -43,6 +45,13 @@ def _logits_module(model, input_names: list[str]):
     return LogitsOnly().eval()
 
 
+def _config_updates(state: ModelState, model) -> dict:
+    """Shape fields that an earlier pass (pruning) changed: they travel with the graph into the build."""
+    exported = model.config.to_dict()
+    return {k: exported[k] for k in SHAPE_CONFIG_KEYS
+            if k in exported and exported[k] != state.source.config.get(k, exported[k] if k != "pruned_heads" else {})}
+
+
 class ExportOnnx(Pass):
     name = "export"
     accepts = (ModelKind.TORCH,)
@@ -52,9 +61,11 @@ class ExportOnnx(Pass):
         # The seed: weights a checkpoint lacks are initialised from it when the model is loaded.
         texts = ctx.selection.head(max(2, ctx.recipe.export.parity_examples))  # the trace sample and parity texts
         return {"export": ctx.recipe.export.model_dump(mode="json"), "max_length": ctx.recipe.max_length,
-                "seed": ctx.recipe.seed, "parity_texts": texts.content_hash()}
+                "seed": ctx.recipe.seed, "parity_texts": texts.content_hash(), "exporter": ctx.task.optimum_export_task}
 
     def call(self, state: ModelState, ctx: PassContext) -> PassResult:
+        if ctx.task.optimum_export_task:
+            return self._export_with_optimum(state, ctx)
         import torch
 
         cfg = ctx.recipe.export
@@ -76,12 +87,28 @@ class ExportOnnx(Pass):
         max_diff = self._parity(state, ctx, path, input_names)
         if not max_diff <= cfg.parity_atol:
             raise PassFailure(self.name, f"ONNX logits differ from PyTorch by {max_diff:.2e} > parity_atol {cfg.parity_atol:.0e}")
-        # Shape fields that an earlier pass (pruning) changed travel with the graph into the build.
-        exported = model.config.to_dict()
-        config_updates = {k: exported[k] for k in SHAPE_CONFIG_KEYS
-                          if k in exported and exported[k] != state.source.config.get(k, exported[k] if k != "pruned_heads" else {})}
-        return PassResult(state.as_onnx(path, config_updates=config_updates), True, {"opset": cfg.opset, "parity_max_abs_diff": max_diff,
-                                                       "parity_atol": cfg.parity_atol, "inputs": input_names})
+        return PassResult(state.as_onnx(path, config_updates=_config_updates(state, model)), True,
+                          {"opset": cfg.opset, "parity_max_abs_diff": max_diff, "parity_atol": cfg.parity_atol,
+                           "inputs": input_names})
+
+    def _export_with_optimum(self, state: ModelState, ctx: PassContext) -> PassResult:
+        """A decoder with its KV cache (passes/export/decoder_export.py), parity on logits and presents."""
+        from mcompress.passes.export.decoder_export import decoder_parity, export_with_past
+
+        cfg = ctx.recipe.export
+        path = export_with_past(state.torch_model, ctx.task.optimum_export_task, ctx.work_dir / "export", cfg.opset)
+        parity = decoder_parity(state.torch_model, state.tokenizer, path, ctx.selection.texts[:cfg.parity_examples])
+        max_diff = max(parity["prefill_max_abs_diff"], parity["decode_max_abs_diff"])
+        if not max_diff <= cfg.parity_atol:
+            raise PassFailure(self.name, f"ONNX logits or present key/values differ from PyTorch by {max_diff:.2e} > "
+                                         f"parity_atol {cfg.parity_atol:.0e} ({parity})")
+        import onnx
+
+        inputs = [i.name for i in onnx.load(str(path), load_external_data=False).graph.input]
+        return PassResult(state.as_onnx(path, config_updates=_config_updates(state, state.torch_model)), True,
+                          {"opset": cfg.opset, "exporter": f"optimum ({ctx.task.optimum_export_task})",
+                           "parity_max_abs_diff": max_diff, "parity_atol": cfg.parity_atol, "parity": parity,
+                           "inputs": inputs})
 
     @staticmethod
     def _parity(state: ModelState, ctx: PassContext, path, input_names: list[str]) -> float:

@@ -34,6 +34,8 @@ class FuseTransformer(Pass):
         cfg = ctx.recipe.optimize
         if cfg.fusion == "unfused":
             return PassResult(state, False, {"skipped": "optimize.fusion is unfused"})
+        if state.source.model_type not in ORT_OPTIMIZER_MODEL_TYPE:  # e.g. a decoder exported with its KV cache
+            return PassResult(state, False, {"skipped": f"no fusion rules for model type {state.source.model_type}"})
         from onnxruntime.transformers.fusion_options import FusionOptions
         from onnxruntime.transformers.optimizer import optimize_model
 

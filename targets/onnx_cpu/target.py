@@ -6,7 +6,7 @@ import json
 import shutil
 from pathlib import Path
 
-from mcompress.core.formats import ONNX, TOKENIZER_FILES
+from mcompress.core.formats import CONFIG_SIDE_FILES, ONNX, TOKENIZER_FILES
 from mcompress.core.target_base import BuildResult, Target, TargetCapabilities, TargetSettings
 from mcompress.targets.front import torch_front_passes
 
@@ -65,6 +65,9 @@ def write_config_and_tokenizer(state, out_dir: Path) -> None:
         (out_dir / "config.json").write_text(json.dumps(config, indent=2) + "\n")
     else:
         shutil.copyfile(state.source.path / "config.json", out_dir / "config.json")
+    for name in CONFIG_SIDE_FILES:
+        if (state.source.path / name).is_file():
+            shutil.copyfile(state.source.path / name, out_dir / name)
     tokenizer_dir = state.tokenizer_files_dir  # the source's, or a pass's (vocabulary pruning)
     for name in TOKENIZER_FILES:
         if (tokenizer_dir / name).is_file():
