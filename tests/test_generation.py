@@ -17,20 +17,6 @@ from lm_models import CONTEXT, build_report, exported as exported_model
 from mcompress.core.errors import InputError
 from mcompress.engines.generation import Sampling, choose, generate, graph_problem, sampling_probabilities
 
-@pytest.fixture(scope="module", autouse=True)
-def causal_lm_decoder():
-    """The causal-lm registry line's runtime decoder (until the causal-lm task lands in TASKS)."""
-    from mcompress.core.task import TASKS, TaskEntry
-
-    if "causal-lm" in TASKS:
-        yield
-        return
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setitem(TASKS, "causal-lm", TaskEntry("mcompress.tasks.causal_lm:CausalLM",
-                                                    runtime_decoder="mcompress.tasks.decoding:continuation"))
-        yield
-
-
 PROMPTS = ["The council met on Tuesday", "Rain is expected", "Shares in the mining company rose sharply after it"]
 
 
@@ -206,3 +192,47 @@ def test_cli_prompt_longer_than_the_context_is_one_line_exit_2(bundle):
     assert len(lines) == 1 and "longer than this model's context allows (64 tokens" in lines[0], result.output
     bad = _invoke(["predict", str(path), "x", "--top-p", "0.5"])
     assert bad.exit_code == 2 and "temperature 0 is greedy" in bad.output
+
+
+# -- a causal-lm build from `mcompress run`, packaged and run -------------------------------------
+
+
+@pytest.mark.slow  # a whole `mcompress run` of a tiny LLaMA (export with the cache, gates, decoder latency)
+def test_run_package_predict_a_causal_lm_build(tmp_path_factory):
+    from optimum.onnxruntime import ORTModelForCausalLM
+    from transformers import AutoTokenizer
+
+    from mcompress.runtime import load
+    from test_causal_lm import write_decoder
+
+    root = tmp_path_factory.mktemp("lm-run")
+    model = write_decoder(root / "llama", "llama")
+    recipe = root / "lm.yaml"
+    recipe.write_text("max_length: 32\nexport: {parity_atol: 1.0e-4, parity_examples: 2}\noptimize: {fusion: unfused}\n"
+                      "quantize: {mode: none}\nperplexity: {stride: 16}\n"
+                      "gates: {max_ppl_increase: 1.0, min_decode_speedup: 0.001, max_prefill_ms: 100000}\n"
+                      "latency: {batch_sizes: [1], sequence_lengths: [16], iterations: 3, warmup: 1, isolation: shared}\n"
+                      "eval: {batch_size: 4, batching: [4], evaluate_each_pass: false}\n")
+    out = root / "build"
+    ran = _invoke(["run", str(model), "--target", "onnx-cpu", "--recipe", str(recipe), "--out", str(out), "--no-cache"])
+    assert ran.exit_code == 0, ran.output
+    report = json.loads((out / "report.json").read_text())
+    decoder = report["task_latency"]["decoder"]
+    assert decoder["reference"]["runtime"] == "pytorch-fp32" and decoder["build"]["decode_tokens_per_s"] > 0
+    assert {"decode_speedup", "prefill_ms"} <= {g["name"] for g in report["gates"] if g["passed"]}
+    assert "Decoder latency" in (out / "report.md").read_text()
+
+    bundle = root / "lm.mcpkg"
+    packaged = _invoke(["package", str(out), "-o", str(bundle)])
+    assert packaged.exit_code == 0, packaged.output
+    shown = _invoke(["inspect", str(bundle)])
+    assert "task     causal-lm" in shown.output and "decode_speedup" in shown.output
+    tokenizer = AutoTokenizer.from_pretrained(out)
+    reference = ORTModelForCausalLM.from_pretrained(out, use_cache=True)
+    prompt = "the market rose as traders bought shares"
+    ids = tokenizer(prompt, return_tensors="pt")
+    expected = reference.generate(**ids, do_sample=False, max_new_tokens=12, pad_token_id=tokenizer.eos_token_id)
+    result = load(bundle).generate(prompt, Sampling(max_new_tokens=12))
+    assert result["tokens"] == expected[0, ids["input_ids"].shape[1]:].tolist()
+    printed = _invoke(["predict", str(bundle), prompt, "--max-new-tokens", "12"])
+    assert printed.exit_code == 0 and printed.stdout.splitlines()[0] == result["text"]

@@ -44,7 +44,7 @@ TASKS = {
                                      runtime_decoder="mcompress.tasks.decoding:class_scores"),
     "token-classification": TaskEntry("mcompress.tasks.token_classification:TokenClassification",
                                       runtime_decoder="mcompress.tasks.decoding:word_tags"),
-    "causal-lm": TaskEntry("mcompress.tasks.causal_lm:CausalLM"),
+    "causal-lm": TaskEntry("mcompress.tasks.causal_lm:CausalLM", runtime_decoder="mcompress.tasks.decoding:continuation"),
 }
 # The task of reports and bundles that do not record one (written before taggers were supported).
 UNRECORDED_TASK = "text-classification"

@@ -39,8 +39,9 @@ from typing import Protocol
 import numpy as np
 
 from mcompress.core.errors import InputError
+from mcompress.engines.onnxruntime_cpu import PAST_PREFIX
 
-PAST_PREFIX, PRESENT_PREFIX = "past_key_values.", "present."
+PRESENT_PREFIX = "present."
 ORT_DTYPES = {"tensor(float)": np.float32, "tensor(float16)": np.float16, "tensor(int64)": np.int64,
               "tensor(int32)": np.int32, "tensor(bool)": np.bool_}
 
