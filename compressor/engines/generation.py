@@ -237,7 +237,7 @@ class OnnxDecoder:
                              "and the model's config does not either.")
         return _PastInput(spec.name, output, ORT_DTYPES.get(spec.type, np.float32), int(heads), int(head_dim))
 
-    def _run(self, ids: list[int], start: int, past: list[np.ndarray], first: bool):
+    def _run(self, ids: list[int], start: int, past: list[np.ndarray], first: bool, every_position: bool = False):
         total = start + len(ids)
         feed = {"input_ids": np.asarray([ids], dtype=self.ids_dtype),
                 "attention_mask": np.ones((1, total), dtype=self.mask_dtype)}
@@ -247,7 +247,7 @@ class OnnxDecoder:
             feed["use_cache_branch"] = np.asarray([not first])
         feed.update({p.name: value for p, value in zip(self.past, past)})
         logits, *present = self.session.run(self.output_names, feed)
-        return np.asarray(logits[0, -1], dtype=np.float32), present
+        return np.asarray(logits[0] if every_position else logits[0, -1], dtype=np.float32), present
 
     def empty_past(self) -> list[np.ndarray]:
         return [np.zeros((1, p.heads, 0, p.head_dim), dtype=p.dtype) for p in self.past]
@@ -257,3 +257,7 @@ class OnnxDecoder:
 
     def step(self, token, position, cache):
         return self._run([token], position, cache, False)
+
+    def window_logits(self, ids: list[int]) -> np.ndarray:
+        """The next-token logits at every position of ``ids`` from an empty cache: [len(ids), vocabulary]."""
+        return self._run(ids, 0, self.empty_past(), True, every_position=True)[0]
