@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Callable
 
 from mcompress import __version__
-from mcompress.bundle.runtime import SIGNATURE
+from mcompress.bundle.runtime import GENERATING_SESSIONS, SIGNATURE
 from mcompress.core.errors import InputError
 from mcompress.core.formats import ONNX, OPENVINO_IR, TOKENIZER_FILES, ModelFormat, format_named, format_of
 from mcompress.core.task import TASKS, UNRECORDED_TASK, runtime_decoder
@@ -176,23 +176,51 @@ def _metrics(report: dict) -> dict:
     }
 
 
-def build_manifest(build_dir: Path, report: dict, files: dict[str, bytes], labels: dict[str, str],
+def _check_feedable(decoder, inputs: list[dict], outputs: list[dict], model_path: Path) -> None:
+    """The runtime can feed every input: from the tokenizer (FEEDS), or, for a generating task,
+    by the generation loop (engines.generation.graph_problem)."""
+    if decoder.generates:
+        from mcompress.engines.generation import EXPORT_HINT, graph_problem
+
+        problem = graph_problem([i["name"] for i in inputs], [o["name"] for o in outputs])
+        if problem:
+            raise InputError(f"{model_path} {problem}.", EXPORT_HINT)
+        return
+    unknown = [i["name"] for i in inputs if i["name"] not in FEEDS]
+    if unknown:
+        raise InputError(f"{model_path} has inputs the bundle runtime cannot feed: {', '.join(unknown)}.",
+                         f"Supported inputs: {', '.join(FEEDS)}.")
+    if not any(o["name"] == "logits" for o in outputs):
+        raise InputError(f"{model_path} has no 'logits' output.", "Rebuild it with `mcompress run`.")
+
+
+def _build_json(build_dir: Path):
+    """``read_json(name)`` for a decoder's manifest_fields: a JSON file of the build, or None."""
+    return lambda name: _read_json(build_dir / name, name) if (build_dir / name).is_file() else None
+
+
+def _preprocessing(decoder, files: dict[str, bytes], build_dir: Path, inputs: list[dict], max_length: int) -> dict:
+    feeds = {} if decoder.generates else {i["name"]: FEEDS[i["name"]] for i in inputs}
+    return {"tokenizer_file": "tokenizer.json", "truncation": not decoder.generates,
+            "padding": "longest" if decoder.padded else "none", "max_length": max_length, "feeds": feeds,
+            **(_pad_settings(files["tokenizer.json"], build_dir) if decoder.padded else {})}
+
+
+def build_manifest(build_dir: Path, report: dict, files: dict[str, bytes], labels: dict[str, str] | None,
                    model_format: ModelFormat, task: str = UNRECORDED_TASK) -> dict:
+    decoder = runtime_decoder(task)
     model_file = model_format.model_file
     model_names = [p.name for p in model_format.files(build_dir / model_file)]
     inputs, outputs = BUNDLED[model_format.name].describe_io([files[n] for n in model_names], build_dir / model_file)
-    unknown = [i["name"] for i in inputs if i["name"] not in FEEDS]
-    if unknown:
-        raise InputError(f"{build_dir / model_file} has inputs the bundle runtime cannot feed: {', '.join(unknown)}.",
-                         f"Supported inputs: {', '.join(FEEDS)}.")
-    if not any(o["name"] == "logits" for o in outputs):
-        raise InputError(f"{build_dir / model_file} has no 'logits' output.", "Rebuild it with `mcompress run`.")
+    _check_feedable(decoder, inputs, outputs, build_dir / model_file)
     recipe = report.get("recipe") or {}
     max_length = recipe.get("max_length")
     if not isinstance(max_length, int) or max_length < 2:
         raise InputError(f"{build_dir / 'report.json'} has no recipe max_length.", "Rebuild it with `mcompress run`.")
+    task_fields = decoder.manifest_fields(_build_json(build_dir))
+    # a generating task's sequence limit is the model's context, not the gate's max_length
+    max_length = task_fields.get("generation", {}).get("context_length", max_length)
     versions = report.get("versions") or {}
-    gates = report.get("gates") or []
     return {
         "schema_version": SCHEMA_VERSION,
         "task": task,
@@ -202,19 +230,11 @@ def build_manifest(build_dir: Path, report: dict, files: dict[str, bytes], label
         "model_file": model_file,
         "model_format": model_format.name,
         **({"weights_file": model_names[1]} if model_format.companions(Path(model_file)) else {}),
-        "labels_file": LABELS,
-        "num_labels": len(labels),
+        **({"labels_file": LABELS, "num_labels": len(labels)} if decoder.labelled else {}),
         "inputs": inputs,
         "outputs": outputs,
         "max_sequence_length": max_length,
-        "preprocessing": {
-            "tokenizer_file": "tokenizer.json",
-            "truncation": True,
-            "padding": "longest",
-            "max_length": max_length,
-            "feeds": {i["name"]: FEEDS[i["name"]] for i in inputs},
-            **_pad_settings(files["tokenizer.json"], build_dir),
-        },
+        "preprocessing": _preprocessing(decoder, files, build_dir, inputs, max_length),
         "postprocessing": {"output": "logits", "activation": "softmax"},
         "runtime": {**BUNDLED[model_format.name].runtime(report),
                     "tokenizers": versions.get("tokenizers"), "numpy": versions.get("numpy"),
@@ -225,10 +245,11 @@ def build_manifest(build_dir: Path, report: dict, files: dict[str, bytes], label
                    "architecture": (report.get("source") or {}).get("architecture")},
         "quantization": (report.get("artifact") or {}).get("quantization"),
         "passed": bool(report.get("passed")),
-        "gates": gates,
+        "gates": report.get("gates") or [],
         "metrics": _metrics(report),
         "provenance": _provenance(build_dir, report, files, model_names),
         "files": {name: {"sha256": _sha256(data), "bytes": len(data)} for name, data in sorted(files.items())},
+        **task_fields,
     }
 
 
@@ -260,13 +281,16 @@ def _labels(build_dir: Path, report: dict) -> dict[str, str]:
     return {str(i): name for i, name in ordered}
 
 
-def _bundled_format(build_dir: Path, report: dict) -> ModelFormat:
-    """The format of the build's model file (report.json artifact.model_file), if bundles hold it."""
+def _bundled_format(build_dir: Path, report: dict, decoder) -> ModelFormat:
+    """The format of the build's model file (report.json artifact.model_file), if bundles of the
+    task hold it (a generating task's: those the generation loop steps)."""
     model_file = (report.get("artifact") or {}).get("model_file", ONNX.model_file)
     model_format = format_of(Path(model_file))
-    if model_format is None or model_format.name not in BUNDLED or model_file != model_format.model_file:
-        supported = " and ".join(f"{format_named(name).model_file} ({name})" for name in BUNDLED)
-        raise InputError(f"build {build_dir} ships {model_file}; bundles support {supported} builds only.")
+    bundled = [name for name in BUNDLED if not decoder.generates or name in GENERATING_SESSIONS]
+    if model_format is None or model_format.name not in bundled or model_file != model_format.model_file:
+        supported = " and ".join(f"{format_named(name).model_file} ({name})" for name in bundled)
+        raise InputError(f"build {build_dir} ships {model_file}; {(report.get('source') or {}).get('task', 'its task')} "
+                         f"bundles support {supported} builds only.")
     return model_format
 
 
@@ -320,10 +344,11 @@ def _bundled_task(build_dir: Path, report: dict) -> str:
     return task
 
 
-def _build_files(build_dir: Path, report: dict) -> tuple[dict[str, bytes], dict[str, str], ModelFormat]:
-    """The bundle's members but the manifest (model, tokenizer files, labels.json), checked against
-    the sha256 report.json recorded when the build was gated; the label map; the model format."""
-    model_format = _bundled_format(build_dir, report)
+def _build_files(build_dir: Path, report: dict, decoder) -> tuple[dict[str, bytes], dict[str, str] | None, ModelFormat]:
+    """The bundle's members but the manifest (model, tokenizer files, labels.json when the task is
+    labelled), checked against the sha256 report.json recorded when the build was gated; the label
+    map (None for an unlabelled task); the model format."""
+    model_format = _bundled_format(build_dir, report, decoder)
     model_files = [p.name for p in model_format.files(build_dir / model_format.model_file)]
     missing = [name for name in model_files if not (build_dir / name).is_file()]
     if missing:
@@ -333,8 +358,9 @@ def _build_files(build_dir: Path, report: dict) -> tuple[dict[str, bytes], dict[
     for name in TOKENIZER_FILES:
         if (build_dir / name).is_file():
             files[name] = (build_dir / name).read_bytes()
-    labels = _labels(build_dir, report)
-    files[LABELS] = (json.dumps(labels, indent=2, sort_keys=True) + "\n").encode()
+    labels = _labels(build_dir, report) if decoder.labelled else None
+    if labels is not None:
+        files[LABELS] = (json.dumps(labels, indent=2, sort_keys=True) + "\n").encode()
     recorded = (report.get("artifact") or {}).get("files") or {}
     for name, data in files.items():
         expected = (recorded.get(name) or {}).get("sha256")
@@ -378,12 +404,17 @@ def bundle_bytes(build_dir: Path, allow_failed: bool = False, reference_data: Pa
         failed = ", ".join(g.get("name", "?") for g in report.get("gates", []) if not g.get("passed")) or "unknown"
         raise InputError(f"build {build_dir} failed its gates ({failed}); refusing to package it.",
                          "Pass --allow-failed to package it anyway.")
-    files, labels, model_format = _build_files(build_dir, report)
+    decoder = runtime_decoder(task)
+    files, labels, model_format = _build_files(build_dir, report, decoder)
     manifest = build_manifest(build_dir, report, files, labels, model_format, task)
-    from mcompress.bundle.reference import monitoring_reference
+    if decoder.monitored:
+        from mcompress.bundle.reference import monitoring_reference
 
-    manifest["monitoring"] = monitoring_reference(build_dir, report, task, labels, _zipped(_members(files, manifest)),
-                                                  reference_data)
+        manifest["monitoring"] = monitoring_reference(build_dir, report, task, labels,
+                                                      _zipped(_members(files, manifest)), reference_data)
+    else:
+        manifest["monitoring"] = {"unavailable": f"{task} bundles record no prediction histograms "
+                                                 "(it would take a generation per eval text)"}
     members = _members(files, manifest)
     if sign_key is not None:
         members[SIGNATURE] = _signature(members, sign_key, name)

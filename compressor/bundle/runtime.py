@@ -208,6 +208,10 @@ MANIFEST_FIELDS = {
                              max_length=_optional(_WHOLE), feeds=_fields(), pad_id=_optional(_TOKEN_ID),
                              pad_token=_optional(_TEXT), pad_type_id=_TOKEN_ID, padding_side=_SIDE, truncation_side=_SIDE),
     "runtime": _fields(), "source": _fields(), "recipe": _fields(),
+    "generation": _fields(("context_length", "stop_token_ids"), context_length=lambda v: type(v) is int and 2 <= v <= MAX_SEQUENCE_LENGTH,
+                          stop_token_ids=_list_of(_TOKEN_ID), bos_token_id=_optional(_TOKEN_ID),
+                          kv_heads=_optional(lambda v: type(v) is int and v >= 1), head_dim=_optional(lambda v: type(v) is int and v >= 1),
+                          max_new_tokens=lambda v: type(v) is int and v >= 1),
     "gates": _list_of(_fields(("name", "value", "passed"), name=_TEXT, value=_number, unit=_optional(_TEXT), threshold=_optional(_number),
                               passed=lambda v: type(v) is bool, detail=_optional(_TEXT),
                               ci95=_optional(lambda v: isinstance(v, list) and len(v) == 2 and all(map(_number, v))))),
@@ -380,6 +384,7 @@ class Bundle:
     feeds: dict = field(default_factory=dict)  # model input name -> Encoding attribute
     signer: object | None = None  # the trusted key (signing.TrustedKey) that verified it, if keys were given
     decoder: object = field(default=None, repr=False)  # the task's tasks.decoding.RuntimeDecoder
+    stepper: object = field(default=None, repr=False)  # a generating task's engines.generation.OnnxDecoder
 
     def __post_init__(self):
         if self.decoder is None:
@@ -404,12 +409,7 @@ class Bundle:
 
         from mcompress.calibration.datasets import length_batches
 
-        if isinstance(texts, str):
-            raise TypeError("texts must be a list of strings, not one string")
-        texts = list(texts)
-        for i, text in enumerate(texts):
-            if not isinstance(text, str):
-                raise TypeError(f"texts[{i}] is {type(text).__name__}, not str")
+        texts = _checked_texts(texts)
         if batch_size < 1:
             raise ValueError("batch_size must be >= 1")
         for idx in length_batches(texts, batch_size):
@@ -432,8 +432,34 @@ class Bundle:
             return np.empty((0, len(self.labels)), dtype=np.float32)
         return np.stack(rows) if len({r.shape for r in rows}) == 1 else rows
 
+    def generate(self, prompt: str, sampling=None) -> dict:
+        """The continuation of ``prompt`` (a generating task's bundle: decoder.generates), with the
+        KV cache (compressor/engines/generation.py): {"text", "tokens" (new ids), "prompt_tokens",
+        "stopped" ("stop token", "max new tokens", "context"), "prefill_ms", "decode_tokens_per_s"}.
+        ``sampling``: an engines.generation.Sampling; None = greedy, the bundle's max_new_tokens.
+        A prompt that does not fit the context is an InputError (exit 2)."""
+        from mcompress.engines.generation import Sampling, generate
+
+        if not self.decoder.generates:
+            raise BundleError(f"bundle {self.path} is a {self.manifest.get('task')} model; it does not generate text.",
+                              "Use predict() for its predictions.")
+        if not isinstance(prompt, str):
+            raise TypeError(f"prompt is {type(prompt).__name__}, not str")
+        settings = self.manifest["generation"]
+        sampling = sampling or Sampling(max_new_tokens=settings["max_new_tokens"])
+        ids = self.decoder.encode(self.tokenizer, [prompt]).encodings[0].ids
+        result = generate(self.stepper, list(ids), sampling, frozenset(settings["stop_token_ids"]),
+                          settings["context_length"])
+        steps = sum(result.step_s)
+        return {"text": self.tokenizer.decode(result.new_ids, skip_special_tokens=True), "tokens": result.new_ids,
+                "prompt_tokens": len(ids), "stopped": result.stopped, "prefill_ms": round(result.prefill_s * 1e3, 3),
+                "decode_tokens_per_s": round(len(result.step_s) / steps, 2) if steps > 0 else None}
+
     def run(self, texts: list[str], batch_size: int = 32) -> Prediction:
         """Predictions with the token count and truncation of every text (what the server monitors)."""
+        if self.decoder.generates:
+            results = [self.generate(text) for text in _checked_texts(texts)]
+            return Prediction(results, [r["prompt_tokens"] for r in results], [False] * len(results))
         results: list = [None] * len(texts)
         lengths, truncated = [0] * len(texts), [False] * len(texts)
         for idx, encoded, logits in self._batches(texts, batch_size):
@@ -450,6 +476,16 @@ class Bundle:
         return self.run(texts, batch_size).results
 
 
+def _checked_texts(texts) -> list[str]:
+    if isinstance(texts, str):
+        raise TypeError("texts must be a list of strings, not one string")
+    texts = list(texts)
+    for i, text in enumerate(texts):
+        if not isinstance(text, str):
+            raise TypeError(f"texts[{i}] is {type(text).__name__}, not str")
+    return texts
+
+
 def _manifest_field(manifest: dict, *keys, kind=None):
     value = manifest
     for key in keys:
@@ -459,7 +495,9 @@ def _manifest_field(manifest: dict, *keys, kind=None):
     return value
 
 
-def _tokenizer(manifest: dict, members: dict[str, bytes]):
+def _tokenizer(manifest: dict, members: dict[str, bytes], padded: bool = True):
+    """The bundle's tokenizer, truncating as the manifest says, and padding to the longest text of
+    a batch when the task pads (``padded``; a generating task feeds one prompt unpadded)."""
     from tokenizers import Tokenizer
 
     pre = _manifest_field(manifest, "preprocessing", kind=dict)
@@ -476,6 +514,9 @@ def _tokenizer(manifest: dict, members: dict[str, bytes]):
                                     direction=pre.get("truncation_side", "right"))
     else:
         tokenizer.no_truncation()
+    if not padded:
+        tokenizer.no_padding()
+        return tokenizer
     existing = tokenizer.padding or {}
     pad_token = pre.get("pad_token", existing.get("pad_token"))
     pad_id = pre.get("pad_id")
@@ -512,23 +553,9 @@ def _labels(manifest: dict, members: dict[str, bytes]) -> list[str]:
     return labels
 
 
-def load(path: str | Path, threads: int | None = None, max_bytes: int = MAX_TOTAL_BYTES,
-         max_members: int = MAX_MEMBERS, trusted_keys=None, data: bytes | None = None) -> Bundle:
-    """Verify ``path`` and return a ready-to-run Bundle (an ONNX Runtime CPU session built from the
-    model's bytes, and the bundle's tokenizer with truncation at max_sequence_length and padding
-    to the longest text in a batch). With ``trusted_keys`` (paths of PEM EC public keys), a bundle
-    not signed by one of them is refused (open_bundle). ``data``: the bundle's bytes when it is
-    already in memory."""
-    contents = open_bundle(path, max_bytes, max_members, trusted_keys, data)
-    manifest, members = contents.manifest, contents.members
-    if runtime_decoder(manifest.get("task", UNRECORDED_TASK)) is None:
-        raise BundleError(f"bundle task {manifest.get('task')!r} is not supported; this runtime runs "
-                          f"{', '.join(n for n, entry in TASKS.items() if entry.runtime_decoder)}.")
-    labels = _labels(manifest, members)
-    tokenizer = _tokenizer(manifest, members)
-    model_name = _manifest_field(manifest, "model_file", kind=str)
-    if model_name not in members:
-        raise BundleError(f"bundle manifest names model file {model_name!r}, which it does not contain.")
+def _tokenizer_feeds(manifest: dict) -> tuple[dict, dict]:
+    """(model input -> numpy dtype name, model input -> tokenizer Encoding attribute) of a task
+    whose inputs all come from the tokenizer."""
     inputs = _manifest_field(manifest, "inputs", kind=list)
     feeds_map = _manifest_field(manifest, "preprocessing", "feeds", kind=dict)
     input_dtypes, feeds = {}, {}
@@ -540,17 +567,59 @@ def load(path: str | Path, threads: int | None = None, max_bytes: int = MAX_TOTA
         if spec.get("dtype") not in ("int64", "int32"):
             raise BundleError(f"bundle model input {name!r} has dtype {spec.get('dtype')!r}; expected int64 or int32.")
         input_dtypes[name], feeds[name] = spec["dtype"], attr
+    return input_dtypes, feeds
 
+
+def _session(manifest: dict, members: dict[str, bytes], model_name: str, threads: int | None, sessions: dict):
     format_name = manifest.get("model_format", ONNX.name)
-    if format_name not in SESSIONS:
-        raise BundleError(f"bundle model format {format_name!r} is not supported; this runtime runs "
-                          f"{' and '.join(SESSIONS)}.")
-    session, session_inputs, num_logits = SESSIONS[format_name](manifest, members, model_name, threads)
+    if format_name not in sessions:
+        raise BundleError(f"bundle model format {format_name!r} is not supported for a {manifest.get('task')} bundle; "
+                          f"this runtime runs {' and '.join(sessions)}.")
+    return sessions[format_name](manifest, members, model_name, threads)
+
+
+def _stepper(manifest: dict, session, model_name: str):
+    """The generation loop's view of the session (engines.generation.OnnxDecoder)."""
+    from mcompress.engines.generation import OnnxDecoder
+
+    generation = _manifest_field(manifest, "generation", kind=dict)
+    kv = (generation.get("kv_heads"), generation.get("head_dim"))
+    try:
+        return OnnxDecoder(session, kv if None not in kv else None, f"bundle model {model_name!r}")
+    except InputError as err:
+        raise BundleError(err.message, err.hint) from None
+
+
+def load(path: str | Path, threads: int | None = None, max_bytes: int = MAX_TOTAL_BYTES,
+         max_members: int = MAX_MEMBERS, trusted_keys=None, data: bytes | None = None) -> Bundle:
+    """Verify ``path`` and return a ready-to-run Bundle (an ONNX Runtime CPU session built from the
+    model's bytes, and the bundle's tokenizer with truncation at max_sequence_length and padding
+    to the longest text in a batch; a generating task's bundle: its tokenizer unpadded and
+    untruncated, and the generation loop on the session). With ``trusted_keys`` (paths of PEM EC
+    public keys), a bundle not signed by one of them is refused (open_bundle). ``data``: the
+    bundle's bytes when it is already in memory."""
+    contents = open_bundle(path, max_bytes, max_members, trusted_keys, data)
+    manifest, members = contents.manifest, contents.members
+    decoder = runtime_decoder(manifest.get("task", UNRECORDED_TASK))
+    if decoder is None:
+        raise BundleError(f"bundle task {manifest.get('task')!r} is not supported; this runtime runs "
+                          f"{', '.join(n for n, entry in TASKS.items() if entry.runtime_decoder)}.")
+    labels = _labels(manifest, members) if decoder.labelled else []
+    tokenizer = _tokenizer(manifest, members, decoder.padded)
+    model_name = _manifest_field(manifest, "model_file", kind=str)
+    if model_name not in members:
+        raise BundleError(f"bundle manifest names model file {model_name!r}, which it does not contain.")
+    if decoder.generates:
+        session, _, _ = _session(manifest, members, model_name, threads, GENERATING_SESSIONS)
+        return Bundle(Path(path), manifest, labels, session, tokenizer, signer=contents.signer, decoder=decoder,
+                      stepper=_stepper(manifest, session, model_name))
+    input_dtypes, feeds = _tokenizer_feeds(manifest)
+    session, session_inputs, num_logits = _session(manifest, members, model_name, threads, SESSIONS)
     if set(session_inputs) != set(feeds):
         raise BundleError(f"bundle model inputs {sorted(session_inputs)} differ from the manifest's {sorted(feeds)}.")
     if num_logits is not None and num_logits != len(labels):
         raise BundleError(f"bundle model has {num_logits} logits but {len(labels)} labels.")
-    return Bundle(Path(path), manifest, labels, session, tokenizer, input_dtypes, feeds, contents.signer)
+    return Bundle(Path(path), manifest, labels, session, tokenizer, input_dtypes, feeds, contents.signer, decoder)
 
 
 def _check_input_dtypes(manifest: dict, model_dtypes: dict[str, str]) -> None:
@@ -560,6 +629,15 @@ def _check_input_dtypes(manifest: dict, model_dtypes: dict[str, str]) -> None:
         name, dtype = spec.get("name"), spec.get("dtype")
         if name in model_dtypes and model_dtypes[name] != dtype:
             raise BundleError(f"bundle model input {name!r} is {model_dtypes[name]}, but the manifest says {dtype}.")
+
+
+def _numpy_dtype_name(ort_type: str) -> str:
+    """numpy's name of an ONNX Runtime tensor type ("tensor(float)" -> "float32"), as the manifest records it."""
+    import numpy as np
+
+    from mcompress.engines.generation import ORT_DTYPES
+
+    return np.dtype(ORT_DTYPES[ort_type]).name if ort_type in ORT_DTYPES else ort_type.removeprefix("tensor(").removesuffix(")")
 
 
 def _onnx_session(manifest: dict, members: dict[str, bytes], model_name: str, threads: int | None):
@@ -576,7 +654,7 @@ def _onnx_session(manifest: dict, members: dict[str, bytes], model_name: str, th
     except Exception as err:  # ORT raises its own pybind exception types
         raise BundleError(f"bundle model {model_name!r} cannot be loaded by onnxruntime {ort.__version__}: "
                           f"{str(err).splitlines()[0] if str(err) else type(err).__name__}.") from None
-    _check_input_dtypes(manifest, {i.name: i.type.removeprefix("tensor(").removesuffix(")") for i in session.get_inputs()})
+    _check_input_dtypes(manifest, {i.name: _numpy_dtype_name(i.type) for i in session.get_inputs()})
     outputs = {o.name: o for o in session.get_outputs()}
     if "logits" not in outputs:
         raise BundleError(f"bundle model {model_name!r} has no 'logits' output.")
@@ -635,3 +713,5 @@ def _openvino_session(manifest: dict, members: dict[str, bytes], model_name: str
 # model_format (core/formats.py) -> (manifest, members, model file name, threads) -> (session, input
 # names, logit count or None); a session answers run(["logits"], feed).
 SESSIONS = {ONNX.name: _onnx_session, OPENVINO_IR.name: _openvino_session}
+# The formats a generating task's bundle may hold: the generation loop steps ONNX Runtime sessions.
+GENERATING_SESSIONS = {ONNX.name: _onnx_session}

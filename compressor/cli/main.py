@@ -400,32 +400,65 @@ def triton(
 @app.command()
 def predict(
     bundle: Path = typer.Argument(..., help="Bundle written by `mcompress package` (NAME.mcpkg)."),
-    texts: Optional[list[str]] = typer.Argument(None, help="Texts to classify."),
+    texts: Optional[list[str]] = typer.Argument(None, help="Texts to classify or tag, or prompts to continue."),
     input_file: Optional[Path] = typer.Option(None, "--input", help="CSV/TSV/JSONL file of texts to classify (after any TEXTS)."),
     text_column: str = typer.Option("text", help="Text column of the --input file."),
     batch_size: int = typer.Option(32, "--batch-size", min=1, help="Texts per model call."),
+    max_new_tokens: Optional[int] = typer.Option(None, "--max-new-tokens", help="Generation: most new tokens (default: the bundle's)."),
+    temperature: float = typer.Option(0.0, "--temperature", help="Generation: 0 = greedy; > 0 samples."),
+    top_k: Optional[int] = typer.Option(None, "--top-k", help="Generation: sample from the k most probable tokens."),
+    top_p: Optional[float] = typer.Option(None, "--top-p", help="Generation: sample from the smallest set reaching probability p."),
+    seed: Optional[int] = typer.Option(None, "--seed", help="Generation: sampling seed (same seed, same continuation)."),
     trusted_keys: Optional[list[Path]] = typer.Option(None, "--trusted-key", help=TRUSTED_KEY_HELP),
 ) -> None:
-    """Classify texts with a bundle; prints one JSON line per text: text, label, score, scores."""
+    """Run a bundle on texts. Classifiers and taggers print one JSON line per text (text, label,
+    score, scores / entities); a causal LM prints the continuation of each prompt (its token count,
+    why it stopped and its speed on stderr)."""
     def body():
-        import json
-
         from mcompress.calibration.datasets import read_texts
         from mcompress.bundle.runtime import load
+        from mcompress.core.errors import InputError
 
         all_texts = list(texts or [])
         if input_file is not None:
             all_texts += read_texts(input_file, text_column)
         if not all_texts:
-            from mcompress.core.errors import InputError
-
-            raise InputError("no texts to classify.", "Pass texts as arguments or --input FILE.jsonl.")
+            raise InputError("no texts to run the bundle on.", "Pass texts as arguments or --input FILE.jsonl.")
         loaded = load(bundle, trusted_keys=_trusted(trusted_keys))
-        for text, result in zip(all_texts, loaded.predict(all_texts, batch_size)):
-            sys.stdout.write(json.dumps({"text": text, **result}, ensure_ascii=False) + "\n")
-        sys.stdout.flush()
+        asked = {"--max-new-tokens": max_new_tokens, "--top-k": top_k, "--top-p": top_p, "--seed": seed,
+                 "--temperature": temperature or None}
+        if loaded.decoder.generates:
+            from mcompress.engines.generation import Sampling
+
+            sampling = Sampling(max_new_tokens if max_new_tokens is not None else loaded.manifest["generation"]["max_new_tokens"],
+                                temperature, top_k, top_p, seed)
+            _print_continuations(loaded, all_texts, sampling)
+            return
+        given = [flag for flag, value in asked.items() if value is not None]
+        if given:
+            raise InputError(f"{', '.join(given)} apply to bundles that generate text; {bundle} is a "
+                             f"{loaded.manifest.get('task')} bundle.", "Leave them out.")
+        _print_predictions(loaded, all_texts, batch_size)
 
     _guard(body)
+
+
+def _print_predictions(loaded, texts: list[str], batch_size: int) -> None:
+    import json
+
+    for text, result in zip(texts, loaded.predict(texts, batch_size)):
+        sys.stdout.write(json.dumps({"text": text, **result}, ensure_ascii=False) + "\n")
+    sys.stdout.flush()
+
+
+def _print_continuations(loaded, prompts: list[str], sampling) -> None:
+    for prompt in prompts:
+        result = loaded.generate(prompt, sampling)
+        sys.stdout.write(result["text"] + "\n")
+        sys.stdout.flush()
+        speed = f", decode {result['decode_tokens_per_s']} tok/s" if result["decode_tokens_per_s"] else ""
+        _line("[dim]generated[/]", f"{len(result['tokens'])} tokens after a {result['prompt_tokens']}-token prompt "
+                                   f"(stopped: {result['stopped']}; prefill {result['prefill_ms']:.1f} ms{speed})")
 
 
 @app.command()
@@ -472,25 +505,12 @@ def _signature_line(contents) -> str:
 
 
 def _bundle_summary(bundle: Path, m: dict, members: dict[str, bytes], signature: str = "unsigned") -> str:
-    import json
-
     files = m.get("files", {})
-    pre = m.get("preprocessing", {})
     lines = [f"bundle   {bundle} ({bundle.stat().st_size / 1e6:.1f} MB; sha256 of {len(files)} files verified)",
              f"task     {m.get('task')} on {m.get('target')} ({m.get('quantization') or 'no'} quantization), "
              f"schema {m.get('schema_version')}"]
     metrics = m.get("metrics", {})
-    try:
-        id2label = json.loads(members[m.get("labels_file", "labels.json")])
-        labels = ", ".join(f"{i}={name}" for i, name in sorted(id2label.items(), key=lambda kv: int(kv[0])))
-    except (KeyError, ValueError, TypeError, AttributeError):
-        labels = "? (unreadable label file)"
-    lines.append(f"labels   {labels}")
-    for spec in m.get("inputs", []):
-        shape = ", ".join(str(d) for d in spec.get("shape", []))
-        lines.append(f"input    {spec.get('name')} {spec.get('dtype')} [{shape}] <- tokenizer {pre.get('feeds', {}).get(spec.get('name'))}")
-    lines.append(f"text     {pre.get('tokenizer_file')}, truncation at {m.get('max_sequence_length')} tokens, "
-                 f"padding to the longest text (pad {pre.get('pad_token')!s}={pre.get('pad_id')})")
+    lines += _labels_lines(m, members) + _input_lines(m) + _text_lines(m)
     runtime = m.get("runtime", {})
     lines.append("runtime  gated with " + ", ".join(f"{k} {v}" for k, v in runtime.items() if v))
     lines.append(f"source   checkpoint sha256 {(m.get('source') or {}).get('sha256')}")
@@ -513,6 +533,52 @@ def _bundle_summary(bundle: Path, m: dict, members: dict[str, bytes], signature:
     for name, entry in sorted(files.items()):
         lines.append(f"  {name:<26} {entry['bytes']:>13,} bytes  sha256 {entry['sha256'][:16]}")
     return "\n".join(lines) + "\n"
+
+
+def _labels_lines(m: dict, members: dict[str, bytes]) -> list[str]:
+    import json
+
+    if "labels_file" not in m and "generation" in m:  # an unlabelled (generating) bundle
+        return []
+    try:
+        id2label = json.loads(members[m.get("labels_file", "labels.json")])
+        labels = ", ".join(f"{i}={name}" for i, name in sorted(id2label.items(), key=lambda kv: int(kv[0])))
+    except (KeyError, ValueError, TypeError, AttributeError):
+        labels = "? (unreadable label file)"
+    return [f"labels   {labels}"]
+
+
+def _input_lines(m: dict) -> list[str]:
+    """One line per tokenizer-fed input; the inputs the generation loop feeds (the KV cache) as one line."""
+    feeds = (m.get("preprocessing") or {}).get("feeds") or {}
+    lines, cache = [], []
+    for spec in m.get("inputs", []):
+        shape = ", ".join(str(d) for d in spec.get("shape", []))
+        if "generation" in m and spec.get("name") not in feeds:
+            cache.append(spec)
+            continue
+        lines.append(f"input    {spec.get('name')} {spec.get('dtype')} [{shape}] <- tokenizer {feeds.get(spec.get('name'))}")
+    past = [s for s in cache if str(s.get("name", "")).startswith("past_key_values.")]
+    fed = [s.get("name") for s in cache if s not in past]
+    if fed:
+        lines.append(f"input    {', '.join(map(str, fed))} <- the generation loop (ids, mask, positions)")
+    if past:
+        shape = ", ".join(str(d) for d in past[0].get("shape", []))
+        lines.append(f"input    past_key_values.* x{len(past)} {past[0].get('dtype')} [{shape}] <- the KV cache (present.*)")
+    return lines
+
+
+def _text_lines(m: dict) -> list[str]:
+    pre = m.get("preprocessing") or {}
+    generation = m.get("generation")
+    if generation:
+        return [f"text     {pre.get('tokenizer_file')}, prompts untruncated and unpadded (at most "
+                f"{generation.get('context_length', 0) - 1} tokens)",
+                f"generate context {generation.get('context_length')} tokens, stop tokens {generation.get('stop_token_ids')}, "
+                f"KV cache {generation.get('kv_heads')} heads x {generation.get('head_dim')}, "
+                f"{generation.get('max_new_tokens')} new tokens by default (greedy; sampling with --temperature)"]
+    return [f"text     {pre.get('tokenizer_file')}, truncation at {m.get('max_sequence_length')} tokens, "
+            f"padding to the longest text (pad {pre.get('pad_token')!s}={pre.get('pad_id')})"]
 
 
 def main() -> None:

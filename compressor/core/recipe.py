@@ -70,6 +70,10 @@ class GateConfig(_Strict):
     max_latency_ms: Optional[float] = Field(None, gt=0)  # p50 at batch 1, sequence 128
     max_latency_p95_ms: Optional[float] = Field(None, gt=0)  # p95 at batch 1, sequence 128
     min_speedup: Optional[float] = Field(None, gt=0)  # vs the FP32 PyTorch original, batch 1, seq 128
+    # causal-lm (compressor/metrics/decoder_latency.py), batch 1, 128-token prompt, 64 new tokens
+    # with the KV cache: decode tokens/s over the FP32 PyTorch original's, and the prefill's ms.
+    min_decode_speedup: Optional[float] = Field(None, gt=0)
+    max_prefill_ms: Optional[float] = Field(None, gt=0)
     # Model file bytes over the FP32 original's tensor bytes (0.25 = a quarter of the size).
     max_size_ratio: Optional[float] = Field(None, gt=0)
     # causal-lm: the largest allowed perplexity increase over the original, in percent of its

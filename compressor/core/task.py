@@ -44,7 +44,7 @@ TASKS = {
                                      runtime_decoder="mcompress.tasks.decoding:class_scores"),
     "token-classification": TaskEntry("mcompress.tasks.token_classification:TokenClassification",
                                       runtime_decoder="mcompress.tasks.decoding:word_tags"),
-    "causal-lm": TaskEntry("mcompress.tasks.causal_lm:CausalLM"),
+    "causal-lm": TaskEntry("mcompress.tasks.causal_lm:CausalLM", runtime_decoder="mcompress.tasks.decoding:continuation"),
 }
 # The task of reports and bundles that do not record one (written before taggers were supported).
 UNRECORDED_TASK = "text-classification"
@@ -181,6 +181,39 @@ class Task(ABC):
     def scored_rows(self, logits, targets):
         """(rows, targets): the logits at the scored units as 2-D rows, with their targets, so that
         losses treat every task like one label per row."""
+
+
+    # -- latency beyond the batch latency every build is timed at --------------------------------
+
+    def task_latency(self, request: "TaskLatencyRequest") -> "TaskLatency | None":
+        """The latency figures this task's users judge a build by besides batch latency (a
+        decoder's prefill time and decode rate with its KV cache, metrics/decoder_latency.py),
+        the original and the build measured in the same run, and their gates; None (the default):
+        the task has none."""
+        return None
+
+
+@dataclass(frozen=True)
+class TaskLatencyRequest:
+    """What Task.task_latency measures: the original, the file that ships, real text, and how."""
+
+    checkpoint: Any  # the original's core.checkpoint.Checkpoint (its ``path``)
+    build_model: Any  # the build's model file (pathlib.Path)
+    tokenizer: Any  # the build's tokenizer (transformers)
+    texts: list[str]  # the eval data's texts, for the prompt
+    threads: int | None
+    gates: Any  # the recipe's GateConfig
+    isolation: str  # the recipe's latency.isolation: "process" (each model in its own) or "shared"
+
+
+@dataclass(frozen=True)
+class TaskLatency:
+    """Task.task_latency's answer: report.json's ``task_latency`` figures, the gates on them
+    (metrics.gates.GateResult), and the report sections that show them (core.sections.Table)."""
+
+    figures: dict
+    gates: list
+    tables: list
 
 
 def _load(reference: str):

@@ -7,7 +7,9 @@ slower at batch 1). ``IsolatedRunner`` builds a runner in a child process (``spa
 interpreter with the runtime's own defaults) from a picklable factory, and times calls there; the
 parent sends the inputs and gets the per-call times back, so only the model's own calls are
 timed, never the pipe. Rounds still alternate between runners (metrics.evaluation.latency_race);
-while one child is timed the others wait on their pipes, idle.
+while one child is timed the others wait on their pipes, idle. ``request(method, *args)`` calls
+any other method of the child's runner and returns its (picklable) answer: a decoder's timed
+generation and the child's peak RSS (metrics/decoder_latency.py).
 """
 
 from __future__ import annotations
@@ -37,6 +39,9 @@ def _serve(conn, factory: Callable[..., Any], args: tuple) -> None:
         message = conn.recv()
         if message is None:
             return
+        if message[0] == _CALL:
+            _answer_call(conn, runner, *message[1:])
+            continue
         feed, warmup, iterations = message
         try:
             for _ in range(warmup):
@@ -49,6 +54,16 @@ def _serve(conn, factory: Callable[..., Any], args: tuple) -> None:
             conn.send(("times", times, ""))
         except BaseException as err:
             conn.send(("error", f"{type(err).__name__}: {err}", ""))
+
+
+_CALL = "call"  # a request message: (_CALL, method name, args); a timing message starts with a feed dict
+
+
+def _answer_call(conn, runner, method: str, args: tuple) -> None:
+    try:
+        conn.send(("result", getattr(runner, method)(*args), ""))
+    except BaseException as err:
+        conn.send(("error", f"{type(err).__name__}: {err}", ""))
 
 
 class IsolatedRunner:
@@ -81,6 +96,14 @@ class IsolatedRunner:
         kind, payload, _ = self._receive(CALL_TIMEOUT_S, "answer")
         if kind == "error":
             raise IsolationError(f"the timing process of {self.name} failed: {payload}")
+        return payload
+
+    def request(self, method: str, *args):
+        """``runner.method(*args)`` in the child process, its answer sent back."""
+        self._conn.send((_CALL, method, args))
+        kind, payload, _ = self._receive(CALL_TIMEOUT_S, "answer")
+        if kind == "error":
+            raise IsolationError(f"the timing process of {self.name} failed in {method}: {payload}")
         return payload
 
     def logits(self, inputs):  # the Runner protocol's name; isolated runners are for timing only

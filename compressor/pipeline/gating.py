@@ -5,7 +5,9 @@ Latency: every (batch, sequence) shape of the recipe, the original and the build
 interleaved rounds (metrics.evaluation.latency_race), so machine noise hits both alike; each in
 its own process (``latency.isolation: process``, pipeline/timing.py), so PyTorch's threads never
 share a process with the build's runtime. The
-latency gates read batch 1 at sequence 128 (the first shape when 128 is not measured).
+latency gates read batch 1 at sequence 128 (the first shape when 128 is not measured). A task
+with latency figures of its own (a decoder's prefill and decode rate, Task.task_latency) measures
+them next, on the same two models, and adds their gates.
 
 Accuracy as deployed: the build is evaluated at every batch size of ``eval.batching`` (default:
 each text alone, and eval.batch_size), and the accuracy gate takes the worst
@@ -26,6 +28,7 @@ import numpy as np
 from mcompress.core.hashing import file_digest
 from mcompress.core.state import ModelState
 from mcompress.core.target_base import BuildInputs, BuildResult
+from mcompress.core.task import TaskLatencyRequest
 from mcompress.metrics.deployed import DeployedAccuracy, deployed_accuracy
 from mcompress.metrics.evaluation import EvalResult, LatencyResult, latency_race
 from mcompress.metrics.gates import GateResult, latency_gates, size_gate
@@ -50,6 +53,7 @@ class GatedBuild:
     median_tokens: int
     truncated_fraction: float
     gemm_peaks: dict  # {precision: GMAC/s} of this CPU's GEMM kernels, measured after the latency race
+    task_latency: object = None  # the task's own latency figures (core.task.TaskLatency), if it has any
 
     @property
     def passed(self) -> bool:
@@ -90,12 +94,17 @@ def gate_build(prepared: Prepared, reference: Reference, target, state: ModelSta
     candidate = deployed.results[deployed.worst]
     gates = [deployed.gate(), *pass_gates]
     latency = _latency(prepared, reference, build, runner, state.tokenizer, lengths, progress)
+    task_latency = None
     if build.artifact_measured:
         gates += latency_gates(gate_latency(latency["reference"]), gate_latency(latency["build"]),
                                recipe.gates.max_latency_ms, recipe.gates.min_speedup, recipe.gates.max_latency_p95_ms)
+        task_latency = prepared.task.task_latency(TaskLatencyRequest(
+            prepared.checkpoint, build.model_file, state.tokenizer, eval_data.texts, reference.threads, recipe.gates,
+            recipe.latency.isolation))
+        gates += task_latency.gates if task_latency else []
     if recipe.gates.max_size_ratio is not None:
         gates.append(size_gate(build.model_bytes, reference.size_bytes, recipe.gates.max_size_ratio))
     files = {p.name: {"bytes": p.stat().st_size, "sha256": file_digest(p)} for p in build.files}
     return GatedBuild(build, runner, state.tokenizer, candidate, deployed, gates, latency, files,
                       int(np.median(lengths)), round(float((lengths > recipe.max_length).mean()), 4),
-                      gemm_peaks(reference.threads))
+                      gemm_peaks(reference.threads), task_latency)

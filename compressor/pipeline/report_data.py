@@ -97,6 +97,9 @@ def assemble_report(prepared: Prepared, reference: Reference, target, state, rec
     session = distributed.active()
     if session is not None:
         report["distributed"] = session.summary()
+    if gated.task_latency is not None:  # a task's own latency figures (a decoder's), and their section
+        report["task_latency"] = gated.task_latency.figures
+        report["sections"] = list(gated.task_latency.tables)
     model_format = format_of(gated.build.model_file)
     model_files = [p.name for p in model_format.files(gated.build.model_file)] if model_format else [gated.build.model_file.name]
     report["provenance"] = build_provenance(report, model_files)

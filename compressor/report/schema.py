@@ -270,6 +270,7 @@ class Report(_ReportModel):
     artifact: Artifact
     wall_s: Number | None = None
     target_build: dict[str, Any] | None = None  # the target's build facts (target.build_summary)
+    task_latency: dict[str, Any] | None = None  # the task's own latency figures (Task.task_latency: a decoder's)
     out: str | None = None
     cpu_auto: CpuAutoChoice | None = None
     distributed: DistributedRun | None = None  # None: one process (no torchrun/accelerate launch)

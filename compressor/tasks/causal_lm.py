@@ -67,6 +67,13 @@ class CausalLM(Task):
     def drops(self, reference, candidate, drop_type):
         return perplexity_increase(reference, candidate)
 
+    def task_latency(self, request):
+        """Prefill ms, decode tokens/s with the KV cache and peak RSS of the original and the build,
+        with gates.min_decode_speedup / max_prefill_ms (compressor/metrics/decoder_latency.py)."""
+        from mcompress.metrics.decoder_latency import measure_task_latency
+
+        return measure_task_latency(request)
+
     def prepare_tokenizer(self, tokenizer, where):
         """An EOS token is required (generation stops on it; GPT-2 pads with it); a tokenizer
         without a pad token pads with EOS (padding is masked and never scored)."""

@@ -14,6 +14,20 @@ methods, so they never test for a task.
   "start", "end" (character offsets in the text, end exclusive), "text", "score" (the mean of its
   words' tag probabilities)}]}.
 
+- Causal language modelling (``continuation``): a prompt is tokenized whole (special tokens as the
+  tokenizer adds them, e.g. a BOS), without truncation or padding (a prompt over the context is
+  refused, not cut), and continued by the generation loop (compressor/engines/generation.py) on the
+  KV cache; {"text" (the continuation, special tokens left out), "tokens" (its ids), "stopped"}.
+  Its bundles carry no labels; packaging records how to generate (``generation``: the context
+  length, the stop tokens, the KV shape, the defaults) from the build's config.json and
+  generation_config.json (``manifest_fields``).
+
+A decoder's capabilities are attributes, so that packaging and the runtime ask them instead of
+testing a task: ``labelled`` (bundles carry labels.json and the logits' width is the label count),
+``padded`` (the tokenizer pads batches, so a pad token is required), ``generates`` (predictions are
+continuations from the generation loop, not one pass's logits), ``monitored`` (packaging records
+the prediction histograms of the eval data; generating for every eval text would take minutes).
+
 Monitoring (compressor/serve/monitor.py) observes each prediction as (label, confidence) pairs,
 ``observations``: a classification is one pair (label, score); a tagging is one pair per entity
 (its type, its score).
@@ -25,6 +39,7 @@ import re
 from dataclasses import dataclass
 
 from mcompress.calibration.tagged import entities
+from mcompress.engines.generation import context_length_of, kv_shape_of
 
 _WORD = re.compile(r"\S+")
 
@@ -59,6 +74,16 @@ class Encoded:
 
 class RuntimeDecoder:
     """The runtime's view of a task: encode a batch of texts, decode its logits."""
+
+    labelled = True
+    padded = True
+    generates = False
+    monitored = True
+
+    def manifest_fields(self, read_json) -> dict:
+        """Task-specific manifest entries, from the build's JSON files (``read_json(name)``: the
+        parsed file, or None when the build has none)."""
+        return {}
 
     def encode(self, tokenizer, texts: list[str]) -> Encoded:
         return Encoded(tokenizer.encode_batch(texts))
@@ -119,5 +144,47 @@ class WordTags(RuntimeDecoder):
         return [(entity["type"], entity["score"]) for entity in prediction["entities"]]
 
 
+def _token_ids(value) -> list[int]:
+    values = value if isinstance(value, list) else [value]
+    return [v for v in values if type(v) is int and v >= 0]
+
+
+class Continuation(RuntimeDecoder):
+    labelled = False
+    padded = False
+    generates = True
+    monitored = False
+    DEFAULT_MAX_NEW_TOKENS = 32
+
+    def encode(self, tokenizer, texts):
+        return Encoded([tokenizer.encode(text) for text in texts])
+
+    def manifest_fields(self, read_json):
+        from mcompress.core.errors import InputError
+
+        config = read_json("config.json") or {}
+        generation = read_json("generation_config.json") or {}
+        stops = _token_ids(generation.get("eos_token_id", config.get("eos_token_id")))
+        if not stops:
+            raise InputError("the build names no EOS token (eos_token_id in generation_config.json or config.json), "
+                             "so generation could never stop at the end of a text.",
+                             "Set eos_token_id in the checkpoint's config.json and rebuild.")
+        context = context_length_of(config)
+        if context is None:
+            raise InputError("the build's config.json gives no context length (max_position_embeddings or n_positions).",
+                             "Rebuild it from a checkpoint whose config.json has one.")
+        kv_heads, head_dim = kv_shape_of(config) or (None, None)
+        max_new = generation.get("max_new_tokens")
+        return {"generation": {
+            "context_length": context, "stop_token_ids": sorted(set(stops)),
+            "bos_token_id": (_token_ids(generation.get("bos_token_id", config.get("bos_token_id"))) or [None])[0],
+            "kv_heads": kv_heads, "head_dim": head_dim,
+            "max_new_tokens": max_new if type(max_new) is int and max_new > 0 else self.DEFAULT_MAX_NEW_TOKENS}}
+
+    def observations(self, prediction):
+        return []  # a continuation has no label or confidence; the server still watches prompt lengths
+
+
 class_scores = ClassScores()
 word_tags = WordTags()
+continuation = Continuation()
