@@ -56,8 +56,8 @@ def _json(status: int, body: dict, headers: dict | None = None):
 
 
 class _Limits:
-    """ASGI middleware: counts in-flight requests, times and counts
-    every response by route and status, and refuses bodies over max_body_bytes with 413."""
+    """ASGI middleware: counts in-flight requests, times and counts every response by route and
+    status, names the replica that answered (header), and refuses bodies over max_body_bytes (413)."""
 
     def __init__(self, app, state):
         self.app, self.state = app, state

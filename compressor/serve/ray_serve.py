@@ -38,21 +38,17 @@ class RayBatcher(MicroBatcher):
     @classmethod
     def for_config(cls, bundle, config, on_batch=None) -> "RayBatcher":
         batcher = super().for_config(bundle, config, on_batch)
-        batcher.max_texts = config.max_texts
+        batcher.max_texts, batcher._waiting = config.max_texts, 0
         return batcher
 
     def start(self) -> None:
         from ray import serve
 
-        self._waiting = 0
         # a request may hold more texts than max_batch_size (up to --max-texts); serve.batch refuses
         # an item larger than its max_batch_size, so the cap is the larger of the two
         largest = max(self.max_batch_size, self.max_texts)
         self._batched = serve.batch(max_batch_size=largest, batch_wait_timeout_s=self.max_wait_s,
-                                    batch_size_fn=lambda jobs: sum(len(job.texts) for job in jobs))(self._predict_list)
-
-    async def _predict_list(self, jobs: list[Job]) -> list[tuple]:
-        return await self._predict(jobs)
+                                    batch_size_fn=lambda jobs: sum(len(job.texts) for job in jobs))(self._predict)
 
     @property
     def depth(self) -> int:
@@ -66,9 +62,6 @@ class RayBatcher(MicroBatcher):
             return await self._batched(Job(list(texts)))
         finally:
             self._waiting -= 1
-
-    async def stop(self) -> None:
-        self._executor.shutdown(wait=True)
 
 
 class ServeReplica:
