@@ -404,3 +404,15 @@ def test_ray_serve_runs_the_same_app_on_two_replicas_and_shuts_down_cleanly(clas
     while any(c.is_running() and c.status() != psutil.STATUS_ZOMBIE for c in children) and time.monotonic() < deadline:
         time.sleep(0.5)
     assert not [c for c in children if c.is_running() and c.status() != psutil.STATUS_ZOMBIE]
+
+
+def test_ray_flags_without_ray_or_with_no_replicas_exit_2_with_one_line(classifier_bundle):
+    import subprocess
+
+    from serving import MCOMPRESS
+
+    for flags, message in ((["--replicas", "2"], "Add --ray"), (["--ray", "--replicas", "0"], "--replicas must be >= 1")):
+        proc = subprocess.run([MCOMPRESS, "serve", str(classifier_bundle), *flags], capture_output=True, text=True,
+                              timeout=120)
+        lines = [line for line in proc.stderr.splitlines() if line.strip()]
+        assert proc.returncode == ExitCode.BAD_INPUT and len(lines) == 1 and message in lines[0], proc.stderr
