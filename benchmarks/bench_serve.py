@@ -9,7 +9,8 @@ requests of one text each (texts from the file, cyclically) at concurrency 1, 8 
 server at a time, the servers alternating per concurrency level; each server gets 50 warm-up
 requests first. Per level and server: throughput (requests/s over the wall time of the level),
 p50/p99 latency (client side, from send to full response), errors (non-200 or transport errors, by kind),
-and the server's peak RSS (VmHWM of its process) at the end.
+the server's CPU time per request (user + system of all its threads: less sensitive to other load
+on the machine than the wall-clock figures) and its peak RSS (VmHWM of its process) at the end.
 
 Also: the p50 of a direct ``bundle.predict([text])`` call in this process (same texts, same
 threads), for the concurrency-1 comparison; and the memory check: ``--rss-requests`` requests at
@@ -47,6 +48,12 @@ def _vm(pid: int, key: str) -> int:
         if line.startswith(key + ":"):
             return int(line.split()[1]) * 1024
     raise KeyError(key)
+
+
+def _cpu_seconds(pid: int) -> float:
+    """User + system CPU time of a process and all its threads so far (ONNX Runtime's included)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def _start(command: list[str], url: str, log: Path) -> subprocess.Popen:
@@ -97,18 +104,20 @@ async def _load(url: str, texts: list[str], requests: int, concurrency: int) -> 
             "errors": sum(errors.values()), "error_kinds": errors}
 
 
-def _direct_p50_ms(bundle_path: Path, texts: list[str], threads: int | None, calls: int = 500) -> float:
+def _direct(bundle_path: Path, texts: list[str], threads: int | None, calls: int = 500) -> dict:
+    """p50 wall time and CPU time (this process, all threads) of a direct bundle.predict([text])."""
     from mcompress.runtime import load
 
     bundle = load(bundle_path, threads=threads)
     for text in texts[:WARMUP]:
         bundle.predict([text])
-    times = []
+    times, cpu = [], _cpu_seconds(os.getpid())
     for i in range(calls):
         started = time.perf_counter()
         bundle.predict([texts[i % len(texts)]])
         times.append(time.perf_counter() - started)
-    return round(1000 * statistics.median(times), 3)
+    return {"direct_bundle_predict_p50_ms": round(1000 * statistics.median(times), 3),
+            "direct_bundle_predict_cpu_ms": round(1000 * (_cpu_seconds(os.getpid()) - cpu) / calls, 2)}
 
 
 def _cpu() -> dict:
@@ -148,8 +157,11 @@ def _run(args, texts: list[str], work: Path) -> dict:
             asyncio.run(_load(url, texts, WARMUP, 1))
         for concurrency in LEVELS:
             for name, (process, url) in servers.items():
+                cpu = _cpu_seconds(process.pid)
                 row = asyncio.run(_load(url, texts, args.requests, concurrency))
-                results["levels"].append({"server": name, **row, "server_peak_rss_mb": round(_vm(process.pid, "VmHWM") / 2**20, 1)})
+                cpu_ms = round(1000 * (_cpu_seconds(process.pid) - cpu) / args.requests, 2)
+                results["levels"].append({"server": name, **row, "server_cpu_ms_per_request": cpu_ms,
+                                          "server_peak_rss_mb": round(_vm(process.pid, "VmHWM") / 2**20, 1)})
                 print(json.dumps(results["levels"][-1]), flush=True)
         process, url = servers["mcompress-serve"]
         before = _vm(process.pid, "VmRSS")
@@ -161,7 +173,7 @@ def _run(args, texts: list[str], work: Path) -> dict:
         for process, _ in servers.values():
             process.terminate()
             process.wait(60)
-    results["direct_bundle_predict_p50_ms"] = _direct_p50_ms(bundle, texts, args.threads)
+    results.update(_direct(bundle, texts, args.threads))
     results["other_processes_cpu_after"] = other_processes_cpu(2.0)
     return results
 

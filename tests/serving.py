@@ -49,7 +49,7 @@ class Server:
             return self.process.wait(10)
 
 
-def start(model: Path, log: Path, *flags: str) -> Server:
+def start(model: Path, log: Path, *flags: str, timeout: float = START_TIMEOUT_S) -> Server:
     """Start `mcompress serve MODEL` and return once /readyz answers 200 (or the process exited)."""
     import httpx
 
@@ -59,7 +59,7 @@ def start(model: Path, log: Path, *flags: str) -> Server:
         process = subprocess.Popen([MCOMPRESS, "serve", str(model), "--port", str(port), "--threads", "1", *flags],
                                    stdout=out, stderr=subprocess.STDOUT, env=env)
     server = Server(process, f"http://127.0.0.1:{port}", port, log)
-    deadline = time.monotonic() + START_TIMEOUT_S
+    deadline = time.monotonic() + timeout
     while time.monotonic() < deadline and process.poll() is None:
         with contextlib.suppress(httpx.HTTPError):
             if httpx.get(f"{server.url}/readyz", timeout=2).status_code == 200:

@@ -309,3 +309,110 @@ def test_triton_repository_from_a_bundle(classifier_bundle, tmp_path):
     assert session.run(["logits"], feed)[0].shape == (8, manifest["num_labels"])
     again = CliRunner().invoke(app, ["triton", str(classifier_bundle), str(tmp_path / "repo"), "--name", "tiny"])
     assert again.exit_code == ExitCode.BAD_INPUT and "already exists" in again.output
+
+
+class _GatedBundle:
+    """The real bundle; run() records each batch's texts and waits for the test's go first, so the
+    test decides when the model is busy."""
+
+    def __init__(self, bundle):
+        import threading
+
+        self.bundle, self.batches, self.go = bundle, [], threading.Event()
+        self.go.set()
+
+    def run(self, texts, batch_size):
+        self.batches.append(list(texts))
+        assert self.go.wait(30)
+        return self.bundle.run(texts, batch_size)
+
+
+def test_the_batcher_dispatches_at_once_when_idle_and_batches_what_queued_while_busy(classifier_bundle):
+    """Order, not timing: a lone request reaches the model by itself although max_wait_ms is a minute;
+    requests that arrive while the model is busy make up the next batch, in arrival order, up to
+    max_batch_size texts; each gets its own answer."""
+    from mcompress.runtime import load
+    from mcompress.serve.batcher import MicroBatcher
+
+    real = load(classifier_bundle, threads=1)
+    gated = _GatedBundle(real)
+
+    async def scenario():
+        batcher = MicroBatcher(gated, max_batch_size=3, max_wait_ms=60_000, max_queue=16)
+        batcher.start()
+        alone = await asyncio.wait_for(batcher.submit(["alone"]), 30)
+        assert gated.batches == [["alone"]]
+        gated.go.clear()
+        busy = asyncio.ensure_future(batcher.submit(["a"]))
+        while len(gated.batches) < 2:  # until the model thread holds "a"
+            await asyncio.sleep(0.001)
+        later = [asyncio.ensure_future(batcher.submit([text])) for text in "bcde"]
+        await asyncio.sleep(0)  # every submit has queued its job
+        assert batcher.depth == 4
+        gated.go.set()
+        answers = await asyncio.wait_for(asyncio.gather(busy, *later), 30)
+        await batcher.stop()
+        return alone, answers
+
+    alone, answers = asyncio.run(scenario())
+    assert gated.batches == [["alone"], ["a"], ["b", "c", "d"], ["e"]]
+    assert alone[0] == real.predict(["alone"])
+    for text, (results, lengths, truncated, queued) in zip("abcde", answers):
+        assert [r["label"] for r in results] == [p["label"] for p in real.predict([text])]
+        assert len(lengths) == len(truncated) == 1 and queued >= 0
+
+
+def test_ray_serve_runs_the_same_app_on_two_replicas_and_shuts_down_cleanly(classifier_bundle, tiny_checkpoint, tmp_path):
+    """`mcompress serve --ray --replicas 2` on a real local Ray cluster (started by the command):
+    answers equal bundle.predict, both replicas answer, the limits hold, SIGTERM exits 0 and leaves
+    no process of the cluster behind."""
+    pytest.importorskip("ray.serve")
+    import psutil
+
+    from mcompress.runtime import load
+
+    bundle = load(classifier_bundle, threads=1)
+    texts = _split_texts(tiny_checkpoint)
+    server = start(classifier_bundle, tmp_path / "log", "--ray", "--replicas", "2", "--max-texts", "64", timeout=400)
+    try:
+        children = psutil.Process(server.process.pid).children(recursive=True)
+        ready = set()
+        deadline = time.monotonic() + 120
+        while len(ready) < 2 and time.monotonic() < deadline:  # the proxy picks a replica per request
+            response = httpx.get(f"{server.url}/readyz", timeout=30)
+            if response.status_code == 200:
+                ready.add(response.headers["x-mcompress-replica"])
+        assert len(ready) == 2, ready
+        answer = _predict(server.url, texts)
+        assert answer["predictions"] == bundle.predict(texts)
+        responses = asyncio.run(_concurrently(server.url, [{"texts": [t]} for t in texts]))
+        assert all(r.status_code == 200 for r in responses)
+        assert {r.headers["x-mcompress-replica"] for r in responses} == ready
+        direct = bundle.predict(texts)
+        alone = [r.json()["predictions"][0] for r in responses]
+        assert [a["label"] for a in alone] == [d["label"] for d in direct]
+        assert all(abs(a["score"] - d["score"]) < 1e-5 for a, d in zip(alone, direct))
+        refused = httpx.post(f"{server.url}/v1/predict", json={"texts": ["ok", 3]}, timeout=30)
+        assert refused.status_code == 422 and refused.json()["field"] == "texts.1"
+        scraped = httpx.get(f"{server.url}/metrics", timeout=30).text
+        assert metric(scraped, "mcompress_texts_total") >= 1
+    finally:
+        code = server.stop(timeout=180)
+    assert code == ExitCode.OK, server.output()
+    assert not port_is_bound(server.port)
+    deadline = time.monotonic() + 60
+    while any(c.is_running() and c.status() != psutil.STATUS_ZOMBIE for c in children) and time.monotonic() < deadline:
+        time.sleep(0.5)
+    assert not [c for c in children if c.is_running() and c.status() != psutil.STATUS_ZOMBIE]
+
+
+def test_ray_flags_without_ray_or_with_no_replicas_exit_2_with_one_line(classifier_bundle):
+    import subprocess
+
+    from serving import MCOMPRESS
+
+    for flags, message in ((["--replicas", "2"], "Add --ray"), (["--ray", "--replicas", "0"], "--replicas must be >= 1")):
+        proc = subprocess.run([MCOMPRESS, "serve", str(classifier_bundle), *flags], capture_output=True, text=True,
+                              timeout=120)
+        lines = [line for line in proc.stderr.splitlines() if line.strip()]
+        assert proc.returncode == ExitCode.BAD_INPUT and len(lines) == 1 and message in lines[0], proc.stderr

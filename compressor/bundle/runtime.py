@@ -570,12 +570,13 @@ def _tokenizer_feeds(manifest: dict) -> tuple[dict, dict]:
     return input_dtypes, feeds
 
 
-def _session(manifest: dict, members: dict[str, bytes], model_name: str, threads: int | None, sessions: dict):
+def _session(manifest: dict, members: dict[str, bytes], model_name: str, threads: int | None, sessions: dict,
+             server: bool = False):
     format_name = manifest.get("model_format", ONNX.name)
     if format_name not in sessions:
         raise BundleError(f"bundle model format {format_name!r} is not supported for a {manifest.get('task')} bundle; "
                           f"this runtime runs {' and '.join(sessions)}.")
-    return sessions[format_name](manifest, members, model_name, threads)
+    return sessions[format_name](manifest, members, model_name, threads, server)
 
 
 def _stepper(manifest: dict, session, model_name: str):
@@ -591,13 +592,15 @@ def _stepper(manifest: dict, session, model_name: str):
 
 
 def load(path: str | Path, threads: int | None = None, max_bytes: int = MAX_TOTAL_BYTES,
-         max_members: int = MAX_MEMBERS, trusted_keys=None, data: bytes | None = None) -> Bundle:
+         max_members: int = MAX_MEMBERS, trusted_keys=None, data: bytes | None = None,
+         server: bool = False) -> Bundle:
     """Verify ``path`` and return a ready-to-run Bundle (an ONNX Runtime CPU session built from the
     model's bytes, and the bundle's tokenizer with truncation at max_sequence_length and padding
     to the longest text in a batch; a generating task's bundle: its tokenizer unpadded and
     untruncated, and the generation loop on the session). With ``trusted_keys`` (paths of PEM EC
     public keys), a bundle not signed by one of them is refused (open_bundle). ``data``: the
-    bundle's bytes when it is already in memory."""
+    bundle's bytes when it is already in memory. ``server``: tune an ONNX session for a
+    long-running server that sees many batch shapes (_onnx_session)."""
     contents = open_bundle(path, max_bytes, max_members, trusted_keys, data)
     manifest, members = contents.manifest, contents.members
     decoder = runtime_decoder(manifest.get("task", UNRECORDED_TASK))
@@ -610,11 +613,11 @@ def load(path: str | Path, threads: int | None = None, max_bytes: int = MAX_TOTA
     if model_name not in members:
         raise BundleError(f"bundle manifest names model file {model_name!r}, which it does not contain.")
     if decoder.generates:
-        session, _, _ = _session(manifest, members, model_name, threads, GENERATING_SESSIONS)
+        session, _, _ = _session(manifest, members, model_name, threads, GENERATING_SESSIONS, server)
         return Bundle(Path(path), manifest, labels, session, tokenizer, signer=contents.signer, decoder=decoder,
                       stepper=_stepper(manifest, session, model_name))
     input_dtypes, feeds = _tokenizer_feeds(manifest)
-    session, session_inputs, num_logits = _session(manifest, members, model_name, threads, SESSIONS)
+    session, session_inputs, num_logits = _session(manifest, members, model_name, threads, SESSIONS, server)
     if set(session_inputs) != set(feeds):
         raise BundleError(f"bundle model inputs {sorted(session_inputs)} differ from the manifest's {sorted(feeds)}.")
     if num_logits is not None and num_logits != len(labels):
@@ -640,8 +643,15 @@ def _numpy_dtype_name(ort_type: str) -> str:
     return np.dtype(ORT_DTYPES[ort_type]).name if ort_type in ORT_DTYPES else ort_type.removeprefix("tensor(").removesuffix(")")
 
 
-def _onnx_session(manifest: dict, members: dict[str, bytes], model_name: str, threads: int | None):
-    """An ONNX Runtime CPU session built from the model's bytes; its input names and logit count."""
+def _onnx_session(manifest: dict, members: dict[str, bytes], model_name: str, threads: int | None,
+                  server: bool = False):
+    """An ONNX Runtime CPU session built from the model's bytes; its input names and logit count.
+
+    ``server``: ORT's memory-pattern planner caches one allocation plan per distinct input shape,
+    so a server's RSS grows with every new (batch, length) it sees; without it memory stays flat
+    once the arena has held the largest batch (measured in benchmarks/RESULTS.md, Serving). Idle
+    intra-op threads do not spin-wait either: between requests they would take CPU from the event
+    loop that parses the next one."""
     import onnxruntime as ort
 
     options = ort.SessionOptions()
@@ -649,6 +659,9 @@ def _onnx_session(manifest: dict, members: dict[str, bytes], model_name: str, th
     if threads:
         options.intra_op_num_threads = threads
     options.inter_op_num_threads = 1
+    if server:
+        options.enable_mem_pattern = False
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
     try:
         session = ort.InferenceSession(members.pop(model_name), options, providers=["CPUExecutionProvider"])
     except Exception as err:  # ORT raises its own pybind exception types
@@ -682,9 +695,10 @@ class _OpenVINOSession:
         return [np.array(self.request.get_tensor(self._outputs[n]).data, copy=True) for n in output_names]
 
 
-def _openvino_session(manifest: dict, members: dict[str, bytes], model_name: str, threads: int | None):
+def _openvino_session(manifest: dict, members: dict[str, bytes], model_name: str, threads: int | None,
+                      server: bool = False):
     """Compile the bundle's IR from memory on the OpenVINO CPU plugin, with the inference precision
-    the build was gated with."""
+    the build was gated with (``server``: nothing to tune here)."""
     weights_name = _manifest_field(manifest, "weights_file", kind=str)
     if weights_name not in members:
         raise BundleError(f"bundle manifest names weights file {weights_name!r}, which it does not contain.")
@@ -710,7 +724,7 @@ def _openvino_session(manifest: dict, members: dict[str, bytes], model_name: str
     return session, session.input_names, session.num_logits
 
 
-# model_format (core/formats.py) -> (manifest, members, model file name, threads) -> (session, input
+# model_format (core/formats.py) -> (manifest, members, model file name, threads, server) -> (session, input
 # names, logit count or None); a session answers run(["logits"], feed).
 SESSIONS = {ONNX.name: _onnx_session, OPENVINO_IR.name: _openvino_session}
 # The formats a generating task's bundle may hold: the generation loop steps ONNX Runtime sessions.

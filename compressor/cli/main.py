@@ -357,11 +357,22 @@ def serve(
     threads: Optional[int] = typer.Option(None, "--threads", min=1, help="Model intra-op threads."),
     allow_failed: bool = typer.Option(False, "--allow-failed", help="Serve a build directory whose gates failed."),
     trusted_keys: Optional[list[Path]] = typer.Option(None, "--trusted-key", help=TRUSTED_KEY_HELP),
+    ray: bool = typer.Option(False, "--ray", help="Run as a Ray Serve deployment (needs mcompress[serve-ray])."),
+    ray_address: Optional[str] = typer.Option(None, "--ray-address", help="Ray cluster to join (default: start a local one)."),
+    replicas: int = typer.Option(1, "--replicas", help="Ray Serve replicas (with --ray)."),
 ) -> None:
     """Serve a bundle or build over HTTP: POST /v1/predict, /v1/model, /v1/monitor, /metrics, /healthz, /readyz."""
     def body():
+        from functools import partial
+
         from mcompress.serve.config import ServeConfig
         from mcompress.serve.server import serve as run_server
+
+        if ray or ray_address or replicas != 1:
+            from mcompress.serve.ray_serve import require_ray, serve_on_ray
+
+            require_ray(ray, replicas)
+            run_server = partial(serve_on_ray, replicas=replicas, address=ray_address)
 
         keys = _trusted(trusted_keys)
         config = ServeConfig(model, host, port, max_batch_size, max_wait_ms, max_queue, max_texts, max_chars,

@@ -9,6 +9,8 @@ a full queue answers 503 with ``Retry-After``.
 # no `from __future__ import annotations`: FastAPI reads the route signatures, whose models are local
 
 import json
+import os
+import socket
 import time
 from typing import Annotated, Any
 
@@ -19,6 +21,7 @@ from mcompress.serve.monitor import DriftMonitor
 
 PREDICT = "/v1/predict"
 RETRY_AFTER_S = 1
+REPLICA_HEADER = b"x-mcompress-replica"  # host:pid of the process that answered (one per Ray replica)
 ROUTES = ("/v1/predict", "/v1/model", "/v1/monitor", "/healthz", "/readyz", "/metrics", "/docs", "/openapi.json")
 
 
@@ -53,8 +56,8 @@ def _json(status: int, body: dict, headers: dict | None = None):
 
 
 class _Limits:
-    """ASGI middleware: counts in-flight requests and arriving predict requests, times and counts
-    every response by route and status, and refuses bodies over max_body_bytes with 413."""
+    """ASGI middleware: counts in-flight requests, times and counts every response by route and
+    status, names the replica that answered (header), and refuses bodies over max_body_bytes (413)."""
 
     def __init__(self, app, state):
         self.app, self.state = app, state
@@ -64,14 +67,10 @@ class _Limits:
             return await self.app(scope, receive, send)
         state, path = self.state, scope["path"]
         route = path if path in ROUTES else "other"
-        predict = path == PREDICT and scope["method"] == "POST"
         status, started = {"code": 500}, time.perf_counter()
         limit = state.config.max_body_bytes
         declared = dict(scope.get("headers") or []).get(b"content-length")
         state.metrics.in_flight.inc()
-        if predict:
-            scope.setdefault("state", {})["arriving"] = True
-            state.batcher.arriving += 1
         try:
             if declared is not None and declared.isdigit() and int(declared) > limit:
                 return await self._too_large(scope, receive, send, status)
@@ -88,6 +87,7 @@ class _Limits:
             async def recorded_send(message):
                 if message["type"] == "http.response.start":
                     status["code"] = message["status"]
+                    message["headers"] = [*message.get("headers", ()), (REPLICA_HEADER, state.replica.encode())]
                 await send(message)
 
             try:
@@ -95,7 +95,6 @@ class _Limits:
             except _BodyTooLarge:
                 await self._too_large(scope, receive, send, status)
         finally:
-            leave_arriving(scope, state.batcher)
             state.metrics.in_flight.dec()
             state.metrics.requests.labels(route, str(status["code"])).inc()
             state.metrics.latency.labels(route).observe(time.perf_counter() - started)
@@ -111,14 +110,6 @@ class _BodyTooLarge(Exception):
     pass
 
 
-def leave_arriving(scope, batcher: MicroBatcher) -> None:
-    """A predict request stops counting as arriving (once): it was submitted, or refused."""
-    state = scope.get("state") or {}
-    if state.get("arriving"):
-        state["arriving"] = False
-        batcher.arriving -= 1
-
-
 def _field_of(errors: list[dict]) -> str:
     """The field the first error is about, dotted ("texts.3"); "body" for a body that is not JSON."""
     if not errors or errors[0].get("type") == "json_invalid":
@@ -129,12 +120,13 @@ def _field_of(errors: list[dict]) -> str:
 class AppState:
     """Everything the routes share: the bundle, its batcher, metrics and drift monitor."""
 
-    def __init__(self, bundle, config: ServeConfig, model_sha256: str):
+    def __init__(self, bundle, config: ServeConfig, model_sha256: str, batcher=MicroBatcher):
         self.bundle, self.config, self.model_sha256 = bundle, config, model_sha256
         self.metrics = ServerMetrics(config.max_batch_size, bundle.max_sequence_length)
         self.monitor = DriftMonitor(bundle.manifest.get("monitoring"), config.drift_window)
-        self.batcher = MicroBatcher(bundle, config.max_batch_size, config.max_wait_ms, config.max_queue, self.on_batch)
+        self.batcher = batcher.for_config(bundle, config, self.on_batch)
         self.ready = False
+        self.replica = f"{socket.gethostname()}:{os.getpid()}"
 
     def on_batch(self, jobs, prediction, seconds: float) -> None:
         self.metrics.observe_batch(len(jobs), len(prediction.results), seconds)
@@ -143,14 +135,19 @@ class AppState:
         self.monitor.observe(observations, prediction.token_lengths)
 
     async def warm_up(self) -> None:
-        """One real model call before /readyz says ready (ORT allocates and tunes on its first run)."""
+        """Real model calls before /readyz says ready: one text (ORT tunes on its first run), then
+        the largest batch the server forms (max_batch_size texts cut at max_sequence_length), so the
+        session's memory arena holds its peak before traffic and RSS stays flat under it."""
         await self.batcher.call(self.bundle.run, ["warm-up"], 1)
+        longest = "warm " * self.bundle.max_sequence_length
+        await self.batcher.call(self.bundle.run, [longest] * self.config.max_batch_size, self.config.max_batch_size)
         self.ready = True
         self.metrics.ready.set(1)
 
 
-def create_app(bundle, config: ServeConfig, model_sha256: str):
-    """The FastAPI app serving ``bundle`` (a loaded mcompress.runtime Bundle)."""
+def create_app(bundle, config: ServeConfig, model_sha256: str, batcher=MicroBatcher):
+    """The FastAPI app serving ``bundle`` (a loaded mcompress.runtime Bundle); ``batcher``: the
+    MicroBatcher class that groups its requests (serve/ray_serve.py passes Ray Serve's)."""
     import asyncio
     from contextlib import asynccontextmanager
 
@@ -159,7 +156,7 @@ def create_app(bundle, config: ServeConfig, model_sha256: str):
     from fastapi.responses import Response
     from starlette.exceptions import HTTPException as StarletteHTTPException
 
-    state = AppState(bundle, config, model_sha256)
+    state = AppState(bundle, config, model_sha256, batcher)
     PredictRequest, PredictResponse, Error = _models(config)
 
     @asynccontextmanager
@@ -201,7 +198,6 @@ def _routes(app, state: AppState, PredictRequest, PredictResponse, Error, Respon
 
     @app.post(PREDICT, response_model=PredictResponse, responses=busy)
     async def predict(body: PredictRequest, request: Request):
-        leave_arriving(request.scope, state.batcher)
         try:
             results, _, _, queued = await state.batcher.submit(body.texts)
         except QueueFull:
@@ -218,7 +214,8 @@ def _routes(app, state: AppState, PredictRequest, PredictResponse, Error, Respon
                                                       "mcompress_version", "built_with_mcompress", "passed", "gates",
                                                       "metrics", "runtime", "source", "quantization", "files")},
                 "labels": state.bundle.labels,
-                "serving": {"max_batch_size": state.config.max_batch_size, "max_wait_ms": state.config.max_wait_ms,
+                "serving": {"replica": state.replica,
+                            "max_batch_size": state.config.max_batch_size, "max_wait_ms": state.config.max_wait_ms,
                             "max_queue": state.config.max_queue, "max_texts": state.config.max_texts,
                             "max_chars": state.config.max_chars, "max_body_bytes": state.config.max_body_bytes}}
 

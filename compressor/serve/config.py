@@ -14,7 +14,7 @@ class ServeConfig:
     host: str = "127.0.0.1"
     port: int = 8000
     max_batch_size: int = 32  # texts per model call; also the length-bucket size (the gate's eval.batch_size)
-    max_wait_ms: float = 5.0  # how long a batch waits for more requests while others are arriving
+    max_wait_ms: float = 5.0  # Ray Serve: how long a batch waits for more requests (serve.batch); in-process: unused
     max_queue: int = 256  # requests waiting for the model; more are answered 503
     max_texts: int = 64  # texts per request
     max_chars: int = 10_000  # characters per text

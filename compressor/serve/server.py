@@ -29,12 +29,18 @@ def bundle_source(model: Path, allow_failed: bool = False) -> tuple[Path, bytes 
     return model, None
 
 
+def bundle_data(config: ServeConfig) -> tuple[Path, bytes]:
+    """(name, bytes) of the bundle to serve, read or packaged into memory (what Ray replicas load)."""
+    name, data = bundle_source(config.model, config.allow_failed)
+    return name, data if data is not None else name.read_bytes()
+
+
 def load_model(config: ServeConfig):
     """The Bundle to serve: a .mcpkg file as is, a build directory packaged in memory."""
     from mcompress.bundle.runtime import load
 
     name, data = bundle_source(config.model, config.allow_failed)
-    return load(name, threads=config.threads, data=data,
+    return load(name, threads=config.threads, data=data, server=True,
                 trusted_keys=list(config.trusted_keys) if config.trusted_keys else None)
 
 
