@@ -8,8 +8,8 @@ of 0; every later call feeds one token and the previous call's presents.
 
 Two weights are singled out, because the quantization schemes treat them apart:
 
-- the **embedding**: the ``Gather`` whose data is an initializer and whose indices are
-  ``input_ids`` (vocabulary x hidden);
+- the **embedding**: the ``Gather`` of a 2-D initializer with the most rows (vocabulary x hidden;
+  GPT-2's position table is the smaller one);
 - the **lm_head**: the ``MatMul`` with an initializer weight whose output is the ``logits`` graph
   output (through at most layout-only or Cast nodes). Optimum writes it as its own (transposed)
   initializer even when the checkpoint ties it to the embedding.
@@ -42,8 +42,10 @@ def find_decoder_weights(model) -> DecoderWeights:
     initializers = {i.name for i in graph.initializer}
     producer = {out: node for node in graph.node for out in node.output}
     matmuls = tuple(n.name for n in graph.node if n.op_type == "MatMul" and len(n.input) > 1 and n.input[1] in initializers)
-    embedding = next((n.name for n in graph.node if n.op_type == "Gather" and n.input[0] in initializers
-                      and n.input[1] == "input_ids"), None)
+    rows = {i.name: i.dims[0] for i in graph.initializer if len(i.dims) == 2}
+    gathers = [n for n in graph.node if n.op_type == "Gather" and n.input[0] in rows]
+    # the token table has the most rows (the vocabulary); GPT-2's position table has fewer
+    embedding = max(gathers, key=lambda n: rows[n.input[0]]).name if gathers else None
     lm_head = _lm_head_node(graph, producer)
     return DecoderWeights(embedding, lm_head.name if lm_head is not None else None, matmuls)
 
@@ -54,6 +56,37 @@ def _lm_head_node(graph, producer: dict):
     while node is not None and node.op_type != "MatMul":
         node = producer.get(node.input[0]) if node.op_type in _PASS_THROUGH else None
     return node
+
+
+def gemms_to_matmuls(model) -> int:
+    """GPT-2's Conv1D layers export as ``Gemm(x, W, b)`` (x already 2-D); the weight quantizers
+    handle MatMul only. Rewrite each plain Gemm with a constant weight (alpha = beta = 1, transA 0) as
+    ``MatMul(x, W)`` followed by ``Add(b)`` (W transposed into place when transB is 1), which computes
+    the same; returns how many were rewritten."""
+    from onnx import helper, numpy_helper
+
+    graph = model.graph
+    initializers = {i.name: i for i in graph.initializer}
+    rewritten, nodes = 0, []
+    for node in graph.node:
+        attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute}
+        plain = attrs.get("alpha", 1.0) == 1.0 and attrs.get("beta", 1.0) == 1.0 and not attrs.get("transA", 0)
+        if node.op_type != "Gemm" or not plain or node.input[1] not in initializers:
+            nodes.append(node)
+            continue
+        weight = node.input[1]
+        if attrs.get("transB", 0):
+            array = numpy_helper.to_array(initializers[weight]).T.copy()
+            weight = f"{weight}.transposed"
+            graph.initializer.append(numpy_helper.from_array(array, weight))
+        product = node.output[0] if len(node.input) < 3 or not node.input[2] else f"{node.output[0]}.matmul"
+        nodes.append(helper.make_node("MatMul", [node.input[0], weight], [product], name=f"{node.name}.MatMul"))
+        if product != node.output[0]:
+            nodes.append(helper.make_node("Add", [product, node.input[2]], [node.output[0]], name=f"{node.name}.Add"))
+        rewritten += 1
+    graph.ClearField("node")
+    graph.node.extend(nodes)
+    return rewritten
 
 
 def untie_lm_head(model) -> bool:

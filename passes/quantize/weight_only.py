@@ -21,6 +21,9 @@ Activation-quantized INT8 (ORT's dynamic quantization) measured +62% perplexity 
   ``H = 2 X^T X`` of the layer's inputs X, collected by running calibration text through the graph
   (``percdamp`` of mean(diag H) added to the diagonal). Needs the calibration text.
 
+GPT-2's Conv1D layers export as Gemm; they are rewritten as MatMul + Add first (same result), so
+every scheme sees them (decoder_graph.gemms_to_matmuls).
+
 Embedding and lm_head (decoder_graph.find_decoder_weights). ``lm_head: quantize`` quantizes the
 lm_head MatMul with the scheme's bits (with tied embeddings Optimum computes its weight as
 ``Transpose(embedding)``; the pass stores that transpose as the lm_head's own initializer first, so
@@ -42,7 +45,8 @@ from pathlib import Path
 
 import numpy as np
 
-from mcompress.passes.quantize.decoder_graph import cpu_session, find_decoder_weights, prompt_feed, untie_lm_head
+from mcompress.passes.quantize.decoder_graph import (cpu_session, find_decoder_weights, gemms_to_matmuls, prompt_feed,
+                                                     untie_lm_head)
 
 logger = logging.getLogger(__name__)
 
@@ -190,6 +194,7 @@ def quantize_decoder_weights(src: Path, dst: Path, scheme: str, settings: Weight
         raise ValueError(f"unknown decoder quantization scheme {scheme!r}")
     dst.parent.mkdir(parents=True, exist_ok=True)
     model = onnx.load(str(src), load_external_data=True)
+    gemms = gemms_to_matmuls(model)
     untied = settings.lm_head != "float" and untie_lm_head(model)
     weights = find_decoder_weights(model)
     exclude = [weights.lm_head] if settings.lm_head == "float" and weights.lm_head else []
@@ -207,7 +212,7 @@ def quantize_decoder_weights(src: Path, dst: Path, scheme: str, settings: Weight
         if embedding_quantized:
             model = _quantize_embedding(model, settings, weights.embedding)
         onnx.save_model(model, str(dst))
-    return {**_facts(dst, scheme, settings, weights, exclude, embedding_quantized), "lm_head_untied": untied}
+    return {**_facts(dst, scheme, settings, weights, exclude, embedding_quantized), "lm_head_untied": untied, "gemms_rewritten": gemms}
 
 
 def _facts(dst: Path, scheme: str, settings: WeightQuantSettings, weights, exclude, embedding_quantized) -> dict:
