@@ -3,7 +3,8 @@ quantization schemes on SmolLM2-135M (an Optimum export of the converted GGUF, w
 
     python benchmarks/lm_quant.py ONNX_DIR LEE_FILE OUT_JSON [--schemes ...] [--openvino]
 
-Text: gensim's lee_background.cor (one news article a line). Held out: the last 60 articles; GPTQ's
+Text: gensim's lee_background.cor (one news article a line). Held out: the last 60 articles
+(``--held-out N``: the last N); GPTQ's
 and AWQ's calibration: the first 8 articles, 256 tokens each (disjoint from the held-out ones).
 Perplexity windowing: each held-out article is one window of its first 512 tokens (BOS added by
 the tokenizer); every position 1..n-1 is scored; ppl = exp(sum nll / scored tokens), natural log.
@@ -64,6 +65,7 @@ def main() -> None:
     parser.add_argument("--schemes", nargs="*", default=["fp32", "int8-dynamic", "int8", "int4-rtn", "int4-hqq", "int4-gptq"])
     parser.add_argument("--block-size", type=int, default=32)
     parser.add_argument("--openvino", nargs="*", default=[])
+    parser.add_argument("--held-out", type=int, default=60, help="last N articles scored")
     args = parser.parse_args()
     from transformers import AutoTokenizer
 
@@ -74,11 +76,11 @@ def main() -> None:
     tokenizer = AutoTokenizer.from_pretrained(args.onnx_dir)
     articles = [line.strip() for line in args.lee.read_text().splitlines() if line.strip()]
     encode = lambda texts, n: [np.asarray(i[:n], dtype=np.int64) for i in tokenizer(texts)["input_ids"]]  # noqa: E731
-    documents, calibration = encode(articles[-60:], 512), encode(articles[:8], 256)
+    documents, calibration = encode(articles[-args.held_out:], 512), encode(articles[:8], 256)
     prompt = documents[0][None, :64]
     src = args.onnx_dir / "model.onnx"
     results = json.loads(args.out.read_text()) if args.out.is_file() else {}
-    results["setup"] = {"held_out_articles": 60, "scored_tokens": int(sum(len(d) - 1 for d in documents)),
+    results["setup"] = {"held_out_articles": args.held_out, "scored_tokens": int(sum(len(d) - 1 for d in documents)),
                         "block_size": args.block_size}
     for scheme in args.schemes:
         work = args.out.parent / f"lm-quant-{scheme}-b{args.block_size}"

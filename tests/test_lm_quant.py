@@ -220,3 +220,41 @@ def test_nncf_weight_compression_runs(llama_onnx, prompt, tmp_path):
             _prompt_feeds(model, [prompt[0]])[0])["logits"]
         assert float(np.abs(logits - reference).max()) <= tolerance
         assert openvino_decode_tokens_per_second(xml, prompt[:, :16], 4, 1) > 0
+
+
+@pytest.mark.slow
+@pytest.mark.skipif("causal-lm" not in __import__("mcompress.core.task", fromlist=["TASKS"]).TASKS,
+                    reason="the causal-lm task (lm-core's branch) is not merged yet")
+def test_quantize_pass_chooses_by_perplexity_and_decode(llama_onnx, tmp_path):
+    """The onnx-cpu quantize pass on a decoder: auto builds the candidates, scores each with the
+    task's perplexity against the FP32 graph and its decode rate, keeps one within budget."""
+    from transformers import PreTrainedTokenizerFast
+    from tokenizers import Tokenizer, models, pre_tokenizers
+
+    from mcompress.calibration.documents import Documents
+    from mcompress.core.pass_base import PassContext
+    from mcompress.core.recipe import Recipe
+    from mcompress.core.state import ModelKind, ModelState
+    from mcompress.core.task import get_task
+    from mcompress.passes.quantize.ort_int8 import QuantizeInt8
+
+    words = [f"w{i}" for i in range(VOCAB - 3)]
+    core = Tokenizer(models.WordLevel({t: i for i, t in enumerate(["<unk>", "<bos>", "<eos>", *words])}, unk_token="<unk>"))
+    core.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    tokenizer = PreTrainedTokenizerFast(tokenizer_object=core, unk_token="<unk>", bos_token="<bos>", eos_token="<eos>",
+                                        pad_token="<eos>")
+    rng = np.random.default_rng(3)
+    texts = [" ".join(rng.choice(words, size=60)) for _ in range(6)]
+    recipe = Recipe().with_overrides(**{"max_length": 64, "gates.max_ppl_increase": 50.0,
+                                        "quantize.decoder.candidates": ["int8", "int4-rtn"], "quantize.decoder.decode_tokens": 4})
+    task = get_task("causal-lm")
+    task = task.for_recipe(recipe) if hasattr(task, "for_recipe") else task
+    ctx = PassContext(recipe, OnnxCpuTarget(), tmp_path, Documents(texts, "calibration"), Documents(texts, "selection"),
+                      0.0, task=task)
+    state = ModelState(ModelKind.ONNX, source=None, tokenizer=tokenizer, model_file=llama_onnx)
+    result = QuantizeInt8().call(state, ctx)
+    candidates = result.metrics["candidates"]
+    assert set(candidates) == {"int8", "int4-rtn"} and result.metrics["chosen"] in candidates
+    assert candidates["int8"]["increase_percent"] <= candidates["int4-rtn"]["increase_percent"] + 1.0
+    assert all(c["decode_tokens_per_s"] > 0 and c["within_budget"] for c in candidates.values())
+    assert result.state.annotations["quantization"] == result.metrics["chosen"]
