@@ -66,6 +66,8 @@ def main() -> None:
     parser.add_argument("--block-size", type=int, default=32)
     parser.add_argument("--openvino", nargs="*", default=[])
     parser.add_argument("--held-out", type=int, default=60, help="last N articles scored")
+    parser.add_argument("--embedding", default="int4", choices=["int4", "float"])
+    parser.add_argument("--lm-head", default="quantize", choices=["quantize", "float"])
     args = parser.parse_args()
     from transformers import AutoTokenizer
 
@@ -83,19 +85,21 @@ def main() -> None:
     results["setup"] = {"held_out_articles": args.held_out, "scored_tokens": int(sum(len(d) - 1 for d in documents)),
                         "block_size": args.block_size}
     for scheme in args.schemes:
-        work = args.out.parent / f"lm-quant-{scheme}-b{args.block_size}"
+        label = f"onnx {scheme} b{args.block_size} embedding {args.embedding} lm_head {args.lm_head}"
+        work = args.out.parent / label.replace(" ", "-")
         started = time.perf_counter()
         if scheme == "fp32":
             path, facts = src, {}
         else:
             path = work / "model.onnx"
             feeds = calibration_feeds(src, calibration) if scheme == "int4-gptq" else None
-            facts = quantize_decoder_weights(src, path, scheme, WeightQuantSettings(block_size=args.block_size),
+            facts = quantize_decoder_weights(src, path, scheme, WeightQuantSettings(block_size=args.block_size, embedding=args.embedding,
+                                                                                 lm_head=args.lm_head),
                                              OnnxCpuTarget.capabilities, feeds)
         quantize_s = round(time.perf_counter() - started, 1)
-        results[f"onnx {scheme} b{args.block_size}"] = {**onnx_figures(path, documents, prompt), "quantize_s": quantize_s,
-                                                        "facts": facts, "other_cpu": other_processes_cpu()}
-        print(scheme, results[f"onnx {scheme} b{args.block_size}"], flush=True)
+        results[label] = {**onnx_figures(path, documents, prompt), "quantize_s": quantize_s, "facts": facts,
+                          "other_cpu": other_processes_cpu()}
+        print(label, results[label], flush=True)
         args.out.write_text(json.dumps(results, indent=1))
     for scheme in args.openvino:
         results[f"openvino {scheme}"] = _openvino_scheme(scheme, src, args, calibration, documents, prompt)

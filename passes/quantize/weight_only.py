@@ -39,7 +39,10 @@ exactly (Q4_1's minimum is a free float, MatMulNBits' zero point an integer, so 
 
 from __future__ import annotations
 
+import contextlib
+import io
 import logging
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -170,8 +173,17 @@ def _quantize_nbits(model, config, settings: WeightQuantSettings, exclude: list[
     quantizer = MatMulNBitsQuantizer(model, bits=getattr(config, "bits", 4), block_size=settings.block_size,
                                      is_symmetric=settings.symmetric, accuracy_level=settings.accuracy_level or None,
                                      nodes_to_exclude=exclude, algo_config=config)
-    with mock.patch.object(inc_weight_only, "gptq", gptq_weight):
-        quantizer.process()
+    # ORT logs every node at INFO and GPTQ prints a progress bar to stdout: shown only with -v.
+    verbose = logger.isEnabledFor(logging.INFO)
+    ort_logger = logging.getLogger("onnxruntime.quantization.matmul_nbits_quantizer")
+    previous = ort_logger.level
+    ort_logger.setLevel(logging.INFO if verbose else logging.WARNING)
+    try:
+        with mock.patch.object(inc_weight_only, "gptq", gptq_weight), \
+                contextlib.redirect_stdout(sys.stdout if verbose else io.StringIO()):
+            quantizer.process()
+    finally:
+        ort_logger.setLevel(previous)
     return quantizer.model.model
 
 
