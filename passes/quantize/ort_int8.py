@@ -169,7 +169,7 @@ class QuantizeInt8(Pass):
         if ctx.task.weight_only_quantization:
             return _decoder_pass().cache_key_parts(ctx)
         recipe, cfg = ctx.recipe, ctx.recipe.quantize
-        return {"quantize": cfg.model_dump(mode="json"), "max_drop": recipe.gates.max_drop, "drop_type": recipe.gates.drop_type,
+        return {"quantize": cfg.model_dump(mode="json", exclude={"decoder"}), "max_drop": recipe.gates.max_drop, "drop_type": recipe.gates.drop_type,
                 "max_length": recipe.max_length, "seed": recipe.seed,
                 # calibration reads the texts only (labels, when the split has them, are not used)
                 "calibration": dataclasses.replace(ctx.calibration.head(cfg.static.calibration_examples), labels=None).content_hash(),
