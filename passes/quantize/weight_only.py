@@ -214,7 +214,7 @@ def quantize_decoder_weights(src: Path, dst: Path, scheme: str, settings: Weight
     if scheme == "int8-dynamic":
         from mcompress.passes.quantize.ort_int8 import quantize_dynamic_int8
 
-        untied_src = dst.with_name("untied.onnx")
+        untied_src = dst.with_name(f"untied-{dst.name}")
         onnx.save_model(model, str(untied_src))
         quantize_dynamic_int8(untied_src, dst, True, capabilities, nodes_to_exclude=exclude,
                               op_types=["MatMul", *(["Gather"] if embedding_quantized else [])])
