@@ -42,9 +42,50 @@ class StaticQuantConfig(_Strict):
     op_types: list[str] = ["MatMul", "Gemm"]
 
 
+DecoderScheme = Literal["int8-dynamic", "int8", "int4-rtn", "int4-hqq", "int4-gptq", "int4-awq"]
+
+
+class DecoderQuantConfig(_Strict):
+    """Weight quantization of a causal LM (docs/causal-lm-quantization.md): onnx-cpu builds
+    MatMulNBits graphs (passes/quantize/decoder.py: int8-dynamic, int8, int4-rtn, int4-hqq,
+    int4-gptq), openvino-cpu NNCF weight compression (passes/quantize/nncf_weights.py: int8,
+    int4-rtn, int4-awq). quantize.mode none skips both."""
+
+    # auto: build each of `candidates` the target can, keep the fastest decode (tokens/s, batch 1,
+    # KV cache) whose perplexity on the selection text stays within the gate's budget.
+    scheme: Union[Literal["auto"], DecoderScheme] = "auto"
+    candidates: list[DecoderScheme] = ["int8", "int4-rtn", "int4-hqq", "int4-awq"]
+    # Weights per quantization block along the input axis (a power of two >= 16); 32 lines up with
+    # the GGUF Q4_1 blocks the SmolLM2 example was dequantized from.
+    block_size: int = Field(32, ge=16, le=4096)
+    symmetric: bool = False  # zero point fixed at the middle (HQQ is always asymmetric)
+    # MatMulNBits accuracy_level: 0 = ORT's default, 1 fp32, 2 fp16, 3 bf16, 4 int8 compute.
+    accuracy_level: int = Field(0, ge=0, le=4)
+    lm_head: Literal["quantize", "float"] = "quantize"  # the logits MatMul, at the scheme's bits or FP32
+    embedding: Literal["int4", "float"] = "int4"  # token embedding: 4-bit blocks (GatherBlockQuantized) or FP32
+    # Calibration for GPTQ (Hessians) and NNCF's AWQ/scale estimation: the first N calibration
+    # documents, each cut to calibration_tokens tokens.
+    calibration_examples: int = Field(16, ge=1, le=10_000)
+    calibration_tokens: int = Field(256, ge=8, le=4096)
+    gptq_percdamp: float = Field(0.01, gt=0, lt=1)
+    gptq_actorder: bool = False
+    # auto: the selection documents that score perplexity, and the greedy tokens timed per candidate.
+    selection_examples: Optional[int] = Field(32, ge=1)
+    decode_tokens: int = Field(32, ge=2, le=1024)
+
+    @field_validator("block_size")
+    @classmethod
+    def _power_of_two(cls, value: int) -> int:
+        if value & (value - 1):
+            raise ValueError("must be a power of two (16, 32, 64, 128, ...)")
+        return value
+
+
 class QuantizeConfig(_Strict):
     # auto: build dynamic and static candidates, keep the fastest within the accuracy budget.
     mode: Literal["auto", "dynamic", "static", "none"] = "auto"
+    # Decoders (causal LMs) quantize weights instead: their schemes and the auto choice.
+    decoder: DecoderQuantConfig = DecoderQuantConfig()
     per_channel: bool = True
     static: StaticQuantConfig = StaticQuantConfig()
     # Examples of the selection split used to score candidates in auto mode (null = all).

@@ -64,6 +64,9 @@ class Task(ABC):
     auto_model: str  # the transformers Auto class that loads the checkpoint
     optimum_model: str  # the optimum.onnxruntime ORTModel class that loads a build
     logits_axes: tuple[str, ...]  # dynamic axes of the exported "logits" output
+    # True: the quantize pass quantizes weights only, with the decoder schemes of recipe
+    # quantize.decoder (passes/quantize/decoder.py, nncf_weights.py); a causal LM sets it.
+    weight_only_quantization: bool = False
     text_column: str  # default data columns of JSONL/CSV inputs
     label_column: str
     metric: str  # the gated metric when gates.metric is auto

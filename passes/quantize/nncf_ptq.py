@@ -99,12 +99,20 @@ def _inputs(model) -> list[str]:
     return [i.get_any_name() for i in model.inputs]
 
 
+def _decoder_pass() -> Pass:
+    from mcompress.passes.quantize.nncf_weights import CompressDecoderNNCF
+
+    return CompressDecoderNNCF()
+
+
 class QuantizeNNCF(Pass):
     name = "quantize"
     accepts = (ModelKind.OPENVINO,)
     produces = ModelKind.OPENVINO
 
     def cache_key_parts(self, ctx: PassContext) -> dict:
+        if ctx.task.weight_only_quantization:
+            return _decoder_pass().cache_key_parts(ctx)
         recipe, cfg = ctx.recipe, ctx.recipe.openvino
         parts = {"mode": recipe.quantize.mode, "openvino": cfg.model_dump(mode="json"), "max_length": recipe.max_length,
                  "seed": recipe.seed, "capabilities": dataclasses.asdict(ctx.target.capabilities),
@@ -116,6 +124,8 @@ class QuantizeNNCF(Pass):
         return parts
 
     def call(self, state: ModelState, ctx: PassContext) -> PassResult:
+        if ctx.task.weight_only_quantization:  # a decoder: NNCF weight compression (passes/quantize/nncf_weights.py)
+            return _decoder_pass().call(state, ctx)
         if ctx.recipe.quantize.mode == "none":
             return PassResult(dataclasses.replace(state, annotations={**state.annotations, "quantization": "none"}),
                               False, {"skipped": "quantize.mode none: the FP32 IR ships"})

@@ -60,14 +60,16 @@ def _input_names(path: Path) -> list[str]:
 
 
 def quantize_dynamic_int8(src: Path, dst: Path, per_channel: bool, capabilities,
-                          nodes_to_exclude: list[str] | None = None) -> Path:
-    """``nodes_to_exclude``: float-graph node names left in float (passes/quantize/fallback.py)."""
+                          nodes_to_exclude: list[str] | None = None, op_types: list[str] | None = None) -> Path:
+    """``nodes_to_exclude``: float-graph node names left in float (passes/quantize/fallback.py);
+    ``op_types``: the operator types quantized (None: every type ORT's dynamic mode supports)."""
     import onnx
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
     quantize_dynamic(
         str(src), str(dst), per_channel=per_channel, reduce_range=capabilities.reduce_range,
         weight_type=QuantType[capabilities.weight_type], nodes_to_exclude=list(nodes_to_exclude or []),
+        op_types_to_quantize=op_types,
         # Fused graphs lose value_info for some weights; ORT then needs a default type (and it
         # mutates this dict, so it is built fresh each call).
         extra_options={"DefaultTensorType": onnx.TensorProto.FLOAT},
@@ -152,14 +154,22 @@ def quantize_static_calibrated(src: Path, calibration_cache: Path, dst: Path, ct
     return dst
 
 
+def _decoder_pass() -> Pass:
+    from mcompress.passes.quantize.decoder import QuantizeDecoder
+
+    return QuantizeDecoder()
+
+
 class QuantizeInt8(Pass):
     name = "quantize"
     accepts = (ModelKind.ONNX,)
     produces = ModelKind.ONNX
 
     def cache_key_parts(self, ctx: PassContext) -> dict:
+        if ctx.task.weight_only_quantization:
+            return _decoder_pass().cache_key_parts(ctx)
         recipe, cfg = ctx.recipe, ctx.recipe.quantize
-        return {"quantize": cfg.model_dump(mode="json"), "max_drop": recipe.gates.max_drop, "drop_type": recipe.gates.drop_type,
+        return {"quantize": cfg.model_dump(mode="json", exclude={"decoder"}), "max_drop": recipe.gates.max_drop, "drop_type": recipe.gates.drop_type,
                 "max_length": recipe.max_length, "seed": recipe.seed,
                 # calibration reads the texts only (labels, when the split has them, are not used)
                 "calibration": dataclasses.replace(ctx.calibration.head(cfg.static.calibration_examples), labels=None).content_hash(),
@@ -171,6 +181,8 @@ class QuantizeInt8(Pass):
                             "eval_batch_size": recipe.eval.batch_size}}
 
     def call(self, state: ModelState, ctx: PassContext) -> PassResult:
+        if ctx.task.weight_only_quantization:  # a decoder: weight-only schemes (passes/quantize/decoder.py)
+            return _decoder_pass().call(state, ctx)
         cfg = ctx.recipe.quantize
         supported = ctx.target.capabilities.quantization_modes
         if cfg.mode == "none":
