@@ -116,7 +116,7 @@ def _recipe(tmp_path: Path, fast_recipe: Path, name: str, **values) -> Path:
 
 
 def _command(nproc: int | None, model: Path, out: Path, recipe: Path) -> list[str]:
-    run = ["run", str(model), "--out", str(out), "--recipe", str(recipe)]
+    run = ["run", str(model), "--target", "onnx-cpu", "--out", str(out), "--recipe", str(recipe)]
     if nproc is None:
         return [sys.executable, "-m", "mcompress.cli", *run]
     return [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(nproc),

@@ -75,7 +75,7 @@ def inputs(tiny_checkpoint, tmp_path_factory) -> dict:
 
 
 def _command(inputs: dict, out: Path, *cache: str) -> list[str]:
-    return [sys.executable, "-m", "mcompress.cli", "run", str(inputs["model"]), "--recipe", str(inputs["recipe"]),
+    return [sys.executable, "-m", "mcompress.cli", "run", str(inputs["model"]), "--target", "onnx-cpu", "--recipe", str(inputs["recipe"]),
             "--calib-data", str(inputs["calib"]), "--out", str(out), *cache]
 
 

@@ -98,6 +98,7 @@ def run_cpu_auto(req: RunRequest, progress: ProgressFactory) -> Report:
         kept = next(c for c in candidates if c.name == choice["chosen"]).build
         _keep(kept, built, staging, work)
         kept.report.cpu_auto = CpuAutoChoice.model_validate({**choice, "offered": offered, "unavailable": unavailable})
+        kept.report.wall_s = round(time.perf_counter() - started, 1)  # the whole choice, not the kept build's own steps
         write_report(kept.report, staging)
     kept.report.out = str(Path(out).resolve())
     raise_for_outcome(kept, Path(out), prefix=f"no CPU target passed its gates; kept {kept.target.name} "
