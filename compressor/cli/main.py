@@ -366,13 +366,14 @@ def serve(
         from functools import partial
 
         from mcompress.serve.config import ServeConfig
-        from mcompress.serve.server import serve as run_server
 
         if ray or ray_address or replicas != 1:
             from mcompress.serve.ray_serve import require_ray, serve_on_ray
 
             require_ray(ray, replicas)
             run_server = partial(serve_on_ray, replicas=replicas, address=ray_address)
+        else:
+            from mcompress.serve.server import serve as run_server
 
         keys = _trusted(trusted_keys)
         config = ServeConfig(model, host, port, max_batch_size, max_wait_ms, max_queue, max_texts, max_chars,
