@@ -42,7 +42,7 @@ class CausalLM(Task):
     labelled = False
     optimum_export_task = "text-generation-with-past"
     gate_change = "increase"
-    # Decoders quantize weights only (lm-quant's passes/quantize/decoder.py reads this flag on the
+    # Decoders quantize weights only (passes/quantize/decoder.py reads this flag on the
     # Task; activation INT8 measured +62% perplexity on SmolLM2).
     weight_only_quantization = True
 
