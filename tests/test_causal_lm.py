@@ -294,3 +294,24 @@ def test_smollm2_perplexity_on_news_text():
     result = task.evaluate(TorchRunner(model), tokenizer, Documents(corpora.lee_news(0).test[:4], "lee test"), 256, 4)
     perplexity = 1 / result.score
     assert 10 < perplexity < 60 and result.accuracy > 0.3, (perplexity, result.accuracy)
+
+
+@pytest.mark.slow
+def test_the_default_cpu_choice_builds_a_decoder_on_the_targets_that_carry_its_kv_cache(tmp_path, llama_dir, lm_recipe):
+    pytest.importorskip("openvino")
+    out = tmp_path / "build"
+    code, output = _invoke(["run", str(llama_dir), "--recipe", str(lm_recipe), "--out", str(out), "--no-cache"])
+    assert code == 0, output
+    choice = json.loads((out / "report.json").read_text())["cpu_auto"]
+    assert choice["chosen"] == "onnx-cpu" and set(choice["candidates"]) == {"onnx-cpu"}  # the recipe is FP32 already
+    assert "cannot build a causal-lm model" in choice["unavailable"]["openvino-cpu"]
+
+
+def test_openvino_cpu_refuses_a_decoder_before_any_work(tmp_path, llama_dir, lm_recipe):
+    pytest.importorskip("openvino")
+    out = tmp_path / "build"
+    code, output = _invoke(["run", str(llama_dir), "--target", "openvino-cpu", "--recipe", str(lm_recipe),
+                            "--out", str(out)])
+    lines = [line for line in output.splitlines() if line.strip()]
+    assert code == ExitCode.BAD_INPUT and len(lines) == 1 and "cannot build a causal-lm model" in lines[0], output
+    assert not out.exists()

@@ -37,6 +37,8 @@ class TargetCapabilities:
     # The runtime reads ONNX Runtime's com.microsoft contrib ops (the fused Attention,
     # SkipLayerNormalization, ...). TensorRT's ONNX parser reads only standard ai.onnx ops.
     contrib_ops: bool = True
+    # The pipeline exports, converts and runs decoders with their KV cache (a causal LM's task).
+    kv_cache_decoders: bool = False
 
 
 @dataclass(frozen=True)
@@ -102,6 +104,14 @@ class Target(ABC):
 
     def validate_recipe(self, recipe) -> None:
         """Raise InputError for recipe settings this target cannot honour (before any work)."""
+
+    def check_task(self, task) -> None:
+        """Raise InputError for a task whose models this target's pipeline cannot build."""
+        from mcompress.core.errors import InputError
+
+        if task.kv_cache and not self.capabilities.kv_cache_decoders:
+            raise InputError(f"target {self.name} cannot build a {task.name} model: its passes do not carry the "
+                             "KV cache.", "Use --target onnx-cpu (or the default, cpu).")
 
     def settings(self, recipe) -> TargetSettings:
         """The runner and build settings the recipe asks of this target."""

@@ -79,6 +79,9 @@ class Task(ABC):
     # Optimum's exporter task when the export goes through optimum (a decoder with its KV cache);
     # None: the TorchScript export of the logits alone (passes/export/onnx_export.py).
     optimum_export_task: str | None = None
+    # True: the exported model carries a KV cache (past key/values in, present out); only targets
+    # whose capabilities say kv_cache_decoders build it (Target.check_task).
+    kv_cache: bool = False
     gate_change: str = "drop"  # the accuracy gate is named "<metric>_<gate_change>"
 
     def gate_budget(self, gates) -> tuple[float, str]:

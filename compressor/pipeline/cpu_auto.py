@@ -39,6 +39,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from mcompress.core.errors import GateFailure, InputError, TargetUnavailable
+from mcompress.core.task import task_for_architecture
 from mcompress.metrics.evaluation import RACE_ROUNDS, b1_b8_shapes, latency_race
 from mcompress.metrics.machine import other_processes_cpu
 from mcompress.metrics.selection import fastest_within_budget
@@ -118,12 +119,15 @@ def _cpu_targets(req: RunRequest) -> tuple[tuple[str, ...], dict[str, str]]:
     if req.target == CPU_AUTO:
         return CPU_AUTO_TARGETS, {}
     recipe = request_recipe(req)
+    task = _task_of(req.model_dir)
     usable, unavailable, first_error = [], {}, None
     for name in CPU_AUTO_TARGETS:
         target = get_target(name)
         try:
             target.check_available()
             target.validate_recipe(recipe)
+            if task is not None:
+                target.check_task(task)
         except (TargetUnavailable, InputError) as err:
             unavailable[name] = err.one_line()
             first_error = first_error or err
@@ -132,6 +136,18 @@ def _cpu_targets(req: RunRequest) -> tuple[tuple[str, ...], dict[str, str]]:
     if not usable:
         raise first_error
     return tuple(usable), unavailable
+
+
+def _task_of(model_dir: Path):
+    """The checkpoint's task from config.json's architectures, without hashing the weights; None
+    when the config cannot tell (prepare's inspection then names what is wrong)."""
+    import json
+
+    try:
+        architectures = json.loads((Path(model_dir) / "config.json").read_text()).get("architectures") or []
+        return next((t for t in map(task_for_architecture, architectures) if t is not None), None)
+    except (OSError, ValueError, AttributeError, TypeError):
+        return None
 
 
 def _candidate_specs(prepared: Prepared) -> tuple[list[CandidateSpec], dict[str, str]]:

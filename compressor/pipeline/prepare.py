@@ -162,6 +162,8 @@ def prepare(req: RunRequest, target_names: tuple[str, ...]) -> Prepared:
     targets = _validate_targets(recipe, target_names)
     ckpt = inspect_checkpoint(req.model_dir, allow_pickle=req.allow_pickle)
     task = get_task(ckpt.task).for_recipe(recipe)
+    for target in targets.values():
+        target.check_task(task)
     metric = task.gated_metric(recipe.gates.metric)
     validate_against_checkpoint(recipe, ckpt)
     _check_max_length(recipe, ckpt)

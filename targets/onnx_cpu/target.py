@@ -24,6 +24,7 @@ class OnnxCpuTarget(Target):
         # whose type the fused graph no longer records (the BERT pooler), and float bias costs
         # nothing measurable on CPU.
         quantize_bias=False,
+        kv_cache_decoders=True,  # Optimum's with-past export, weight-only quantization, the runtime's generation loop
     )
 
     def pipeline(self, recipe):
