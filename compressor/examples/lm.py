@@ -21,10 +21,10 @@ import logging
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Callable
 
 from mcompress.core.errors import InputError
 from mcompress.examples import corpora
+from mcompress.examples.finetune import StepCallback, is_built
 from mcompress.pipeline.outputs import staged_dir
 
 logger = logging.getLogger(__name__)
@@ -44,17 +44,10 @@ class LMExampleSettings:
 
 
 LM_EXAMPLE = LMExampleSettings()
-StepCallback = Callable[[int, int, float], None]
 
 
 def is_lm_built(out_dir: Path, settings: LMExampleSettings = LM_EXAMPLE) -> bool:
-    meta = out_dir / "example.json"
-    if not meta.is_file() or not (out_dir / "model.safetensors").is_file():
-        return False
-    try:
-        return json.loads(meta.read_text())["settings"] == asdict(settings)
-    except (ValueError, KeyError):
-        return False
+    return is_built(out_dir, settings)
 
 
 def require_gguf_reader(gguf_file: Path) -> None:

@@ -62,6 +62,33 @@ def calibration_token_ids(tokenizer, texts: list[str], tokens: int) -> list[np.n
     return [np.asarray(ids[:tokens], dtype=np.int64) for ids in tokenizer(texts, truncation=False)["input_ids"] if ids]
 
 
+def score_candidates(built: dict[str, Path], reference: tuple[Path, str], state: ModelState, ctx: PassContext,
+                     decode_rate, settings=None) -> dict[str, dict]:
+    """Each built candidate's perplexity against ``reference`` (its path and what to call it) on
+    the selection documents, whether that is within the task's budget, its size and
+    ``decode_rate(path, prompt_ids)`` (greedy tokens/s with the KV cache on the target's runtime)."""
+    recipe, cfg = ctx.recipe, ctx.recipe.quantize.decoder
+    selection = ctx.selection.head(cfg.selection_examples)
+    budget, drop_type = ctx.task.gate_budget(recipe.gates)
+    prompt = prompt_ids(state.tokenizer, selection.texts)
+
+    def evaluate(path: Path, what: str):
+        runner = ctx.target.runner(path, recipe.latency.threads, settings)
+        return ctx.task.evaluate(runner, state.tokenizer, selection, recipe.max_length, recipe.eval.batch_size, what=what)
+
+    reference_score = evaluate(*reference).score
+    scores = {}
+    for name, path in built.items():
+        score = evaluate(path, f"quantize candidate {name}").score
+        increase = float(np.asarray(ctx.task.drops(reference_score, score, drop_type)))
+        scores[name] = {"perplexity": round(1.0 / score, 4) if score > 0 else float("inf"),
+                        "reference_perplexity": round(1.0 / reference_score, 4), "increase_percent": round(increase, 3),
+                        "within_budget": round(increase, 9) <= budget,
+                        "decode_tokens_per_s": round(decode_rate(path, prompt), 2),
+                        "size_bytes": state.format.size(path), "documents": len(selection)}
+    return scores
+
+
 def prompt_ids(tokenizer, texts: list[str]) -> np.ndarray:
     """The timing prompt: the first document's first PROMPT_TOKENS tokens, shape (1, length)."""
     return calibration_token_ids(tokenizer, texts[:1], PROMPT_TOKENS)[0][None, :]
@@ -126,24 +153,7 @@ class QuantizeDecoder(Pass):
 
     @staticmethod
     def _score_all(built: dict[str, Path], state: ModelState, ctx: PassContext) -> dict[str, dict]:
-        recipe, cfg = ctx.recipe, ctx.recipe.quantize.decoder
-        selection = ctx.selection.head(cfg.selection_examples)
-        budget, drop_type = ctx.task.gate_budget(recipe.gates)
-        prompt = prompt_ids(state.tokenizer, selection.texts)
-
-        def evaluate(path: Path, what: str):
-            runner = ctx.target.runner(path, recipe.latency.threads)
-            return ctx.task.evaluate(runner, state.tokenizer, selection, recipe.max_length, recipe.eval.batch_size, what=what)
-
-        reference = evaluate(state.onnx_path, "the FP32 decoder graph (quantize reference)").score
-        scores = {}
-        for name, path in built.items():
-            score = evaluate(path, f"quantize candidate {name}").score
-            increase = float(np.asarray(ctx.task.drops(reference, score, drop_type)))
-            scores[name] = {"perplexity": round(1.0 / score, 4) if score > 0 else float("inf"),
-                            "reference_perplexity": round(1.0 / reference, 4), "increase_percent": round(increase, 3),
-                            "within_budget": round(increase, 9) <= budget,
-                            "decode_tokens_per_s": round(decode_tokens_per_second(path, prompt, cfg.decode_tokens,
-                                                                                  recipe.latency.threads, repeats=2), 2),
-                            "size_bytes": state.format.size(path), "documents": len(selection)}
-        return scores
+        cfg, threads = ctx.recipe.quantize.decoder, ctx.recipe.latency.threads
+        return score_candidates(built, (state.onnx_path, "the FP32 decoder graph (quantize reference)"), state, ctx,
+                                lambda path, prompt: decode_tokens_per_second(path, prompt, cfg.decode_tokens, threads,
+                                                                              repeats=2))

@@ -28,8 +28,8 @@ import numpy as np
 
 from mcompress.core.pass_base import PassContext, PassResult
 from mcompress.core.state import ModelKind, ModelState
-from mcompress.passes.quantize.decoder import (QuantizeDecoder, calibration_token_ids, choose, prompt_ids,
-                                               schemes_to_build)
+from mcompress.passes.quantize.decoder import (QuantizeDecoder, calibration_token_ids, choose, schemes_to_build,
+                                               score_candidates)
 
 logger = logging.getLogger(__name__)
 SCHEMES = ("int8", "int4-rtn", "int4-awq")
@@ -127,28 +127,11 @@ class CompressDecoderNNCF(QuantizeDecoder):
     def _score_openvino(built: dict[str, Path], state: ModelState, ctx: PassContext) -> dict[str, dict]:
         """Perplexity against the FP32 IR on the selection documents, and decode tokens/s through
         an ONNX-free greedy loop on the compiled IR."""
-        recipe, cfg = ctx.recipe, ctx.recipe.quantize.decoder
-        selection = ctx.selection.head(cfg.selection_examples)
-        budget, drop_type = ctx.task.gate_budget(recipe.gates)
-        prompt = prompt_ids(state.tokenizer, selection.texts)
-        settings = ctx.target.settings(recipe)
-
-        def evaluate(path: Path, what: str):
-            runner = ctx.target.runner(path, recipe.latency.threads, settings)
-            return ctx.task.evaluate(runner, state.tokenizer, selection, recipe.max_length, recipe.eval.batch_size, what=what)
-
-        reference = evaluate(state.ir_path, "the FP32 IR (quantize reference)").score
-        scores = {}
-        for name, path in built.items():
-            score = evaluate(path, f"quantize candidate {name}").score
-            increase = float(np.asarray(ctx.task.drops(reference, score, drop_type)))
-            scores[name] = {"perplexity": round(1.0 / score, 4) if score > 0 else float("inf"),
-                            "reference_perplexity": round(1.0 / reference, 4), "increase_percent": round(increase, 3),
-                            "within_budget": round(increase, 9) <= budget,
-                            "decode_tokens_per_s": round(openvino_decode_tokens_per_second(
-                                path, prompt, cfg.decode_tokens, recipe.latency.threads), 2),
-                            "size_bytes": state.format.size(path), "documents": len(selection)}
-        return scores
+        cfg, threads = ctx.recipe.quantize.decoder, ctx.recipe.latency.threads
+        return score_candidates(built, (state.ir_path, "the FP32 IR (quantize reference)"), state, ctx,
+                                lambda path, prompt: openvino_decode_tokens_per_second(path, prompt, cfg.decode_tokens,
+                                                                                       threads),
+                                ctx.target.settings(ctx.recipe))
 
 
 def openvino_decode_tokens_per_second(xml: Path, prompt: np.ndarray, new_tokens: int, threads: int | None) -> float:
