@@ -393,9 +393,10 @@ class _Training:
         run["history"].append({"step": step, "loss": round(float(mean[0]), 4), "kl": round(float(mean[1]), 4),
                                "ce": round(float(mean[2]), 4), "selection_accuracy": round(accuracy, 4),
                                "selection_ce": round(sel_ce, 4)})
-        if self.ctx.on_progress:
-            self.ctx.on_progress("distill", {"step": step, "total_steps": self.schedule.total, "selection_score": accuracy,
-                                             "reference_selection_score": self.ctx.reference_selection_score})
+        ctx = self.main.ctx  # this runs on rank 0 only, which holds the pass context
+        if ctx.on_progress:
+            ctx.on_progress("distill", {"step": step, "total_steps": self.schedule.total, "selection_score": accuracy,
+                                        "reference_selection_score": ctx.reference_selection_score})
         logger.info("distill step %d/%d: loss %.4f (KL·T² %.4f, CE %.4f), selection accuracy %.4f "
                     "(best %.4f at step %d; teacher %.4f)", step, self.schedule.total, mean[0], mean[1], mean[2],
                     accuracy, run["best_score"][0], run["best_step"], self.main.ctx.reference_selection_score)
