@@ -62,6 +62,18 @@ def calibration_token_ids(tokenizer, texts: list[str], tokens: int) -> list[np.n
     return [np.asarray(ids[:tokens], dtype=np.int64) for ids in tokenizer(texts, truncation=False)["input_ids"] if ids]
 
 
+def choose_built(built: dict[str, Path], score, ctx: PassContext, metrics: dict) -> str:
+    """The one scheme built, or the fastest within budget of several (``score()`` measures them);
+    the candidates' scores, the reason and the choice go into ``metrics``."""
+    if len(built) == 1:
+        chosen = next(iter(built))
+    else:
+        metrics["candidates"] = score()
+        chosen, metrics["choice_reason"] = choose(metrics["candidates"], ctx.recipe.quantize.latency_tie_tolerance)
+    metrics["chosen"] = chosen
+    return chosen
+
+
 def score_candidates(built: dict[str, Path], reference: tuple[Path, str], state: ModelState, ctx: PassContext,
                      decode_rate, settings=None) -> dict[str, dict]:
     """Each built candidate's perplexity against ``reference`` (its path and what to call it) on
@@ -137,12 +149,7 @@ class QuantizeDecoder(Pass):
             facts[scheme] = quantize_decoder_weights(state.onnx_path, dst, scheme, settings, ctx.target.capabilities, feeds)
             built[scheme] = dst
         metrics: dict = {"scheme": cfg.scheme, "built": facts}
-        if len(built) == 1:
-            chosen = schemes[0]
-        else:
-            metrics["candidates"] = self._score_all(built, state, ctx)
-            chosen, metrics["choice_reason"] = choose(metrics["candidates"], ctx.recipe.quantize.latency_tie_tolerance)
-        metrics["chosen"] = chosen
+        chosen = choose_built(built, lambda: self._score_all(built, state, ctx), ctx, metrics)
         logger.info("quantize (decoder): chose %s", chosen)
         precision = "int8" if chosen.startswith("int8") else "int4"
         annotations = {k: v for k, v in state.annotations.items() if k != "graph_variants"}

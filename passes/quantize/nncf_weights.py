@@ -28,7 +28,7 @@ import numpy as np
 
 from mcompress.core.pass_base import PassContext, PassResult
 from mcompress.core.state import ModelKind, ModelState
-from mcompress.passes.quantize.decoder import (QuantizeDecoder, calibration_token_ids, choose, schemes_to_build,
+from mcompress.passes.quantize.decoder import (QuantizeDecoder, calibration_token_ids, choose_built, schemes_to_build,
                                                score_candidates)
 
 logger = logging.getLogger(__name__)
@@ -112,12 +112,7 @@ class CompressDecoderNNCF(QuantizeDecoder):
             ov.save_model(compressed, str(xml), compress_to_fp16=False)
             built[scheme] = xml
         metrics: dict = {"scheme": cfg.scheme, "built": facts}
-        if len(built) == 1:
-            chosen = schemes[0]
-        else:
-            metrics["candidates"] = self._score_openvino(built, state, ctx)
-            chosen, metrics["choice_reason"] = choose(metrics["candidates"], ctx.recipe.quantize.latency_tie_tolerance)
-        metrics["chosen"] = chosen
+        chosen = choose_built(built, lambda: self._score_openvino(built, state, ctx), ctx, metrics)
         out = dataclasses.replace(state, model_file=built[chosen], annotations={
             **state.annotations, "quantization": f"nncf-{chosen}", "precision": "int8" if chosen == "int8" else "int4",
             "graph": "openvino-ir", "weight_quantization": facts[chosen]})
