@@ -129,13 +129,16 @@ def serve_on_ray(config: ServeConfig, on_ready=None, *, replicas: int = 1, addre
 
     started = _connect(address, replicas)
     stop = threading.Event()
+    # Our handlers replace the ones ray.init installed, and go in before serve.run: the proxy answers
+    # requests (/readyz included) as soon as a replica is up, before serve.run returns, so a SIGTERM can
+    # come while it still waits; Ray's own handler would then abort the driver (exit -6, no cleanup).
+    for s in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(s, lambda signum, frame: stop.set())
     try:
         serve.start(http_options={"host": config.host, "port": config.port})
         serve.run(_deployment(config, replicas).bind(config, str(name), [ray.put(data)]), name=APP_NAME,
                   route_prefix="/")
-        for s in (signal.SIGINT, signal.SIGTERM):
-            signal.signal(s, lambda signum, frame: stop.set())
-        if on_ready is not None:
+        if on_ready is not None and not stop.is_set():
             on_ready(f"http://{config.host}:{config.port}")
         while not stop.wait(0.5):
             pass
