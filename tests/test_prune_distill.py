@@ -267,6 +267,32 @@ def test_distillation_with_hidden_states_and_unlabelled_text(setup, tmp_path):
     assert result.metrics["train_labels"] == "teacher argmax" and result.metrics["steps"] == 2
 
 
+def test_a_time_limit_trains_the_steps_that_fit_and_equals_that_many_given_steps(setup, tmp_path):
+    """distill.time_limit_s: the pass times its steps, trains the count that fits (capped at the
+    configured steps), reports it, and the run equals an explicit distill.steps of that count
+    (the probe puts the weights and the RNG back)."""
+    def run(**overrides):
+        ctx = _context(setup, tmp_path / str(len(list(tmp_path.iterdir()))), **{**DISTILL, "distill.eval_every": None,
+                                                                                  **overrides})
+        return Distill().call(_state(setup, copy.deepcopy(setup["model"])), ctx)
+
+    roomy = run(**{"distill.time_limit_s": 3600.0})
+    m = roomy.metrics
+    assert m["planned_steps"] == m["steps"] == 12 and m["time_limit_s"] == 3600.0  # the cap: distill.steps
+    assert m["probe"]["step_s"] > 0 and m["probe"]["steps_that_fit"] > 12
+    # a limit below one step's cost still trains one step, and says how many fit
+    tight = run(**{"distill.time_limit_s": m["probe"]["step_s"] / 10})
+    assert tight.metrics["planned_steps"] == tight.metrics["steps"] == 1 and tight.metrics["probe"]["steps_that_fit"] == 0
+    # a limit that fits some steps: the same model as that many steps given outright
+    some = run(**{"distill.time_limit_s": 5 * m["probe"]["evaluation_s"] + 4.5 * m["probe"]["step_s"]})
+    planned = some.metrics["planned_steps"]
+    assert 1 <= planned < 12, some.metrics["probe"]
+    given = run(**{"distill.steps": planned})
+    assert given.metrics["planned_steps"] is None and given.metrics["history"] == some.metrics["history"]
+    for (name, a), b in zip(given.state.torch_model.state_dict().items(), some.state.torch_model.state_dict().values()):
+        assert torch.equal(a, b), name
+
+
 class _Interrupt:
     """A progress hook that presses Ctrl-C after ``at`` training steps."""
 

@@ -253,7 +253,7 @@ def test_default_space_follows_the_model(tiny_checkpoint):
 
 def test_time_budget_parsing():
     from mcompress.core.errors import InputError
-    from mcompress.tune.search import parse_duration
+    from mcompress.core.limits import parse_duration
 
     assert [parse_duration(t) for t in ("90s", "20m", "1.5h", "600")] == [90, 1200, 5400, 600]
     for bad in ("", "ten minutes", "0m", "-5m", "5d"):

@@ -162,9 +162,11 @@ def run(
     cache_dir: Optional[Path] = typer.Option(None, "--cache-dir", help="Pass cache (default: $MCOMPRESS_CACHE_DIR or ~/.cache/mcompress)."),
     no_cache: bool = typer.Option(False, "--no-cache", help="Run every pass; neither read nor write the pass cache."),
     cache_max_gb: float = typer.Option(10.0, "--cache-max-gb", min=0, help="Evict least recently used cache entries above this size."),
+    time_budget: Optional[str] = typer.Option(None, "--time-budget", help="Wall time the default CPU build plans in (no --recipe; default 15m): the post-training builds always, structured pruning + distillation too when what is left allows, e.g. 10m, 1h."),
 ) -> None:
     """Compress MODEL_DIR for a target, gate the built artifact on held-out data, write the build."""
     def body():
+        from mcompress.core.limits import parse_duration
         from mcompress.pipeline.job import RunRequest, run as run_job
 
         request = RunRequest(model_dir, target, out, recipe, eval_data, calib_data, text_column, label_column,
@@ -173,7 +175,8 @@ def run(
                               "gates.max_latency_p95_ms": max_latency_p95_ms, "gates.max_size_ratio": max_size_ratio,
                               "gates.min_speedup": min_speedup, "quantize.mode": quantize_mode,
                               "eval.max_examples": eval_examples},
-                             cache_dir=cache_dir, use_cache=not no_cache, cache_max_gb=cache_max_gb)
+                             cache_dir=cache_dir, use_cache=not no_cache, cache_max_gb=cache_max_gb,
+                             time_budget_s=parse_duration(time_budget) if time_budget is not None else None)
         with _progress_bars() as task:
             report = run_job(request, task)
         if report is not None:  # None: a rank > 0 of a torchrun/accelerate launch (rank 0 reports)
@@ -243,7 +246,8 @@ def tune(
 
     Needs the distributed extra: pip install 'mcompress\\[distributed]' (exit 4 without it)."""
     def body():
-        from mcompress.tune.search import TuneRequest, parse_duration, require_extra, tune as run_tune
+        from mcompress.core.limits import parse_duration
+        from mcompress.tune.search import TuneRequest, require_extra, tune as run_tune
 
         require_extra()
         request = TuneRequest(model_dir, target, max_drop, parse_duration(time_budget), trials, ray_address, out, space,

@@ -54,6 +54,15 @@ class Checkpoint:
     def num_labels(self) -> int:
         return len(self.id2label)
 
+    @property
+    def block_shape(self) -> dict[str, int]:
+        """Layers, attention heads per layer and FFN width (what structured pruning keeps a share
+        of), read the way recipe validation reads them; 0 where the config does not say."""
+        config = self.config
+        return {"layers": int(config.get("num_hidden_layers", config.get("n_layers", 0)) or 0),
+                "heads": int(self.num_attention_heads),
+                "ffn": int(config.get("intermediate_size", config.get("hidden_dim", 0)) or 0)}
+
 
 def _sha256(paths: list[Path]) -> str:
     digest = hashlib.sha256()

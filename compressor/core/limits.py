@@ -13,11 +13,13 @@ what they share lives here:
   already within its byte limit, so parsing is bounded); documents so deep that the C parser hits
   the interpreter's recursion limit are refused the same way.
 - ``brief``: a user-supplied value shortened for an error line.
+- ``parse_duration``: a wall-time option (``90s``, ``20m``, ``1.5h``) in seconds.
 """
 
 from __future__ import annotations
 
 import json
+import re
 import reprlib
 import stat
 from pathlib import Path
@@ -113,3 +115,15 @@ def json_loads_bounded(text: str | bytes, max_depth: int = MAX_JSON_DEPTH):
     if json_depth(value) > max_depth:
         raise ValueError(f"nested deeper than {max_depth} levels")
     return value
+
+
+_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(s|m|h)?\s*$")
+
+
+def parse_duration(text: str, option: str = "--time-budget") -> float:
+    """Seconds of ``90s``, ``20m``, ``1.5h`` or a plain number of seconds (InputError otherwise)."""
+    match = _DURATION.match(str(text).lower())
+    if not match or float(match.group(1)) <= 0:
+        raise InputError(f"{option} {text!r} is not a duration.", "Give e.g. 90s, 20m or 1.5h.")
+    return float(match.group(1)) * {"s": 1, "m": 60, "h": 3600}[match.group(2) or "s"]
+

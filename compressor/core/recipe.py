@@ -258,6 +258,10 @@ class DistillConfig(_Strict):
     patience: int = Field(3, ge=1)
     checkpoint_every: int = Field(200, ge=1)  # steps between resume checkpoints
     device: Literal["auto", "cpu", "cuda"] = "auto"  # auto: a CUDA GPU when torch sees one
+    # Wall-time cap on training and its evaluations: the pass times a few steps and one evaluation
+    # first and trains min(steps or epochs, what fits) steps; its metrics give the count
+    # (planned_steps), which as distill.steps reproduces the run. null = no cap.
+    time_limit_s: Optional[float] = Field(None, gt=0)
 
 
 class TensorRTConfig(_Strict):

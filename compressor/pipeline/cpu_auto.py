@@ -43,6 +43,7 @@ from mcompress.core.task import task_for_architecture
 from mcompress.metrics.evaluation import RACE_ROUNDS, b1_b8_shapes, latency_race
 from mcompress.metrics.machine import other_processes_cpu
 from mcompress.metrics.selection import fastest_within_budget
+from mcompress.pipeline.budget import PRUNE_DISTILL, plan_prune_distill, time_budget_of
 from mcompress.pipeline.job import TargetBuild, build_target, raise_for_outcome
 from mcompress.pipeline.outputs import staged_dir
 from mcompress.pipeline.pass_gates import check_gate_passes
@@ -72,6 +73,7 @@ class Candidate:
     spec: CandidateSpec
     build: TargetBuild | None  # None: a gate after a pass stopped it
     stopped: str | None = None  # that gate's message
+    seconds: float = 0.0  # wall time of its passes and gates
 
     @property
     def name(self) -> str:
@@ -84,6 +86,7 @@ class Candidate:
 
 def run_cpu_auto(req: RunRequest, progress: ProgressFactory) -> Report:
     started = time.perf_counter()
+    budget_s = time_budget_of(req)
     names, unavailable = _cpu_targets(req)
     prepared = prepare(req, names)
     specs, offered = _candidate_specs(prepared)
@@ -92,14 +95,27 @@ def run_cpu_auto(req: RunRequest, progress: ProgressFactory) -> Report:
     with staged_dir(out) as staging:
         work = staging / CANDIDATES_DIR
         candidates = [_build(spec, reference, work / spec.name, progress, started) for spec in specs]
+        time_budget = None
+        if budget_s is not None:  # the default recipe: prune + distill too, when the budget allows
+            plan = plan_prune_distill(prepared, budget_s, time.perf_counter() - started, [c.seconds for c in candidates])
+            time_budget = {"budget_s": budget_s,
+                           "plans": {prepared.recipe.name: {"built": True, "reason": "the floor: always built"},
+                                     PRUNE_DISTILL: plan.figures}}
+            if plan.run is not None:
+                planned = _plan_specs(plan.run, "+" + PRUNE_DISTILL)
+                offered.update({s.name: s.precision for s in planned})
+                candidates += [_build(spec, reference, work / spec.name, progress, started) for spec in planned]
         built = [c for c in candidates if c.build is not None]
         if not built:
             raise GateFailure(f"no CPU target produced a build: {'; '.join(c.stopped for c in candidates)}")
         choice = _choose(candidates, _race(built, prepared, reference, progress), prepared.recipe)
         kept = next(c for c in candidates if c.name == choice["chosen"]).build
         _keep(kept, built, staging, work)
-        kept.report.cpu_auto = CpuAutoChoice.model_validate({**choice, "offered": offered, "unavailable": unavailable})
         kept.report.wall_s = round(time.perf_counter() - started, 1)  # the whole choice, not the kept build's own steps
+        if time_budget is not None:
+            time_budget["wall_s"] = kept.report.wall_s
+        kept.report.cpu_auto = CpuAutoChoice.model_validate({**choice, "offered": offered, "unavailable": unavailable,
+                                                             "time_budget": time_budget})
         write_report(kept.report, staging)
     kept.report.out = str(Path(out).resolve())
     raise_for_outcome(kept, Path(out), prefix=f"no CPU target passed its gates; kept {kept.target.name} "
@@ -158,14 +174,24 @@ def _candidate_specs(prepared: Prepared) -> tuple[list[CandidateSpec], dict[str,
         variants, missing = target.precision_variants(prepared.recipe)
         for precision, why in missing.items():
             not_offered.setdefault(precision, []).append(f"{name}: {why}")
-        for variant in variants:
-            recipe = prepared.recipe.with_overrides(**variant.overrides) if variant.overrides else prepared.recipe
-            target.validate_recipe(recipe)
-            check_gate_passes(recipe, [p.name for p in target.pipeline(recipe)])
-            specs.append(CandidateSpec(name + variant.suffix, variant.precision, target,
-                                       dataclasses.replace(prepared, recipe=recipe, targets={name: target})))
+        specs += [_spec(prepared, name, target, variant) for variant in variants]
     offered = {s.name: s.precision for s in specs}
     return specs, {**offered, **{p: "not offered: " + "; ".join(why) for p, why in not_offered.items()}}
+
+
+def _plan_specs(prepared: Prepared, suffix: str) -> list[CandidateSpec]:
+    """A second plan's builds (pipeline/budget.py): each target at the plan recipe's own precision
+    (its first variant), named ``target+plan``."""
+    return [_spec(prepared, name, target, target.precision_variants(prepared.recipe)[0][0], suffix)
+            for name, target in prepared.targets.items()]
+
+
+def _spec(prepared: Prepared, name: str, target, variant, plan_suffix: str = "") -> CandidateSpec:
+    recipe = prepared.recipe.with_overrides(**variant.overrides) if variant.overrides else prepared.recipe
+    target.validate_recipe(recipe)
+    check_gate_passes(recipe, [p.name for p in target.pipeline(recipe)])
+    return CandidateSpec(name + plan_suffix + variant.suffix, variant.precision, target,
+                         dataclasses.replace(prepared, recipe=recipe, targets={name: target}))
 
 
 @contextmanager
@@ -175,12 +201,13 @@ def _candidate_dir(path: Path):
 
 
 def _build(spec: CandidateSpec, reference: Reference, out_dir: Path, progress, started: float) -> Candidate:
+    began = time.perf_counter()
     try:
-        return Candidate(spec, build_target(spec.prepared, reference, spec.target, lambda: _candidate_dir(out_dir),
-                                            progress, started))
+        build = build_target(spec.prepared, reference, spec.target, lambda: _candidate_dir(out_dir), progress, started)
+        return Candidate(spec, build, seconds=time.perf_counter() - began)
     except GateFailure as stop:  # a gate after a pass: this candidate has no build; the others still race
         shutil.rmtree(out_dir, ignore_errors=True)
-        return Candidate(spec, None, str(stop))
+        return Candidate(spec, None, str(stop), time.perf_counter() - began)
 
 
 def _keep(kept: TargetBuild, built: list[Candidate], staging: Path, work: Path) -> None:
@@ -210,7 +237,7 @@ def _race(built: list[Candidate], prepared: Prepared, reference: Reference, prog
 
 
 def _summary(c: Candidate, race: dict) -> dict:
-    identity = {"target": c.spec.target.name, "precision": c.spec.precision}
+    identity = {"target": c.spec.target.name, "precision": c.spec.precision, "recipe": c.spec.prepared.recipe.name}
     if c.build is None:
         return {**identity, "passed": False, "stopped": c.stopped, "failed_gates": ["gates.after"], "race": None}
     report = c.build.report

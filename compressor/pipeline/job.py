@@ -161,6 +161,9 @@ def _run_here(req: RunRequest, progress: ProgressFactory) -> Report:
         from mcompress.pipeline.cpu_auto import run_cpu_auto
 
         return run_cpu_auto(req, progress)
+    from mcompress.pipeline.budget import time_budget_of
+
+    time_budget_of(req)  # a --time-budget this single-target run cannot apply: one line, before any work
     started = time.perf_counter()
     prepared = prepare(req, (req.target,))
     reference = measure_reference(prepared, progress)

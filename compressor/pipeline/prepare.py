@@ -7,7 +7,7 @@ the checkpoint, the data splits, ``--out`` and the cache directory.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from functools import cached_property
 from pathlib import Path
 from typing import Callable
@@ -48,6 +48,9 @@ class RunRequest:
     cache_max_gb: float = DEFAULT_MAX_GB
     # Called with (pass name, figures) while a pass runs (core.pass_base.PassContext.on_progress).
     on_pass_progress: Callable[[str, dict], None] | None = None
+    # --time-budget: wall seconds the default CPU build plans its work in (pipeline/budget.py);
+    # None = its default there. Only a CPU choice with the default recipe takes one.
+    time_budget_s: float | None = None
 
     @property
     def default_out(self) -> Path:
@@ -173,3 +176,19 @@ def prepare(req: RunRequest, target_names: tuple[str, ...]) -> Prepared:
     check_output_dir(out, req.force, req.input_paths)
     cache_root, cache = _open_cache(req, out)
     return Prepared(req, recipe, targets, ckpt, task, metric, data, out, cache_root, cache)
+
+
+def prepare_recipe(prepared: Prepared, recipe: Recipe) -> Prepared:
+    """The same run (checkpoint, data, targets, output) with another recipe, validated as
+    ``prepare`` validates one (InputError or TargetUnavailable before any work)."""
+    for target in prepared.targets.values():
+        target.validate_recipe(recipe)
+    task = get_task(prepared.checkpoint.task).for_recipe(recipe)
+    for target in prepared.targets.values():
+        target.check_task(task)
+    metric = task.gated_metric(recipe.gates.metric)
+    validate_against_checkpoint(recipe, prepared.checkpoint)
+    _check_max_length(recipe, prepared.checkpoint)
+    validate_training_data(recipe, len(prepared.data.calibration), prepared.data.calibration_is_eval)
+    return replace(prepared, recipe=recipe, task=task, metric=metric)
+

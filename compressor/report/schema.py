@@ -211,6 +211,7 @@ class CpuAutoCandidate(_ReportModel):
     passed: bool
     target: str = ""  # reports before precision variants: the candidate's name is its target
     precision: str = ""  # e.g. "int8", "fp32", "int8, bf16 float ops"
+    recipe: str = ""  # the recipe's name: the default's, or a time-budget plan's (pipeline/budget.py)
     stopped: str | None = None
     metric: str | None = None
     score: Number | None = None
@@ -238,6 +239,9 @@ class CpuAutoChoice(_ReportModel):
     # precisions this CPU does not offer.
     offered: dict[str, str] = Field(default_factory=dict)
     unavailable: dict[str, str] = Field(default_factory=dict)  # CPU target -> why it was not built (--target cpu)
+    # The default recipe's time budget (--time-budget): budget_s, wall_s, and per plan whether it
+    # was built and why, with the figures that decided it (pipeline/budget.py). None: a recipe was given.
+    time_budget: dict | None = None
 
 
 class DistributedRun(_ReportModel):

@@ -167,7 +167,17 @@ def _cpu_auto(choice: CpuAutoChoice | None, metric: str) -> list[Block]:
               Paragraph(f"Criterion: {choice.criterion}"),
               Table("", ("candidate", "precision", "gates", metric, "drop (points)", "b1 p50 ms", "b1 p95 ms",
                          "b8 p50 ms", "b8 p95 ms", "model MB"), rows, (note,))]
-    return blocks + ([Paragraph("Not raced on this machine: " + "; ".join(left_out) + ".")] if left_out else [])
+    blocks += [Paragraph("Not raced on this machine: " + "; ".join(left_out) + ".")] if left_out else []
+    return blocks + _time_budget(choice.time_budget)
+
+
+def _time_budget(budget: dict | None) -> list[Block]:
+    """The default recipe's time budget: which plans were built, and the figures that decided."""
+    if not budget:
+        return []
+    plans = "; ".join(f"{name}: {plan['reason']}" for name, plan in budget["plans"].items())
+    wall = f", {budget['wall_s']:.0f} s used" if budget.get("wall_s") is not None else ""
+    return [Paragraph(f"Time budget {budget['budget_s']:.0f} s{wall}. Plans: {plans}.")]
 
 
 def _gated(candidate: dict) -> float:

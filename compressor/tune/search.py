@@ -35,7 +35,6 @@ import importlib.util
 import dataclasses
 import json
 import logging
-import re
 import os
 import shutil
 import signal
@@ -94,17 +93,6 @@ class TuneRequest:
     @property
     def out_dir(self) -> Path:
         return (self.out or Path("build") / f"{self.model_dir.resolve().name}-tune").resolve()
-
-
-_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(s|m|h)?\s*$")
-
-
-def parse_duration(text: str) -> float:
-    """Seconds of ``90s``, ``20m``, ``1.5h`` or a plain number of seconds (InputError otherwise)."""
-    match = _DURATION.match(str(text).lower())
-    if not match or float(match.group(1)) <= 0:
-        raise InputError(f"--time-budget {text!r} is not a duration.", "Give e.g. 90s, 20m or 1.5h.")
-    return float(match.group(1)) * {"s": 1, "m": 60, "h": 3600}[match.group(2) or "s"]
 
 
 def require_extra() -> None:

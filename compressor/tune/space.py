@@ -163,14 +163,6 @@ def _prunes_nothing(recipe: Recipe, shape: dict[str, int]) -> bool:
     return all(getattr(prune, k) in (None, full[k]) for k in PRUNE_KEYS)
 
 
-def model_shape(ckpt) -> dict[str, int]:
-    """Layers, heads per layer and FFN width, read the way recipe validation reads them."""
-    config = ckpt.config
-    return {"layers": int(config.get("num_hidden_layers", config.get("n_layers", 0)) or 0),
-            "heads": int(ckpt.num_attention_heads),
-            "ffn": int(config.get("intermediate_size", config.get("hidden_dim", 0)) or 0)}
-
-
 def _fractions(full: int) -> list[int]:
     return sorted({max(1, full * q // 4) for q in (1, 2, 3, 4)})
 
@@ -248,7 +240,7 @@ def _check_point(space: SearchSpace, point: dict, ckpt, where: str) -> None:
 
 def build_space(ckpt, space_path: Optional[Path] = None) -> SearchSpace:
     """The default space for ``ckpt``, or the one in ``space_path``; validated (InputError)."""
-    shape = model_shape(ckpt)
+    shape = ckpt.block_shape
     spec = _read_space_file(space_path) if space_path is not None else None
     parameters = spec.parameters if spec else default_parameters(shape)
     base_path = _resolve_base(spec.base_recipe if spec else None, space_path.parent if space_path else None)

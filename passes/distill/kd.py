@@ -23,6 +23,17 @@ improvement. The pass returns the best weights, not the last.
 Device: ``distill.device`` ``auto`` trains on the first CUDA GPU when torch sees one, else on the
 CPU; the student is returned on the CPU. Results on a GPU differ from CPU ones in rounding only.
 
+Time limit: with ``distill.time_limit_s`` the step count is measured, not given. Before training,
+rank 0 times three steps on the student (its weights and RNG put back afterwards) and one
+evaluation on 64 selection examples scaled to the split, and trains
+
+    steps = min(configured steps, floor((time_limit_s - 5 * evaluation_s) / step_s))
+
+(five evaluations: every total/4 steps and the last), which is then an ordinary schedule of that
+many steps: ``distill.steps`` of the same count gives the same run. The count is in the pass's
+metrics (``planned_steps``, with the probe's timings) and in resume checkpoints, so a resumed run
+keeps it. The default CPU build's time budget sets this (pipeline/budget.py).
+
 Resume: every ``checkpoint_every`` steps (and on Ctrl-C) the student, optimizer, scheduler, step,
 best weights and RNG state are saved to ``<resume dir>/distill-<key>.pt``, where the key hashes
 everything that determines the run (source checkpoint, incoming weights, distill settings, seed,
@@ -151,6 +162,10 @@ class _Schedule:
         return cls(steps_per_epoch, total, int(cfg.warmup_ratio * total), cfg.eval_every or max(1, math.ceil(total / 4)))
 
 
+PROBE_STEPS = 3  # timed training steps of distill.time_limit_s's probe (after one warm-up step)
+PROBE_EVAL_EXAMPLES = 64  # selection examples its evaluation is timed on
+
+
 def _frozen_teacher(source, device):
     """The original checkpoint, loaded again: eval mode, no gradients."""
     teacher, _ = load_model_and_tokenizer(source)
@@ -251,14 +266,63 @@ class _Training:
         self.input_names = [n for n in ("input_ids", "attention_mask", "token_type_ids")
                             if n in self.tokenizer.model_input_names]
         self.schedule = _Schedule.of(self.cfg, len(self.data), self.world_size)
+        self.probe = None
+        if self.cfg.time_limit_s is not None:  # the step count that fits, then the schedule of that count
+            self.cfg = self.cfg.model_copy(update={"steps": self._steps_within_time_limit(job)})
+            self.schedule = _Schedule.of(self.cfg, len(self.data), self.world_size)
         self.optimizer, self.scheduler = _optimizer(self.student, self.cfg, self.schedule)
         # Everything the loop carries between steps: saved whole in a resume checkpoint.
         self.run = {"step": 0, "best_score": None, "best_step": None, "best_state": None, "stale": 0, "history": [],
-                    "losses": []}
+                    "losses": [], "planned_steps": self.cfg.steps if self.cfg.time_limit_s is not None else None}
         self.examples, self.saved_step = 0, None
         # False while a step is half applied: an interrupt then saves nothing (the last periodic
         # checkpoint stays). The RNG state is taken at the last step boundary, before dropout draws.
         self.consistent, self.boundary_rng = True, None
+
+    def _steps_within_time_limit(self, job: _Job) -> int:
+        """Optimizer steps that fit in ``distill.time_limit_s`` with the evaluations the schedule
+        runs, capped at the configured steps (or epochs). A resumed run keeps the count its
+        checkpoint planned. Else rank 0 times PROBE_STEPS training steps (after one untimed warm-up
+        step) on the student itself, then puts its weights and the RNG back, so the run is the one
+        ``distill.steps`` of the count gives; plus one evaluation of PROBE_EVAL_EXAMPLES selection
+        examples, scaled to the split. The other ranks receive rank 0's count."""
+        import torch
+
+        planned = ((job.resume or {}).get("run") or {}).get("planned_steps")
+        if planned is not None:
+            return int(planned)
+        steps = None
+        if self.main is not None:
+            weights = {k: v.detach().clone() for k, v in self.student.state_dict().items()}
+            rng = self.rng_state()
+            optimizer, _ = _optimizer(self.student, self.cfg, self.schedule)
+            self.student.train()
+            timed = []
+            for step in range(PROBE_STEPS + 1):
+                feed, labels = self.batch_at(step)
+                started = time.perf_counter()
+                loss, _, _ = self.loss(feed, labels, student=self.student)  # not the DDP wrapper: rank 0 alone
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                optimizer.step()
+                timed.append(time.perf_counter() - started)
+            self.student.load_state_dict(weights)
+            torch.set_rng_state(rng["cpu"])
+            if self.device.type == "cuda":
+                torch.cuda.set_rng_state(rng["cuda"], self.device)
+            step_s = float(np.median(timed[1:]))
+            sample = self.main.selection.head(PROBE_EVAL_EXAMPLES)
+            started = time.perf_counter()
+            self.task.evaluate(TorchRunner(self.student), self.tokenizer, sample, job.recipe.max_length,
+                               job.recipe.eval.batch_size)
+            eval_s = (time.perf_counter() - started) * len(self.main.selection) / max(1, len(sample))
+            evaluations = 5  # eval_every = total / 4, and the last step's
+            fits = math.floor((self.cfg.time_limit_s - evaluations * eval_s) / step_s)
+            steps = max(1, min(self.schedule.total, fits))
+            self.probe = {"step_s": round(step_s, 4), "evaluation_s": round(eval_s, 2), "steps_that_fit": max(0, fits)}
+            logger.info("distill: %.3f s a step, %.1f s an evaluation: %d steps fit in %.0f s (of %d configured)",
+                        step_s, eval_s, max(0, fits), self.cfg.time_limit_s, self.schedule.total)
+        return distributed.broadcast(steps) if self.session else steps
 
     def resume(self, saved: dict) -> int:
         """Continue from a checkpoint (every rank gets rank 0's copy); the step it continues from."""
@@ -328,14 +392,15 @@ class _Training:
         ce = float(torch.nn.functional.cross_entropy(logits, torch.from_numpy(result.logit_labels()).long()))
         return result.score, ce
 
-    def loss(self, feed, batch_labels):
-        """(total, kl, ce) of the student against the teacher on one batch (module docstring)."""
+    def loss(self, feed, batch_labels, student=None):
+        """(total, kl, ce) of the student (default: the trainee, DDP-wrapped under a launcher)
+        against the teacher on one batch (module docstring)."""
         import torch
 
         cfg, use_hidden = self.cfg, self.cfg.hidden_weight > 0
         with torch.no_grad():
             t_out = self.teacher(**feed, output_hidden_states=use_hidden)
-        s_out = self.trainee(**feed, output_hidden_states=use_hidden)
+        s_out = (student or self.trainee)(**feed, output_hidden_states=use_hidden)
         # open targets (unlabelled text, untagged words) are the teacher's argmax
         targets = self.task.resolve_targets(batch_labels, t_out.logits)
         student_rows, row_targets = self.task.scored_rows(s_out.logits, targets)
@@ -475,6 +540,7 @@ class _Training:
             "teacher_selection_accuracy": round(self.main.ctx.reference_selection_score, 4),
             "early_stopped": run["step"] < total, "resumed_from_step": resumed_from,
             "train_s": round(elapsed, 1), "examples_per_s": round(examples / elapsed, 1) if elapsed > 0 else None,
+            "time_limit_s": cfg.time_limit_s, "planned_steps": run.get("planned_steps"), "probe": self.probe,
             "history": run["history"],
         }
 
