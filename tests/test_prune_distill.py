@@ -293,6 +293,34 @@ def test_a_time_limit_trains_the_steps_that_fit_and_equals_that_many_given_steps
         assert torch.equal(a, b), name
 
 
+@pytest.mark.parametrize("world_size, batch", [(1, 8), (2, 4), (3, 3)])
+def test_length_grouped_order_keeps_the_data_parallel_batches_and_pads_less(world_size, batch):
+    """distill.length_grouped: every example once an epoch (plus the sampler's padding), the N
+    ranks' batch k together are one process's batch k at N x b (for a training size that is a
+    multiple of N x b, as without grouping), and batches hold similar lengths."""
+    import random
+
+    from mcompress.passes.distill.data_parallel import EpochOrder
+
+    rng = random.Random(0)
+    lengths = [rng.randint(5, 200) for _ in range(288)]
+    global_batch = world_size * batch
+    one = EpochOrder(len(lengths), 1, 0, seed=7, lengths=lengths, global_batch=global_batch).indices(2)
+    ranks = [EpochOrder(len(lengths), world_size, r, seed=7, lengths=lengths, global_batch=global_batch).indices(2)
+             for r in range(world_size)]
+    assert sorted(set(one)) == list(range(len(lengths))) and len(one) == len(lengths)
+    for k in range(len(ranks[0]) // batch):
+        together = sorted(i for shard in ranks for i in shard[k * batch:(k + 1) * batch])
+        assert together == sorted(one[k * global_batch:(k + 1) * global_batch]), k
+    shuffled = EpochOrder(len(lengths), 1, 0, seed=7).indices(2)
+
+    def padded(order):  # the mean longest text per batch, which a batch pads to
+        return sum(max(lengths[i] for i in order[k:k + global_batch]) for k in range(0, len(order), global_batch))
+
+    assert padded(one) < 0.8 * padded(shuffled)
+    assert one != EpochOrder(len(lengths), 1, 0, seed=7, lengths=lengths, global_batch=global_batch).indices(3)
+
+
 class _Interrupt:
     """A progress hook that presses Ctrl-C after ``at`` training steps."""
 

@@ -45,7 +45,7 @@ def test_the_default_build_adds_prune_distill_when_the_budget_allows(tiny_checkp
         report = _candidate_report(out, name, choice["chosen"])
         distill = next(p for p in report["passes"] if p["name"] == "distill")["metrics"]
         assert distill["time_limit_s"] == plan["distill_s"] and distill["planned_steps"] >= 1
-        assert distill["steps"] <= distill["planned_steps"]
+        assert distill["steps"] <= distill["planned_steps"] and distill["length_grouped"] is True
         # the checkpoint's shape, scaled: 2 layers -> ceil(4/3) = 2, half the heads and the FFN
         assert report["recipe"]["prune"]["heads_per_layer"] == 1 and report["recipe"]["prune"]["keep_layers"] == 2
     assert "Time budget 900 s" in (out / "report.md").read_text()

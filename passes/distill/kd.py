@@ -260,7 +260,9 @@ class _Training:
         self.student = _trainable_student(job.state.torch_model, self.device)
         self.masks = structured.zero_pattern_masks(self.student) if job.state.annotations.get("sparsity") == "2:4" else None
         self.trainee = data_parallel.wrap(self.student, self.device) if session else self.student
-        self.sampler = data_parallel.EpochOrder(len(self.data), self.world_size, self.rank, self.seed)
+        self.sampler = data_parallel.EpochOrder(
+            len(self.data), self.world_size, self.rank, self.seed,
+            [len(t) for t in self.data.texts] if self.cfg.length_grouped else None, self.cfg.batch_size * self.world_size)
         self.teacher_layers = job.state.annotations.get("kept_layers")
         self.max_length = self.cfg.max_length or job.recipe.max_length
         self.input_names = [n for n in ("input_ids", "attention_mask", "token_type_ids")
@@ -534,7 +536,7 @@ class _Training:
             "train_examples": len(data), "train_labels": "given" if data.labels is not None else "teacher argmax",
             "batch_size": cfg.batch_size, "global_batch_size": cfg.batch_size * self.world_size,
             "world_size": self.world_size, "backend": self.session.device_backend(self.device) if self.session else None,
-            "max_length": self.max_length, "temperature": cfg.temperature,
+            "max_length": self.max_length, "length_grouped": cfg.length_grouped, "temperature": cfg.temperature,
             "alpha": cfg.alpha, "hidden_weight": cfg.hidden_weight, "device": str(self.device),
             "best_step": run["best_step"], "selection_accuracy": round(run["best_score"][0], 4),
             "teacher_selection_accuracy": round(self.main.ctx.reference_selection_score, 4),
