@@ -139,12 +139,73 @@ def test_bad_requests_are_refused_naming_the_field_before_the_model(classifier_b
         too_big = post(content=b'{"texts": ["' + b"x" * 3000 + b'"]}', headers={"content-type": "application/json"})
         assert too_big.status_code == 413 and too_big.json()["field"] == "body"
         assert httpx.get(f"{server.url}/v1/nothing").status_code == 404
+        assert httpx.post(f"{server.url}/v1/generate", json={"prompt": "x"}).status_code == 404  # a classifier does not generate
         assert httpx.get(f"{server.url}/v1/predict").status_code == 405
         assert post(json={"texts": ["fine"]}).status_code == 200
         scraped = httpx.get(f"{server.url}/metrics").text
     assert metric(scraped, "mcompress_texts_total") == 1  # only the good request reached the model
     assert metric(scraped, "mcompress_requests_total", route="/v1/predict", status="422") == len(refused)
     assert metric(scraped, "mcompress_requests_total", route="/v1/predict", status="413") == 1
+
+
+@pytest.fixture(scope="module")
+def lm_bundle(tmp_path_factory) -> Path:
+    """The tiny LLaMA's export with the KV cache, packaged (tests/lm_models.py)."""
+    from lm_models import build_report, exported
+    from mcompress.bundle.package import package_build
+
+    checkpoint, export = exported("llama", tmp_path_factory)
+    root = tmp_path_factory.mktemp("lm-bundle")
+    build = Path(shutil.copytree(export, root / "build"))
+    build_report(build, checkpoint, "llama")
+    package_build(build, root / "lm.mcpkg")
+    return root / "lm.mcpkg"
+
+
+def _events(response) -> list[tuple[str, dict]]:
+    """The server-sent events of a streamed response, as (event, data)."""
+    events, event = [], None
+    for line in response.iter_lines():
+        if line.startswith("event: "):
+            event = line[len("event: "):]
+        elif line.startswith("data: "):
+            events.append((event, json.loads(line[len("data: "):])))
+    return events
+
+
+def test_a_causal_lm_generates_over_http_whole_and_streamed_as_events(lm_bundle, tmp_path):
+    """POST /v1/generate equals bundle.generate (greedy, and sampled with a seed); with stream the
+    tokens come one event each, their text joins to the completion, and `done` closes it; a prompt
+    over the context and sampling settings without a temperature are 422 naming the field."""
+    from mcompress.engines.generation import Sampling
+    from mcompress.runtime import load
+
+    bundle = load(lm_bundle, threads=1)
+    prompt = "The council met on Tuesday"
+    greedy = bundle.generate(prompt, Sampling(max_new_tokens=12))
+    sampled = bundle.generate(prompt, Sampling(max_new_tokens=12, temperature=0.9, top_k=20, seed=3))
+    with running(lm_bundle, tmp_path / "log") as server:
+        url = f"{server.url}/v1/generate"
+        whole = httpx.post(url, json={"prompt": prompt, "max_new_tokens": 12}, timeout=60).json()
+        assert (whole["tokens"], whole["text"], whole["task"]) == (greedy["tokens"], greedy["text"], "causal-lm")
+        with httpx.stream("POST", url, json={"prompt": prompt, "max_new_tokens": 12, "stream": True}, timeout=60) as r:
+            assert r.status_code == 200 and r.headers["content-type"].startswith("text/event-stream")
+            events = _events(r)
+        tokens = [data for event, data in events if event == "token"]
+        assert [e for e, _ in events] == ["token"] * len(tokens) + ["done"]
+        assert [t["token"] for t in tokens if t["token"] is not None] == greedy["tokens"]
+        assert "".join(t["text"] for t in tokens) == greedy["text"] == events[-1][1]["text"]
+        seeded = {"prompt": prompt, "max_new_tokens": 12, "temperature": 0.9, "top_k": 20, "seed": 3}
+        assert [httpx.post(url, json=seeded, timeout=60).json()["tokens"] for _ in range(2)] == [sampled["tokens"]] * 2
+        too_long = httpx.post(url, json={"prompt": " ".join([prompt] * 40), "stream": True}, timeout=60)
+        assert too_long.status_code == 422 and too_long.json()["field"] == "prompt"
+        assert "context" in too_long.json()["error"]
+        greedy_top_p = httpx.post(url, json={"prompt": prompt, "top_p": 0.5}, timeout=60)
+        assert greedy_top_p.status_code == 422 and "temperature" in greedy_top_p.text
+        assert httpx.post(url, json={"prompt": prompt, "max_new_tokens": 0}, timeout=60).json()["field"] == "max_new_tokens"
+        scraped = httpx.get(f"{server.url}/metrics").text
+    assert metric(scraped, "mcompress_requests_total", route="/v1/generate", status="200") == 4
+    assert metric(scraped, "mcompress_requests_total", route="/v1/generate", status="422") == 3
 
 
 def test_overload_answers_503_with_retry_after_then_recovers(classifier_bundle, tmp_path):

@@ -373,6 +373,27 @@ class Prediction:
     truncated: list[bool]
 
 
+class _TextStream:
+    """Per-token callback of Bundle.generate: decodes the new tokens so far and passes on the text
+    they add, holding back a text that ends inside a character (U+FFFD from a split UTF-8 sequence)."""
+
+    def __init__(self, tokenizer, on_text):
+        self.tokenizer, self.on_text, self.ids, self.sent = tokenizer, on_text, [], ""
+
+    def __call__(self, token: int) -> None:
+        self.ids.append(token)
+        text = self.tokenizer.decode(self.ids, skip_special_tokens=True)
+        complete = not text.endswith("\ufffd") and text.startswith(self.sent)
+        self.on_text(token, text[len(self.sent):] if complete else "")
+        if complete:
+            self.sent = text
+
+    def flush(self) -> None:
+        text = self.tokenizer.decode(self.ids, skip_special_tokens=True)
+        if text.startswith(self.sent) and len(text) > len(self.sent):
+            self.on_text(None, text[len(self.sent):])
+
+
 @dataclass
 class Bundle:
     path: Path
@@ -432,11 +453,16 @@ class Bundle:
             return np.empty((0, len(self.labels)), dtype=np.float32)
         return np.stack(rows) if len({r.shape for r in rows}) == 1 else rows
 
-    def generate(self, prompt: str, sampling=None) -> dict:
+    def generate(self, prompt: str, sampling=None, on_text=None) -> dict:
         """The continuation of ``prompt`` (a generating task's bundle: decoder.generates), with the
         KV cache (compressor/engines/generation.py): {"text", "tokens" (new ids), "prompt_tokens",
         "stopped" ("stop token", "max new tokens", "context"), "prefill_ms", "decode_tokens_per_s"}.
         ``sampling``: an engines.generation.Sampling; None = greedy, the bundle's max_new_tokens.
+        ``on_text(token_id, text)``: called per new token with the text it adds (streaming); text
+        that ends inside a character (a byte-level token split a UTF-8 sequence) is held back until
+        the character is complete, and what is still held at the end comes in a last call with
+        token_id None, so the pieces join to ``text`` (where decoding rewrote text already sent,
+        which WordPiece-style cleanup can, ``text`` is the one to keep).
         A prompt that does not fit the context is an InputError (exit 2)."""
         from mcompress.engines.generation import Sampling, generate
 
@@ -448,12 +474,29 @@ class Bundle:
         settings = self.manifest["generation"]
         sampling = sampling or Sampling(max_new_tokens=settings["max_new_tokens"])
         ids = self.decoder.encode(self.tokenizer, [prompt]).encodings[0].ids
+        stream = None if on_text is None else _TextStream(self.tokenizer, on_text)
         result = generate(self.stepper, list(ids), sampling, frozenset(settings["stop_token_ids"]),
-                          settings["context_length"])
+                          settings["context_length"], stream)
+        if stream is not None:
+            stream.flush()
         steps = sum(result.step_s)
         return {"text": self.tokenizer.decode(result.new_ids, skip_special_tokens=True), "tokens": result.new_ids,
                 "prompt_tokens": len(ids), "stopped": result.stopped, "prefill_ms": round(result.prefill_s * 1e3, 3),
                 "decode_tokens_per_s": round(len(result.step_s) / steps, 2) if steps > 0 else None}
+
+    def warm_up(self, batch_size: int) -> None:
+        """Real calls before serving: one text (ONNX Runtime tunes on its first run), then the
+        largest batch a server forms (``batch_size`` texts cut at max_sequence_length), so the
+        session's memory arena holds its peak before traffic and RSS stays flat under it. A
+        generating bundle generates a few tokens from a short prompt instead (a prompt is never
+        truncated, so the longest one would not fit)."""
+        if self.decoder.generates:
+            from mcompress.engines.generation import Sampling
+
+            self.generate("warm-up", Sampling(max_new_tokens=2))
+            return
+        self.run(["warm-up"], 1)
+        self.run(["warm " * self.max_sequence_length] * batch_size, batch_size)
 
     def run(self, texts: list[str], batch_size: int = 32) -> Prediction:
         """Predictions with the token count and truncation of every text (what the server monitors)."""

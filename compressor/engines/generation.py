@@ -34,7 +34,7 @@ from __future__ import annotations
 import math
 import time
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Callable, Protocol
 
 import numpy as np
 
@@ -131,8 +131,9 @@ def check_prompt(prompt_length: int, context_length: int) -> None:
 
 
 def generate(stepper: Stepper, prompt_ids: list[int], sampling: Sampling, stop_ids: frozenset[int] | set[int],
-             context_length: int) -> Generation:
-    """Continue ``prompt_ids`` with the KV cache fed back step by step (module docstring)."""
+             context_length: int, on_token: Callable[[int], None] | None = None) -> Generation:
+    """Continue ``prompt_ids`` with the KV cache fed back step by step (module docstring);
+    ``on_token(id)`` is called with each new token as soon as it is chosen (streaming)."""
     check_prompt(len(prompt_ids), context_length)
     rng = None if sampling.greedy else np.random.default_rng(sampling.seed)
     started = time.perf_counter()
@@ -141,6 +142,8 @@ def generate(stepper: Stepper, prompt_ids: list[int], sampling: Sampling, stop_i
     while True:
         token = choose(logits, sampling, rng)
         result.new_ids.append(token)
+        if on_token is not None:
+            on_token(token)
         length = len(prompt_ids) + len(result.new_ids)
         if token in stop_ids:
             result.stopped = "stop token"

@@ -22,7 +22,8 @@ from mcompress.serve.monitor import DriftMonitor
 PREDICT = "/v1/predict"
 RETRY_AFTER_S = 1
 REPLICA_HEADER = b"x-mcompress-replica"  # host:pid of the process that answered (one per Ray replica)
-ROUTES = ("/v1/predict", "/v1/model", "/v1/monitor", "/healthz", "/readyz", "/metrics", "/docs", "/openapi.json")
+GENERATE = "/v1/generate"
+ROUTES = ("/v1/predict", GENERATE, "/v1/model", "/v1/monitor", "/healthz", "/readyz", "/metrics", "/docs", "/openapi.json")
 
 
 def _models(config: ServeConfig):
@@ -47,6 +48,31 @@ def _models(config: ServeConfig):
         field: str | None = None
 
     return PredictRequest, PredictResponse, Error
+
+
+def _generate_model(config: ServeConfig, context_length: int):
+    """The request schema of /v1/generate (a generating bundle's), with the configured limits."""
+    from pydantic import BaseModel, ConfigDict, Field, StringConstraints, model_validator
+
+    class GenerateRequest(BaseModel):
+        model_config = ConfigDict(extra="forbid")
+        prompt: Annotated[str, StringConstraints(max_length=config.max_chars)] = Field(
+            description=f"the text to continue, at most {config.max_chars} characters (and the model's context in tokens)")
+        max_new_tokens: int | None = Field(None, ge=1, le=context_length,
+                                           description="tokens to generate at most (default: the bundle's)")
+        temperature: float = Field(0.0, ge=0, le=100, allow_inf_nan=False, description="0 = greedy")
+        top_k: int | None = Field(None, ge=1)
+        top_p: float | None = Field(None, gt=0, le=1, allow_inf_nan=False)
+        seed: int | None = Field(None, ge=0, lt=2 ** 63, description="a seed repeats a sampled continuation")
+        stream: bool = Field(False, description="server-sent events: one `token` event per token, then `done`")
+
+        @model_validator(mode="after")
+        def _sampling_needs_a_temperature(self):
+            if self.temperature == 0 and (self.top_k is not None or self.top_p is not None):
+                raise ValueError("top_k and top_p sample; temperature 0 is greedy: give a temperature > 0")
+            return self
+
+    return GenerateRequest
 
 
 def _json(status: int, body: dict, headers: dict | None = None):
@@ -135,12 +161,9 @@ class AppState:
         self.monitor.observe(observations, prediction.token_lengths)
 
     async def warm_up(self) -> None:
-        """Real model calls before /readyz says ready: one text (ORT tunes on its first run), then
-        the largest batch the server forms (max_batch_size texts cut at max_sequence_length), so the
-        session's memory arena holds its peak before traffic and RSS stays flat under it."""
-        await self.batcher.call(self.bundle.run, ["warm-up"], 1)
-        longest = "warm " * self.bundle.max_sequence_length
-        await self.batcher.call(self.bundle.run, [longest] * self.config.max_batch_size, self.config.max_batch_size)
+        """Real model calls before /readyz says ready (Bundle.warm_up: the largest batch the server
+        forms, or a generation), so the session's memory arena holds its peak before traffic."""
+        await self.batcher.call(self.bundle.warm_up, self.config.max_batch_size)
         self.ready = True
         self.metrics.ready.set(1)
 
@@ -206,6 +229,9 @@ def _routes(app, state: AppState, PredictRequest, PredictResponse, Error, Respon
         state.metrics.queue_latency.observe(queued)
         return {"predictions": results, "task": state.bundle.manifest.get("task"), "model_sha256": state.model_sha256}
 
+    if state.bundle.decoder.generates:
+        _generate_route(app, state, Error)
+
     @app.get("/v1/model")
     async def model() -> dict[str, Any]:
         manifest = state.bundle.manifest
@@ -241,3 +267,77 @@ def _routes(app, state: AppState, PredictRequest, PredictResponse, Error, Respon
         state.metrics.set_drift(state.monitor.report())
         data, content_type = state.metrics.exposition()
         return Response(data, media_type=content_type)
+
+
+def _sse(event: str, data: dict) -> bytes:
+    return f"event: {event}\ndata: {json.dumps(data, ensure_ascii=False)}\n\n".encode()
+
+
+def _generate_route(app, state: AppState, Error) -> None:
+    """POST /v1/generate: a causal LM's continuation, whole or streamed as server-sent events.
+    Generations run one at a time on the inference thread (the batcher's), at most max_queue
+    waiting (then 503); a prompt over the context is 422 naming ``prompt``, before any event."""
+    import asyncio
+
+    from fastapi.responses import StreamingResponse
+
+    from mcompress.core.errors import InputError
+    from mcompress.engines.generation import Sampling
+
+    settings = state.bundle.manifest["generation"]
+    GenerateRequest = _generate_model(state.config, settings["context_length"])
+    waiting = {"n": 0}
+    refused = {503: {"model": Error, "description": "the queue is full; retry after Retry-After seconds"},
+               422: {"model": Error, "description": "the request does not match the schema, or the prompt is over the context"}}
+
+    def finished(result: dict) -> dict:
+        return {**result, "task": state.bundle.manifest.get("task"), "model_sha256": state.model_sha256}
+
+    @app.post(GENERATE, responses={200: {"content": {"text/event-stream": {}}}, **refused})
+    async def generate(body: GenerateRequest):
+        if waiting["n"] >= state.config.max_queue:
+            return _json(503, {"error": f"the server is busy ({state.config.max_queue} generations waiting, --max-queue)"},
+                         {"Retry-After": str(RETRY_AFTER_S)})
+        sampling = Sampling(max_new_tokens=body.max_new_tokens or settings["max_new_tokens"], temperature=body.temperature,
+                            top_k=body.top_k, top_p=body.top_p, seed=body.seed)
+        loop, events = asyncio.get_running_loop(), asyncio.Queue()
+
+        def put(event: str, data) -> None:
+            loop.call_soon_threadsafe(events.put_nowait, (event, data))
+
+        def run() -> None:  # on the inference thread; every outcome is an event, nothing is raised
+            started = time.perf_counter()
+            try:
+                result = state.bundle.generate(body.prompt, sampling,
+                                               (lambda token, text: put("token", {"token": token, "text": text}))
+                                               if body.stream else None)
+            except InputError as err:
+                put("refused", err.one_line())
+                return
+            except Exception as err:  # the model failed: the stream ends with an error event, the server stays up
+                put("error", f"{type(err).__name__}: {err}")
+                return
+            state.metrics.observe_batch(1, 1, time.perf_counter() - started)
+            put("done", finished(result))
+
+        waiting["n"] += 1
+        job = asyncio.ensure_future(state.batcher.call(run))
+        job.add_done_callback(lambda _: waiting.__setitem__("n", waiting["n"] - 1))
+        first = await events.get()
+        if first[0] == "refused":
+            return _json(422, {"error": f"prompt: {first[1]}", "field": "prompt"})
+        if first[0] == "error":
+            return _json(500, {"error": first[1]})
+        if not body.stream:
+            return first[1]
+
+        async def stream():
+            event = first
+            while True:
+                yield _sse(*event) if event[0] != "error" else _sse("error", {"error": event[1]})
+                if event[0] in ("done", "error"):
+                    return
+                event = await events.get()
+
+        return StreamingResponse(stream(), media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
+
