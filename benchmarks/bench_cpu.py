@@ -111,7 +111,8 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("example_dir", type=Path)
     parser.add_argument("--recipe", type=Path, action="append", default=None,
-                        help="mcompress recipe(s) to build (default: recipes/ptq.yaml)")
+                        help="mcompress recipe(s) to build (default: none, mcompress's default: ptq, plus "
+                             "prune + distill when the CPU choice's --time-budget allows)")
     parser.add_argument("--target", action="append", default=None,
                         help="mcompress target(s) to build (default: cpu, mcompress's default: the CPU choice)")
     parser.add_argument("--out", type=Path, default=None, help="write results JSON here")
@@ -142,7 +143,7 @@ def main() -> int:
     ckpt = inspect_checkpoint(args.example_dir)
     model, tokenizer = load_model_and_tokenizer(ckpt)
     test = get_task(ckpt.task).load_data(args.example_dir / "splits", ckpt.label2id, None, None, split="test")
-    recipes = args.recipe or [Path("recipes/ptq.yaml")]
+    recipes = args.recipe or [None]  # None: no --recipe, as a user runs `mcompress run MODEL_DIR`
     targets = args.target or ["cpu"]
     fp32_bytes = ckpt.weights_file.stat().st_size
 
@@ -160,11 +161,12 @@ def main() -> int:
         specs[f"Optimum dynamic INT8 ({optimum_preset})"] = {"kind": "ort", "model": str(optimum_model)}
         rows[f"Optimum dynamic INT8 ({optimum_preset})"] = {"bytes": optimum_model.stat().st_size, "wall_s": round(optimum_wall, 1)}
         for recipe, target_name in itertools.product(recipes, targets):
-            out = (args.builds or work) / f"build-{recipe.stem}-{target_name}"
+            stem = recipe.stem if recipe else "default"
+            out = (args.builds or work) / f"build-{stem}-{target_name}"
             if args.reuse_builds and (out / "report.json").is_file():
                 report = json.loads((out / "report.json").read_text())
                 wall = report["wall_s"]  # the build's own run, which may have had other load
-                build_loads[f"{recipe.stem}-{target_name}"] = "reused: see its first run"
+                build_loads[f"{stem}-{target_name}"] = "reused: see its first run"
             else:
                 started = time.perf_counter()
                 # no pass cache: "build wall s" is the time of a build from scratch
@@ -174,14 +176,14 @@ def main() -> int:
                 except GateFailure:
                     pass  # the build and its report are written; the table shows the verdict
                 wall = round(time.perf_counter() - started, 1)
-                build_loads[f"{recipe.stem}-{target_name}"] = round(other_processes_cpu(), 1)
+                build_loads[f"{stem}-{target_name}"] = round(other_processes_cpu(), 1)
                 report = json.loads((out / "report.json").read_text())
             art = report["artifact"]
             built = report["target"]  # a CPU choice's kept target
             kept = f" → {report['cpu_auto']['chosen']}" if report.get("cpu_auto") else ""
             detail = (f"{art['quantization']}, {len(art.get('float_layers') or [])} ops reverted to float"
                       if built == "openvino-cpu" else f"{art['quantization']}/{art['graph']}")
-            name = f"mcompress {target_name}{kept} ({recipe.stem}: {detail})"
+            name = f"mcompress {target_name}{kept} ({report['recipe']['name']}: {detail})"
             target = get_target(built)
             runners[name] = target.runner(out / art["model_file"], threads,
                                           target.settings(Recipe.model_validate(report["recipe"])))
@@ -193,7 +195,7 @@ def main() -> int:
             if args.out:  # keep each build's report next to the results
                 args.out.parent.mkdir(parents=True, exist_ok=True)
                 suffix = "" if target_name == "onnx-cpu" else f"-{target_name}"
-                (args.out.parent / f"{args.out.stem}-{recipe.stem}{suffix}.report.json").write_text(json.dumps(report, indent=2) + "\n")
+                (args.out.parent / f"{args.out.stem}-{stem}{suffix}.report.json").write_text(json.dumps(report, indent=2) + "\n")
         rows[f"Optimum dynamic INT8 ({optimum_preset})"]["gflops_seq128"] = rows["PyTorch FP32 eager"].get("gflops_seq128")
 
         for name, runner in runners.items():  # as deployed: each text alone, and length-bucketed batches of 32

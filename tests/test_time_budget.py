@@ -64,6 +64,19 @@ def test_a_budget_too_short_keeps_the_post_training_builds_and_says_why(tiny_che
     assert roomy.run.recipe.gates == prepared.recipe.gates and not (tmp_path / "o").exists()
 
 
+def test_a_short_budget_builds_the_first_candidate_and_lists_what_did_not_fit(tiny_checkpoint, tmp_path):
+    out = tmp_path / "short"
+    result = CliRunner().invoke(app, ["run", str(tiny_checkpoint), "--out", str(out), "--time-budget", "5s",
+                                      "--cache-dir", str(tmp_path / "cache")])
+    assert result.exit_code == ExitCode.OK, result.output
+    choice = _report(out)["cpu_auto"]
+    budget = choice["time_budget"]
+    assert list(choice["candidates"]) == ["onnx-cpu"] and choice["chosen"] == "onnx-cpu"
+    assert not budget["plans"][PLAN]["built"] and budget["plans"][PLAN]["reason"].startswith("skipped: ")
+    assert "onnx-cpu+fp32" in budget["skipped"] and all(why.startswith("not built: ") for why in budget["skipped"].values())
+    assert "onnx-cpu+fp32 not built: " in (out / "report.md").read_text()
+
+
 @pytest.mark.parametrize("flags, message", [
     (["--target", "onnx-cpu", "--time-budget", "10m"], "this run gives --target onnx-cpu"),
     (["--recipe", "RECIPE", "--time-budget", "10m"], "this run gives --recipe"),

@@ -1,16 +1,16 @@
 """The time budget of the default CPU build (``mcompress run MODEL_DIR [--time-budget 15m]``): do
 structured pruning and distillation fit, and with how many distillation steps.
 
-The default build starts with the post-training plan (the default recipe, ``ptq.yaml``) on every
-CPU target and precision; those builds are the floor a budget never takes away. The second plan,
+The default build starts with one build of the post-training plan (the default recipe,
+``ptq.yaml``): its first candidate, the recipe's precision on the first CPU target. The second plan,
 prune-distill, is the shipped ``prune-distill-int8.yaml`` scaled to the checkpoint's shape (keep
 ceil(2L/3) of its L layers, half the heads and half the FFN width of each; for MiniLM-L6 these are
 the recipe's own 4 layers, 6 heads and 768 neurons) and trained on length-grouped batches, built
 for the same targets, each at the recipe's precision (a target's first precision variant). After
-the post-training builds, from the times measured so far:
+that first build, from the times measured so far:
 
     left     = budget - elapsed
-    builds   = n x (mean seconds of one post-training candidate's build and gates)
+    builds   = n x (seconds of that build and its gates)
     reserve  = RESERVE_SHARE x budget      (the prune pass, the race of every build, the files)
     distill  = (left - builds - reserve) / d
 
@@ -20,6 +20,11 @@ plan is built when distill >= MIN_DISTILL_S, with ``distill.time_limit_s = disti
 pass times its own steps and trains the steps that fit (passes/distill/kd.py). Otherwise it is
 skipped, and the report says why with these figures. A checkpoint the plan does not apply to (a
 task or architecture structured pruning does not know) is skipped with the validation's one line.
+
+The other post-training candidates (the FP32 floor, the other targets and precisions) come last,
+each while one more build and the reserve still fit (``fits_another_build``), and whatever the
+time until some build has passed its gates, so a run never ends without a passing build that the
+floor would have given. Those left out are listed in the report with the time that was left.
 
 The decision depends on this machine's speed; the report records it (and the distill pass's
 ``planned_steps``), so ``--recipe`` with ``distill.steps`` set to that count rebuilds the same model.
@@ -82,6 +87,11 @@ def prune_distill_run(prepared: Prepared) -> Prepared:
     return prepare_recipe(prepared, recipe.model_copy(update={"gates": prepared.recipe.gates}))
 
 
+def fits_another_build(budget_s: float, elapsed_s: float, build_s: list[float]) -> bool:
+    """Whether one more candidate (as long as the mean of ``build_s``) and the reserve fit in what is left."""
+    return budget_s - elapsed_s - RESERVE_SHARE * budget_s >= sum(build_s) / max(1, len(build_s))
+
+
 def plan_prune_distill(prepared: Prepared, budget_s: float, elapsed_s: float, build_s: list[float]) -> BudgetPlan:
     """Whether the prune-distill plan fits in what is left of ``budget_s`` after ``elapsed_s``,
     given the seconds each post-training build took (module docstring)."""
@@ -99,7 +109,7 @@ def plan_prune_distill(prepared: Prepared, budget_s: float, elapsed_s: float, bu
                     "distill_s": round(distill_s, 1), "distillations": distillations})
     if distill_s < MIN_DISTILL_S:
         why = (f"skipped: {budget_s - elapsed_s:.0f} s of the {budget_s:.0f} s budget were left after the "
-               f"post-training builds; {builds} more builds (~{each:.0f} s each) and the {reserve:.0f} s "
+               f"first build; {builds} more builds (~{each:.0f} s each) and the {reserve:.0f} s "
                f"reserve leave {max(0.0, distill_s):.0f} s for distillation, under the {MIN_DISTILL_S:.0f} s "
                "it needs. Give a longer --time-budget to include it.")
         return BudgetPlan(None, {**figures, "built": False, "reason": why})

@@ -43,7 +43,7 @@ from mcompress.core.task import task_for_architecture
 from mcompress.metrics.evaluation import RACE_ROUNDS, b1_b8_shapes, latency_race
 from mcompress.metrics.machine import other_processes_cpu
 from mcompress.metrics.selection import fastest_within_budget
-from mcompress.pipeline.budget import PRUNE_DISTILL, plan_prune_distill, time_budget_of
+from mcompress.pipeline.budget import PRUNE_DISTILL, fits_another_build, plan_prune_distill, time_budget_of
 from mcompress.pipeline.job import TargetBuild, build_target, raise_for_outcome
 from mcompress.pipeline.outputs import staged_dir
 from mcompress.pipeline.pass_gates import check_gate_passes
@@ -94,17 +94,14 @@ def run_cpu_auto(req: RunRequest, progress: ProgressFactory) -> Report:
     reference = measure_reference(prepared, progress)
     with staged_dir(out) as staging:
         work = staging / CANDIDATES_DIR
-        candidates = [_build(spec, reference, work / spec.name, progress, started) for spec in specs]
-        time_budget = None
-        if budget_s is not None:  # the default recipe: prune + distill too, when the budget allows
-            plan = plan_prune_distill(prepared, budget_s, time.perf_counter() - started, [c.seconds for c in candidates])
-            time_budget = {"budget_s": budget_s,
-                           "plans": {prepared.recipe.name: {"built": True, "reason": "the floor: always built"},
-                                     PRUNE_DISTILL: plan.figures}}
-            if plan.run is not None:
-                planned = _plan_specs(plan.run, "+" + PRUNE_DISTILL)
-                offered.update({s.name: s.precision for s in planned})
-                candidates += [_build(spec, reference, work / spec.name, progress, started) for spec in planned]
+
+        def build(spec: CandidateSpec) -> Candidate:
+            return _build(spec, reference, work / spec.name, progress, started)
+
+        if budget_s is None:
+            candidates, time_budget = [build(spec) for spec in specs], None
+        else:
+            candidates, time_budget = _build_in_budget(prepared, specs, offered, build, budget_s, started)
         built = [c for c in candidates if c.build is not None]
         if not built:
             raise GateFailure(f"no CPU target produced a build: {'; '.join(c.stopped for c in candidates)}")
@@ -121,6 +118,33 @@ def run_cpu_auto(req: RunRequest, progress: ProgressFactory) -> Report:
     raise_for_outcome(kept, Path(out), prefix=f"no CPU target passed its gates; kept {kept.target.name} "
                                               "(smallest drop of the gated metric): ")
     return kept.report
+
+
+def _build_in_budget(prepared: Prepared, specs: list[CandidateSpec], offered: dict, build, budget_s: float,
+                     started: float) -> tuple[list[Candidate], dict]:
+    """The default recipe's builds in its time budget (pipeline/budget.py): the first candidate
+    (the recipe's precision on the first target), then the prune-distill plan's builds when what
+    is left allows, then the other candidates while the budget lasts; until some build has passed,
+    the others are built whatever the time (the FP32 floor is among them)."""
+    candidates = [build(specs[0])]
+    plan = plan_prune_distill(prepared, budget_s, time.perf_counter() - started, [c.seconds for c in candidates])
+    if plan.run is not None:
+        planned = _plan_specs(plan.run, "+" + PRUNE_DISTILL)
+        offered.update({s.name: s.precision for s in planned})
+        candidates += [build(spec) for spec in planned]
+    floor = [c.seconds for c in candidates[:1]]
+    skipped = {}
+    for spec in specs[1:]:
+        elapsed = time.perf_counter() - started
+        if any(c.passed for c in candidates) and not fits_another_build(budget_s, elapsed, floor):
+            skipped[spec.name] = (f"not built: {budget_s - elapsed:.0f} s of the budget were left, under a build "
+                                  f"(~{sum(floor) / len(floor):.0f} s) and the reserve for the race")
+            continue
+        candidates.append(build(spec))
+        floor.append(candidates[-1].seconds)
+    return candidates, {"budget_s": budget_s, "skipped": skipped,
+                        "plans": {prepared.recipe.name: {"built": True, "reason": "the floor: built first"},
+                                  PRUNE_DISTILL: plan.figures}}
 
 
 def targets_to_build(req: RunRequest) -> tuple[str, ...]:

@@ -177,7 +177,8 @@ def _time_budget(budget: dict | None) -> list[Block]:
         return []
     plans = "; ".join(f"{name}: {plan['reason']}" for name, plan in budget["plans"].items())
     wall = f", {budget['wall_s']:.0f} s used" if budget.get("wall_s") is not None else ""
-    return [Paragraph(f"Time budget {budget['budget_s']:.0f} s{wall}. Plans: {plans}.")]
+    skipped = "".join(f" {name} {why}." for name, why in (budget.get("skipped") or {}).items())
+    return [Paragraph(f"Time budget {budget['budget_s']:.0f} s{wall}. Plans: {plans}.{skipped}")]
 
 
 def _gated(candidate: dict) -> float:
