@@ -238,9 +238,14 @@ def _bad_architecture(tmp: Path, llama_dir: Path) -> Path:
     return model
 
 
-@pytest.mark.parametrize("case", ["architecture", "short_text", "no_eos"])
+@pytest.mark.parametrize("case", ["architecture", "short_text", "no_eos", "structured_pruning"])
 def test_bad_input_is_one_line_exit_2_nothing_written(tmp_path, llama_dir, lm_recipe, case):
-    if case == "architecture":
+    recipe = lm_recipe
+    if case == "structured_pruning":  # not for decoders yet: refused before any work, not a crash in the pass
+        recipe = tmp_path / "prune.yaml"
+        recipe.write_text(lm_recipe.read_text() + "prune: {keep_layers: 1}\n")
+        model, extra, expect = llama_dir, [], "structured pruning (layers, heads, FFN neurons) is not available for causal-lm"
+    elif case == "architecture":
         model, extra, expect = _bad_architecture(tmp_path, llama_dir), [], "model type 'mistral' is not supported"
     elif case == "short_text":
         (tmp_path / "short.txt").write_text("the market rose .\n")
@@ -249,7 +254,7 @@ def test_bad_input_is_one_line_exit_2_nothing_written(tmp_path, llama_dir, lm_re
         model, extra, expect = write_decoder(tmp_path / "no-eos", "llama", with_eos=False, n_docs=4), [], "has no EOS token"
     out = tmp_path / "outs" / "build"
     before = tree_digest(model)
-    code, output = _invoke(["run", str(model), "--recipe", str(lm_recipe), "--out", str(out), "--no-cache", *extra])
+    code, output = _invoke(["run", str(model), "--recipe", str(recipe), "--out", str(out), "--no-cache", *extra])
     lines = [line for line in output.splitlines() if line.strip()]
     assert code == ExitCode.BAD_INPUT and len(lines) == 1 and lines[0].startswith("error: ") and expect in lines[0], output
     assert not out.exists() and not (out.parent.exists() and list(out.parent.iterdir()))
@@ -305,6 +310,16 @@ def test_the_default_cpu_choice_builds_a_decoder_on_the_targets_that_carry_its_k
     choice = json.loads((out / "report.json").read_text())["cpu_auto"]
     assert choice["chosen"] == "onnx-cpu" and set(choice["candidates"]) == {"onnx-cpu"}  # the recipe is FP32 already
     assert "cannot build a causal-lm model" in choice["unavailable"]["openvino-cpu"]
+
+
+def test_the_default_time_budget_does_not_plan_pruning_for_a_decoder(tmp_path, llama_dir):
+    from mcompress.pipeline.budget import plan_prune_distill
+    from mcompress.pipeline.prepare import RunRequest, prepare
+
+    prepared = prepare(RunRequest(llama_dir, "cpu", out=tmp_path / "o"), ("onnx-cpu",))
+    plan = plan_prune_distill(prepared, 900.0, 10.0, [5.0])
+    assert plan.run is None and plan.figures["reason"].startswith("does not apply: ")
+    assert "not available for causal-lm" in plan.figures["reason"]
 
 
 def test_openvino_cpu_refuses_a_decoder_before_any_work(tmp_path, llama_dir, lm_recipe):

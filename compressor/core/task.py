@@ -82,7 +82,18 @@ class Task(ABC):
     # True: the exported model carries a KV cache (past key/values in, present out); only targets
     # whose capabilities say kv_cache_decoders build it (Target.check_task).
     kv_cache: bool = False
+    # True: the prune pass's structured pruning (layers, heads, FFN neurons, 2:4) has this task's
+    # hooks (passes/prune/structured.py); a recipe that asks for it otherwise is refused before work.
+    structured_pruning: bool = True
     gate_change: str = "drop"  # the accuracy gate is named "<metric>_<gate_change>"
+
+    def check_recipe(self, recipe) -> None:
+        """InputError for what the recipe asks that this task cannot do (before any work)."""
+        if recipe.prune is not None and recipe.prune.structural() and not self.structured_pruning:
+            raise InputError(f"recipe prune: structured pruning (layers, heads, FFN neurons) is not available for "
+                             f"{self.name} models yet.",
+                             "Remove prune.keep_layers, heads_per_layer, ffn_neurons_per_layer, keep_ratio and "
+                             "semi_structured_2_4 from the recipe.")
 
     def gate_budget(self, gates) -> tuple[float, str]:
         """(budget, drop_type) of the accuracy gate from the recipe's ``gates`` section."""

@@ -165,6 +165,7 @@ def prepare(req: RunRequest, target_names: tuple[str, ...]) -> Prepared:
     targets = _validate_targets(recipe, target_names)
     ckpt = inspect_checkpoint(req.model_dir, allow_pickle=req.allow_pickle)
     task = get_task(ckpt.task).for_recipe(recipe)
+    task.check_recipe(recipe)
     for target in targets.values():
         target.check_task(task)
     metric = task.gated_metric(recipe.gates.metric)
@@ -184,6 +185,7 @@ def prepare_recipe(prepared: Prepared, recipe: Recipe) -> Prepared:
     for target in prepared.targets.values():
         target.validate_recipe(recipe)
     task = get_task(prepared.checkpoint.task).for_recipe(recipe)
+    task.check_recipe(recipe)
     for target in prepared.targets.values():
         target.check_task(task)
     metric = task.gated_metric(recipe.gates.metric)

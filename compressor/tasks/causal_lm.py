@@ -46,6 +46,7 @@ class CausalLM(Task):
     # Task; activation INT8 measured +62% perplexity on SmolLM2).
     weight_only_quantization = True
     kv_cache = True
+    structured_pruning = False  # the prune pass knows BERT-family encoders only (issue 15, item 5)
 
     def __init__(self, stride: int | None = None, batch_tokens: int = 2048):
         self.stride = stride  # None: half the context
