@@ -11,7 +11,9 @@ installed and accept the recipe (the others are listed with why); ``cpu-auto`` r
 An orchestrator above the job: one validation, one reference (the FP32 original is evaluated
 once), then ``job.build_target`` per candidate into ``candidates/NAME`` of the final build's
 staging dir; the pass cache shares identical prefixes (distillation, export) between candidates.
-A candidate stopped by a gate after a pass has no build and counts as failed.
+A candidate stopped by a gate after a pass has no build and counts as failed. With the default
+recipe the run plans in a time budget (pipeline/budget.py): the first candidate, then a
+prune-distill plan's builds when they fit, then the other candidates while the budget lasts.
 
 Criterion: p50 latency at batch 1 and the recipe's ``max_length``, each build timed in its own
 process in interleaved rounds (metrics.evaluation.latency_race via pipeline/timing.py), so machine
