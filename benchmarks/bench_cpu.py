@@ -111,8 +111,8 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("example_dir", type=Path)
     parser.add_argument("--recipe", type=Path, action="append", default=None,
-                        help="mcompress recipe(s) to build (default: none, mcompress's default: ptq, plus "
-                             "prune + distill when the CPU choice's --time-budget allows)")
+                        help="mcompress recipe(s) to build; 'default' (the default) gives none, as `mcompress run "
+                             "MODEL_DIR` runs: ptq, plus prune + distill when the CPU choice's --time-budget allows")
     parser.add_argument("--target", action="append", default=None,
                         help="mcompress target(s) to build (default: cpu, mcompress's default: the CPU choice)")
     parser.add_argument("--out", type=Path, default=None, help="write results JSON here")
@@ -143,7 +143,8 @@ def main() -> int:
     ckpt = inspect_checkpoint(args.example_dir)
     model, tokenizer = load_model_and_tokenizer(ckpt)
     test = get_task(ckpt.task).load_data(args.example_dir / "splits", ckpt.label2id, None, None, split="test")
-    recipes = args.recipe or [None]  # None: no --recipe, as a user runs `mcompress run MODEL_DIR`
+    # None ("--recipe default"): no --recipe, as a user runs `mcompress run MODEL_DIR`
+    recipes = [None if r is None or str(r) == "default" else r for r in (args.recipe or [None])]
     targets = args.target or ["cpu"]
     fp32_bytes = ckpt.weights_file.stat().st_size
 
@@ -183,7 +184,7 @@ def main() -> int:
             kept = f" → {report['cpu_auto']['chosen']}" if report.get("cpu_auto") else ""
             detail = (f"{art['quantization']}, {len(art.get('float_layers') or [])} ops reverted to float"
                       if built == "openvino-cpu" else f"{art['quantization']}/{art['graph']}")
-            name = f"mcompress {target_name}{kept} ({report['recipe']['name']}: {detail})"
+            name = f"mcompress {target_name + kept if kept else built} ({report['recipe']['name']}: {detail})"
             target = get_target(built)
             runners[name] = target.runner(out / art["model_file"], threads,
                                           target.settings(Recipe.model_validate(report["recipe"])))

@@ -17,8 +17,8 @@ per layer, FFN width F) on top of ``recipes/prune-distill-int8.yaml``:
     distill.epochs               choice  1, 2, 3
     distill.alpha                uniform 0.3 .. 0.9
     distill.hidden_weight        choice  0.0, 1.0
-    quantize.mode                choice  dynamic, static
-    optimize.fusion              choice  fused, unfused
+    quantize.mode                choice  auto, dynamic, static
+    optimize.fusion              choice  auto, fused, unfused
     fallback.enabled             choice  false, true
 
 and starts with two points: the unpruned model quantized dynamically on the fused graph (cheap, so
@@ -176,8 +176,10 @@ def default_parameters(shape: dict[str, int]) -> dict[str, Domain]:
         "distill.epochs": Domain(choice=[1, 2, 3]),
         "distill.alpha": Domain(uniform=(0.3, 0.9)),
         "distill.hidden_weight": Domain(choice=[0.0, 1.0]),
-        "quantize.mode": Domain(choice=["dynamic", "static"]),
-        "optimize.fusion": Domain(choice=["fused", "unfused"]),
+        # "auto" (measure both, keep the faster: what the shipped recipes do) is in both domains, so
+        # the base recipe's start point is exactly that recipe and the search cannot return less
+        "quantize.mode": Domain(choice=["auto", "dynamic", "static"]),
+        "optimize.fusion": Domain(choice=["auto", "fused", "unfused"]),
         "fallback.enabled": Domain(choice=[False, True]),
     }
 
