@@ -41,13 +41,17 @@ def test_the_default_build_adds_prune_distill_when_the_budget_allows(tiny_checkp
     planned = [name for name, c in choice["candidates"].items() if c["recipe"] == "prune-distill-int8"]
     floor = [name for name, c in choice["candidates"].items() if c["recipe"] == "ptq"]
     assert planned and all(name.split("+")[1] == PLAN for name in planned) and "onnx-cpu+fp32" in floor
+    distills = []
     for name in planned:
         report = _candidate_report(out, name, choice["chosen"])
-        distill = next(p for p in report["passes"] if p["name"] == "distill")["metrics"]
+        distills.append(next(p for p in report["passes"] if p["name"] == "distill"))
+        distill = distills[-1]["metrics"]
         assert distill["time_limit_s"] == plan["distill_s"] and distill["planned_steps"] >= 1
         assert distill["steps"] <= distill["planned_steps"] and distill["length_grouped"] is True
         # the checkpoint's shape, scaled: 2 layers -> ceil(4/3) = 2, half the heads and the FFN
         assert report["recipe"]["prune"]["heads_per_layer"] == 1 and report["recipe"]["prune"]["keep_layers"] == 2
+    # prune and distill read nothing of the target: one distillation, shared through the pass cache
+    assert len({d["cache_key"] for d in distills}) == 1 and sorted(d["cached"] for d in distills) == [False, True]
     assert "Time budget 900 s" in (out / "report.md").read_text()
 
 

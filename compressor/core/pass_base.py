@@ -61,6 +61,9 @@ class Pass(ABC):
     name: str
     accepts: tuple[ModelKind, ...]
     produces: ModelKind
+    # True: the output depends on nothing of the target (not even its capabilities), so the pass
+    # cache shares it between targets (a CPU choice distills once for onnx-cpu and openvino-cpu).
+    target_independent: bool = False
 
     @abstractmethod
     def call(self, state: ModelState, ctx: PassContext) -> PassResult: ...

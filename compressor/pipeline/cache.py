@@ -4,7 +4,9 @@ stopped instead of starting over.
 Keys form a chain: the first pass's input key is the source checkpoint's content hash (config,
 weights and tokenizer files); each pass's key is the sha256 of its input key, its name and code,
 ``Pass.cache_key_parts(ctx)`` (exactly the settings and data it reads), the library versions and
-the target's name. Equal keys mean equal inputs, so a hit is reused as the pass's result.
+the target's name, except for a pass that reads nothing of the target (``Pass.target_independent``:
+prune, distill), whose output every target shares. Equal keys mean equal inputs, so a hit is
+reused as the pass's result.
 
 An entry is a directory ``ROOT/entries/KEY/``: ``entry.json`` (kind, metrics, annotations with paths
 made relative, ``modified``, and the size and sha256 of every file) plus the model: ``files/N/`` for
@@ -106,8 +108,9 @@ class PassCache:
         return source_key(ckpt)
 
     def key(self, parent: str, p: "Pass", ctx: "PassContext") -> str:
+        target = None if p.target_independent else ctx.target.name
         return json_digest("pass", parent, p.name, type(p).__qualname__, _code_hash(p), p.cache_key_parts(ctx),
-                       self.versions, ctx.target.name)
+                           self.versions, target)
 
     # --- load ----------------------------------------------------------------------------------
 

@@ -571,6 +571,7 @@ def _train_on_rank(job: _Job) -> None:
 
 class Distill(Pass):
     name = "distill"
+    target_independent = True  # PyTorch in, PyTorch out: no target setting is read
     accepts = (ModelKind.TORCH,)
     produces = ModelKind.TORCH
 

@@ -386,6 +386,7 @@ def scoring_batches(tokenizer, data, max_length: int, batch_size: int, task):
 
 class PruneStructured(Pass):
     name = "prune"
+    target_independent = True  # PyTorch in, PyTorch out: no target setting is read
     accepts = (ModelKind.TORCH,)
     produces = ModelKind.TORCH
 
