@@ -235,11 +235,14 @@ def test_cpu_auto_keeps_the_faster_passing_build_and_says_why(tiny_checkpoint, f
     report = json.loads((out / "report.json").read_text())
     choice = report["cpu_auto"]
     # Every CPU target at every precision this CPU offers: onnx-cpu's FP32 floor always, openvino's
-    # BF16 float ops only where the CPU plugin lists BF16 (and then "bf16" is not "not offered").
+    # BF16 float ops only where the CPU plugin lists BF16. "bf16: not offered: ..." names each target
+    # that does not offer it: onnx-cpu always (no x86 BF16 kernels), openvino-cpu on a CPU without BF16.
     names = set(choice["candidates"])
     assert {"onnx-cpu", "onnx-cpu+fp32", "openvino-cpu"} <= names <= {"onnx-cpu", "onnx-cpu+fp32", "openvino-cpu",
                                                                        "openvino-cpu+bf16"}
-    assert ("openvino-cpu+bf16" in names) != choice["offered"].get("bf16", "").startswith("not offered")
+    not_offered = choice["offered"].get("bf16", "")
+    assert not_offered.startswith("not offered: ") and "onnx-cpu: " in not_offered
+    assert ("openvino-cpu+bf16" in names) != ("openvino-cpu: " in not_offered)
     assert choice["candidates"]["onnx-cpu+fp32"]["precision"] == "fp32"
     fp32_report = (out / "report.json") if choice["chosen"] == "onnx-cpu+fp32" else out / "candidates" / "onnx-cpu+fp32.report.json"
     fp32_report = json.loads(fp32_report.read_text())
