@@ -162,7 +162,7 @@ def run(
     cache_dir: Optional[Path] = typer.Option(None, "--cache-dir", help="Pass cache (default: $MCOMPRESS_CACHE_DIR or ~/.cache/mcompress)."),
     no_cache: bool = typer.Option(False, "--no-cache", help="Run every pass; neither read nor write the pass cache."),
     cache_max_gb: float = typer.Option(10.0, "--cache-max-gb", min=0, help="Evict least recently used cache entries above this size."),
-    time_budget: Optional[str] = typer.Option(None, "--time-budget", help="Wall time the default CPU build plans in (no --recipe; default 15m): the post-training builds always, structured pruning + distillation too when what is left allows, e.g. 10m, 1h."),
+    time_budget: Optional[str] = typer.Option(None, "--time-budget", help="Wall time the default CPU build plans in (no --recipe; default 15m): the first INT8 build, then pruned + distilled builds when they fit, then the other precisions while it lasts, e.g. 10m, 1h."),
 ) -> None:
     """Compress MODEL_DIR for a target, gate the built artifact on held-out data, write the build."""
     def body():
