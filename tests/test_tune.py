@@ -86,6 +86,9 @@ def interrupted_then_resumed(tiny_checkpoint, tmp_path_factory):
     deadline = time.monotonic() + 600
     while not _finished_trials(out) and first.poll() is None and time.monotonic() < deadline:
         time.sleep(0.5)
+    # a trial writes its build before it reports to the driver; give that report time to land, so
+    # the trials counted here are ones Ray Tune recorded as finished (under load it took seconds)
+    time.sleep(10)
     finished_before = {p: p.stat().st_mtime_ns for p in _finished_trials(out)}
     first.send_signal(signal.SIGINT)
     _, first_err = first.communicate(timeout=300)
