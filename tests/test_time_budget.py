@@ -20,17 +20,22 @@ def _report(out):
     return json.loads((out / "report.json").read_text())
 
 
+def _default_run(checkpoint, tmp_path, name: str, *flags: str) -> tuple:
+    """`mcompress run CHECKPOINT` with the default recipe and its own cache: (out, cpu_auto, time_budget)."""
+    out = tmp_path / name
+    result = CliRunner().invoke(app, ["run", str(checkpoint), "--out", str(out), *flags,
+                                      "--cache-dir", str(tmp_path / "cache")])
+    assert result.exit_code == ExitCode.OK, result.output
+    choice = _report(out)["cpu_auto"]
+    return out, choice, choice["time_budget"]
+
+
 def _candidate_report(out, name: str, kept: str) -> dict:
     return _report(out) if name == kept else json.loads((out / "candidates" / f"{name}.report.json").read_text())
 
 
 def test_the_default_build_adds_prune_distill_when_the_budget_allows(tiny_checkpoint, tmp_path):
-    out = tmp_path / "default"
-    result = CliRunner().invoke(app, ["run", str(tiny_checkpoint), "--out", str(out), "--target", "cpu",
-                                      "--cache-dir", str(tmp_path / "cache")])
-    assert result.exit_code == ExitCode.OK, result.output
-    choice = _report(out)["cpu_auto"]
-    budget = choice["time_budget"]
+    out, choice, budget = _default_run(tiny_checkpoint, tmp_path, "default", "--target", "cpu")
     assert budget["budget_s"] == 900 and budget["wall_s"] <= 900
     plan = budget["plans"][PLAN]
     assert plan["built"], plan
@@ -69,12 +74,7 @@ def test_a_budget_too_short_keeps_the_post_training_builds_and_says_why(tiny_che
 
 
 def test_a_short_budget_builds_the_first_candidate_and_lists_what_did_not_fit(tiny_checkpoint, tmp_path):
-    out = tmp_path / "short"
-    result = CliRunner().invoke(app, ["run", str(tiny_checkpoint), "--out", str(out), "--time-budget", "5s",
-                                      "--cache-dir", str(tmp_path / "cache")])
-    assert result.exit_code == ExitCode.OK, result.output
-    choice = _report(out)["cpu_auto"]
-    budget = choice["time_budget"]
+    out, choice, budget = _default_run(tiny_checkpoint, tmp_path, "short", "--time-budget", "5s")
     assert list(choice["candidates"]) == ["onnx-cpu"] and choice["chosen"] == "onnx-cpu"
     assert not budget["plans"][PLAN]["built"] and budget["plans"][PLAN]["reason"].startswith("skipped: ")
     assert "onnx-cpu+fp32" in budget["skipped"] and all(why.startswith("not built: ") for why in budget["skipped"].values())

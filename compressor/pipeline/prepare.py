@@ -137,6 +137,19 @@ def _validate_targets(recipe: Recipe, names: tuple[str, ...]) -> dict:
     return targets
 
 
+def _task_for(recipe: Recipe, ckpt: Checkpoint, targets: dict) -> tuple[Task, str]:
+    """The checkpoint's task as ``recipe`` configures it, and its gated metric, once the recipe
+    is checked against the task, the targets and the checkpoint (InputError otherwise)."""
+    task = get_task(ckpt.task).for_recipe(recipe)
+    task.check_recipe(recipe)
+    for target in targets.values():
+        target.check_task(task)
+    metric = task.gated_metric(recipe.gates.metric)
+    validate_against_checkpoint(recipe, ckpt)
+    _check_max_length(recipe, ckpt)
+    return task, metric
+
+
 def _check_max_length(recipe: Recipe, ckpt: Checkpoint) -> None:
     from mcompress.core.checkpoint import POSITIONS_KEYS, config_value
 
@@ -164,13 +177,7 @@ def prepare(req: RunRequest, target_names: tuple[str, ...]) -> Prepared:
     recipe = request_recipe(req)
     targets = _validate_targets(recipe, target_names)
     ckpt = inspect_checkpoint(req.model_dir, allow_pickle=req.allow_pickle)
-    task = get_task(ckpt.task).for_recipe(recipe)
-    task.check_recipe(recipe)
-    for target in targets.values():
-        target.check_task(task)
-    metric = task.gated_metric(recipe.gates.metric)
-    validate_against_checkpoint(recipe, ckpt)
-    _check_max_length(recipe, ckpt)
+    task, metric = _task_for(recipe, ckpt, targets)
     out = req.out or req.default_out
     data = resolve_data(req, ckpt.label2id, task)
     validate_training_data(recipe, len(data.calibration), data.calibration_is_eval)
@@ -184,13 +191,7 @@ def prepare_recipe(prepared: Prepared, recipe: Recipe) -> Prepared:
     ``prepare`` validates one (InputError or TargetUnavailable before any work)."""
     for target in prepared.targets.values():
         target.validate_recipe(recipe)
-    task = get_task(prepared.checkpoint.task).for_recipe(recipe)
-    task.check_recipe(recipe)
-    for target in prepared.targets.values():
-        target.check_task(task)
-    metric = task.gated_metric(recipe.gates.metric)
-    validate_against_checkpoint(recipe, prepared.checkpoint)
-    _check_max_length(recipe, prepared.checkpoint)
+    task, metric = _task_for(recipe, prepared.checkpoint, prepared.targets)
     validate_training_data(recipe, len(prepared.data.calibration), prepared.data.calibration_is_eval)
     return replace(prepared, recipe=recipe, task=task, metric=metric)
 

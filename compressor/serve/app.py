@@ -312,10 +312,10 @@ def _generate_route(app, state: AppState, Error) -> None:
                                                (lambda token, text: put("token", {"token": token, "text": text}))
                                                if body.stream else None)
             except InputError as err:
-                put("refused", err.one_line())
+                put("refused", {"error": f"prompt: {err.one_line()}", "field": "prompt"})
                 return
             except Exception as err:  # the model failed: the stream ends with an error event, the server stays up
-                put("error", f"{type(err).__name__}: {err}")
+                put("error", {"error": f"{type(err).__name__}: {err}"})
                 return
             state.metrics.observe_batch(1, 1, time.perf_counter() - started)
             put("done", finished(result))
@@ -324,17 +324,15 @@ def _generate_route(app, state: AppState, Error) -> None:
         job = asyncio.ensure_future(state.batcher.call(run))
         job.add_done_callback(lambda _: waiting.__setitem__("n", waiting["n"] - 1))
         first = await events.get()
-        if first[0] == "refused":
-            return _json(422, {"error": f"prompt: {first[1]}", "field": "prompt"})
-        if first[0] == "error":
-            return _json(500, {"error": first[1]})
+        if first[0] in ("refused", "error"):
+            return _json(422 if first[0] == "refused" else 500, first[1])
         if not body.stream:
             return first[1]
 
         async def stream():
             event = first
             while True:
-                yield _sse(*event) if event[0] != "error" else _sse("error", {"error": event[1]})
+                yield _sse(*event)
                 if event[0] in ("done", "error"):
                     return
                 event = await events.get()
