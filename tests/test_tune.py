@@ -12,11 +12,12 @@ from __future__ import annotations
 import html.parser
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
 import sys
-import time
+import threading
 from pathlib import Path
 
 import pytest
@@ -70,31 +71,45 @@ def _command(model: Path, space: Path, out: Path, cache: Path) -> list[str]:
             "--cache-dir", str(cache)]
 
 
-def _finished_trials(out: Path) -> list[Path]:
-    return sorted((out / "trials").glob("*/build/report.json"))
+COMPLETED_LINE = re.compile(r"^tune: trial (\w+): accuracy ")
 
 
 @pytest.fixture(scope="module")
 def interrupted_then_resumed(tiny_checkpoint, tmp_path_factory):
-    """The search killed (SIGINT) after its first finished trial, then the same command again."""
+    """The search interrupted (SIGINT) as soon as its driver has recorded a finished trial, then the
+    same command again."""
     root = tmp_path_factory.mktemp("tune")
     space, out, cache = _space_dir(root / "space"), root / "out", root / "cache"
     model_before = tree_digest(tiny_checkpoint)
     env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
-    first = subprocess.Popen(_command(tiny_checkpoint, space, out, cache), env=env, stdout=subprocess.PIPE,
+    first = subprocess.Popen(_command(tiny_checkpoint, space, out, cache), env=env, stdout=subprocess.DEVNULL,
                              stderr=subprocess.PIPE, text=True)
-    deadline = time.monotonic() + 600
-    while not _finished_trials(out) and first.poll() is None and time.monotonic() < deadline:
-        time.sleep(0.5)
-    # a trial writes its build before it reports to the driver; give that report time to land, so
-    # the trials counted here are ones Ray Tune recorded as finished (under load it took seconds)
-    time.sleep(10)
-    finished_before = {p: p.stat().st_mtime_ns for p in _finished_trials(out)}
-    first.send_signal(signal.SIGINT)
-    _, first_err = first.communicate(timeout=300)
+    # The driver prints "tune: trial ID: accuracy ..." from Ray Tune's on_trial_complete, so a
+    # trial named there is one the experiment state records as finished. A build on disk is not
+    # enough (a trial writes it before it reports), and a fixed wait can outlast the whole search.
+    lines: list[str] = []
+    recorded = threading.Event()
+
+    def read_stderr() -> None:
+        for line in first.stderr:
+            lines.append(line)
+            if COMPLETED_LINE.match(line):
+                recorded.set()
+
+    reader = threading.Thread(target=read_stderr, daemon=True)
+    reader.start()
+    recorded.wait(timeout=600)
+    finished_before = {}
+    if recorded.is_set() and first.poll() is None:
+        first.send_signal(signal.SIGINT)
+        finished_before = {out / "trials" / m.group(1) / "build" / "report.json": None
+                           for m in map(COMPLETED_LINE.match, list(lines)) if m}
+    first.wait(timeout=300)
+    reader.join(timeout=30)
+    finished_before = {p: p.stat().st_mtime_ns for p in finished_before}
     second = subprocess.run(_command(tiny_checkpoint, space, out, cache), env=env, capture_output=True, text=True,
                             timeout=900)
-    return {"out": out, "first_rc": first.returncode, "first_err": first_err, "finished_before": finished_before,
+    return {"out": out, "first_rc": first.returncode, "first_err": "".join(lines), "finished_before": finished_before,
             "second": second, "model_unchanged": tree_digest(tiny_checkpoint) == model_before,
             "tune": json.loads((out / "tune.json").read_text()) if (out / "tune.json").is_file() else None}
 
