@@ -185,6 +185,8 @@ def main() -> int:
             detail = (f"{art['quantization']}, {len(art.get('float_layers') or [])} ops reverted to float"
                       if built == "openvino-cpu" else f"{art['quantization']}/{art['graph']}")
             name = f"mcompress {target_name + kept if kept else built} ({report['recipe']['name']}: {detail})"
+            if name in runners:  # two builds of one recipe (e.g. a tune's kept build): tell them apart by build dir
+                name = f"{name} [build-{stem}]"
             target = get_target(built)
             runners[name] = target.runner(out / art["model_file"], threads,
                                           target.settings(Recipe.model_validate(report["recipe"])))
