@@ -102,11 +102,11 @@ def interrupted_then_resumed(tiny_checkpoint, tmp_path_factory):
     finished_before = {}
     if recorded.is_set() and first.poll() is None:
         first.send_signal(signal.SIGINT)
-        finished_before = {out / "trials" / m.group(1) / "build" / "report.json": None
-                           for m in map(COMPLETED_LINE.match, list(lines)) if m}
+        # a recorded trial's build was written before it reported, so its report is on disk now
+        reports = [out / "trials" / m.group(1) / "build" / "report.json" for m in map(COMPLETED_LINE.match, list(lines)) if m]
+        finished_before = {report: report.stat().st_mtime_ns for report in reports}
     first.wait(timeout=300)
     reader.join(timeout=30)
-    finished_before = {p: p.stat().st_mtime_ns for p in finished_before}
     second = subprocess.run(_command(tiny_checkpoint, space, out, cache), env=env, capture_output=True, text=True,
                             timeout=900)
     return {"out": out, "first_rc": first.returncode, "first_err": "".join(lines), "finished_before": finished_before,
