@@ -267,6 +267,59 @@ def test_default_space_follows_the_model(tiny_checkpoint):
     # the base recipe (prune-distill-int8) keeps 4 layers, more than the tiny model's 2: its point
     # takes the domain's first value instead
     assert base["prune.keep_layers"] == 1 and space.recipe_for(base).distill.epochs == 3
+    assert space.recipe_for(base).distill.length_grouped  # as the default build's prune-distill plan
+
+
+def test_each_distilling_trial_gets_its_share_of_the_search_time(tiny_checkpoint, tmp_path):
+    from mcompress.core.checkpoint import inspect_checkpoint
+    from mcompress.tune.space import DISTILL_SHARE, MEASURED_POINTS, MIN_DISTILL_S, build_space, with_trial_time
+
+    ckpt = inspect_checkpoint(tiny_checkpoint)
+    space = with_trial_time(build_space(ckpt), search_s=3300, trials=50)
+    unpruned, base = space.start_with
+    assert space.distill_time_limit_s == pytest.approx(DISTILL_SHARE * 3300 / MEASURED_POINTS)  # 275 s
+    assert space.recipe_for(base).distill.time_limit_s == space.distill_time_limit_s
+    assert space.recipe_for(unpruned).distill is None  # nothing pruned: no distillation to limit
+    assert space.describe()["distill_time_limit_s"] == space.distill_time_limit_s
+    # fewer trials than MEASURED_POINTS share the time among themselves; never under the floor
+    assert with_trial_time(build_space(ckpt), 3300, trials=2).distill_time_limit_s == pytest.approx(DISTILL_SHARE * 3300 / 2)
+    assert with_trial_time(build_space(ckpt), 60, trials=50).distill_time_limit_s == MIN_DISTILL_S
+    # a limit the user set, in the base recipe or as a parameter, is theirs
+    fixed = _space_dir(tmp_path / "fixed", SPACE.replace("parameters:", "parameters:\n  distill.time_limit_s: {choice: [30, 90]}"))
+    searched = with_trial_time(build_space(ckpt, fixed), 3300, 50)
+    assert searched.distill_time_limit_s is None
+    assert searched.recipe_for({**searched.start_with[1], "distill.time_limit_s": 30}).distill.time_limit_s == 30
+    own_limit = _space_dir(tmp_path / "own")
+    (tmp_path / "own" / "base.yaml").write_text(BASE_RECIPE.replace("eval_every: 2}", "eval_every: 2, time_limit_s: 45}"))
+    own = with_trial_time(build_space(ckpt, own_limit), 3300, 50)
+    assert own.distill_time_limit_s is None and own.recipe_for(own.start_with[1]).distill.time_limit_s == 45
+
+
+@needs_extra
+def test_asha_stops_only_trials_more_than_twice_the_budget_below():
+    from types import SimpleNamespace
+
+    from ray.tune.schedulers import TrialScheduler
+
+    from mcompress.tune.ray_parts import HopelessOnlyASHA
+    from mcompress.tune.trial import SHORTFALL
+
+    def scheduler():
+        asha = HopelessOnlyASHA(hopeless_below=-1.0, time_attr="training_iteration", metric=SHORTFALL, mode="max",
+                                max_t=16, grace_period=2, reduction_factor=2)
+        trials = [SimpleNamespace(trial_id=f"t{i}") for i in range(3)]
+        for t in trials:
+            asha.on_trial_add(None, t)
+        # the leader reaches the first rung (2 evaluations) within the budget
+        assert asha.on_trial_result(None, trials[0], {"training_iteration": 2, SHORTFALL: 0.0}) == TrialScheduler.CONTINUE
+        return asha, trials
+
+    asha, trials = scheduler()
+    # 0.6 points outside the budget, behind the leader: plain ASHA stops it, this one lets it recover
+    assert asha.on_trial_result(None, trials[1], {"training_iteration": 2, SHORTFALL: -0.6}) == TrialScheduler.CONTINUE
+    # more than twice the budget below the reference, and behind: hopeless, stopped
+    assert asha.on_trial_result(None, trials[2], {"training_iteration": 2, SHORTFALL: -1.4}) == TrialScheduler.STOP
+    assert asha._num_stopped == 1
 
 
 def test_time_budget_parsing():

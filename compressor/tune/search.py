@@ -14,9 +14,10 @@ Steps, in order:
    has any; ``latency.threads`` follows the trial's CPUs unless the base recipe fixes it.
 4. The search (``Tuner.fit``): Optuna's TPE on two objectives (test-split score up, batch-1
    latency down) through ``ray.tune.search.optuna.OptunaSearch``, the space's start points first;
-   ASHA stops hopeless trials on the validation shortfall distillation reports (tune/trial.py);
-   ``TuneConfig.time_budget_s`` ends the search at the budget less a reserve for the steps below
-   (10%, at most 5 minutes). A failed trial is recorded with its error and the search goes on.
+   ASHA stops hopeless trials on the validation shortfall distillation reports (tune/trial.py,
+   ray_parts.HopelessOnlyASHA); ``TuneConfig.time_budget_s`` ends the search at the budget less a
+   reserve for the steps below (10%, at most 5 minutes), and each distilling trial gets its share
+   of that search time as ``distill.time_limit_s`` (tune/space.py, ``with_trial_time``). A failed trial is recorded with its error and the search goes on.
    SIGINT/SIGTERM ask Ray Tune to stop and save the experiment (its SIGUSR1 path); the command then
    exits 130 and the same command line resumes it.
 5. The front (tune/results.py) raced in one process here (tune/race.py), and the choice by
@@ -54,7 +55,7 @@ from mcompress.pipeline.prepare import Prepared, ProgressFactory, RunRequest, no
 from mcompress.report.schema import Report
 from mcompress.report.write import write_report
 from mcompress.tune.results import TUNE_JSON, TrialRecord, pareto_front, record_of, write_tune_json
-from mcompress.tune.space import SearchSpace, build_space
+from mcompress.tune.space import SearchSpace, build_space, with_trial_time
 from mcompress.tune.trial import OBJECTIVE_MODES, OBJECTIVES, SHORTFALL, TrialSettings, run_trial, trial_recipe
 
 logger = logging.getLogger(__name__)
@@ -93,6 +94,11 @@ class TuneRequest:
     @property
     def out_dir(self) -> Path:
         return (self.out or Path("build") / f"{self.model_dir.resolve().name}-tune").resolve()
+
+
+def search_seconds(budget_s: float) -> float:
+    """The search's share of the time budget: the rest is the reserve for the race and the writes."""
+    return budget_s - min(0.1 * budget_s, MAX_RESERVE_S)
 
 
 def require_extra() -> None:
@@ -156,7 +162,8 @@ def validate(req: TuneRequest) -> Validated:
         raise InputError("--time-budget must be positive and --trials at least 1.")
     out = req.out_dir
     check_output_dir(out, True, [req.model_dir] + [p for p in (req.space_path, req.eval_data, req.calib_data) if p])
-    space = build_space(inspect_checkpoint(req.model_dir), req.space_path)
+    space = with_trial_time(build_space(inspect_checkpoint(req.model_dir), req.space_path),
+                            search_seconds(req.time_budget_s), req.trials)
     cache_dir = Path(req.cache_dir or default_cache_dir()).expanduser().resolve()
     run_request = RunRequest(req.model_dir, req.target, out / "build", Path(space.base_source), req.eval_data,
                              req.calib_data, force=True, overrides={"gates.max_drop": req.max_drop}, cache_dir=cache_dir)
@@ -240,9 +247,7 @@ def interrupts_stop_the_search():
 def _tuner(v: Validated, settings: TrialSettings, resources: dict):
     from optuna.samplers import TPESampler
     from ray import tune
-    from ray.tune.schedulers import ASHAScheduler
-
-    from mcompress.tune.ray_parts import FinalResultSearch, TrialLines
+    from mcompress.tune.ray_parts import FinalResultSearch, HopelessOnlyASHA, TrialLines
 
     trainable = tune.with_resources(tune.with_parameters(run_trial, settings=settings), resources)
     experiment = v.out / EXPERIMENT
@@ -250,15 +255,15 @@ def _tuner(v: Validated, settings: TrialSettings, resources: dict):
         logger.info("resuming the tune in %s", experiment)
         return tune.Tuner.restore(str(experiment), trainable=trainable, resume_unfinished=True, resume_errored=False,
                                   restart_errored=False)
-    budget = v.request.time_budget_s
     searcher = FinalResultSearch(metric=list(OBJECTIVES), mode=list(OBJECTIVE_MODES),
                                  points_to_evaluate=[dict(p) for p in v.space.start_with],
                                  sampler=TPESampler(seed=v.request.seed))
-    # grace 2 evaluations, then halves: only trials well behind their peers' shortfall stop
-    scheduler = ASHAScheduler(time_attr="training_iteration", metric=SHORTFALL, mode="max", max_t=10_000,
-                              grace_period=2, reduction_factor=2)
+    # grace 2 evaluations, then halves; only a trial behind its peers and more than twice the
+    # accuracy budget below the reference stops (ray_parts.HopelessOnlyASHA)
+    scheduler = HopelessOnlyASHA(hopeless_below=-v.prepared.recipe.gates.max_drop, time_attr="training_iteration",
+                                 metric=SHORTFALL, mode="max", max_t=10_000, grace_period=2, reduction_factor=2)
     tune_config = tune.TuneConfig(search_alg=searcher, scheduler=scheduler, num_samples=v.request.trials,
-                                  time_budget_s=budget - min(0.1 * budget, MAX_RESERVE_S), reuse_actors=True)
+                                  time_budget_s=search_seconds(v.request.time_budget_s), reuse_actors=True)
     run_config = tune.RunConfig(name=EXPERIMENT, storage_path=str(v.out), verbose=0, callbacks=[TrialLines()],
                                 failure_config=tune.FailureConfig(max_failures=0, fail_fast=False))
     return tune.Tuner(trainable, param_space=v.space.to_ray(), tune_config=tune_config, run_config=run_config)

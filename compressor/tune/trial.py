@@ -10,9 +10,10 @@ What the trial reports to Ray Tune (``ray.tune.report``):
 
 - while distilling, after every validation evaluation: ``val_shortfall``, how far the student's
   validation score is below the accuracy budget, min(0, max_drop - drop) in the drop's points (0
-  while within it). The ASHA scheduler stops trials whose shortfall is worse than their peers' at
-  the same point of training: hopeless ones. Within-budget trials all sit at 0 and tie, so ASHA
-  does not favour big (accurate, slow) students over small ones that meet the budget.
+  while within it). The ASHA scheduler (ray_parts.HopelessOnlyASHA) stops trials whose shortfall
+  is worse than their peers' at the same point of training and below minus the budget: hopeless
+  ones. Within-budget trials all sit at 0 and tie, so ASHA does not favour big (accurate, slow)
+  students over small ones that meet the budget.
 - at the end (``final`` true): the build's gated score on the test split, its drop and gate
   verdict, batch-1 p50 latency on this worker, model bytes and size ratio: the two objectives the
   searcher optimizes are ``score`` (max) and ``latency_ms`` (min).
