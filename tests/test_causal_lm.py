@@ -42,17 +42,18 @@ def word_tokenizer(with_eos: bool = True):
                                    eos_token="<eos>" if with_eos else None)
 
 
-def tiny_decoder(kind: str, vocab: int):
+def tiny_decoder(kind: str, vocab: int, layers: int = 2):
     import torch
     from transformers import GPT2Config, GPT2LMHeadModel, LlamaConfig, LlamaForCausalLM
 
     torch.manual_seed(0)
     if kind == "llama":
-        config = LlamaConfig(vocab_size=vocab, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+        config = LlamaConfig(vocab_size=vocab, hidden_size=32, intermediate_size=64, num_hidden_layers=layers,
                              num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256,
                              bos_token_id=1, eos_token_id=2, tie_word_embeddings=True)
         return LlamaForCausalLM(config).eval()
-    config = GPT2Config(vocab_size=vocab, n_embd=32, n_layer=2, n_head=4, n_positions=256, bos_token_id=1, eos_token_id=2)
+    config = GPT2Config(vocab_size=vocab, n_embd=32, n_layer=layers, n_head=4, n_positions=256, bos_token_id=1,
+                        eos_token_id=2)
     return GPT2LMHeadModel(config).eval()
 
 
@@ -238,13 +239,13 @@ def _bad_architecture(tmp: Path, llama_dir: Path) -> Path:
     return model
 
 
-@pytest.mark.parametrize("case", ["architecture", "short_text", "no_eos", "structured_pruning"])
+@pytest.mark.parametrize("case", ["architecture", "short_text", "no_eos", "head_pruning"])
 def test_bad_input_is_one_line_exit_2_nothing_written(tmp_path, llama_dir, lm_recipe, case):
     recipe = lm_recipe
-    if case == "structured_pruning":  # not for decoders yet: refused before any work, not a crash in the pass
+    if case == "head_pruning":  # decoders keep their heads: refused before any work, not a crash in the pass
         recipe = tmp_path / "prune.yaml"
-        recipe.write_text(lm_recipe.read_text() + "prune: {keep_layers: 1}\n")
-        model, extra, expect = llama_dir, [], "structured pruning (layers, heads, FFN neurons) is not available for causal-lm"
+        recipe.write_text(lm_recipe.read_text() + "prune: {keep_layers: 1, heads_per_layer: 1}\n")
+        model, extra, expect = llama_dir, [], "causal-lm models cannot have their heads pruned (prune.heads_per_layer)"
     elif case == "architecture":
         model, extra, expect = _bad_architecture(tmp_path, llama_dir), [], "model type 'mistral' is not supported"
     elif case == "short_text":
@@ -319,7 +320,93 @@ def test_the_default_time_budget_does_not_plan_pruning_for_a_decoder(tmp_path, l
     prepared = prepare(RunRequest(llama_dir, "cpu", out=tmp_path / "o"), ("onnx-cpu",))
     plan = plan_prune_distill(prepared, 900.0, 10.0, [5.0])
     assert plan.run is None and plan.figures["reason"].startswith("does not apply: ")
-    assert "not available for causal-lm" in plan.figures["reason"]
+    assert "causal-lm models cannot have their heads pruned" in plan.figures["reason"]
+
+
+def _silence_layer(model, index: int) -> None:
+    """Zero the projections that write into the residual stream: layer ``index`` passes its input on unchanged."""
+    import torch
+
+    layer = model.base_model.layers[index] if hasattr(model.base_model, "layers") else model.base_model.h[index]
+    with torch.no_grad():
+        for name, module in layer.named_modules():
+            if name.endswith(("o_proj", "down_proj", "attn.c_proj", "mlp.c_proj")):
+                module.weight.zero_()
+                if getattr(module, "bias", None) is not None:
+                    module.bias.zero_()
+
+
+def _greedy(model, ids, new_tokens: int = 6):
+    import torch
+
+    with torch.inference_mode():
+        return model.generate(ids, max_new_tokens=new_tokens, do_sample=False, use_cache=True, pad_token_id=0).tolist()
+
+
+@pytest.mark.parametrize("kind", ["llama", "gpt2"])
+def test_a_decoder_loses_its_least_influential_layer_and_ffn_neurons_and_reloads(tmp_path, kind):
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    from mcompress.passes.prune import structured as S
+    from mcompress.tasks.causal_lm import CausalLM
+
+    model = tiny_decoder(kind, 50, layers=3)
+    original = tiny_decoder(kind, 50, layers=3)
+    _silence_layer(model, 1)
+    _silence_layer(original, 1)
+    generator = torch.Generator().manual_seed(0)
+    ids = torch.randint(3, 50, (4, 12), generator=generator)
+    batches = [{"input_ids": ids.numpy(), "attention_mask": np.ones((4, 12), dtype=np.int64)}]
+
+    influence = S.block_influence(model, batches)
+    assert influence[1] < 1e-6 < min(influence[0], influence[2]), influence  # the silenced layer changes nothing
+    kept, _ = S.choose_layers_by_influence(model, batches, keep=2)
+    assert kept == [0, 2]
+    S.drop_layers(model, kept)
+    layout = S.layout_of(model)
+    index_owner, _, index_attr = layout.layer_index.rpartition(".")
+    assert [getattr(layer.get_submodule(index_owner), index_attr) for layer in S.encoder_layers(model)] == [0, 1]
+    assert model.config.num_hidden_layers == 2
+    # dropping a layer that changes nothing keeps the function, with the KV cache too
+    with torch.inference_mode():
+        assert torch.allclose(model(ids).logits, original(ids).logits, atol=1e-5)
+    assert _greedy(model, ids[:1]) == _greedy(original, ids[:1])
+
+    _, neuron_scores = S.importance_scores(model, batches, None, CausalLM())
+    assert [len(s) for s in neuron_scores] == [S.ffn_sizes(original)[0]] * 2 and all(float(s.sum()) > 0 for s in neuron_scores)
+    S.prune_ffn(model, S.choose_neurons(neuron_scores, 24))
+    assert S.ffn_sizes(model) == [24, 24]
+    model.save_pretrained(tmp_path / "pruned", safe_serialization=True)
+    reloaded = AutoModelForCausalLM.from_pretrained(tmp_path / "pruned").eval()
+    assert S.ffn_sizes(reloaded) == [24, 24] and len(S.encoder_layers(reloaded)) == 2
+    with torch.inference_mode():
+        assert torch.allclose(reloaded(ids).logits, model(ids).logits, atol=1e-5)
+    assert _greedy(reloaded, ids[:1]) == _greedy(model, ids[:1])
+
+
+@pytest.mark.slow
+def test_prune_and_distill_a_decoder_lowers_kl_and_builds_with_its_kv_cache(tmp_path, llama_dir, lm_recipe):
+    import onnxruntime as ort
+
+    recipe = tmp_path / "prune-distill.yaml"
+    recipe.write_text(lm_recipe.read_text().replace("gates: {max_ppl_increase: 1.0}", "gates: {max_ppl_increase: 1000.0}")
+                      + "prune: {keep_layers: 1, layer_importance: block_influence, ffn_neurons_per_layer: 32, "
+                        "importance_examples: 8, batch_size: 4}\n"
+                        "distill: {steps: 40, batch_size: 4, max_length: 32, lr: 3.0e-3, alpha: 1.0, hidden_weight: 0.0, "
+                        "eval_every: 10, patience: 10}\n")
+    out = tmp_path / "build"
+    code, output = _invoke(["run", str(llama_dir), "--recipe", str(recipe), "--out", str(out), "--no-cache"])
+    assert code == 0, output
+    report = json.loads((out / "report.json").read_text())
+    passes = {p["name"]: p["metrics"] for p in report["passes"]}
+    assert passes["prune"]["layers"] == 1 and passes["prune"]["ffn_size"] == 32
+    assert set(passes["prune"]["layer_block_influence"]) == {"0", "1"}
+    history = passes["distill"]["history"]
+    assert history[-1]["kl"] < history[0]["kl"], history  # the student moves towards the teacher
+    session = ort.InferenceSession(str(next(out.glob("*.onnx"))), providers=["CPUExecutionProvider"])
+    past = sorted(i.name for i in session.get_inputs() if i.name.startswith("past_key_values"))
+    assert past == ["past_key_values.0.key", "past_key_values.0.value"]  # one layer's cache
 
 
 def test_openvino_cpu_refuses_a_decoder_before_any_work(tmp_path, llama_dir, lm_recipe):

@@ -33,6 +33,7 @@ SIZE_FIELDS = ("hidden_size", "num_attention_heads", "num_hidden_layers", "inter
 # The same size under each family's name: BERT/LLaMA, DistilBERT, GPT-2.
 HIDDEN_KEYS, HEADS_KEYS, POSITIONS_KEYS = ("hidden_size", "dim", "n_embd"), ("num_attention_heads", "n_heads", "n_head"), \
     ("max_position_embeddings", "n_positions")
+LAYERS_KEYS, FFN_KEYS = ("num_hidden_layers", "n_layers", "n_layer"), ("intermediate_size", "hidden_dim", "n_inner")
 _ID = re.compile(r"[0-9]{1,9}")
 
 
@@ -59,9 +60,11 @@ class Checkpoint:
         """Layers, attention heads per layer and FFN width (what structured pruning keeps a share
         of), read the way recipe validation reads them; 0 where the config does not say."""
         config = self.config
-        return {"layers": int(config.get("num_hidden_layers", config.get("n_layers", 0)) or 0),
-                "heads": int(self.num_attention_heads),
-                "ffn": int(config.get("intermediate_size", config.get("hidden_dim", 0)) or 0)}
+        layers = next((config[k] for k in LAYERS_KEYS if config.get(k)), 0)
+        ffn = next((config[k] for k in FFN_KEYS if config.get(k)), 0)
+        if not ffn and config.get("n_embd"):  # GPT-2: n_inner null means 4 x n_embd
+            ffn = 4 * config["n_embd"]
+        return {"layers": int(layers), "heads": int(self.num_attention_heads), "ffn": int(ffn)}
 
 
 def _sha256(paths: list[Path]) -> str:

@@ -201,7 +201,10 @@ class VocabularyConfig(_Strict):
 class PruneConfig(_Strict):
     """Structured pruning budget: keep counts, or one keep_ratio (passes/prune/structured.py)."""
 
-    keep_layers: Optional[int] = Field(None, ge=1)  # encoder layers kept, chosen by greedy ablation
+    keep_layers: Optional[int] = Field(None, ge=1)  # layers kept, chosen by layer_importance
+    # how layers are ranked: greedy loss ablation (one forward pass per candidate per round), or
+    # block influence, 1 - cos(layer input, layer output), from one forward pass (deep decoders)
+    layer_importance: Literal["ablation", "block_influence"] = "ablation"
     heads_per_layer: Optional[int] = Field(None, ge=1)  # heads kept in every layer
     ffn_neurons_per_layer: Optional[int] = Field(None, ge=1)  # FFN width kept in every layer
     # Fraction of heads (ranked globally, every layer keeps >= 1) and of FFN neurons (per layer) kept.
@@ -225,10 +228,17 @@ class PruneConfig(_Strict):
                              "or vocabulary")
         return self
 
+    def structures(self) -> dict[str, list[str]]:
+        """What the budget removes (layers, heads, ffn, 2:4), each with the keys that ask for it."""
+        asked = {"layers": ["keep_layers"] if self.keep_layers is not None else [],
+                 "heads": [k for k in ("heads_per_layer", "keep_ratio") if getattr(self, k) is not None],
+                 "ffn": [k for k in ("ffn_neurons_per_layer", "keep_ratio") if getattr(self, k) is not None],
+                 "2:4": ["semi_structured_2_4"] if self.semi_structured_2_4 else []}
+        return {structure: keys for structure, keys in asked.items() if keys}
+
     def structural(self) -> bool:
         """Whether heads, neurons or layers are pruned (or 2:4 masks applied), not only the vocabulary."""
-        return (self.heads_per_layer is not None or self.ffn_neurons_per_layer is not None or self.keep_ratio is not None
-                or self.keep_layers is not None or self.semi_structured_2_4)
+        return bool(self.structures())
 
 
 class DistillConfig(_Strict):
@@ -412,7 +422,12 @@ def validate_against_checkpoint(recipe: Recipe, ckpt) -> None:
     prune = recipe.prune
     if prune is None:
         return
-    layers = int(config.get("num_hidden_layers", config.get("n_layers", 0)) or 0)
+    shape = ckpt.block_shape
+    layers = shape["layers"]
+    if prune.keep_layers is not None and config.get("scale_attn_by_inverse_layer_idx"):
+        raise InputError("recipe prune.keep_layers: this GPT-2 scales attention by its layer index "
+                         "(scale_attn_by_inverse_layer_idx), so a layer's function changes when layers before it go.",
+                         "Remove prune.keep_layers (FFN pruning still applies).")
     pruned = {int(k): v for k, v in (config.get("pruned_heads") or {}).items()}
     # Heads still present in the layer that has fewest (a checkpoint may come pruned already).
     heads = min((ckpt.num_attention_heads - len(pruned.get(i, [])) for i in range(layers)),
@@ -423,7 +438,7 @@ def validate_against_checkpoint(recipe: Recipe, ckpt) -> None:
     if prune.keep_layers is not None and layers and prune.keep_layers > layers:
         raise InputError(f"recipe prune.keep_layers {prune.keep_layers} is more than the model's {layers} layers.",
                          f"Set prune.keep_layers between 1 and {layers}.")
-    ffn = config.get("intermediate_size", config.get("hidden_dim"))
+    ffn = shape["ffn"]
     if prune.ffn_neurons_per_layer is not None and ffn and prune.ffn_neurons_per_layer > int(ffn):
         raise InputError(f"recipe prune.ffn_neurons_per_layer {prune.ffn_neurons_per_layer} is more than the "
                          f"model's FFN size {ffn}.", f"Set prune.ffn_neurons_per_layer between 1 and {ffn}.")

@@ -82,18 +82,22 @@ class Task(ABC):
     # True: the exported model carries a KV cache (past key/values in, present out); only targets
     # whose capabilities say kv_cache_decoders build it (Target.check_task).
     kv_cache: bool = False
-    # True: the prune pass's structured pruning (layers, heads, FFN neurons, 2:4) has this task's
-    # hooks (passes/prune/structured.py); a recipe that asks for it otherwise is refused before work.
-    structured_pruning: bool = True
+    # What the prune pass's structured pruning can remove from this task's models
+    # (passes/prune/structured.py; PruneConfig.structures names what a recipe asks for): a recipe
+    # that asks for more is refused before work.
+    prunable: frozenset[str] = frozenset({"layers", "heads", "ffn", "2:4"})
     gate_change: str = "drop"  # the accuracy gate is named "<metric>_<gate_change>"
 
     def check_recipe(self, recipe) -> None:
         """InputError for what the recipe asks that this task cannot do (before any work)."""
-        if recipe.prune is not None and recipe.prune.structural() and not self.structured_pruning:
-            raise InputError(f"recipe prune: structured pruning (layers, heads, FFN neurons) is not available for "
-                             f"{self.name} models yet.",
-                             "Remove prune.keep_layers, heads_per_layer, ffn_neurons_per_layer, keep_ratio and "
-                             "semi_structured_2_4 from the recipe.")
+        asked = recipe.prune.structures() if recipe.prune is not None else {}
+        refused = {structure: keys for structure, keys in asked.items() if structure not in self.prunable}
+        if refused:
+            keys = sorted({k for ks in refused.values() for k in ks})
+            raise InputError(f"recipe prune: {self.name} models cannot have their {', '.join(sorted(refused))} pruned "
+                             f"(prune.{', prune.'.join(keys)}).",
+                             f"Remove {', '.join('prune.' + k for k in keys)}; "
+                             f"{self.name} pruning keeps: {', '.join(sorted(self.prunable)) or 'nothing'}.")
 
     def gate_budget(self, gates) -> tuple[float, str]:
         """(budget, drop_type) of the accuracy gate from the recipe's ``gates`` section."""
@@ -108,6 +112,17 @@ class Task(ABC):
         if drop_type == "relative":
             return np.divide(drops, reference, out=np.zeros_like(drops), where=np.asarray(reference) > 0)
         return drops
+
+    def selection_loss(self, result) -> float:
+        """The loss that breaks ties between equal validation scores in distillation (an EvalResult
+        of the selection split): the cross-entropy of its logit rows against their labels."""
+        import numpy as np
+
+        logits = np.asarray(result.logits, np.float64)
+        labels = np.asarray(result.logit_labels(), np.int64)
+        shifted = logits - logits.max(axis=1, keepdims=True)
+        log_probs = shifted - np.log(np.exp(shifted).sum(axis=1, keepdims=True))
+        return float(-log_probs[np.arange(len(labels)), labels].mean())
 
     def shown_score(self, score: float) -> float:
         """The gated score as reports show it (a causal LM's perplexity is 1 / score)."""

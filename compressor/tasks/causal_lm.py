@@ -46,7 +46,9 @@ class CausalLM(Task):
     # Task; activation INT8 measured +62% perplexity on SmolLM2).
     weight_only_quantization = True
     kv_cache = True
-    structured_pruning = False  # the prune pass knows BERT-family encoders only (issue 15, item 5)
+    # whole layers (block influence or ablation) and FFN neurons; attention heads stay (their
+    # grouped KV heads set the KV cache's shape)
+    prunable = frozenset({"layers", "ffn"})
 
     def __init__(self, stride: int | None = None, batch_tokens: int = 2048):
         self.stride = stride  # None: half the context
@@ -116,6 +118,11 @@ class CausalLM(Task):
                                  keep_rows=True)
         check_finite_logits(scores.rows, runner, data.source, what)
         return scores.rows.astype(np.float32), scores.targets
+
+    def selection_loss(self, result):
+        """The mean negative log-likelihood per scored token (log perplexity): ``logits`` holds
+        each token's log-probability of its true next token."""
+        return float(-np.mean(result.logits)) if len(result.logits) else 0.0
 
     def metric_of_counts(self, counts):
         return inverse_perplexity(counts)

@@ -384,15 +384,12 @@ class _Training:
                 None if targets is None else torch.from_numpy(targets).to(self.device))
 
     def selection_score(self) -> tuple[float, float]:
-        """(the task's score, cross-entropy) of the student on the selection split (rank 0)."""
-        import torch
-
+        """(the task's score, its selection loss: Task.selection_loss) of the student on the
+        selection split (rank 0)."""
         recipe = self.job.recipe
         result = self.task.evaluate(TorchRunner(self.student), self.tokenizer, self.main.selection, recipe.max_length,
                                     recipe.eval.batch_size)
-        logits = torch.from_numpy(result.logits)
-        ce = float(torch.nn.functional.cross_entropy(logits, torch.from_numpy(result.logit_labels()).long()))
-        return result.score, ce
+        return result.score, self.task.selection_loss(result)
 
     def loss(self, feed, batch_labels, student=None):
         """(total, kl, ce) of the student (default: the trainee, DDP-wrapped under a launcher)

@@ -16,11 +16,21 @@ unpruned model's own argmax; for a tagger it is summed over the words of a sente
 at its first sub-token (calibration/tagged.py), so one example is one sentence. Masks have a batch dimension, so one backward pass gives per-example
 gradients, and their absolute values are summed over examples.
 
-- layer l (only with ``keep_layers``): the mean loss on the scoring data when layer l is skipped
+- layer l (only with ``keep_layers``), by ``layer_importance``. ``ablation``: the mean loss on the scoring data when layer l is skipped
   (its input passed on unchanged), measured by ablation. Layers are dropped greedily: the layer
   whose removal raises the loss least goes first, then the rest are measured again without it,
-  until ``keep_layers`` remain. Layers are dropped before heads and neurons are scored, so those
-  scores describe the network that is kept.
+  until ``keep_layers`` remain. ``block_influence`` (deep decoders, where ablation costs a forward
+  pass per candidate per round): BI_l = 1 - E_tokens cos(x_l, y_l), x_l and y_l the hidden states
+  entering and leaving layer l, from one forward pass; the ``keep_layers`` layers of highest BI
+  stay (Men et al. 2024, "ShortGPT"). Layers are dropped before heads and neurons are scored, so
+  those scores describe the network that is kept.
+
+Families (``LAYOUTS``): BERT, RoBERTa and DistilBERT encoders (layers, heads, FFN neurons, 2:4);
+LLaMA and GPT-2 decoders (layers and FFN neurons: LLaMA's gated FFN loses a neuron's row of
+gate_proj and up_proj and its column of down_proj; GPT-2's Conv1D projections are sliced along
+their (in, out) weights). A decoder's kept layers are renumbered 0..n-1 (their attention's
+``layer_idx`` picks the KV cache slot), as ``from_pretrained`` numbers the smaller model, and
+scoring runs without a KV cache.
 
 Budget (recipe ``prune``): ``keep_layers`` keeps that many encoder layers; ``heads_per_layer`` keeps the k best heads in every layer and
 ``ffn_neurons_per_layer`` the n best neurons in every layer; or ``keep_ratio`` r keeps
@@ -67,33 +77,45 @@ FLOPS_SEQUENCE_LENGTH = 128
 
 
 @dataclass(frozen=True)
-class EncoderLayout:
-    """Where one BERT-family encoder keeps the pieces pruning touches (paths from the base model)."""
+class BlockLayout:
+    """Where one transformer family keeps the pieces pruning touches: ``layers`` from the base
+    model, the rest from within one layer."""
 
     layers: str  # the ModuleList of transformer layers
-    attention_output: str  # Linear whose input is the concatenated head contexts
-    ffn_in: str  # Linear hidden -> intermediate
-    ffn_out: str  # Linear intermediate -> hidden
-    num_heads: str  # attribute holding the layer's current number of heads
-    head_size: str
+    ffn_in: tuple[str, ...]  # projections hidden -> intermediate: their outputs are the FFN neurons
+    ffn_out: str  # projection intermediate -> hidden
     ffn_config_key: str  # config key for the intermediate width
-    heads_config_key: str
     layers_config_key: str  # config key for the number of layers
+    attention_output: str | None = None  # Linear whose input is the concatenated head contexts; None: heads stay
+    num_heads: str | None = None  # attribute holding the layer's current number of heads
+    head_size: str | None = None
+    heads_config_key: str | None = None
+    layer_index: str | None = None  # attribute a decoder's attention indexes its KV cache with
+    conv1d: bool = False  # projections are transformers' Conv1D (GPT-2): weight (in, out)
+
+    @property
+    def prunes_heads(self) -> bool:
+        return self.attention_output is not None
 
 
-_BERT = EncoderLayout("encoder.layer", "attention.output.dense", "intermediate.dense", "output.dense",
-                      "attention.self.num_attention_heads", "attention.self.attention_head_size",
-                      "intermediate_size", "num_attention_heads", "num_hidden_layers")
+_BERT = BlockLayout("encoder.layer", ("intermediate.dense",), "output.dense", "intermediate_size", "num_hidden_layers",
+                    "attention.output.dense", "attention.self.num_attention_heads",
+                    "attention.self.attention_head_size", "num_attention_heads")
 LAYOUTS = {
     "bert": _BERT,
     "roberta": _BERT,
-    "distilbert": EncoderLayout("transformer.layer", "attention.out_lin", "ffn.lin1", "ffn.lin2",
-                                "attention.n_heads", "attention.attention_head_size", "hidden_dim", "n_heads",
-                                "n_layers"),
+    "distilbert": BlockLayout("transformer.layer", ("ffn.lin1",), "ffn.lin2", "hidden_dim", "n_layers",
+                              "attention.out_lin", "attention.n_heads", "attention.attention_head_size", "n_heads"),
+    # Decoders: whole layers and FFN neurons; attention heads stay (grouped KV heads are shared by
+    # several query heads, and the KV cache's shape follows them).
+    "llama": BlockLayout("layers", ("mlp.gate_proj", "mlp.up_proj"), "mlp.down_proj", "intermediate_size",
+                         "num_hidden_layers", layer_index="self_attn.layer_idx"),
+    "gpt2": BlockLayout("h", ("mlp.c_fc",), "mlp.c_proj", "n_inner", "n_layer", layer_index="attn.layer_idx",
+                        conv1d=True),
 }
 
 
-def layout_of(model) -> EncoderLayout:
+def layout_of(model) -> BlockLayout:
     try:
         return LAYOUTS[model.config.model_type]
     except KeyError:
@@ -105,13 +127,18 @@ def encoder_layers(model) -> list:
 
 
 def heads_per_layer(model) -> list[int]:
-    get = attrgetter(layout_of(model).num_heads)
+    """Each layer's current number of attention heads (a decoder's: the config's, never pruned)."""
+    layout = layout_of(model)
+    if not layout.prunes_heads:
+        return [int(model.config.num_attention_heads)] * len(encoder_layers(model))
+    get = attrgetter(layout.num_heads)
     return [int(get(layer)) for layer in encoder_layers(model)]
 
 
 def ffn_sizes(model) -> list[int]:
-    path = layout_of(model).ffn_in
-    return [layer.get_submodule(path).out_features for layer in encoder_layers(model)]
+    layout = layout_of(model)
+    projections = [layer.get_submodule(layout.ffn_in[0]) for layer in encoder_layers(model)]
+    return [p.nf if layout.conv1d else p.out_features for p in projections]  # Conv1D: nf output features
 
 
 def original_head_ids(model, layer: int) -> list[int]:
@@ -195,19 +222,22 @@ def importance_scores(model, batches, labels: list[np.ndarray] | None, task):
     layout = layout_of(model)
     layers = encoder_layers(model)
     n_heads = heads_per_layer(model)
-    head_size = [int(attrgetter(layout.head_size)(layer)) for layer in layers]
-    head_scores = [torch.zeros(h) for h in n_heads]
+    # a family whose heads stay (a decoder) scores none: empty head scores
+    head_scores = [torch.zeros(h if layout.prunes_heads else 0) for h in n_heads]
     neuron_scores = [torch.zeros(d) for d in ffn_sizes(model)]
     masks: dict[tuple[str, int], torch.Tensor] = {}
     hooks = []
     for i, layer in enumerate(layers):
-        hooks.append((layer.get_submodule(layout.attention_output), _head_mask_hook(masks, i, n_heads[i], head_size[i])))
+        if layout.prunes_heads:
+            head_size = int(attrgetter(layout.head_size)(layer))
+            hooks.append((layer.get_submodule(layout.attention_output), _head_mask_hook(masks, i, n_heads[i], head_size)))
         hooks.append((layer.get_submodule(layout.ffn_out), _neuron_mask_hook(masks, i)))
     with _scoring_mode(model, hooks):
         for b, batch in enumerate(batches):
             _backward_scored_loss(model, batch, None if labels is None else labels[b], task)
             for i in range(len(layers)):
-                head_scores[i] += masks[("head", i)].grad.abs().sum(dim=(0, 1))
+                if layout.prunes_heads:
+                    head_scores[i] += masks[("head", i)].grad.abs().sum(dim=(0, 1))
                 neuron_scores[i] += masks[("ffn", i)].grad.abs().sum(dim=(0, 1))
             masks.clear()
     return head_scores, neuron_scores
@@ -255,18 +285,21 @@ def prune_heads(model, keep: list[list[int]]) -> None:
 def prune_ffn(model, keep: list[list[int]]) -> None:
     """Keep only the listed intermediate neurons of every layer; all layers must keep as many."""
     import torch
-    from transformers.pytorch_utils import prune_linear_layer
+    from transformers.pytorch_utils import prune_conv1d_layer, prune_linear_layer
 
     widths = {len(k) for k in keep}
     if len(widths) != 1:
         raise ValueError(f"every layer must keep the same FFN width (config holds one number), got {sorted(widths)}")
     layout = layout_of(model)
+    # the neuron axis of each projection's weight: Linear (out, in), Conv1D (in, out)
+    into, out_of = (1, 0) if layout.conv1d else (0, 1)
+    prune = prune_conv1d_layer if layout.conv1d else prune_linear_layer
     for layer, kept in zip(encoder_layers(model), keep):
         index = torch.tensor(kept, dtype=torch.long)
-        for path, dim in ((layout.ffn_in, 0), (layout.ffn_out, 1)):
+        for path, dim in [(p, into) for p in layout.ffn_in] + [(layout.ffn_out, out_of)]:
             parent_path, _, leaf = path.rpartition(".")
             parent = layer.get_submodule(parent_path) if parent_path else layer
-            setattr(parent, leaf, prune_linear_layer(getattr(parent, leaf), index, dim=dim))
+            setattr(parent, leaf, prune(getattr(parent, leaf), index, dim=dim))
     setattr(model.config, layout.ffn_config_key, widths.pop())
 
 
@@ -286,7 +319,7 @@ def _mean_loss(model, batches, targets, task) -> float:
 
 
 def _layer_list(model):
-    """(module, attribute name) holding the encoder's ModuleList of layers, to swap it."""
+    """(module, attribute name) holding the model's ModuleList of layers, to swap it."""
     container_path, _, attr = layout_of(model).layers.rpartition(".")
     return model.base_model.get_submodule(container_path), attr
 
@@ -323,17 +356,83 @@ def choose_layers(model, batches, labels, keep: int, task) -> tuple[list[int], l
     return kept, rounds
 
 
+def block_influence(model, batches) -> list[float]:
+    """Per layer: 1 - the mean cosine similarity between its input and its output hidden states
+    over the real (unpadded) tokens of ``batches``. A layer that barely turns its input matters
+    little (Men et al. 2024, "ShortGPT": block influence). One forward pass, no targets."""
+    import torch
+
+    layers = encoder_layers(model)
+    similarity: dict[int, torch.Tensor] = {}
+
+    def capture(index: int):
+        def hook(module, args, kwargs, output):
+            inputs = args[0] if args else kwargs["hidden_states"]
+            outputs = output[0] if isinstance(output, tuple) else output
+            similarity[index] = torch.nn.functional.cosine_similarity(inputs.float(), outputs.float(), dim=-1)
+        return hook
+
+    totals, tokens = [0.0] * len(layers), 0
+    handles = [layer.register_forward_hook(capture(i), with_kwargs=True) for i, layer in enumerate(layers)]
+    was_training = model.training
+    try:
+        model.eval()
+        with torch.inference_mode():
+            for batch in batches:
+                feed = {k: torch.from_numpy(v) for k, v in batch.items()}
+                model(**feed)
+                real = feed["attention_mask"].bool()
+                for i in range(len(layers)):
+                    totals[i] += float((1.0 - similarity[i])[real].sum())
+                tokens += int(real.sum())
+    finally:
+        for handle in handles:
+            handle.remove()
+        model.train(was_training)
+    return [t / max(tokens, 1) for t in totals]
+
+
+def choose_layers_by_influence(model, batches, keep: int) -> tuple[list[int], dict]:
+    """The ``keep`` layers of highest block influence (positions, ascending), and every layer's."""
+    influence = block_influence(model, batches)
+    kept = sorted(sorted(range(len(influence)), key=lambda i: -influence[i])[:keep])
+    return kept, {str(i): round(v, 6) for i, v in enumerate(influence)}
+
+
+@contextmanager
+def without_kv_cache(model):
+    """A decoder's forward passes without building a KV cache (scoring needs none); restored on exit."""
+    config = model.config
+    previous = getattr(config, "use_cache", None)
+    if previous is not None:
+        config.use_cache = False
+    try:
+        yield
+    finally:
+        if previous is not None:
+            config.use_cache = previous
+
+
 def drop_layers(model, kept: list[int]) -> None:
     """Keep only the listed layers (current positions, ascending); the config follows."""
     import torch
 
+    layout = layout_of(model)
     container, attr = _layer_list(model)
     layers = getattr(container, attr)
     setattr(container, attr, torch.nn.ModuleList([layers[i] for i in kept]))
     position = {old: new for new, old in enumerate(kept)}
     pruned = {int(k): v for k, v in (model.config.pruned_heads or {}).items()}
     model.config.pruned_heads = {position[old]: heads for old, heads in pruned.items() if old in position}
-    setattr(model.config, layout_of(model).layers_config_key, len(kept))
+    if layout.layer_index is not None:
+        # a decoder's attention finds its KV cache slot by its layer index: renumber the kept
+        # layers 0..n-1, as from_pretrained numbers the smaller model when it reloads
+        owner_path, _, leaf = layout.layer_index.rpartition(".")
+        for new, layer in enumerate(getattr(container, attr)):
+            setattr(layer.get_submodule(owner_path), leaf, new)
+    if isinstance(getattr(model.config, "layer_types", None), list):  # per-layer attention kinds
+        model.config.layer_types = [model.config.layer_types[i] for i in kept]
+    setattr(model.config, layout.layers_config_key, len(kept))
 
 
 def semi_structured_masks(model) -> dict[str, "object"]:
@@ -407,11 +506,12 @@ class PruneStructured(Pass):
         data, batches, batch_labels = _scoring_data(state, ctx)
         started = time.perf_counter()
         metrics: dict = {}
-        kept_layers = _drop_least_important_layers(model, cfg, batches, batch_labels, len(data), ctx.task, metrics)
+        with without_kv_cache(model):
+            kept_layers = _drop_least_important_layers(model, cfg, batches, batch_labels, len(data), ctx.task, metrics)
+            head_scores, neuron_scores = importance_scores(model, batches, batch_labels, ctx.task)
         previous = state.annotations.get("kept_layers")  # an already layer-pruned input: map to the original
         if previous is not None:
             kept_layers = [previous[i] for i in kept_layers]
-        head_scores, neuron_scores = importance_scores(model, batches, batch_labels, ctx.task)
         scoring_s = time.perf_counter() - started
         logger.info("importance of %d heads and %d FFN neurons from %d examples in %.1f s",
                     sum(before.heads), sum(before.ffn), len(data), scoring_s)
@@ -470,10 +570,13 @@ def _drop_least_important_layers(model, cfg, batches, batch_labels, examples: in
     layers_before = len(encoder_layers(model))
     kept_layers = list(range(layers_before))
     if cfg.keep_layers is not None and cfg.keep_layers < layers_before:
-        kept_layers, rounds = choose_layers(model, batches, batch_labels, cfg.keep_layers, task)
+        if cfg.layer_importance == "block_influence":
+            kept_layers, metrics["layer_block_influence"] = choose_layers_by_influence(model, batches, cfg.keep_layers)
+        else:
+            kept_layers, metrics["layer_ablation"] = choose_layers(model, batches, batch_labels, cfg.keep_layers, task)
         drop_layers(model, kept_layers)
-        metrics["layer_ablation"] = rounds
-        logger.info("kept layers %s of %d (greedy ablation on %d examples)", kept_layers, layers_before, examples)
+        logger.info("kept layers %s of %d (%s on %d examples)", kept_layers, layers_before,
+                    cfg.layer_importance.replace("_", " "), examples)
     return kept_layers
 
 
