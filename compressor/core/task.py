@@ -97,7 +97,7 @@ class Task(ABC):
             raise InputError(f"recipe prune: {self.name} models cannot have their {', '.join(sorted(refused))} pruned "
                              f"(prune.{', prune.'.join(keys)}).",
                              f"Remove {', '.join('prune.' + k for k in keys)}; "
-                             f"{self.name} pruning keeps: {', '.join(sorted(self.prunable)) or 'nothing'}.")
+                             f"{self.name} pruning can remove: {', '.join(sorted(self.prunable)) or 'nothing'}.")
 
     def gate_budget(self, gates) -> tuple[float, str]:
         """(budget, drop_type) of the accuracy gate from the recipe's ``gates`` section."""
