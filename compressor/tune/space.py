@@ -62,11 +62,11 @@ from pydantic import BaseModel, ConfigDict, ValidationError, model_validator
 from mcompress.core.errors import InputError
 from mcompress.core.limits import brief
 from mcompress.core.recipe import Recipe, load_recipe, read_yaml_mapping, recipes_dir, validate_against_checkpoint
+from mcompress.pipeline.budget import MIN_DISTILL_S  # the least distillation the default build plans, too
 
 DEFAULT_BASE_RECIPE = "prune-distill-int8.yaml"
 MEASURED_POINTS = 6  # the trials a search's time is shared among (module docstring)
 DISTILL_SHARE = 0.5
-MIN_DISTILL_S = 60.0
 TIME_LIMIT_KEY = "distill.time_limit_s"
 Value = Union[bool, int, float, str, None]
 PRUNE_KEYS = ("keep_layers", "heads_per_layer", "ffn_neurons_per_layer")

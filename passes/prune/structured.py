@@ -297,8 +297,7 @@ def prune_ffn(model, keep: list[list[int]]) -> None:
     for layer, kept in zip(encoder_layers(model), keep):
         index = torch.tensor(kept, dtype=torch.long)
         for path, dim in [(p, into) for p in layout.ffn_in] + [(layout.ffn_out, out_of)]:
-            parent_path, _, leaf = path.rpartition(".")
-            parent = layer.get_submodule(parent_path) if parent_path else layer
+            parent, leaf = _owner(layer, path)
             setattr(parent, leaf, prune(getattr(parent, leaf), index, dim=dim))
     setattr(model.config, layout.ffn_config_key, widths.pop())
 
@@ -318,10 +317,15 @@ def _mean_loss(model, batches, targets, task) -> float:
     return total / max(count, 1)
 
 
+def _owner(root, path: str):
+    """(module, attribute name) that dotted ``path`` under ``root`` names, to replace or set it."""
+    parent_path, _, leaf = path.rpartition(".")
+    return root.get_submodule(parent_path), leaf  # get_submodule("") is root itself
+
+
 def _layer_list(model):
     """(module, attribute name) holding the model's ModuleList of layers, to swap it."""
-    container_path, _, attr = layout_of(model).layers.rpartition(".")
-    return model.base_model.get_submodule(container_path), attr
+    return _owner(model.base_model, layout_of(model).layers)
 
 
 def choose_layers(model, batches, labels, keep: int, task) -> tuple[list[int], list[dict]]:
@@ -427,9 +431,8 @@ def drop_layers(model, kept: list[int]) -> None:
     if layout.layer_index is not None:
         # a decoder's attention finds its KV cache slot by its layer index: renumber the kept
         # layers 0..n-1, as from_pretrained numbers the smaller model when it reloads
-        owner_path, _, leaf = layout.layer_index.rpartition(".")
         for new, layer in enumerate(getattr(container, attr)):
-            setattr(layer.get_submodule(owner_path), leaf, new)
+            setattr(*_owner(layer, layout.layer_index), new)
     if isinstance(getattr(model.config, "layer_types", None), list):  # per-layer attention kinds
         model.config.layer_types = [model.config.layer_types[i] for i in kept]
     setattr(model.config, layout.layers_config_key, len(kept))
