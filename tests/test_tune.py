@@ -262,12 +262,24 @@ def test_default_space_follows_the_model(tiny_checkpoint):
     assert space.parameters["prune.keep_layers"].choice == [1, 2]
     assert space.parameters["prune.heads_per_layer"].choice == [1, 2]
     assert space.parameters["prune.ffn_neurons_per_layer"].choice == [16, 32, 48, 64]
-    unpruned, base = space.start_with
+    unpruned, base, larger = space.start_with  # the fewest layers is the base's own point here: one anchor fewer
     assert space.recipe_for(unpruned).prune is None and space.recipe_for(unpruned).quantize.mode == "dynamic"
     # the base recipe (prune-distill-int8) keeps 4 layers, more than the tiny model's 2: its point
     # takes the domain's first value instead
     assert base["prune.keep_layers"] == 1 and space.recipe_for(base).distill.epochs == 3
     assert space.recipe_for(base).distill.length_grouped  # as the default build's prune-distill plan
+
+
+def test_default_start_points_span_the_latency_range():
+    from mcompress.core.recipe import load_recipe, recipes_dir
+    from mcompress.tune.space import _anchor_points, _base_point, default_parameters
+
+    shape = {"layers": 6, "heads": 12, "ffn": 1536}  # MiniLM-L6, the sentiment example
+    parameters = default_parameters(shape)
+    base_point = _base_point(load_recipe(recipes_dir() / "prune-distill-int8.yaml"), parameters)
+    kept = [(p["prune.keep_layers"], p["prune.heads_per_layer"], p["prune.ffn_neurons_per_layer"])
+            for p in _anchor_points(shape, parameters, base_point)]
+    assert kept == [(6, 12, 1536), (4, 6, 768), (3, 6, 768), (5, 9, 1152)]
 
 
 def test_each_distilling_trial_gets_its_share_of_the_search_time(tiny_checkpoint, tmp_path):
@@ -276,7 +288,7 @@ def test_each_distilling_trial_gets_its_share_of_the_search_time(tiny_checkpoint
 
     ckpt = inspect_checkpoint(tiny_checkpoint)
     space = with_trial_time(build_space(ckpt), search_s=3300, trials=50)
-    unpruned, base = space.start_with
+    unpruned, base, *_ = space.start_with
     assert space.distill_time_limit_s == pytest.approx(DISTILL_SHARE * 3300 / MEASURED_POINTS)  # 275 s
     assert space.recipe_for(base).distill.time_limit_s == space.distill_time_limit_s
     assert space.recipe_for(unpruned).distill is None  # nothing pruned: no distillation to limit
@@ -320,6 +332,16 @@ def test_asha_stops_only_trials_more_than_twice_the_budget_below():
     # more than twice the budget below the reference, and behind: hopeless, stopped
     assert asha.on_trial_result(None, trials[2], {"training_iteration": 2, SHORTFALL: -1.4}) == TrialScheduler.STOP
     assert asha._num_stopped == 1
+    # a start point (an anchor of the front) is measured in full, however far below
+    anchored = HopelessOnlyASHA(hopeless_below=-1.0, measured_in_full=[{"prune.keep_layers": 3}],
+                                time_attr="training_iteration", metric=SHORTFALL, mode="max", max_t=16,
+                                grace_period=2, reduction_factor=2)
+    leader, anchor, other = (SimpleNamespace(trial_id=f"a{i}", config={"prune.keep_layers": n}) for i, n in enumerate((4, 3, 2)))
+    for t in (leader, anchor, other):
+        anchored.on_trial_add(None, t)
+    anchored.on_trial_result(None, leader, {"training_iteration": 2, SHORTFALL: 0.0})
+    assert anchored.on_trial_result(None, anchor, {"training_iteration": 2, SHORTFALL: -3.0}) == TrialScheduler.CONTINUE
+    assert anchored.on_trial_result(None, other, {"training_iteration": 2, SHORTFALL: -3.0}) == TrialScheduler.STOP
 
 
 def test_time_budget_parsing():

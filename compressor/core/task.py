@@ -118,10 +118,10 @@ class Task(ABC):
         of the selection split): the cross-entropy of its logit rows against their labels."""
         import numpy as np
 
-        logits = np.asarray(result.logits, np.float64)
+        from mcompress.core.numerics import log_softmax
+
         labels = np.asarray(result.logit_labels(), np.int64)
-        shifted = logits - logits.max(axis=1, keepdims=True)
-        log_probs = shifted - np.log(np.exp(shifted).sum(axis=1, keepdims=True))
+        log_probs = log_softmax(result.logits)
         return float(-log_probs[np.arange(len(labels)), labels].mean())
 
     def shown_score(self, score: float) -> float:

@@ -10,6 +10,7 @@ from ray.tune import Callback
 from ray.tune.schedulers import ASHAScheduler, TrialScheduler
 from ray.tune.search.optuna import OptunaSearch
 
+from mcompress.tune.space import as_python
 from mcompress.tune.trial import FINAL, SHORTFALL
 
 
@@ -29,16 +30,26 @@ class HopelessOnlyASHA(ASHAScheduler):
     against peers within it). Here a trial ASHA would stop goes on while its shortfall is at least
     ``hopeless_below`` (a negative number of points: the search passes minus the accuracy budget,
     so only a student more than twice the budget below the reference is stopped). ASHA still
-    records every result at its rungs, so its cutoffs are the ones it would compute unmodified."""
+    records every result at its rungs, so its cutoffs are the ones it would compute unmodified.
 
-    def __init__(self, *, hopeless_below: float, **kwargs):
+    The space's start points (``measured_in_full``) are never stopped: they are the front's anchors
+    (tune/space.py), and a small student more than twice the budget below is still the front's fast
+    end, which tells the user what the next step in speed costs."""
+
+    def __init__(self, *, hopeless_below: float, measured_in_full: list[dict] = (), **kwargs):
         super().__init__(**kwargs)
         self.hopeless_below = hopeless_below
+        self.measured_in_full = [dict(p) for p in measured_in_full]
+
+    def _is_anchor(self, trial) -> bool:
+        config = getattr(trial, "config", None) or {}
+        return any(all(k in config and as_python(config[k]) == v for k, v in point.items()) for point in self.measured_in_full)
 
     def on_trial_result(self, tune_controller, trial, result: dict) -> str:
         action = super().on_trial_result(tune_controller, trial, result)
         shortfall = result.get(SHORTFALL)
-        if action == TrialScheduler.STOP and shortfall is not None and shortfall >= self.hopeless_below:
+        if action == TrialScheduler.STOP and (self._is_anchor(trial) or
+                                              shortfall is not None and shortfall >= self.hopeless_below):
             self._num_stopped -= 1  # ASHA counted it as stopped
             return TrialScheduler.CONTINUE
         return action

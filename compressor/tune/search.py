@@ -261,7 +261,8 @@ def _tuner(v: Validated, settings: TrialSettings, resources: dict):
                                  sampler=TPESampler(seed=v.request.seed))
     # grace 2 evaluations, then halves; only a trial behind its peers and more than twice the
     # accuracy budget below the reference stops (ray_parts.HopelessOnlyASHA)
-    scheduler = HopelessOnlyASHA(hopeless_below=-v.prepared.recipe.gates.max_drop, time_attr="training_iteration",
+    scheduler = HopelessOnlyASHA(hopeless_below=-v.prepared.recipe.gates.max_drop,
+                                 measured_in_full=v.space.start_with, time_attr="training_iteration",
                                  metric=SHORTFALL, mode="max", max_t=10_000, grace_period=2, reduction_factor=2)
     tune_config = tune.TuneConfig(search_alg=searcher, scheduler=scheduler, num_samples=v.request.trials,
                                   time_budget_s=search_seconds(v.request.time_budget_s), reuse_actors=True)

@@ -21,8 +21,17 @@ per layer, FFN width F) on top of ``recipes/prune-distill-int8.yaml``:
     optimize.fusion              choice  auto, fused, unfused
     fallback.enabled             choice  false, true
 
-and starts with two points: the unpruned model quantized dynamically on the fused graph (cheap, so
-a short budget still returns a build), and the base recipe's own values where they lie in the space.
+and starts with the front's anchors, points measured in full whatever ASHA says of them
+(tune/ray_parts.py), so that the front spans the latency range instead of clustering where the
+model-based search first finds the budget met:
+
+    unpruned   every layer, head and FFN neuron, dynamic INT8 on the fused graph (cheap, so a
+               short budget still returns a build)
+    base       the base recipe's own values where they lie in the space
+    smallest   the fewest layers the space allows, with the base's heads and FFN width (the fast end)
+    larger     ceil(3L/4) layers, 3H/4 heads, 3F/4 FFN neurons (between the base and the unpruned)
+
+(each value where its domain holds it, else the base point's; duplicates dropped).
 Its trials distil on length-grouped batches (``distill.length_grouped``), as the default build's
 prune-distill plan does (pipeline/budget.py): more steps in the same time.
 
@@ -155,7 +164,7 @@ class SearchSpace(BaseModel):
 
     def recipe_for(self, point: dict[str, Any]) -> Recipe:
         """The trial's recipe: the base with the point's values, normalised (module docstring)."""
-        recipe = self.base.with_overrides(**{k: _plain(v) for k, v in point.items()})
+        recipe = self.base.with_overrides(**{k: as_python(v) for k, v in point.items()})
         if recipe.prune is not None and _prunes_nothing(recipe, self.model_shape):
             data = recipe.model_dump()
             data.update(prune=None, distill=None)
@@ -182,7 +191,7 @@ def with_trial_time(space: SearchSpace, search_s: float, trials: int) -> SearchS
     return space.model_copy(update={"distill_time_limit_s": round(limit, 1)})
 
 
-def _plain(value):
+def as_python(value):
     """numpy scalars (Ray and Optuna hand them out) as Python values."""
     return value.item() if hasattr(value, "item") else value
 
@@ -228,12 +237,23 @@ def _base_point(base: Recipe, parameters: dict[str, Domain]) -> dict[str, Value]
     return point
 
 
-def _unpruned_point(shape: dict[str, int], parameters: dict[str, Domain], base_point: dict) -> dict[str, Value]:
-    """The cheapest point: nothing pruned, dynamic INT8 on the fused graph, no fallback (each where the space allows)."""
-    wanted = {"prune.keep_layers": shape["layers"], "prune.heads_per_layer": shape["heads"],
+def _anchor_points(shape: dict[str, int], parameters: dict[str, Domain], base_point: dict) -> list[dict[str, Value]]:
+    """The default space's start points (module docstring), in the order they are tried."""
+    def at(**wanted) -> dict[str, Value]:
+        return {k: wanted[k] if k in wanted and parameters[k].contains(wanted[k]) else v for k, v in base_point.items()}
+
+    layers = parameters["prune.keep_layers"].extremes() if "prune.keep_layers" in parameters else None
+    points = [
+        at(**{"prune.keep_layers": shape["layers"], "prune.heads_per_layer": shape["heads"],
               "prune.ffn_neurons_per_layer": shape["ffn"], "quantize.mode": "dynamic", "optimize.fusion": "fused",
-              "fallback.enabled": False}
-    return {k: wanted[k] if k in wanted and parameters[k].contains(wanted[k]) else v for k, v in base_point.items()}
+              "fallback.enabled": False}),
+        base_point,
+        at(**({"prune.keep_layers": min(layers)} if layers else {})),
+        at(**{"prune.keep_layers": math.ceil(3 * shape["layers"] / 4),
+              "prune.heads_per_layer": max(1, 3 * shape["heads"] // 4),
+              "prune.ffn_neurons_per_layer": max(1, 3 * shape["ffn"] // 4)}),
+    ]
+    return [p for i, p in enumerate(points) if p not in points[:i]]
 
 
 def _resolve_base(name: Optional[str], relative_to: Optional[Path]) -> Path:
@@ -290,9 +310,7 @@ def build_space(ckpt, space_path: Optional[Path] = None) -> SearchSpace:
     if spec and spec.start_with:
         start = [dict(p) for p in spec.start_with]
     else:
-        base_point = _base_point(base, parameters)
-        start = [p for p in (_unpruned_point(shape, parameters, base_point), base_point)]
-        start = [p for i, p in enumerate(start) if p not in start[:i]]
+        start = _anchor_points(shape, parameters, _base_point(base, parameters))
     space = space.model_copy(update={"start_with": start})
     _check(space, ckpt, origin)
     return space

@@ -31,6 +31,8 @@ from pathlib import Path
 
 import numpy as np
 
+from mcompress.core.numerics import log_softmax
+
 
 logger = logging.getLogger(__name__)
 
@@ -159,12 +161,6 @@ def find_layers(float_path: Path, quantized_path: Path, op_types, granularity: s
         if node.op_type not in layer.op_types:
             layer.op_types.append(node.op_type)
     return list(layers.values())
-
-
-def log_softmax(logits: np.ndarray) -> np.ndarray:
-    x = logits.astype(np.float64)
-    x = x - x.max(axis=-1, keepdims=True)
-    return x - np.log(np.exp(x).sum(axis=-1, keepdims=True))
 
 
 def divergence(logits: np.ndarray, reference_logits: np.ndarray, labels: np.ndarray) -> dict:
