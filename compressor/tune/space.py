@@ -200,8 +200,13 @@ def _prunes_nothing(recipe: Recipe, shape: dict[str, int]) -> bool:
     prune = recipe.prune
     if prune.keep_ratio not in (None, 1.0) or prune.semi_structured_2_4 or prune.vocabulary is not None:
         return False
-    full = {"keep_layers": shape["layers"], "heads_per_layer": shape["heads"], "ffn_neurons_per_layer": shape["ffn"]}
+    full = _unpruned_values(shape)
     return all(getattr(prune, k) in (None, full[k]) for k in PRUNE_KEYS)
+
+
+def _unpruned_values(shape: dict[str, int]) -> dict[str, int]:
+    """Each prune key's value that keeps the whole checkpoint (every layer, head and FFN neuron)."""
+    return dict(zip(PRUNE_KEYS, (shape["layers"], shape["heads"], shape["ffn"])))
 
 
 def _fractions(full: int) -> list[int]:
@@ -244,9 +249,8 @@ def _anchor_points(shape: dict[str, int], parameters: dict[str, Domain], base_po
 
     layers = parameters["prune.keep_layers"].extremes() if "prune.keep_layers" in parameters else None
     points = [
-        at(**{"prune.keep_layers": shape["layers"], "prune.heads_per_layer": shape["heads"],
-              "prune.ffn_neurons_per_layer": shape["ffn"], "quantize.mode": "dynamic", "optimize.fusion": "fused",
-              "fallback.enabled": False}),
+        at(**{f"prune.{k}": v for k, v in _unpruned_values(shape).items()},
+           **{"quantize.mode": "dynamic", "optimize.fusion": "fused", "fallback.enabled": False}),
         base_point,
         at(**({"prune.keep_layers": min(layers)} if layers else {})),
         at(**{"prune.keep_layers": math.ceil(3 * shape["layers"] / 4),
