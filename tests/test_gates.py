@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import itertools
+import time
+
 import numpy as np
 import pytest
 
@@ -213,3 +216,32 @@ def test_measured_gemm_peaks_are_positive():
     fp32 = gemm_peak_gmacs("fp32", 1, shape=(64, 256, 256), seconds=0.05)
     int8 = gemm_peak_gmacs("int8", 1, shape=(64, 256, 256), seconds=0.05)
     assert fp32 > 0.5 and int8 > 0.5  # even a loaded 2-core CPU does more than 0.5 GMAC/s
+
+
+class _ClockRunner:
+    """Records when each of its calls started, in a log shared by all runners."""
+    input_names = ["input_ids"]
+
+    def __init__(self, name: str, log: list):
+        self.name, self.log = name, log
+
+    def logits(self, inputs):
+        self.log.append((self.name, time.perf_counter()))
+        return np.zeros((inputs["input_ids"].shape[0], 2), dtype=np.float32)
+
+
+def test_interleaved_rounds_let_the_previous_runner_settle():
+    """Each runner's turn starts settle_s after the previous runner's last call (its thread pool
+    spins for a while and would take a core from the next one), and the turns alternate."""
+    from mcompress.metrics.evaluation import interleaved_latency
+
+    log: list = []
+    runners = {name: _ClockRunner(name, log) for name in ("a", "b")}
+    feeds = {name: {"input_ids": np.ones((1, 8), dtype=np.int64)} for name in runners}
+    result = interleaved_latency(runners, feeds, rounds=3, per_round=2, warmup=1, settle_s=0.05)
+    assert [result[n].iterations for n in runners] == [6, 6]
+    turns = [(name, [t for _, t in group]) for name, group in
+             itertools.groupby(log, key=lambda entry: entry[0])]
+    assert [name for name, _ in turns] == ["a", "b"] * 4  # warmups, then three rounds
+    for (_, previous), (_, current) in zip(turns, turns[1:]):
+        assert current[0] - previous[-1] >= 0.05

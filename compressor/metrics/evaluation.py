@@ -221,35 +221,47 @@ def b1_b8_shapes(sequence_length: int, iterations: int) -> list[tuple[int, int, 
 
 
 def latency_race(runners: dict[str, Runner], tokenizer, texts: list[str], shapes: list[tuple[int, int, int]],
-                 warmup: int = 3, on_shape=None) -> dict[tuple[int, int], dict[str, LatencyResult]]:
+                 warmup: int = 3, on_shape=None, settle_s: float | None = None) -> dict[tuple[int, int], dict[str, LatencyResult]]:
     """Every runner at every (batch, sequence, calls) shape on the same real texts, in
     ``RACE_ROUNDS`` interleaved rounds (fewer when there are fewer calls), so that machine noise
     hits all runners alike: {(batch, sequence): {runner name: LatencyResult}}. ``tokenizer``: one
     for all runners, or {runner name: tokenizer} when their vocabularies differ (a build with a
-    pruned vocabulary); the texts and shapes are the same for all."""
+    pruned vocabulary); the texts and shapes are the same for all. ``settle_s``: interleaved_latency's."""
     results = {}
     tokenizers = tokenizer if isinstance(tokenizer, dict) else {name: tokenizer for name in runners}
     for batch, sequence, calls in shapes:
         rounds = min(RACE_ROUNDS, calls)
         inputs = {name: latency_inputs(tokenizers[name], texts, batch, sequence) for name in runners}
-        results[(batch, sequence)] = interleaved_latency(runners, inputs, rounds, math.ceil(calls / rounds), warmup)
+        results[(batch, sequence)] = interleaved_latency(runners, inputs, rounds, math.ceil(calls / rounds), warmup,
+                                                         SETTLE_S if settle_s is None else settle_s)
         if on_shape:
             on_shape(1)
     return results
 
 
+# Seconds every runner's turn waits before it starts, so that the previous runner's idle threads
+# have stopped spinning. ONNX Runtime's intra-op workers spin for tens of milliseconds after a call
+# before they block. On a 2-core AMD EPYC, a 3-layer INT8 build raced with no wait against four
+# copies of itself measured 8.0-10.9 ms at batch 1 (alone: 4.9-6.3 ms); with 0.1 s, 5.1-6.3 ms
+# (alone: 5.9-6.4 ms), and the larger builds' p95 fell from 33-40 to 22-25 ms
+# (benchmarks/race_settle.py, RESULTS.md "Issue 17: a race inflated the small builds").
+SETTLE_S = 0.1
+
+
 def interleaved_latency(runners: dict[str, Runner], feeds: dict[str, dict[str, np.ndarray]], rounds: int = 5,
-                        per_round: int = 8, warmup: int = 3) -> dict[str, LatencyResult]:
+                        per_round: int = 8, warmup: int = 3, settle_s: float = SETTLE_S) -> dict[str, LatencyResult]:
     """Latency of several runners, each on its inputs ({runner name: inputs}, the same texts at one
     shape), measured in interleaved rounds (each runner runs ``per_round`` calls per round) so that
-    a burst of machine noise hits all of them alike. Each round starts with one untimed call: the
-    previous runner's thread pool may still be spinning for a moment after its last call, and that
-    cost belongs to neither of them."""
+    a burst of machine noise hits all of them alike. Each runner's turn starts after ``settle_s``
+    seconds of quiet (the previous runner's thread pool spins for a while after its last call, in
+    its own process or this one, and takes a core from whoever runs next) and one untimed call."""
     for name, runner in runners.items():
+        time.sleep(settle_s)
         measure_latency(runner, feeds[name], warmup=warmup, iterations=1)
     times: dict[str, list[float]] = {name: [] for name in runners}
     for _ in range(rounds):
         for name, runner in runners.items():
+            time.sleep(settle_s)
             times[name] += measure_latency(runner, feeds[name], warmup=1, iterations=per_round).raw_ms
     batch, seq = next(iter(feeds.values()))["input_ids"].shape
     return {name: LatencyResult(batch, seq, float(np.percentile(t, 50)), float(np.percentile(t, 95)), len(t), t)
