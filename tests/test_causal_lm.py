@@ -8,6 +8,7 @@ import importlib.util
 import json
 import math
 import random
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -229,8 +230,6 @@ def test_the_perplexity_gate_fails_a_worse_model(llama_dir):
 
 
 def _bad_architecture(tmp: Path, llama_dir: Path) -> Path:
-    import shutil
-
     model = tmp / "mistral"
     shutil.copytree(llama_dir, model)
     config = json.loads((model / "config.json").read_text())
@@ -239,10 +238,18 @@ def _bad_architecture(tmp: Path, llama_dir: Path) -> Path:
     return model
 
 
-@pytest.mark.parametrize("case", ["architecture", "short_text", "no_eos", "head_pruning"])
-def test_bad_input_is_one_line_exit_2_nothing_written(tmp_path, llama_dir, lm_recipe, case):
+@pytest.mark.parametrize("case", ["architecture", "short_text", "no_eos", "head_pruning", "layer_index_scaling"])
+def test_bad_input_is_one_line_exit_2_nothing_written(request, tmp_path, llama_dir, lm_recipe, case):
     recipe = lm_recipe
-    if case == "head_pruning":  # decoders keep their heads: refused before any work, not a crash in the pass
+    if case == "layer_index_scaling":  # a GPT-2 whose attention scales by the layer's index keeps all its layers
+        model = tmp_path / "gpt2-scaled"
+        shutil.copytree(request.getfixturevalue("gpt2_dir"), model)
+        config = json.loads((model / "config.json").read_text())
+        (model / "config.json").write_text(json.dumps({**config, "scale_attn_by_inverse_layer_idx": True}))
+        recipe = tmp_path / "prune.yaml"
+        recipe.write_text(lm_recipe.read_text() + "prune: {keep_layers: 1}\n")
+        extra, expect = [], "layers depend on their index (scale_attn_by_inverse_layer_idx)"
+    elif case == "head_pruning":  # decoders keep their heads: refused before any work, not a crash in the pass
         recipe = tmp_path / "prune.yaml"
         recipe.write_text(lm_recipe.read_text() + "prune: {keep_layers: 1, heads_per_layer: 1}\n")
         model, extra, expect = llama_dir, [], "causal-lm models cannot have their heads pruned (prune.heads_per_layer)"

@@ -34,6 +34,10 @@ SIZE_FIELDS = ("hidden_size", "num_attention_heads", "num_hidden_layers", "inter
 HIDDEN_KEYS, HEADS_KEYS, POSITIONS_KEYS = ("hidden_size", "dim", "n_embd"), ("num_attention_heads", "n_heads", "n_head"), \
     ("max_position_embeddings", "n_positions")
 LAYERS_KEYS, FFN_KEYS = ("num_hidden_layers", "n_layers", "n_layer"), ("intermediate_size", "hidden_dim", "n_inner")
+# Config flags that make a layer's computation depend on its position in the stack (GPT-2's
+# scale_attn_by_inverse_layer_idx divides attention scores by the layer's index + 1), so dropping
+# earlier layers would change the kept layers' function.
+LAYER_INDEX_DEPENDENT_KEYS = ("scale_attn_by_inverse_layer_idx",)
 _ID = re.compile(r"[0-9]{1,9}")
 
 
@@ -65,6 +69,11 @@ class Checkpoint:
         if not ffn and config.get("n_embd"):  # GPT-2: n_inner null means 4 x n_embd
             ffn = 4 * config["n_embd"]
         return {"layers": int(layers), "heads": int(self.num_attention_heads), "ffn": int(ffn)}
+
+    @property
+    def layer_index_dependence(self) -> str | None:
+        """The config flag that ties each layer's function to its index, if one is set."""
+        return next((k for k in LAYER_INDEX_DEPENDENT_KEYS if self.config.get(k)), None)
 
 
 def _sha256(paths: list[Path]) -> str:

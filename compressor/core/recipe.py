@@ -424,9 +424,10 @@ def validate_against_checkpoint(recipe: Recipe, ckpt) -> None:
         return
     shape = ckpt.block_shape
     layers = shape["layers"]
-    if prune.keep_layers is not None and config.get("scale_attn_by_inverse_layer_idx"):
-        raise InputError("recipe prune.keep_layers: this GPT-2 scales attention by its layer index "
-                         "(scale_attn_by_inverse_layer_idx), so a layer's function changes when layers before it go.",
+    index_flag = ckpt.layer_index_dependence
+    if prune.keep_layers is not None and index_flag:
+        raise InputError(f"recipe prune.keep_layers: this {ckpt.model_type} model's layers depend on their index "
+                         f"({index_flag}), so a layer's function changes when layers before it go.",
                          "Remove prune.keep_layers (FFN pruning still applies).")
     pruned = {int(k): v for k, v in (config.get("pruned_heads") or {}).items()}
     # Heads still present in the layer that has fewest (a checkpoint may come pruned already).
