@@ -284,13 +284,19 @@ def test_default_start_points_span_the_latency_range():
 
 def test_each_distilling_trial_gets_its_share_of_the_search_time(tiny_checkpoint, tmp_path):
     from mcompress.core.checkpoint import inspect_checkpoint
-    from mcompress.tune.space import DISTILL_SHARE, MEASURED_POINTS, MIN_DISTILL_S, build_space, with_trial_time
+    from mcompress.tune.space import (BASE_SHARE, DISTILL_SHARE, MEASURED_POINTS, MIN_DISTILL_S, build_space,
+                                      with_trial_time)
 
     ckpt = inspect_checkpoint(tiny_checkpoint)
     space = with_trial_time(build_space(ckpt), search_s=3300, trials=50)
-    unpruned, base, *_ = space.start_with
+    unpruned, base, *others = space.start_with
     assert space.distill_time_limit_s == pytest.approx(DISTILL_SHARE * 3300 / MEASURED_POINTS)  # 275 s
-    assert space.recipe_for(base).distill.time_limit_s == space.distill_time_limit_s
+    # the base recipe's own point distils as its recipe says, up to a third of the search
+    assert space.recipe_for(base).distill.time_limit_s == pytest.approx(BASE_SHARE * 3300) == space.base_distill_time_limit_s
+    assert space.recipe_for({k: float(v) if k == "distill.epochs" else v for k, v in base.items()}).distill.time_limit_s \
+        == space.base_distill_time_limit_s  # as Ray hands the point out
+    assert others and all(space.recipe_for(p).distill.time_limit_s == space.distill_time_limit_s for p in others)
+    assert space.recipe_for({**base, "distill.alpha": 0.7}).distill.time_limit_s == space.distill_time_limit_s
     assert space.recipe_for(unpruned).distill is None  # nothing pruned: no distillation to limit
     assert space.describe()["distill_time_limit_s"] == space.distill_time_limit_s
     # fewer trials than MEASURED_POINTS share the time among themselves; never under the floor

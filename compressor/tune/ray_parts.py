@@ -66,7 +66,10 @@ class TrialLines(Callback):
                   f"(drop {result.get('drop'):.2f}, gates {verdict}), batch-1 p50 {result.get('latency_ms'):.2f} ms, "
                   f"{(result.get('model_bytes') or 0) / 1e6:.1f} MB")
         else:
-            _line(f"trial {trial.trial_id}: stopped early (validation shortfall {result.get('val_shortfall')})")
+            shortfall = result.get("val_shortfall")
+            why = ("no validation yet" if shortfall is None else "validation within the budget" if shortfall >= 0
+                   else f"validation drop {-shortfall:.2f} points past the budget")
+            _line(f"trial {trial.trial_id}: stopped early ({why})")
 
     def on_trial_error(self, iteration, trials, trial, **info):
         _line(f"trial {trial.trial_id}: failed (recorded in tune.json; the search goes on)")

@@ -17,7 +17,8 @@ Steps, in order:
    ASHA stops hopeless trials on the validation shortfall distillation reports (tune/trial.py,
    ray_parts.HopelessOnlyASHA); ``TuneConfig.time_budget_s`` ends the search at the budget less a
    reserve for the steps below (10%, at most 5 minutes), and each distilling trial gets its share
-   of that search time as ``distill.time_limit_s`` (tune/space.py, ``with_trial_time``). A failed
+   of that search time as ``distill.time_limit_s``, the base recipe's own point up to a third of
+   it (tune/space.py, ``with_trial_time``). A failed
    trial is recorded with its error and the search goes on.
    SIGINT/SIGTERM ask Ray Tune to stop and save the experiment (its SIGUSR1 path); the command then
    exits 130 and the same command line resumes it.

@@ -44,8 +44,12 @@ gets ``distill.time_limit_s`` (the distill pass trains the steps that fit, passe
 the search time shared among MEASURED_POINTS trials (6), of which distillation takes
 DISTILL_SHARE (one half; pruning, export, quantization, the gates' evaluations and the latency
 timing take the rest), and never under MIN_DISTILL_S. On 2 cores, 60 minutes gives each
-distillation 275 s instead of the ~10 minutes of the base recipe's 3 epochs. A base recipe or
-space that sets ``distill.time_limit_s`` itself keeps it.
+distillation 275 s instead of the ~10 minutes of the base recipe's 3 epochs. The base recipe's own
+point is the exception: it distils as its recipe says, up to BASE_SHARE (a third) of the search
+time, so that within a budget that holds it, the front includes the build `run --recipe` would
+make and tune never returns a build slower than its base recipe's that passes the same budget
+(a 60-minute tune on 2 cores gives it up to 1,100 s). A base recipe or space that sets
+``distill.time_limit_s`` itself keeps it.
 
 A YAML space has the same shape (``docs/distributed.md``)::
 
@@ -76,6 +80,7 @@ from mcompress.pipeline.budget import MIN_DISTILL_S  # the least distillation th
 DEFAULT_BASE_RECIPE = "prune-distill-int8.yaml"
 MEASURED_POINTS = 6  # the trials a search's time is shared among (module docstring)
 DISTILL_SHARE = 0.5
+BASE_SHARE = 1 / 3  # the most of the search time the base recipe's own point may distil for
 TIME_LIMIT_KEY = "distill.time_limit_s"
 Value = Union[bool, int, float, str, None]
 PRUNE_KEYS = ("keep_layers", "heads_per_layer", "ffn_neurons_per_layer")
@@ -158,6 +163,7 @@ class SearchSpace(BaseModel):
     start_with: list[dict[str, Value]]
     model_shape: dict[str, int]  # layers, heads, ffn of the checkpoint (the "prunes nothing" test)
     distill_time_limit_s: Optional[float] = None  # given to every distilling trial (with_trial_time)
+    base_distill_time_limit_s: Optional[float] = None  # the base recipe's own point's instead
 
     def to_ray(self) -> dict:
         return {key: domain.to_ray() for key, domain in self.parameters.items()}
@@ -170,7 +176,9 @@ class SearchSpace(BaseModel):
             data.update(prune=None, distill=None)
             recipe = Recipe.model_validate(data)
         if self.distill_time_limit_s is not None and recipe.distill is not None and recipe.distill.time_limit_s is None:
-            recipe = recipe.with_overrides(**{TIME_LIMIT_KEY: self.distill_time_limit_s})
+            is_base = {k: as_python(v) for k, v in point.items()} == _base_point(self.base, self.parameters)
+            limit = self.base_distill_time_limit_s if is_base else self.distill_time_limit_s
+            recipe = recipe.with_overrides(**{TIME_LIMIT_KEY: limit or self.distill_time_limit_s})
         return recipe
 
     def describe(self) -> dict:
@@ -178,17 +186,21 @@ class SearchSpace(BaseModel):
         return {"base_recipe": self.base_source,
                 "parameters": {k: d.model_dump(exclude_none=True) for k, d in self.parameters.items()},
                 "start_with": self.start_with, "model_shape": self.model_shape,
-                "distill_time_limit_s": self.distill_time_limit_s}
+                "distill_time_limit_s": self.distill_time_limit_s,
+                "base_distill_time_limit_s": self.base_distill_time_limit_s}
 
 
 def with_trial_time(space: SearchSpace, search_s: float, trials: int) -> SearchSpace:
-    """The space with each distilling trial's share of ``search_s`` (module docstring); unchanged
-    when the base recipe does not distil or already sets its time limit, or the space searches it."""
+    """The space with each distilling trial's share of ``search_s``, and the base recipe's point's
+    larger one (module docstring); unchanged when the base recipe does not distil or already sets
+    its time limit, or the space searches it."""
     distill = space.base.distill
     if distill is None or distill.time_limit_s is not None or TIME_LIMIT_KEY in space.parameters:
         return space
     limit = max(MIN_DISTILL_S, DISTILL_SHARE * search_s / max(1, min(trials, MEASURED_POINTS)))
-    return space.model_copy(update={"distill_time_limit_s": round(limit, 1)})
+    base_limit = max(limit, BASE_SHARE * search_s)
+    return space.model_copy(update={"distill_time_limit_s": round(limit, 1),
+                                    "base_distill_time_limit_s": round(base_limit, 1)})
 
 
 def as_python(value):
