@@ -47,8 +47,8 @@ timing take the rest), and never under MIN_DISTILL_S. On 2 cores, 60 minutes giv
 distillation 275 s instead of the ~10 minutes of the base recipe's 3 epochs. The base recipe's own
 point is the exception: it distils as its recipe says, up to BASE_SHARE (a third) of the search
 time, so that within a budget that holds it, the front includes the build `run --recipe` would
-make and tune never returns a build slower than its base recipe's that passes the same budget
-(a 60-minute tune on 2 cores gives it up to 1,100 s). A base recipe or space that sets
+make (on length-grouped batches), and when that build passes its gates tune keeps none slower
+than it (a 60-minute tune on 2 cores gives it up to 1,100 s). A base recipe or space that sets
 ``distill.time_limit_s`` itself keeps it.
 
 A YAML space has the same shape (``docs/distributed.md``)::
