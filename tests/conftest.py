@@ -189,6 +189,7 @@ latency:
   iterations: 3
   threads: 1
   isolation: shared   # the tests' builds are timed in-process (test_run_e2e times one in separate processes)
+  settle_s: 0         # no quiet between turns: the tests' latencies gate nothing they check
 quantize:
   static:
     calibration_examples: 8

@@ -84,7 +84,7 @@ def lm_recipe(tmp_path_factory) -> Path:
     path = tmp_path_factory.mktemp("recipe") / "lm.yaml"
     path.write_text("max_length: 32\nexport: {parity_atol: 1.0e-4, parity_examples: 3}\noptimize: {fusion: unfused}\n"
                     "quantize: {mode: none}\nperplexity: {stride: 16}\ngates: {max_ppl_increase: 1.0}\n"
-                    "latency: {batch_sizes: [1], sequence_lengths: [16], iterations: 3, warmup: 1, isolation: shared}\n"
+                    "latency: {batch_sizes: [1], sequence_lengths: [16], iterations: 3, warmup: 1, isolation: shared, settle_s: 0}\n"
                     "eval: {batch_size: 4, batching: [4], evaluate_each_pass: false}\n")
     return path
 

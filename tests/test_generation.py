@@ -211,7 +211,7 @@ def test_run_package_predict_a_causal_lm_build(tmp_path_factory):
     recipe.write_text("max_length: 32\nexport: {parity_atol: 1.0e-4, parity_examples: 2}\noptimize: {fusion: unfused}\n"
                       "quantize: {mode: none}\nperplexity: {stride: 16}\n"
                       "gates: {max_ppl_increase: 1.0, min_decode_speedup: 0.001, max_prefill_ms: 100000}\n"
-                      "latency: {batch_sizes: [1], sequence_lengths: [16], iterations: 3, warmup: 1, isolation: shared}\n"
+                      "latency: {batch_sizes: [1], sequence_lengths: [16], iterations: 3, warmup: 1, isolation: shared, settle_s: 0}\n"
                       "eval: {batch_size: 4, batching: [4], evaluate_each_pass: false}\n")
     out = root / "build"
     ran = _invoke(["run", str(model), "--target", "onnx-cpu", "--recipe", str(recipe), "--out", str(out), "--no-cache"])

@@ -32,7 +32,7 @@ needs_extra = pytest.mark.skipif(not HAVE_EXTRA, reason="mcompress[distributed] 
 
 BASE_RECIPE = """\
 name: tune-test
-latency: {batch_sizes: [1], sequence_lengths: [16], warmup: 1, iterations: 3, threads: 1, isolation: shared}
+latency: {batch_sizes: [1], sequence_lengths: [16], warmup: 1, iterations: 3, threads: 1, isolation: shared, settle_s: 0}
 quantize: {static: {calibration_examples: 8}}
 prune: {keep_layers: 1, ffn_neurons_per_layer: 32, importance_examples: 16, batch_size: 8, max_length: 32}
 distill: {epochs: 1, batch_size: 8, max_length: 32, eval_every: 2}

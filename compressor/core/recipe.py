@@ -134,6 +134,15 @@ class GateConfig(_Strict):
         return metric
 
 
+# Seconds every runner's turn waits before it starts, so that the previous runner's idle threads
+# have stopped spinning. ONNX Runtime's intra-op workers spin for tens of milliseconds after a call
+# before they block. On a 2-core AMD EPYC, a 3-layer INT8 build raced with no wait against four
+# copies of itself measured 8.0-10.9 ms at batch 1 (alone: 4.9-6.3 ms); with 0.1 s, 5.1-6.3 ms
+# (alone: 5.9-6.4 ms), and the larger builds' p95 fell from 33-40 to 22-25 ms
+# (benchmarks/race_settle.py, RESULTS.md "Issue 17: a race inflated the small builds").
+SETTLE_S = 0.1
+
+
 class LatencyConfig(_Strict):
     batch_sizes: list[int] = [1, 8]
     # "data" means the eval data's median tokenized length.
@@ -145,6 +154,8 @@ class LatencyConfig(_Strict):
     # process (metrics/isolated.py), so runtimes never share a process's threads; "shared": all in
     # the run's process (faster to start, for tests; PyTorch's spinning threads can slow the build).
     isolation: Literal["process", "shared"] = "process"
+    # seconds of quiet before each runner's turn in a latency race (SETTLE_S); 0 only for tests
+    settle_s: float = Field(SETTLE_S, ge=0, le=10)
 
     @model_validator(mode="after")
     def _positive(self):

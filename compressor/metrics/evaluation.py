@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Protocol
 import numpy as np
 
 from mcompress.calibration.datasets import length_batches, tokenize
+from mcompress.core.recipe import SETTLE_S  # measured there: the quiet before each runner's turn
 
 if TYPE_CHECKING:
     from mcompress.core.task import Task
@@ -239,13 +240,6 @@ def latency_race(runners: dict[str, Runner], tokenizer, texts: list[str], shapes
     return results
 
 
-# Seconds every runner's turn waits before it starts, so that the previous runner's idle threads
-# have stopped spinning. ONNX Runtime's intra-op workers spin for tens of milliseconds after a call
-# before they block. On a 2-core AMD EPYC, a 3-layer INT8 build raced with no wait against four
-# copies of itself measured 8.0-10.9 ms at batch 1 (alone: 4.9-6.3 ms); with 0.1 s, 5.1-6.3 ms
-# (alone: 5.9-6.4 ms), and the larger builds' p95 fell from 33-40 to 22-25 ms
-# (benchmarks/race_settle.py, RESULTS.md "Issue 17: a race inflated the small builds").
-SETTLE_S = 0.1
 
 
 def interleaved_latency(runners: dict[str, Runner], feeds: dict[str, dict[str, np.ndarray]], rounds: int = 5,

@@ -255,7 +255,7 @@ def _race(built: list[Candidate], prepared: Prepared, reference: Reference, prog
     load_before = other_processes_cpu(0.5)
     with timing_runners(recipe, in_process, factories) as runners:  # each build in its own process
         raced = latency_race(runners, {c.name: c.build.gated.tokenizer for c in built}, prepared.eval_data.texts, shapes,
-                             on_shape=progress("racing CPU targets", len(shapes)))
+                             on_shape=progress("racing CPU targets", len(shapes)), settle_s=recipe.latency.settle_s)
     load_after = other_processes_cpu(0.5)
     race = {c.name: {f"b{b}": raced[(b, s)][c.name].as_dict() for b, s, _ in shapes} for c in built}
     return {"race": race, "rounds": min(RACE_ROUNDS, shapes[0][2]), "threads": reference.threads,

@@ -75,7 +75,7 @@ def _latency(prepared: Prepared, reference: Reference, build: BuildResult, runne
                  "build": (build.runner, reference.threads)}
     with timing_runners(prepared.recipe, {"reference": reference.runner, "build": runner}, factories) as runners:
         raced = latency_race(runners, {"reference": reference.tokenizer, "build": tokenizer}, prepared.eval_data.texts,
-                             shapes, latency.warmup, progress("measuring latency", len(shapes)))
+                             shapes, latency.warmup, progress("measuring latency", len(shapes)), latency.settle_s)
     return {side: [raced[(b, s)][side] for b, s, _ in shapes] for side in ("reference", "build")}
 
 

@@ -44,7 +44,7 @@ def race_front(front: list[TrialRecord], base: Recipe, texts: list[str], progres
     load_before = other_processes_cpu(0.5)
     with timing_runners(base, in_process, factories) as runners:
         raced = latency_race(runners, {name: tokenizer for name, (_, tokenizer) in built.items()}, texts, shapes,
-                             on_shape=progress("racing the front here", len(shapes)))
+                             on_shape=progress("racing the front here", len(shapes)), settle_s=base.latency.settle_s)
     load_after = other_processes_cpu(0.5)
     race = {name: {f"b{b}": raced[(b, s)][name].as_dict() for b, s, _ in shapes} for name in built}
     for record in front:

@@ -238,7 +238,8 @@ class QuantizeInt8(Pass):
         recipe = ctx.recipe
         runners = {name: ctx.target.runner(path, recipe.latency.threads) for name, path in candidates.items()}
         selection = ctx.selection.head(recipe.quantize.selection_examples)
-        raced = latency_race(runners, state.tokenizer, selection.texts, b1_b8_shapes(128, recipe.latency.iterations))
+        raced = latency_race(runners, state.tokenizer, selection.texts, b1_b8_shapes(128, recipe.latency.iterations),
+                             settle_s=recipe.latency.settle_s)
         b1, b8 = raced[(1, 128)], raced[(8, 128)]
         scores = {}
         for name, runner in runners.items():
