@@ -222,7 +222,7 @@ def b1_b8_shapes(sequence_length: int, iterations: int) -> list[tuple[int, int, 
 
 
 def latency_race(runners: dict[str, Runner], tokenizer, texts: list[str], shapes: list[tuple[int, int, int]],
-                 warmup: int = 3, on_shape=None, settle_s: float | None = None) -> dict[tuple[int, int], dict[str, LatencyResult]]:
+                 warmup: int = 3, on_shape=None, settle_s: float = SETTLE_S) -> dict[tuple[int, int], dict[str, LatencyResult]]:
     """Every runner at every (batch, sequence, calls) shape on the same real texts, in
     ``RACE_ROUNDS`` interleaved rounds (fewer when there are fewer calls), so that machine noise
     hits all runners alike: {(batch, sequence): {runner name: LatencyResult}}. ``tokenizer``: one
@@ -234,12 +234,10 @@ def latency_race(runners: dict[str, Runner], tokenizer, texts: list[str], shapes
         rounds = min(RACE_ROUNDS, calls)
         inputs = {name: latency_inputs(tokenizers[name], texts, batch, sequence) for name in runners}
         results[(batch, sequence)] = interleaved_latency(runners, inputs, rounds, math.ceil(calls / rounds), warmup,
-                                                         SETTLE_S if settle_s is None else settle_s)
+                                                         settle_s)
         if on_shape:
             on_shape(1)
     return results
-
-
 
 
 def interleaved_latency(runners: dict[str, Runner], feeds: dict[str, dict[str, np.ndarray]], rounds: int = 5,

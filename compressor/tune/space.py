@@ -177,8 +177,8 @@ class SearchSpace(BaseModel):
             recipe = Recipe.model_validate(data)
         if self.distill_time_limit_s is not None and recipe.distill is not None and recipe.distill.time_limit_s is None:
             is_base = {k: as_python(v) for k, v in point.items()} == _base_point(self.base, self.parameters)
-            limit = self.base_distill_time_limit_s if is_base else self.distill_time_limit_s
-            recipe = recipe.with_overrides(**{TIME_LIMIT_KEY: limit or self.distill_time_limit_s})
+            limit = self.base_distill_time_limit_s if is_base and self.base_distill_time_limit_s else self.distill_time_limit_s
+            recipe = recipe.with_overrides(**{TIME_LIMIT_KEY: limit})
         return recipe
 
     def describe(self) -> dict:
