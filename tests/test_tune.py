@@ -156,11 +156,15 @@ def test_tune_json_front_and_the_chosen_build(interrupted_then_resumed):
     assert unpruned["recipe"]["prune"] is None and unpruned["recipe"]["distill"] is None and unpruned["val_score"] is None
     pruned = next(t for t in completed if t["point"]["prune.keep_layers"] == 1)
     assert pruned["recipe"]["prune"]["keep_layers"] == 1 and pruned["val_score"] is not None
+    # every completed build was raced here, and the front is drawn on the raced latencies
+    assert all(t["raced"]["b1"]["p50_ms"] > 0 for t in completed)
     front = [t for t in completed if t["on_front"]]
-    assert front and all(t["raced"]["b1"]["p50_ms"] > 0 for t in front)
-    for t in completed:  # nothing off the front beats a front member on both objectives
-        if not t["on_front"]:
-            assert any(f["score"] >= t["score"] and f["latency_ms"] <= t["latency_ms"] for f in front)
+    raced = lambda t: t["raced"]["b1"]["p50_ms"]  # noqa: E731
+    assert front
+    for t in completed:  # a member is beaten by no build on both objectives; every other build is beaten by a member
+        beaten = any(o["score"] >= t["score"] and raced(o) <= raced(t) and (o["score"] > t["score"] or raced(o) < raced(t))
+                     for o in (front if not t["on_front"] else completed))
+        assert beaten != t["on_front"], t["trial_id"]
     chosen = next(t for t in front if t["trial_id"] == tune["chosen"])
     passing = [t for t in front if t["passed"]]
     assert chosen["passed"] and chosen["raced"]["b1"]["p50_ms"] <= 1.05 * min(t["raced"]["b1"]["p50_ms"] for t in passing)
@@ -193,7 +197,7 @@ def test_tune_html_is_self_contained_and_renders(interrupted_then_resumed, tmp_p
     assert not any(k in ("src", "href") for _, attrs in parser.tags for k in attrs)
     completed = sum(t["status"] == "completed" for t in interrupted_then_resumed["tune"]["trials"])
     markers = [a for t, a in parser.tags if t == "circle" and a.get("fill-opacity")]
-    assert len(markers) >= completed  # every completed trial, plus the front raced here
+    assert len(markers) >= completed  # every completed trial, at its raced latency
     radii = {float(a["r"]) for a in markers}
     assert len(radii) > 1  # marker size follows model size (the static build is ~4x the dynamic one)
     chromium = next((shutil.which(b) for b in ("chromium", "chromium-browser", "google-chrome") if shutil.which(b)), None)
@@ -254,6 +258,34 @@ def test_bad_space_is_one_line_and_exit_2(name, tiny_checkpoint, tmp_path):
     assert not out.exists()
 
 
+def test_the_front_is_drawn_on_the_raced_latencies():
+    from mcompress.tune.results import TrialRecord, pareto_front
+
+    def record(name, score, worker_ms, raced_ms):
+        return TrialRecord(name, "completed", {}, {}, score=score, latency_ms=worker_ms, build_dir=name,
+                           raced={"b1": {"p50_ms": raced_ms}} if raced_ms is not None else None)
+
+    # on its worker, "slow" read faster than "small" (a busy neighbour); raced here, it is not
+    small, slow, big = record("small", 0.78, 9.0, 5.0), record("slow", 0.80, 8.0, 9.5), record("big", 0.82, 12.0, 7.0)
+    assert [r.trial_id for r in pareto_front([small, slow, big])] == ["small", "big"]
+    # before the race, the workers' latencies are all there is
+    unraced = [record(r.trial_id, r.score, r.latency_ms, None) for r in (small, slow, big)]
+    assert [r.trial_id for r in pareto_front(unraced)] == ["slow", "big"]
+
+
+def test_isolated_timing_does_not_load_the_builds_in_this_process():
+    from types import SimpleNamespace
+
+    from mcompress.pipeline.timing import timing_runners
+
+    loaded = []
+    make = lambda: loaded.append(True) or {"a": "runner"}  # noqa: E731
+    with timing_runners(SimpleNamespace(latency=SimpleNamespace(isolation="shared")), make, {}) as runners:
+        assert runners == {"a": "runner"} and loaded == [True]
+    with timing_runners(SimpleNamespace(latency=SimpleNamespace(isolation="process")), make, {}) as runners:
+        assert runners == {} and loaded == [True]  # not called again: the timing processes load their own
+
+
 def test_default_space_follows_the_model(tiny_checkpoint):
     from mcompress.core.checkpoint import inspect_checkpoint
     from mcompress.tune.space import build_space
@@ -279,7 +311,8 @@ def test_default_start_points_span_the_latency_range():
     base_point = _base_point(load_recipe(recipes_dir() / "prune-distill-int8.yaml"), parameters)
     kept = [(p["prune.keep_layers"], p["prune.heads_per_layer"], p["prune.ffn_neurons_per_layer"])
             for p in _anchor_points(shape, parameters, base_point)]
-    assert kept == [(6, 12, 1536), (4, 6, 768), (3, 6, 768), (5, 9, 1152)]
+    # unpruned, base, then the ladder below the base (shallow, smallest, narrow), then larger
+    assert kept == [(6, 12, 1536), (4, 6, 768), (3, 6, 768), (3, 3, 384), (4, 3, 384), (5, 9, 1152)]
 
 
 def test_each_distilling_trial_gets_its_share_of_the_search_time(tiny_checkpoint, tmp_path):

@@ -1,9 +1,9 @@
 """tune.html: the search as one self-contained page (no script, no URL, styles and charts inline).
 
 The chart is the Pareto front: gated score on the test split against batch-1 p50 latency, one
-marker per completed trial with its area proportional to the model's size. Trials are drawn at
-their workers' latency; the front's members again at the latency the final race measured on
-the machine that ran tune (the figures the choice used), the kept build ringed.
+marker per completed trial with its area proportional to the model's size, drawn at the latency the
+final race measured on the machine that ran tune (the figures the front and the choice used; the
+workers' own latencies are in the table), the kept build ringed.
 """
 
 from __future__ import annotations
@@ -28,11 +28,10 @@ def _chart(records: list[TrialRecord], summary: dict) -> str:
     built = [r for r in records if r.has_build]
     largest = max((r.model_bytes or 0 for r in built), default=0)
     point = lambda r, x: (x, r.score, f"{r.label()}, {(r.model_bytes or 0) / 1e6:.1f} MB", _radius(r.model_bytes, largest))
-    series = [("trials (their worker's latency)", [point(r, r.latency_ms) for r in built if not r.on_front]),
-              ("front (their worker's latency)", [point(r, r.latency_ms) for r in built if r.on_front]),
-              ("front, raced here", [point(r, r.raced["b1"]["p50_ms"]) for r in built if r.raced])]
+    series = [("trials (raced here)", [point(r, r.b1_ms) for r in built if not r.on_front]),
+              ("front (raced here)", [point(r, r.b1_ms) for r in built if r.on_front])]
     chosen = next((r for r in built if r.trial_id == summary.get("chosen")), None)
-    ring = (chosen.raced["b1"]["p50_ms"], chosen.score) if chosen and chosen.raced else None
+    ring = (chosen.b1_ms, chosen.score) if chosen else None
     reference = summary.get("reference_score")
     budget = summary.get("max_drop")
     hline = (reference - budget / 100.0, f"budget: {reference:.4f} - {budget} points") \

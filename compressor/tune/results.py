@@ -4,8 +4,9 @@ A trial is ``completed`` (it reported its build's figures), ``stopped`` (ASHA en
 hopeless, or the time budget ran out while it ran) or ``error`` (it raised; the one-line error is
 kept). The front is the completed trials with a build that no other completed trial beats on both
 objectives: a higher (or equal) gated score on the test split at a lower (or equal) batch-1
-latency, one of them strictly. Latencies here are the workers' own; the front is raced again on
-the machine that runs tune before a build is chosen (tune/race.py).
+latency, one of them strictly. The latency is the final race's (``b1_ms``): every completed build
+timed again from the machine that runs tune (tune/race.py), since the workers' own latencies do
+not compare; a record not raced (yet) counts at its worker's latency.
 """
 
 from __future__ import annotations
@@ -49,6 +50,11 @@ class TrialRecord:
     def has_build(self) -> bool:
         return self.status == "completed" and self.build_dir is not None and self.latency_ms is not None
 
+    @property
+    def b1_ms(self) -> Optional[float]:
+        """Batch-1 p50: the final race's when raced, else the worker's."""
+        return self.raced["b1"]["p50_ms"] if self.raced else self.latency_ms
+
     def label(self) -> str:
         recipe = self.recipe
         prune = recipe.get("prune") or {}
@@ -89,14 +95,13 @@ def record_of(result, recipe_of) -> TrialRecord:
 
 
 def pareto_front(records: list[TrialRecord]) -> list[TrialRecord]:
-    """The non-dominated completed builds (score up, latency down), fastest first."""
+    """The non-dominated completed builds (score up, ``b1_ms`` down), fastest first."""
     built = [r for r in records if r.has_build]
 
     def dominated(r: TrialRecord) -> bool:
-        return any(o.score >= r.score and o.latency_ms <= r.latency_ms and (o.score > r.score or o.latency_ms < r.latency_ms)
-                   for o in built)
+        return any(o.score >= r.score and o.b1_ms <= r.b1_ms and (o.score > r.score or o.b1_ms < r.b1_ms) for o in built)
 
-    return sorted((r for r in built if not dominated(r)), key=lambda r: (r.latency_ms, -r.score))
+    return sorted((r for r in built if not dominated(r)), key=lambda r: (r.b1_ms, -r.score))
 
 
 def write_tune_json(out: Path, summary: dict, records: list[TrialRecord]) -> Path:

@@ -1,4 +1,4 @@
-"""`mcompress tune`: search the recipe space on Ray Tune, race the Pareto front here, keep the
+"""`mcompress tune`: search the recipe space on Ray Tune, race the builds here, keep the
 fastest build within the accuracy budget.
 
 Steps, in order:
@@ -22,7 +22,8 @@ Steps, in order:
    trial is recorded with its error and the search goes on.
    SIGINT/SIGTERM ask Ray Tune to stop and save the experiment (its SIGUSR1 path); the command then
    exits 130 and the same command line resumes it.
-5. The front (tune/results.py) raced in one process here (tune/race.py), and the choice by
+5. Every completed build raced from one process here (tune/race.py), the front drawn on those
+   latencies (tune/results.py), and the choice by
    metrics.selection.fastest_within_budget (the rule quantize, fallback and cpu-auto use): among
    the front's builds that passed their gates, the lowest raced batch-1 p50, ties within
    ``quantize.latency_tie_tolerance`` to the more accurate. When none passed, the most accurate is
@@ -325,20 +326,21 @@ def _summary(v: Validated, records: list[TrialRecord], facts: dict) -> dict:
 
 
 def finish(v: Validated, records: list[TrialRecord], facts: dict, progress: ProgressFactory) -> dict:
-    """Race the front, keep a build, write tune.json and tune.html; the summary."""
-    from mcompress.tune.race import race_front
+    """Race the builds, draw the front, keep a build, write tune.json and tune.html; the summary."""
+    from mcompress.tune.race import race_builds
 
     summary = _summary(v, records, facts)
-    front = pareto_front(records)
-    for r in front:
-        r.on_front = True
-    if not front:
+    built = [r for r in records if r.has_build]
+    if not built:
         summary.update(verdict="NO BUILD", chosen=None, reason="no trial finished with a build")
         _write_results(v.out, summary, records)
         raise GateFailure(f"no trial finished with a build in the time budget ({len(records)} started, "
                           f"{summary['trials_failed']} failed). See {v.out / TUNE_JSON}.",
                           "Give a longer --time-budget, or a space whose start points are cheaper.")
-    race = race_front(front, v.prepared.recipe, v.prepared.eval_data.texts, progress)
+    race = race_builds(built, v.prepared.recipe, v.prepared.eval_data.texts, progress)
+    front = pareto_front(built)
+    for r in front:
+        r.on_front = True
     choice = _choose(front, v.prepared.recipe.quantize.latency_tie_tolerance)
     chosen = choice.chosen
     report = _write_build(chosen, v.out)
@@ -348,8 +350,8 @@ def finish(v: Validated, records: list[TrialRecord], facts: dict, progress: Prog
     summary.update(verdict="PASS" if choice.within_budget else "FAIL", chosen=chosen.trial_id, reason=reason,
                    chosen_score=chosen.score, chosen_b1_ms=b1, reference_score=report.reference.gated_score,
                    build=str(v.out / "build"), race=race,
-                   race_note=f"{len(front)} builds, {race['rounds']} interleaved rounds, {race['threads']} threads, "
-                             f"isolation {race['isolation']}, other processes {race['other_processes_cpu_percent']:.0f}% CPU")
+                   race_note=f"{len(built)} builds ({len(front)} on the front), {race['rounds']} interleaved rounds, "
+                             f"{race['threads']} threads, isolation {race['isolation']}, other processes {race['other_processes_cpu_percent']:.0f}% CPU")
     _write_results(v.out, summary, records)
     if not choice.within_budget:
         raise GateFailure(f"no build on the front passed its gates; kept {chosen.trial_id} (the most accurate) in "

@@ -28,10 +28,18 @@ model-based search first finds the budget met:
     unpruned   every layer, head and FFN neuron, dynamic INT8 on the fused graph (cheap, so a
                short budget still returns a build)
     base       the base recipe's own values where they lie in the space
-    smallest   the fewest layers the space allows, with the base's heads and FFN width (the fast end)
+    shallow    the fewest layers the space allows, with the base's heads and FFN width
+    smallest   the fewest layers, heads and FFN neurons the space allows (the fast end)
+    narrow     the base's layers with the fewest heads and FFN neurons
     larger     ceil(3L/4) layers, 3H/4 heads, 3F/4 FFN neurons (between the base and the unpruned)
 
-(each value where its domain holds it, else the base point's; duplicates dropped).
+(each value where its domain holds it, else the base point's; duplicates dropped). Why a ladder
+below the base: a student faster than the base recipe's is nearly always more than the budget
+below the reference after a trial's distillation, so ASHA stops the searcher's ones early
+(ray_parts.HopelessOnlyASHA) and only anchors reach the front's fast end; on MiniLM-L6 the
+ladder's 3/3/384, 4/3/384 and 3/6/768 take 1.4M, 1.9M and 2.8M multiply-adds per token at
+sequence 128 against the base's 4/6/768 at 3.7M, so that the front tells the user what each step
+in speed costs in accuracy.
 Its trials distil on length-grouped batches (``distill.length_grouped``), as the default build's
 prune-distill plan does (pipeline/budget.py): more steps in the same time.
 
@@ -259,12 +267,18 @@ def _anchor_points(shape: dict[str, int], parameters: dict[str, Domain], base_po
     def at(**wanted) -> dict[str, Value]:
         return {k: wanted[k] if k in wanted and parameters[k].contains(wanted[k]) else v for k, v in base_point.items()}
 
-    layers = parameters["prune.keep_layers"].extremes() if "prune.keep_layers" in parameters else None
+    def fewest(key: str) -> dict:
+        return {key: min(parameters[key].extremes())} if key in parameters else {}
+
+    fewest_layers = fewest("prune.keep_layers")
+    narrowest = {**fewest("prune.heads_per_layer"), **fewest("prune.ffn_neurons_per_layer")}
     points = [
         at(**{f"prune.{k}": v for k, v in _unpruned_values(shape).items()},
            **{"quantize.mode": "dynamic", "optimize.fusion": "fused", "fallback.enabled": False}),
         base_point,
-        at(**({"prune.keep_layers": min(layers)} if layers else {})),
+        at(**fewest_layers),
+        at(**fewest_layers, **narrowest),
+        at(**narrowest),
         at(**{"prune.keep_layers": math.ceil(3 * shape["layers"] / 4),
               "prune.heads_per_layer": max(1, 3 * shape["heads"] // 4),
               "prune.ffn_neurons_per_layer": max(1, 3 * shape["ffn"] // 4)}),
