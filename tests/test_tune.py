@@ -304,15 +304,19 @@ def test_default_space_follows_the_model(tiny_checkpoint):
 
 def test_default_start_points_span_the_latency_range():
     from mcompress.core.recipe import load_recipe, recipes_dir
-    from mcompress.tune.space import _anchor_points, _base_point, default_parameters
+    from mcompress.tune.space import _anchor_points, _base_point, block_cost, default_parameters
 
     shape = {"layers": 6, "heads": 12, "ffn": 1536}  # MiniLM-L6, the sentiment example
     parameters = default_parameters(shape)
     base_point = _base_point(load_recipe(recipes_dir() / "prune-distill-int8.yaml"), parameters)
     kept = [(p["prune.keep_layers"], p["prune.heads_per_layer"], p["prune.ffn_neurons_per_layer"])
-            for p in _anchor_points(shape, parameters, base_point)]
-    # unpruned, base, then the ladder below the base (shallow, smallest, narrow), then larger
-    assert kept == [(6, 12, 1536), (4, 6, 768), (3, 6, 768), (3, 3, 384), (4, 3, 384), (5, 9, 1152)]
+            for p in _anchor_points(shape, parameters, base_point, head_dim=32)]
+    # unpruned, base, then the ladder below the base, fastest first, then larger
+    assert kept == [(6, 12, 1536), (4, 6, 768), (3, 3, 384), (4, 3, 384), (3, 3, 768), (3, 6, 768), (4, 3, 768),
+                    (5, 9, 1152)]
+    ladder = [block_cost(k, 32) for k in kept[2:7]]
+    # the rungs nearest to 1/5, 2/5, 3/5 and 4/5 of the way from the smallest's cost to the base's
+    assert ladder == sorted(ladder) and ladder == [3456, 4608, 5760, 6912, 7680] and block_cost(kept[1], 32) == 9216
 
 
 def test_each_distilling_trial_gets_its_share_of_the_search_time(tiny_checkpoint, tmp_path):

@@ -28,18 +28,26 @@ model-based search first finds the budget met:
     unpruned   every layer, head and FFN neuron, dynamic INT8 on the fused graph (cheap, so a
                short budget still returns a build)
     base       the base recipe's own values where they lie in the space
-    shallow    the fewest layers the space allows, with the base's heads and FFN width
-    smallest   the fewest layers, heads and FFN neurons the space allows (the fast end)
-    narrow     the base's layers with the fewest heads and FFN neurons
+    ladder     the smallest shape the space allows (fewest layers, heads and FFN neurons), then
+               LADDER_RUNGS (4) shapes between it and the base's, evenly spaced in cost, fastest first
     larger     ceil(3L/4) layers, 3H/4 heads, 3F/4 FFN neurons (between the base and the unpruned)
 
-(each value where its domain holds it, else the base point's; duplicates dropped). Why a ladder
-below the base: a student faster than the base recipe's is nearly always more than the budget
-below the reference after a trial's distillation, so ASHA stops the searcher's ones early
-(ray_parts.HopelessOnlyASHA) and only anchors reach the front's fast end; on MiniLM-L6 the
-ladder's 3/3/384, 4/3/384 and 3/6/768 take 1.4M, 1.9M and 2.8M multiply-adds per token at
-sequence 128 against the base's 4/6/768 at 3.7M, so that the front tells the user what each step
-in speed costs in accuracy.
+(each value where its domain holds it, else the base point's; duplicates dropped). The ladder's
+shapes keep at most the base's layers, heads and FFN neurons each; a shape's cost is its blocks'
+multiply-adds per token, per hidden unit (``block_cost``):
+
+    cost(L, h, f) = L x (4 h d + 2 f)        d = hidden size / heads: the head dimension
+
+(four attention projections of hidden x h d and two FFN matrices of hidden x f per layer; the
+attention scores, 2 x sequence x h d, are about 5% of it at sequence 128 and left out). The k-th
+rung is the shape nearest to cost(smallest) + k/5 of the way to cost(base), ties to the deeper
+shape. On MiniLM-L6 (d = 32) that is 3/3/384, 4/3/384, 3/3/768, 3/6/768 and 4/3/768 below the base's
+4/6/768 (costs 3,456 to 7,680 against 9,216). Why a ladder: a student faster than the base
+recipe's is nearly always more than the budget below the reference after a trial's distillation,
+so ASHA stops the searcher's ones early (ray_parts.HopelessOnlyASHA) and only anchors reach the
+front's fast end; the ladder tells the user what each step in speed costs in accuracy. In a
+60-minute tune on 2 cores the searcher's own points were all dominated or stopped, and every
+anchor at or below the base's cost was on the front (benchmarks/RESULTS.md).
 Its trials distil on length-grouped batches (``distill.length_grouped``), as the default build's
 prune-distill plan does (pipeline/budget.py): more steps in the same time.
 
@@ -74,6 +82,7 @@ work (an unknown key or an impossible value is one line, exit 2).
 
 from __future__ import annotations
 
+import itertools
 import math
 from pathlib import Path
 from typing import Any, Optional, Union
@@ -92,6 +101,8 @@ BASE_SHARE = 1 / 3  # the most of the search time the base recipe's own point ma
 TIME_LIMIT_KEY = "distill.time_limit_s"
 Value = Union[bool, int, float, str, None]
 PRUNE_KEYS = ("keep_layers", "heads_per_layer", "ffn_neurons_per_layer")
+PRUNE_PARAMETERS = tuple(f"prune.{k}" for k in PRUNE_KEYS)
+LADDER_RUNGS = 4  # the default space's anchors between its smallest shape and the base's (module docstring)
 
 
 class Domain(BaseModel):
@@ -262,23 +273,51 @@ def _base_point(base: Recipe, parameters: dict[str, Domain]) -> dict[str, Value]
     return point
 
 
-def _anchor_points(shape: dict[str, int], parameters: dict[str, Domain], base_point: dict) -> list[dict[str, Value]]:
+def block_cost(kept: tuple[int, int, int], head_dim: int) -> int:
+    """Multiply-adds per token of the kept blocks' matrix products, per hidden unit (module
+    docstring): (layers, heads, FFN neurons) kept, ``head_dim`` the checkpoint's head dimension."""
+    layers, heads, ffn = kept
+    return layers * (4 * heads * head_dim + 2 * ffn)
+
+
+def _ladder(parameters: dict[str, Domain], base_point: dict, head_dim: int) -> list[tuple[int, int, int]]:
+    """The smallest kept shape the space allows, then LADDER_RUNGS shapes between it and the base's,
+    evenly spaced in block_cost, fastest first (module docstring); none when the space does not
+    choose among values for all three prune keys."""
+    if not all(k in parameters and parameters[k].choice is not None for k in PRUNE_PARAMETERS):
+        return []
+    base = tuple(base_point[k] for k in PRUNE_PARAMETERS)
+    below = [shape for shape in itertools.product(*(parameters[k].choice for k in PRUNE_PARAMETERS))
+             if shape != base and all(v <= b for v, b in zip(shape, base))]
+    if not below:
+        return []
+
+    def cost(shape):
+        return block_cost(shape, head_dim)
+
+    smallest = min(below, key=lambda shape: (cost(shape), -shape[0]))
+    lo, hi = cost(smallest), cost(base)
+    rungs = [smallest]
+    for k in range(1, LADDER_RUNGS + 1):
+        left = [shape for shape in below if shape not in rungs]
+        if not left:
+            break
+        target = lo + k * (hi - lo) / (LADDER_RUNGS + 1)
+        rungs.append(min(left, key=lambda shape: (abs(cost(shape) - target), -shape[0])))  # ties: the deeper
+    return sorted(rungs, key=cost)
+
+
+def _anchor_points(shape: dict[str, int], parameters: dict[str, Domain], base_point: dict,
+                   head_dim: int) -> list[dict[str, Value]]:
     """The default space's start points (module docstring), in the order they are tried."""
     def at(**wanted) -> dict[str, Value]:
         return {k: wanted[k] if k in wanted and parameters[k].contains(wanted[k]) else v for k, v in base_point.items()}
 
-    def fewest(key: str) -> dict:
-        return {key: min(parameters[key].extremes())} if key in parameters else {}
-
-    fewest_layers = fewest("prune.keep_layers")
-    narrowest = {**fewest("prune.heads_per_layer"), **fewest("prune.ffn_neurons_per_layer")}
     points = [
         at(**{f"prune.{k}": v for k, v in _unpruned_values(shape).items()},
            **{"quantize.mode": "dynamic", "optimize.fusion": "fused", "fallback.enabled": False}),
         base_point,
-        at(**fewest_layers),
-        at(**fewest_layers, **narrowest),
-        at(**narrowest),
+        *(at(**dict(zip(PRUNE_PARAMETERS, kept))) for kept in _ladder(parameters, base_point, head_dim)),
         at(**{"prune.keep_layers": math.ceil(3 * shape["layers"] / 4),
               "prune.heads_per_layer": max(1, 3 * shape["heads"] // 4),
               "prune.ffn_neurons_per_layer": max(1, 3 * shape["ffn"] // 4)}),
@@ -340,7 +379,8 @@ def build_space(ckpt, space_path: Optional[Path] = None) -> SearchSpace:
     if spec and spec.start_with:
         start = [dict(p) for p in spec.start_with]
     else:
-        start = _anchor_points(shape, parameters, _base_point(base, parameters))
+        start = _anchor_points(shape, parameters, _base_point(base, parameters),
+                               max(1, ckpt.hidden_size // max(1, ckpt.num_attention_heads)))
     space = space.model_copy(update={"start_with": start})
     _check(space, ckpt, origin)
     return space
