@@ -298,7 +298,7 @@ def _search(v: Validated) -> tuple[list[TrialRecord], dict]:
 
 def _choose(front: list[TrialRecord], tolerance: float):
     ordered = sorted(front, key=lambda r: -r.score)  # ties go to the more accurate
-    return fastest_within_budget(ordered, lambda r: bool(r.passed), lambda r: r.raced["b1"]["p50_ms"],
+    return fastest_within_budget(ordered, lambda r: bool(r.passed), lambda r: r.b1_ms,
                                  lambda r: r.score, tolerance)
 
 
@@ -344,7 +344,7 @@ def finish(v: Validated, records: list[TrialRecord], facts: dict, progress: Prog
     choice = _choose(front, v.prepared.recipe.quantize.latency_tie_tolerance)
     chosen = choice.chosen
     report = _write_build(chosen, v.out)
-    b1 = chosen.raced["b1"]["p50_ms"]
+    b1 = chosen.b1_ms
     reason = (f"fastest raced batch-1 p50 among the front's builds that passed their gates: {b1:.2f} ms"
               if choice.within_budget else "no build on the front passed its gates; kept the most accurate")
     summary.update(verdict="PASS" if choice.within_budget else "FAIL", chosen=chosen.trial_id, reason=reason,
