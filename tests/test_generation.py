@@ -15,7 +15,7 @@ from typer.testing import CliRunner
 
 from lm_models import CONTEXT, build_report, exported as exported_model
 from mcompress.core.errors import InputError
-from mcompress.engines.generation import Sampling, choose, generate, graph_problem, sampling_probabilities
+from mcompress.engines.generation import Sampling, choose, generate, graph_problem, kv_shape_of, sampling_probabilities
 
 PROMPTS = ["The council met on Tuesday", "Rain is expected", "Shares in the mining company rose sharply after it"]
 
@@ -98,6 +98,16 @@ def test_sampling_filters():
                 dict(temperature=1.0, top_k=0), dict(top_k=5)):
         with pytest.raises(InputError):
             Sampling(**bad)
+
+
+@pytest.mark.parametrize("config, shape", [
+    ({"num_attention_heads": 9, "num_key_value_heads": 3, "hidden_size": 576}, (3, 64)),  # LLaMA, grouped KV
+    ({"num_attention_heads": 8, "hidden_size": 512, "head_dim": 128}, (8, 128)),  # head_dim set apart
+    ({"n_head": 12, "n_embd": 768}, (12, 64)),  # GPT-2
+    ({"n_head": 12}, None),  # no hidden size: the cache's shape is unknown
+])
+def test_the_kv_cache_shape_is_read_from_each_familys_config(config, shape):
+    assert kv_shape_of(config) == shape
 
 
 def test_graph_problems_are_named():

@@ -71,9 +71,24 @@ class Checkpoint:
         return {"layers": int(layers), "heads": int(self.num_attention_heads), "ffn": int(ffn)}
 
     @property
+    def head_dim(self) -> int | None:
+        """The size of one attention head (head_dim_of)."""
+        return head_dim_of(self.config)
+
+    @property
     def layer_index_dependence(self) -> str | None:
         """The config flag that ties each layer's function to its index, if one is set."""
         return next((k for k in LAYER_INDEX_DEPENDENT_KEYS if self.config.get(k)), None)
+
+
+def head_dim_of(config: dict) -> int | None:
+    """The size of one attention head: the config's head_dim (LLaMA may set it apart from the
+    hidden size), else hidden size / heads under each family's name; None when it does not say."""
+    if type(config.get("head_dim")) is int:
+        return config["head_dim"]
+    hidden = next((config[k] for k in HIDDEN_KEYS if type(config.get(k)) is int), None)
+    heads = next((config[k] for k in HEADS_KEYS if type(config.get(k)) is int and config[k] > 0), None)
+    return hidden // heads if hidden is not None and heads is not None else None
 
 
 def _sha256(paths: list[Path]) -> str:

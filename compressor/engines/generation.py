@@ -38,6 +38,7 @@ from typing import Callable, Protocol
 
 import numpy as np
 
+from mcompress.core.checkpoint import head_dim_of
 from mcompress.core.errors import InputError
 from mcompress.engines.onnxruntime_cpu import PAST_PREFIX
 
@@ -162,12 +163,8 @@ def generate(stepper: Stepper, prompt_ids: list[int], sampling: Sampling, stop_i
 def kv_shape_of(config: dict) -> tuple[int, int] | None:
     """(KV heads, head size) from a config.json (LLaMA's num_key_value_heads/head_dim, GPT-2's
     n_head/n_embd), or None when it does not say."""
-    heads = config.get("num_attention_heads", config.get("n_head"))
-    kv_heads = config.get("num_key_value_heads", heads)
-    hidden = config.get("hidden_size", config.get("n_embd"))
-    head_dim = config.get("head_dim")
-    if head_dim is None and type(hidden) is int and type(heads) is int and heads > 0:
-        head_dim = hidden // heads
+    kv_heads = config.get("num_key_value_heads", config.get("num_attention_heads", config.get("n_head")))
+    head_dim = head_dim_of(config)
     return (kv_heads, head_dim) if type(kv_heads) is int and type(head_dim) is int else None
 
 

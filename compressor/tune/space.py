@@ -380,7 +380,7 @@ def build_space(ckpt, space_path: Optional[Path] = None) -> SearchSpace:
         start = [dict(p) for p in spec.start_with]
     else:
         start = _anchor_points(shape, parameters, _base_point(base, parameters),
-                               max(1, ckpt.hidden_size // max(1, ckpt.num_attention_heads)))
+                               ckpt.head_dim or 1)
     space = space.model_copy(update={"start_with": start})
     _check(space, ckpt, origin)
     return space
