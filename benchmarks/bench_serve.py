@@ -13,7 +13,11 @@ the server's CPU time per request (user + system of all its threads: less sensit
 on the machine than the wall-clock figures) and its peak RSS (VmHWM of its process) at the end.
 
 Also: the p50 of a direct ``bundle.predict([text])`` call in this process (same texts, same
-threads), for the concurrency-1 comparison; and the memory check: ``--rss-requests`` requests at
+threads), for the concurrency-1 comparison. The httpx client spends milliseconds of CPU per request
+on the same two cores, which at concurrency 1 adds to every latency; so concurrency 1 is measured a
+second time with a lean sequential client (``http.client`` on one keep-alive connection, ~0.1 ms per
+request), whose p50 minus the direct call's is what the server adds; its p50 of ``GET /healthz``
+is the HTTP stack's own floor. Then the memory check: ``--rss-requests`` requests at
 concurrency 32 to `mcompress serve`, its VmRSS after warm-up and after them.
 
 The machine's CPU (lscpu model, AVX2/AVX-512 VNNI/AMX flags) and the CPU other processes used
@@ -104,6 +108,37 @@ async def _load(url: str, texts: list[str], requests: int, concurrency: int) -> 
             "errors": sum(errors.values()), "error_kinds": errors}
 
 
+def _lean_sequential(url: str, texts: list[str], requests: int) -> dict:
+    """Concurrency 1 with a client that costs little: one keep-alive ``http.client`` connection,
+    ``requests`` one-text predicts in sequence, then as many ``GET /healthz``; p50 of each."""
+    import http.client
+    from urllib.parse import urlsplit
+
+    where = urlsplit(url)
+    connection = http.client.HTTPConnection(where.hostname, where.port, timeout=60)
+    headers = {"Content-Type": "application/json"}
+
+    def timed(method: str, path: str, body: bytes | None) -> float:
+        started = time.perf_counter()
+        connection.request(method, path, body=body, headers=headers)
+        response = connection.getresponse()
+        response.read()
+        if response.status != 200:
+            raise SystemExit(f"{method} {path} answered HTTP {response.status}")
+        return time.perf_counter() - started
+
+    try:
+        for i in range(WARMUP):
+            timed("POST", "/v1/predict", json.dumps({"texts": [texts[i % len(texts)]]}).encode())
+        predict = [timed("POST", "/v1/predict", json.dumps({"texts": [texts[i % len(texts)]]}).encode())
+                   for i in range(requests)]
+        health = [timed("GET", "/healthz", None) for _ in range(requests)]
+    finally:
+        connection.close()
+    return {"lean_client_predict_p50_ms": round(1000 * statistics.median(predict), 3),
+            "lean_client_healthz_p50_ms": round(1000 * statistics.median(health), 3)}
+
+
 def _direct(bundle_path: Path, texts: list[str], threads: int | None, calls: int = 500) -> dict:
     """p50 wall time and CPU time (this process, all threads) of a direct bundle.predict([text])."""
     from mcompress.runtime import load
@@ -163,6 +198,9 @@ def _run(args, texts: list[str], work: Path) -> dict:
                 results["levels"].append({"server": name, **row, "server_cpu_ms_per_request": cpu_ms,
                                           "server_peak_rss_mb": round(_vm(process.pid, "VmHWM") / 2**20, 1)})
                 print(json.dumps(results["levels"][-1]), flush=True)
+        results["lean_concurrency_1"] = {name: _lean_sequential(url, texts, args.requests)
+                                         for name, (_, url) in servers.items()}
+        print(json.dumps(results["lean_concurrency_1"]), flush=True)
         process, url = servers["mcompress-serve"]
         before = _vm(process.pid, "VmRSS")
         rss_row = asyncio.run(_load(url, texts, args.rss_requests, 32))
@@ -174,6 +212,8 @@ def _run(args, texts: list[str], work: Path) -> dict:
             process.terminate()
             process.wait(60)
     results.update(_direct(bundle, texts, args.threads))
+    for row in results["lean_concurrency_1"].values():
+        row["added_to_direct_ms"] = round(row["lean_client_predict_p50_ms"] - results["direct_bundle_predict_p50_ms"], 3)
     results["other_processes_cpu_after"] = other_processes_cpu(2.0)
     return results
 
