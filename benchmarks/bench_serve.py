@@ -82,7 +82,8 @@ async def _load(url: str, texts: list[str], requests: int, concurrency: int) -> 
     """``requests`` one-text requests, ``concurrency`` at a time: throughput, p50, p99, errors."""
     import httpx
 
-    latencies, errors, counter = [], {}, iter(range(requests))
+    latencies, errors, counter, first_errors = [], {}, iter(range(requests)), []
+    began = time.perf_counter()
 
     async def worker(client):
         for i in counter:
@@ -92,6 +93,9 @@ async def _load(url: str, texts: list[str], requests: int, concurrency: int) -> 
                 kind = None if response.status_code == 200 else f"HTTP {response.status_code}"
             except httpx.HTTPError as err:
                 kind = type(err).__name__
+                if len(first_errors) < 5:  # what the transport said, and when: a reset, a timeout, a closed keep-alive
+                    first_errors.append({"request": i, "at_s": round(time.perf_counter() - began, 3),
+                                         "after_ms": round(1000 * (time.perf_counter() - started), 1), "error": repr(err)})
             latencies.append(time.perf_counter() - started)
             if kind:
                 errors[kind] = errors.get(kind, 0) + 1
@@ -105,7 +109,7 @@ async def _load(url: str, texts: list[str], requests: int, concurrency: int) -> 
     return {"requests": requests, "concurrency": concurrency, "throughput_rps": round(requests / wall, 1),
             "p50_ms": round(1000 * latencies[len(latencies) // 2], 2),
             "p99_ms": round(1000 * latencies[min(len(latencies) - 1, int(len(latencies) * 0.99))], 2),
-            "errors": sum(errors.values()), "error_kinds": errors}
+            "errors": sum(errors.values()), "error_kinds": errors, "first_errors": first_errors}
 
 
 def _lean_sequential(url: str, texts: list[str], requests: int) -> dict:
@@ -211,6 +215,8 @@ def _run(args, texts: list[str], work: Path) -> dict:
         for process, _ in servers.values():
             process.terminate()
             process.wait(60)
+        # what each server logged (uvicorn at warning: protocol errors, dropped connections)
+        results["server_log_tail"] = {name: (work / f"{name}.log").read_text(errors="replace")[-3000:] for name in servers}
     results.update(_direct(bundle, texts, args.threads))
     for row in results["lean_concurrency_1"].values():
         row["added_to_direct_ms"] = round(row["lean_client_predict_p50_ms"] - results["direct_bundle_predict_p50_ms"], 3)
