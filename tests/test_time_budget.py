@@ -34,8 +34,21 @@ def _candidate_report(out, name: str, kept: str) -> dict:
     return _report(out) if name == kept else json.loads((out / "candidates" / f"{name}.report.json").read_text())
 
 
-def test_the_default_build_adds_prune_distill_when_the_budget_allows(tiny_checkpoint, tmp_path):
+def test_the_default_build_adds_prune_distill_when_the_budget_allows(tiny_checkpoint, tmp_path, monkeypatch):
+    from mcompress.pipeline import timing
+
+    started = []
+
+    class CountedRunner(timing.IsolatedRunner):  # the timing processes this run starts, by what they load
+        def __init__(self, factory, *args, **kwargs):
+            started.append(getattr(factory, "__name__", type(factory).__name__))
+            super().__init__(factory, *args, **kwargs)
+
+    monkeypatch.setattr(timing, "IsolatedRunner", CountedRunner)
     out, choice, budget = _default_run(tiny_checkpoint, tmp_path, "default", "--target", "cpu")
+    # every candidate's gate timed its build against one timing process of the original
+    gated = [name for name, c in choice["candidates"].items() if c.get("stopped") is None]
+    assert started.count("reference_runner") == 1 and len(gated) >= 3, (started, choice["candidates"])
     assert budget["budget_s"] == 900 and budget["wall_s"] <= 900
     plan = budget["plans"][PLAN]
     assert plan["built"], plan

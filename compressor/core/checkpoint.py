@@ -15,6 +15,7 @@ from pathlib import Path
 from mcompress.core.errors import InputError
 from mcompress.core.formats import VOCABULARY_FILES
 from mcompress.core.limits import brief_repr, json_loads_bounded, read_text_bounded
+from mcompress.core.model_config import HEADS_KEYS, HIDDEN_KEYS, head_dim_of
 from mcompress.core.safetensors_header import check_header_matches_config, read_safetensors_header
 from mcompress.core.task import all_tasks, get_task, task_for_architecture
 
@@ -31,8 +32,7 @@ SIZE_FIELDS = ("hidden_size", "num_attention_heads", "num_hidden_layers", "inter
                "max_position_embeddings", "vocab_size", "type_vocab_size", "dim", "n_heads", "n_layers", "hidden_dim",
                "n_embd", "n_head", "n_layer", "n_positions", "num_key_value_heads")
 # The same size under each family's name: BERT/LLaMA, DistilBERT, GPT-2.
-HIDDEN_KEYS, HEADS_KEYS, POSITIONS_KEYS = ("hidden_size", "dim", "n_embd"), ("num_attention_heads", "n_heads", "n_head"), \
-    ("max_position_embeddings", "n_positions")
+POSITIONS_KEYS = ("max_position_embeddings", "n_positions")
 LAYERS_KEYS, FFN_KEYS = ("num_hidden_layers", "n_layers", "n_layer"), ("intermediate_size", "hidden_dim", "n_inner")
 # Config flags that make a layer's computation depend on its position in the stack (GPT-2's
 # scale_attn_by_inverse_layer_idx divides attention scores by the layer's index + 1), so dropping
@@ -79,16 +79,6 @@ class Checkpoint:
     def layer_index_dependence(self) -> str | None:
         """The config flag that ties each layer's function to its index, if one is set."""
         return next((k for k in LAYER_INDEX_DEPENDENT_KEYS if self.config.get(k)), None)
-
-
-def head_dim_of(config: dict) -> int | None:
-    """The size of one attention head: the config's head_dim (LLaMA may set it apart from the
-    hidden size), else hidden size / heads under each family's name; None when it does not say."""
-    if type(config.get("head_dim")) is int:
-        return config["head_dim"]
-    hidden = next((config[k] for k in HIDDEN_KEYS if type(config.get(k)) is int), None)
-    heads = next((config[k] for k in HEADS_KEYS if type(config.get(k)) is int and config[k] > 0), None)
-    return hidden // heads if hidden is not None and heads is not None else None
 
 
 def _sha256(paths: list[Path]) -> str:

@@ -38,7 +38,7 @@ from typing import Callable, Protocol
 
 import numpy as np
 
-from mcompress.core.checkpoint import head_dim_of
+from mcompress.core.model_config import head_dim_of
 from mcompress.core.errors import InputError
 from mcompress.engines.onnxruntime_cpu import PAST_PREFIX
 

@@ -51,7 +51,7 @@ from mcompress.pipeline.outputs import staged_dir
 from mcompress.pipeline.pass_gates import check_gate_passes
 from mcompress.pipeline.prepare import Prepared, ProgressFactory, RunRequest, prepare, request_recipe
 from mcompress.pipeline.reference import Reference, measure_reference
-from mcompress.pipeline.timing import timing_runners
+from mcompress.pipeline.timing import shared_reference_timing, timing_runners
 from mcompress.report.schema import CpuAutoChoice, Report
 from mcompress.report.write import write_report
 from mcompress.targets import CPU, CPU_AUTO, CPU_AUTO_TARGETS, CPU_CHOICES, get_target
@@ -96,14 +96,15 @@ def run_cpu_auto(req: RunRequest, progress: ProgressFactory) -> Report:
     reference = measure_reference(prepared, progress)
     with staged_dir(out) as staging:
         work = staging / CANDIDATES_DIR
+        # one timing process of the original for every candidate's gate (pipeline/timing.py)
+        with shared_reference_timing(prepared.recipe, reference) as timed:
+            def build(spec: CandidateSpec) -> Candidate:
+                return _build(spec, timed, work / spec.name, progress, started)
 
-        def build(spec: CandidateSpec) -> Candidate:
-            return _build(spec, reference, work / spec.name, progress, started)
-
-        if budget_s is None:
-            candidates, time_budget = [build(spec) for spec in specs], None
-        else:
-            candidates, time_budget = _build_in_budget(prepared, specs, offered, build, budget_s, started)
+            if budget_s is None:
+                candidates, time_budget = [build(spec) for spec in specs], None
+            else:
+                candidates, time_budget = _build_in_budget(prepared, specs, offered, build, budget_s, started)
         built = [c for c in candidates if c.build is not None]
         if not built:
             raise GateFailure(f"no CPU target produced a build: {'; '.join(c.stopped for c in candidates)}")

@@ -73,7 +73,8 @@ def _latency(prepared: Prepared, reference: Reference, build: BuildResult, runne
               for s in latency.sequence_lengths for b in latency.batch_sizes]
     factories = {"reference": (reference_runner, prepared.checkpoint, reference.threads),
                  "build": (build.runner, reference.threads)}
-    with timing_runners(prepared.recipe, {"reference": reference.runner, "build": runner}, factories) as runners:
+    opened = {"reference": reference.timing} if reference.timing is not None else None
+    with timing_runners(prepared.recipe, {"reference": reference.runner, "build": runner}, factories, opened) as runners:
         raced = latency_race(runners, {"reference": reference.tokenizer, "build": tokenizer}, prepared.eval_data.texts,
                              shapes, latency.warmup, progress("measuring latency", len(shapes)), latency.settle_s)
     return {side: [raced[(b, s)][side] for b, s, _ in shapes] for side in ("reference", "build")}
