@@ -38,8 +38,8 @@ from typing import Callable, Protocol
 
 import numpy as np
 
-from mcompress.core.model_config import head_dim_of
 from mcompress.core.errors import InputError
+from mcompress.core.model_config import head_dim_of
 from mcompress.engines.onnxruntime_cpu import PAST_PREFIX
 
 PRESENT_PREFIX = "present."
