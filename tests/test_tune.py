@@ -315,6 +315,10 @@ def test_default_start_points_span_the_latency_range():
     assert kept == [(6, 12, 1536), (4, 6, 768), (3, 3, 384), (4, 3, 384), (3, 3, 768), (3, 6, 768), (4, 3, 768),
                     (5, 9, 1152)]
     ladder = [block_cost(k, 32) for k in kept[2:7]]
+    # every rung is built one way, the unpruned anchor's, so its latency is its shape's
+    points = _anchor_points(shape, parameters, base_point, head_dim=32)
+    assert all((p["quantize.mode"], p["optimize.fusion"]) == ("dynamic", "fused") for p in points[2:7])
+    assert (points[1]["quantize.mode"], points[1]["optimize.fusion"]) == ("auto", "auto")  # the base recipe's own
     # the rungs nearest to 1/5, 2/5, 3/5 and 4/5 of the way from the smallest's cost to the base's
     assert ladder == sorted(ladder) and ladder == [3456, 4608, 5760, 6912, 7680] and block_cost(kept[1], 32) == 9216
 

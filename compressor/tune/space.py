@@ -29,7 +29,8 @@ model-based search first finds the budget met:
                short budget still returns a build)
     base       the base recipe's own values where they lie in the space
     ladder     the smallest shape the space allows (fewest layers, heads and FFN neurons), then
-               LADDER_RUNGS (4) shapes between it and the base's, evenly spaced in cost, fastest first
+               LADDER_RUNGS (4) shapes between it and the base's, evenly spaced in cost, fastest
+               first; each dynamic INT8 on the fused graph, as the unpruned anchor
     larger     ceil(3L/4) layers, 3H/4 heads, 3F/4 FFN neurons (between the base and the unpruned)
 
 (each value where its domain holds it, else the base point's; duplicates dropped). The ladder's
@@ -47,7 +48,11 @@ recipe's is nearly always more than the budget below the reference after a trial
 so ASHA stops the searcher's ones early (ray_parts.HopelessOnlyASHA) and only anchors reach the
 front's fast end; the ladder tells the user what each step in speed costs in accuracy. In a
 60-minute tune on 2 cores the searcher's own points were all dominated or stopped, and every
-anchor at or below the base's cost was on the front (benchmarks/RESULTS.md).
+anchor at or below the base's cost was on the front (benchmarks/RESULTS.md). Why the rungs'
+quantization is pinned: ``quantize.mode: auto`` keeps the most accurate candidate when none is
+within the budget, and a rung's student nearly always is past it already, so auto gave rungs
+static INT8 on the unfused graph, 15-25% slower than the dynamic graph timed in the same
+selection (RESULTS.md, ninth session): the front would show the shape at its slowest.
 Its trials distil on length-grouped batches (``distill.length_grouped``), as the default build's
 prune-distill plan does (pipeline/budget.py): more steps in the same time.
 
@@ -103,6 +108,7 @@ Value = Union[bool, int, float, str, None]
 PRUNE_KEYS = ("keep_layers", "heads_per_layer", "ffn_neurons_per_layer")
 PRUNE_PARAMETERS = tuple(f"prune.{k}" for k in PRUNE_KEYS)
 LADDER_RUNGS = 4  # the default space's anchors between its smallest shape and the base's (module docstring)
+RUNG_BUILD = {"quantize.mode": "dynamic", "optimize.fusion": "fused"}  # every rung's, whatever its accuracy
 
 
 class Domain(BaseModel):
@@ -317,7 +323,7 @@ def _anchor_points(shape: dict[str, int], parameters: dict[str, Domain], base_po
         at(**{f"prune.{k}": v for k, v in _unpruned_values(shape).items()},
            **{"quantize.mode": "dynamic", "optimize.fusion": "fused", "fallback.enabled": False}),
         base_point,
-        *(at(**dict(zip(PRUNE_PARAMETERS, kept))) for kept in _ladder(parameters, base_point, head_dim)),
+        *(at(**dict(zip(PRUNE_PARAMETERS, kept)), **RUNG_BUILD) for kept in _ladder(parameters, base_point, head_dim)),
         at(**{"prune.keep_layers": math.ceil(3 * shape["layers"] / 4),
               "prune.heads_per_layer": max(1, 3 * shape["heads"] // 4),
               "prune.ffn_neurons_per_layer": max(1, 3 * shape["ffn"] // 4)}),
