@@ -97,7 +97,7 @@ def run_cpu_auto(req: RunRequest, progress: ProgressFactory) -> Report:
     with staged_dir(out) as staging:
         work = staging / CANDIDATES_DIR
         # one timing process of the original for every candidate's gate (pipeline/timing.py)
-        with shared_reference_timing(prepared.recipe, reference) as timed:
+        with shared_reference_timing(prepared, reference) as timed:
             def build(spec: CandidateSpec) -> Candidate:
                 return _build(spec, timed, work / spec.name, progress, started)
 

@@ -31,7 +31,6 @@ class Reference:
     size_bytes: int
     flops: int
     eval_lengths: "np.ndarray"  # token count of every eval example, untruncated (median length, truncation share)
-    checkpoint: Any = None  # the core.checkpoint.Checkpoint it was loaded from (what its timing process loads)
     timing: Any = None  # its open timing process, shared by every gate of a run (pipeline/timing.py), or None
 
     def state(self, prepared: Prepared) -> ModelState:
@@ -70,4 +69,4 @@ def measure_reference(prepared: Prepared, progress: ProgressFactory) -> Referenc
     size = ModelState(ModelKind.TORCH, prepared.checkpoint, tokenizer, torch_model=model).size_bytes()
     lengths = token_lengths(tokenizer, prepared.eval_data.texts, 100_000)
     return Reference(model, tokenizer, runner, threads, on_eval, on_selection, size, encoder_flops(model, FLOPS_SEQUENCE),
-                     lengths, prepared.checkpoint)
+                     lengths)

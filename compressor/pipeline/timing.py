@@ -23,13 +23,13 @@ def reference_runner(checkpoint, threads: int) -> TorchRunner:
 
 
 @contextmanager
-def shared_reference_timing(recipe, reference) -> Iterator[object]:
+def shared_reference_timing(prepared, reference) -> Iterator[object]:
     """``reference`` with its timing process open (``Reference.timing``) for as long as the block
     runs, so the gates of several builds share it; ``reference`` as it is with ``isolation: shared``."""
-    if recipe.latency.isolation == "shared":
+    if prepared.recipe.latency.isolation == "shared":
         yield reference
         return
-    with IsolatedRunner(reference_runner, reference.checkpoint, reference.threads, name=reference.runner.name) as timing:
+    with IsolatedRunner(reference_runner, prepared.checkpoint, reference.threads, name=reference.runner.name) as timing:
         yield replace(reference, timing=timing)
 
 
