@@ -20,7 +20,9 @@ EXAMPLE = Path("examples/sentiment")
 
 
 def main(rounds: int, build_dirs: list[Path]) -> dict:
-    texts = [json.loads(line)["text"] for line in (EXAMPLE / "splits" / "test.jsonl").read_text().splitlines()]
+    from mcompress.calibration.datasets import read_texts
+
+    texts = read_texts(EXAMPLE / "splits" / "test.jsonl", "text")
     specs = {}
     for build in build_dirs:
         report = json.loads((build / "report.json").read_text())
