@@ -109,6 +109,22 @@ def test_a_report_without_optional_sections_renders(tmp_path):
     assert {p.name for p in tmp_path.iterdir()} == {"report.json", "report.md", "report.html"}
 
 
+@pytest.mark.parametrize("quantization, cause", [
+    ("dynamic", "dynamically quantized INT8 takes activation ranges over the padded batch"),
+    ("nncf-int8", "its scales are fixed, so the difference is the kernels'"),
+])
+def test_a_batch_dependent_build_is_explained_by_its_quantization(quantization, cause):
+    data = _minimal()
+    data["artifact"]["quantization"] = quantization
+    data["as_deployed"] = {"modes": [{"batch_size": 1, "score": 0.8, "drop": 10.0, "agreement": 1.0},
+                                     {"batch_size": 32, "score": 0.8, "drop": 10.0, "agreement": 0.99}],
+                           "gated_batch_size": 1, "batch_dependent": True, "max_logit_difference": 0.007,
+                           "tolerance": 0.001}
+    markdown = render_markdown(Report.parse(data))
+    assert "answers depend on what shares a batch (largest logit difference between batchings 0.007 > 0.001; " + cause in markdown
+    assert ("activation ranges" in markdown) == (quantization == "dynamic")
+
+
 def test_contributed_sections_render_in_both_formats_after_the_standard_ones():
     extra = Table("Generation", ("prompt", "tokens/s"), (("`hello`", "12.5"),), ("Measured at batch 1.",))
     report = Report.parse({**_minimal(), "sections": [extra]})

@@ -81,9 +81,13 @@ def _as_deployed(report: Report) -> list[Block]:
     table = Table(f"Accuracy as deployed ({metric})", ("batching", metric, "drop", "95% CI",
                                                         "predictions equal to the first batching", ""), rows)
     diff = deployed.max_logit_difference
+    # Dynamic INT8 scales each activation by the range of the whole padded batch; with fixed scales (static,
+    # NNCF, float) only the kernels differ: a batch takes other GEMM blockings and summation orders than one row.
+    cause = ("dynamically quantized INT8 takes activation ranges over the padded batch"
+             if "dynamic" in report.artifact.quantization else
+             "its scales are fixed, so the difference is the kernels': a batch runs other GEMM blockings and summation orders")
     note = (f"The build's answers depend on what shares a batch (largest logit difference between batchings "
-            f"{diff:.2g} > {deployed.tolerance:g}; dynamically quantized INT8 takes activation ranges over the padded batch): "
-            "the gate took the worst batching." if deployed.batch_dependent else
+            f"{diff:.2g} > {deployed.tolerance:g}; {cause}): the gate took the worst batching." if deployed.batch_dependent else
             f"The build's answers do not depend on the batching (largest logit difference {diff:.2g})." if diff is not None
             else "")
     return [table, Paragraph(note)] if note and len(deployed.modes) > 1 else [table]
