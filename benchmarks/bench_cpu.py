@@ -17,7 +17,6 @@ more than ONNX Runtime.
 from __future__ import annotations
 
 import argparse
-import itertools
 import json
 import os
 import sys
@@ -49,6 +48,14 @@ def _runner(spec: dict, threads: int):
 
     target = get_target(spec["target"])  # the build's recipe, as its report holds it (a CPU choice's variant)
     return target.runner(Path(spec["model"]), threads, target.settings(Recipe.model_validate(spec["recipe"])))
+
+
+def _recipe_targets(spec: str, targets: list[str]) -> list[tuple[Path | None, str]]:
+    """The (recipe, target) builds of one --recipe value: RECIPE@TARGET is that one build; RECIPE alone is
+    built for every --target. Recipe None ("default"): no --recipe, as a user runs `mcompress run MODEL_DIR`."""
+    recipe, _, target = spec.partition("@")
+    path = None if recipe == "default" else Path(recipe)
+    return [(path, target)] if target else [(path, t) for t in targets]
 
 
 def time_one(job: dict) -> dict:
@@ -110,9 +117,10 @@ def main() -> int:
         return 0
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("example_dir", type=Path)
-    parser.add_argument("--recipe", type=Path, action="append", default=None,
+    parser.add_argument("--recipe", action="append", default=None,
                         help="mcompress recipe(s) to build; 'default' (the default) gives none, as `mcompress run "
-                             "MODEL_DIR` runs: ptq, plus prune + distill when the CPU choice's --time-budget allows")
+                             "MODEL_DIR` runs: ptq, plus prune + distill when the CPU choice's --time-budget allows; "
+                             "RECIPE@TARGET builds that recipe for that target only, instead of for every --target")
     parser.add_argument("--target", action="append", default=None,
                         help="mcompress target(s) to build (default: cpu, mcompress's default: the CPU choice)")
     parser.add_argument("--out", type=Path, default=None, help="write results JSON here")
@@ -144,8 +152,8 @@ def main() -> int:
     model, tokenizer = load_model_and_tokenizer(ckpt)
     test = get_task(ckpt.task).load_data(args.example_dir / "splits", ckpt.label2id, None, None, split="test")
     # None ("--recipe default"): no --recipe, as a user runs `mcompress run MODEL_DIR`
-    recipes = [None if r is None or str(r) == "default" else r for r in (args.recipe or [None])]
     targets = args.target or ["cpu"]
+    builds = [pair for spec in (args.recipe or ["default"]) for pair in _recipe_targets(spec, targets)]
     fp32_bytes = ckpt.weights_file.stat().st_size
 
     with tempfile.TemporaryDirectory(prefix="mcompress-bench-") as tmp:
@@ -161,7 +169,7 @@ def main() -> int:
         runners[f"Optimum dynamic INT8 ({optimum_preset})"] = OrtRunner(optimum_model, threads)
         specs[f"Optimum dynamic INT8 ({optimum_preset})"] = {"kind": "ort", "model": str(optimum_model)}
         rows[f"Optimum dynamic INT8 ({optimum_preset})"] = {"bytes": optimum_model.stat().st_size, "wall_s": round(optimum_wall, 1)}
-        for recipe, target_name in itertools.product(recipes, targets):
+        for recipe, target_name in builds:
             stem = recipe.stem if recipe else "default"
             out = (args.builds or work) / f"build-{stem}-{target_name}"
             if args.reuse_builds and (out / "report.json").is_file():
