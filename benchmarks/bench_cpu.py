@@ -73,7 +73,8 @@ def time_one(job: dict) -> dict:
 
 def time_alone(specs: dict[str, dict], tokenizer_dir: Path, texts: list[str], threads: int, rounds: int,
                per_round: int, sequences: tuple[int, ...] = (128,)) -> dict[str, dict[str, dict]]:
-    """Each model timed in its own process, alternating rounds; {"BATCHxSEQ": {name: p50/p95/calls}}."""
+    """Each model timed in its own process, alternating rounds; {"BATCHxSEQ": {name: p50/p95/calls}}. A spec's
+    "tokenizer" (a build's own, e.g. a pruned vocabulary's) replaces tokenizer_dir for that model."""
     import subprocess
 
     import numpy as np
@@ -83,7 +84,8 @@ def time_alone(specs: dict[str, dict], tokenizer_dir: Path, texts: list[str], th
     names = list(specs)
     for r in range(rounds):
         for name in names if r % 2 == 0 else names[::-1]:
-            job = {"spec": specs[name], "threads": threads, "tokenizer": str(tokenizer_dir), "texts": texts[:64],
+            job = {"spec": specs[name], "threads": threads, "tokenizer": specs[name].get("tokenizer", str(tokenizer_dir)),
+                   "texts": texts[:64],
                    "warmup": 5, "calls": calls}
             out = subprocess.run([sys.executable, __file__, "--time-one", json.dumps(job)], capture_output=True,
                                  text=True, check=True, env={**os.environ}).stdout
@@ -134,6 +136,7 @@ def main() -> int:
 
     import numpy as np
     import torch
+    from transformers import AutoTokenizer
 
     from mcompress.core.checkpoint import inspect_checkpoint, load_model_and_tokenizer
     from mcompress.metrics.evaluation import TorchRunner
@@ -164,6 +167,7 @@ def main() -> int:
         optimum_model, optimum_preset = optimum_dynamic_int8(args.example_dir, work, get_task(ckpt.task).optimum_model)
         optimum_wall = time.perf_counter() - started
         runners = {"PyTorch FP32 eager": TorchRunner(model, threads)}
+        tokenizers = {}  # a build's own tokenizer, by runner name; the checkpoint's for the others
         specs = {"PyTorch FP32 eager": {"kind": "torch", "model_dir": str(args.example_dir.resolve())}}
         rows = {"PyTorch FP32 eager": {"bytes": fp32_bytes, "wall_s": None}}
         runners[f"Optimum dynamic INT8 ({optimum_preset})"] = OrtRunner(optimum_model, threads)
@@ -198,8 +202,10 @@ def main() -> int:
             target = get_target(built)
             runners[name] = target.runner(out / art["model_file"], threads,
                                           target.settings(Recipe.model_validate(report["recipe"])))
+            # the build's own tokenizer: a pruned vocabulary has its own word-piece ids
             specs[name] = {"kind": "target", "target": built, "model": str((out / art["model_file"]).resolve()),
-                           "recipe": report["recipe"]}
+                           "recipe": report["recipe"], "tokenizer": str(out.resolve())}
+            tokenizers[name] = AutoTokenizer.from_pretrained(out, local_files_only=True)
             rows[name] = {"bytes": art["model_bytes"], "wall_s": wall, "runtime": runners[name].name,
                           "gflops_seq128": report["passes"][-1]["flops_seq128"] / 1e9, "gate_passed": report["passed"]}
             rows["PyTorch FP32 eager"]["gflops_seq128"] = report["reference"]["flops_seq128"] / 1e9
@@ -210,7 +216,7 @@ def main() -> int:
         rows[f"Optimum dynamic INT8 ({optimum_preset})"]["gflops_seq128"] = rows["PyTorch FP32 eager"].get("gflops_seq128")
 
         for name, runner in runners.items():  # as deployed: each text alone, and length-bucketed batches of 32
-            alone, batched = (evaluate(runner, tokenizer, test, 128, b) for b in (1, 32))
+            alone, batched = (evaluate(runner, tokenizers.get(name, tokenizer), test, 128, b) for b in (1, 32))
             rows[name].update(accuracy=alone.accuracy, score=alone.score, score_batched=batched.score,
                               accuracy_batched=batched.accuracy)  # accuracy of texts; of words' tags for a tagger
             metric = alone.metric  # the gated metric: accuracy, or entity F1
