@@ -6,8 +6,10 @@ build directory — one model call per request, no batching across requests, no 
 A plain ``def`` route (FastAPI runs it in its thread pool, so concurrent requests call the one
 shared ONNX Runtime session from several threads at once), transformers' AutoTokenizer with
 padding and truncation at the recipe's max_length, softmax, the label names from config.json.
-Same model bytes and the same ORT session options (all optimizations, default intra-op threads)
-as the bundle runtime.
+Same model bytes and the same session options as the bundle runtime: for an onnx-cpu build, ONNX
+Runtime with all optimizations and default intra-op threads; for an openvino-cpu build (model.xml),
+the OpenVINO CPU plugin with the LATENCY hint and the build's inference precision, a fresh infer
+request per call (a compiled model is shared; an infer request is not thread-safe).
 """
 
 from __future__ import annotations
@@ -28,15 +30,44 @@ class PredictRequest(BaseModel):
     texts: list[str]
 
 
-def create_app(build_dir: Path, threads: int | None) -> FastAPI:
+def onnxruntime_logits(model: Path, threads: int | None, report: dict):
+    """feed -> logits on one shared ONNX Runtime session (its run is thread-safe)."""
     options = ort.SessionOptions()
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     if threads:
         options.intra_op_num_threads = threads
-    session = ort.InferenceSession(str(build_dir / "model.onnx"), options, providers=["CPUExecutionProvider"])
-    input_names = [i.name for i in session.get_inputs()]
-    tokenizer = AutoTokenizer.from_pretrained(build_dir)
+    session = ort.InferenceSession(str(model), options, providers=["CPUExecutionProvider"])
+    return lambda feed: session.run(["logits"], feed)[0], [i.name for i in session.get_inputs()]
+
+
+def openvino_logits(model: Path, threads: int | None, report: dict):
+    """feed -> logits on one compiled OpenVINO model, a new infer request per call."""
+    import openvino as ov
+    import openvino.properties as props
+    import openvino.properties.hint as hints
+
+    precision = (report["recipe"].get("openvino") or {}).get("inference_precision", "f32")
+    config = {hints.performance_mode: hints.PerformanceMode.LATENCY, hints.inference_precision: getattr(ov.Type, precision)}
+    if threads:
+        config[props.inference_num_threads] = threads
+    compiled = ov.Core().compile_model(str(model), "CPU", config)
+
+    def logits(feed):
+        request = compiled.create_infer_request()
+        request.infer(feed)
+        return np.array(request.get_tensor("logits").data, copy=True)
+
+    return logits, [i.get_any_name() for i in compiled.inputs]
+
+
+RUNTIMES = {".onnx": onnxruntime_logits, ".xml": openvino_logits}  # by the build's model file
+
+
+def create_app(build_dir: Path, threads: int | None) -> FastAPI:
     report = json.loads((build_dir / "report.json").read_text())
+    model = build_dir / report["artifact"]["model_file"]
+    run_logits, input_names = RUNTIMES[model.suffix](model, threads, report)
+    tokenizer = AutoTokenizer.from_pretrained(build_dir)
     max_length = report["recipe"]["max_length"]
     id2label = json.loads((build_dir / "config.json").read_text())["id2label"]
     labels = [id2label[str(i)] for i in range(len(id2label))]
@@ -45,7 +76,7 @@ def create_app(build_dir: Path, threads: int | None) -> FastAPI:
     @app.post("/v1/predict")
     def predict(request: PredictRequest):
         batch = tokenizer(request.texts, padding=True, truncation=True, max_length=max_length, return_tensors="np")
-        logits = session.run(["logits"], {name: batch[name].astype(np.int64) for name in input_names})[0]
+        logits = run_logits({name: batch[name].astype(np.int64) for name in input_names})
         e = np.exp(logits - logits.max(-1, keepdims=True))
         probabilities = e / e.sum(-1, keepdims=True)
         return {"predictions": [{"label": labels[int(p.argmax())], "score": float(p.max()),
