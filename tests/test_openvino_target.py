@@ -202,6 +202,33 @@ def test_bundle_of_openvino_build_reproduces_its_predictions(ov_build, tmp_path,
     assert [p["label"] for p in loaded.predict(texts[:3])] == [("neg", "pos")[i] for i in expected.predictions[:3]]
 
 
+def test_a_servers_openvino_session_pads_lengths_to_a_few_shapes_and_answers_the_same(ov_build, tmp_path, setup):
+    from mcompress.bundle.runtime import SERVER_LENGTH_MULTIPLE
+    from mcompress.runtime import load
+
+    bundle = tmp_path / "tiny.mcpkg"
+    assert CliRunner().invoke(app, ["package", str(ov_build), "-o", str(bundle)]).exit_code == 0
+    direct, served = load(bundle, threads=1), load(bundle, threads=1, server=True)
+    texts = setup["test"].texts
+    assert np.allclose(served.logits(texts), direct.logits(texts), atol=1e-3)
+    shapes, request = [], served.session.request
+
+    class Recording:  # the infer request, recording the shape of each call's inputs
+        def infer(self, feed):
+            shapes.append(next(iter(feed.values())).shape)
+            return request.infer(feed)
+
+        def get_tensor(self, port):
+            return request.get_tensor(port)
+
+    served.session.request = Recording()
+    for n in range(1, 12):
+        served.logits([" ".join(["word"] * n)] * n)
+    assert len(shapes) == 11 and {length % SERVER_LENGTH_MULTIPLE for _, length in shapes} == {0}
+    assert {rows for rows, _ in shapes} == {1, 2, 4, 8, 16}
+    assert len(served.logits(texts[:3])) == 3
+
+
 def test_bundle_runtime_needs_only_openvino_tokenizers_numpy(ov_build, tmp_path):
     from conftest import predict_with_imports_blocked
 
