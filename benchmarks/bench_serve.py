@@ -170,11 +170,13 @@ def _cpu() -> dict:
             "isa": {f: f in flags for f in ("avx2", "avx512f", "avx512_vnni", "amx_int8")}}
 
 
-def _servers(build: Path, bundle: Path, threads: int | None, work: Path) -> dict:
+def _servers(build: Path, bundle: Path, threads: int | None, work: Path, max_batch_size: int | None = None) -> dict:
     thread_flags = ["--threads", str(threads)] if threads else []
+    batch_flags = ["--max-batch-size", str(max_batch_size)] if max_batch_size else []
     servers = {}
     for name, command in (
-            ("mcompress-serve", [str(Path(sys.executable).parent / "mcompress"), "serve", str(bundle), *thread_flags]),
+            ("mcompress-serve", [str(Path(sys.executable).parent / "mcompress"), "serve", str(bundle), *thread_flags,
+                                 *batch_flags]),
             ("naive-fastapi-ort", [sys.executable, str(REPO / "benchmarks" / "naive_server.py"), str(build),
                                    *thread_flags])):
         port = free_port()
@@ -189,7 +191,7 @@ def _run(args, texts: list[str], work: Path) -> dict:
 
     bundle = work / "bench.mcpkg"
     package_build(args.build, bundle)
-    servers = _servers(args.build, bundle, args.threads, work)
+    servers = _servers(args.build, bundle, args.threads, work, args.max_batch_size)
     results = {"cpu": _cpu(), "other_processes_cpu_before": other_processes_cpu(2.0), "levels": []}
     try:
         for name, (_, url) in servers.items():
@@ -231,6 +233,7 @@ def main() -> None:
     parser.add_argument("--requests", type=int, default=2000)
     parser.add_argument("--rss-requests", type=int, default=10_000)
     parser.add_argument("--threads", type=int, default=None, help="intra-op threads of both servers")
+    parser.add_argument("--max-batch-size", type=int, default=None, help="mcompress serve's --max-batch-size (default: its own)")
     parser.add_argument("--out", type=Path, default=None, help="write the results as JSON here")
     args = parser.parse_args()
     from mcompress.calibration.datasets import read_texts
