@@ -731,7 +731,7 @@ class _OpenVINOSession:
     micro-batches come in every (texts, length) up to 32 x 128 grew from 1.1 to 2.4 GB over 10,000
     requests (benchmarks/RESULTS.md, Serving on AMX).
     Padding the length axis up to a multiple, and the rows up to a power of two, bounds the shapes
-    at log2(max_batch) x (128 / 16): 48 for 32 x 128. The added positions and rows have attention
+    at (log2(max_batch) + 1) x (128 / 16): 48 for 32 x 128. The added positions and rows have attention
     mask 0; the outputs are cut back to the batch's rows and, where they have one, its length."""
 
     def __init__(self, compiled, length_multiple: int | None = None, max_length: int | None = None):
