@@ -59,8 +59,10 @@ class DecoderQuantConfig(_Strict):
     # the GGUF Q4_1 blocks the SmolLM2 example was dequantized from.
     block_size: int = Field(32, ge=16, le=4096)
     symmetric: bool = False  # zero point fixed at the middle (HQQ is always asymmetric)
-    # MatMulNBits accuracy_level: 0 = ORT's default, 1 fp32, 2 fp16, 3 bf16, 4 int8 compute.
-    accuracy_level: int = Field(0, ge=0, le=4)
+    # MatMulNBits accuracy_level: 0 = ORT's default, 1 fp32, 2 fp16, 3 bf16, 4 int8 compute (activations
+    # quantized per block of block_size inputs). 4 by default: at 0, ORT 1.32's 8-bit kernel decodes 6.2x
+    # slower than FP32 MatMul, at 4 3.7x faster (benchmarks/bench_matmul_nbits.py; RESULTS.md, issue 15).
+    accuracy_level: int = Field(4, ge=0, le=4)
     lm_head: Literal["quantize", "float"] = "quantize"  # the logits MatMul, at the scheme's bits or FP32
     embedding: Literal["int4", "float"] = "int4"  # token embedding: 4-bit blocks (GatherBlockQuantized) or FP32
     # Calibration for GPTQ (Hessians) and NNCF's AWQ/scale estimation: the first N calibration
