@@ -1,5 +1,6 @@
 """One decode step's weight MatMuls on ONNX Runtime's CPU provider: FP32 MatMul against MatMulNBits
-(8 and 4 bits, blocks of 32, asymmetric) at accuracy_level 0 (ORT's default) and 4 (int8 compute).
+(8 and 4 bits, blocks of 32, asymmetric) at accuracy_level 0 (ORT's default) and 4 (int8 compute),
+quantized by the decoder quantize pass's own MatMulNBits run.
 
 The graph is SmolLM2-135M's MLP shape repeated: 30 layers of (576 x 1536) then (1536 x 576), as a
 chain of 60 MatMuls, weights random (the kernels' speed does not depend on the values). M = 1 is
@@ -19,7 +20,8 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 from onnx import TensorProto, helper, numpy_helper
-from onnxruntime.quantization.matmul_nbits_quantizer import DefaultWeightOnlyQuantConfig, MatMulNBitsQuantizer
+
+from mcompress.passes.quantize.weight_only import WeightQuantSettings, _matmul_config, _quantize_nbits
 
 HIDDEN, FFN, LAYERS, BLOCK = 576, 1536, 30, 32
 
@@ -45,12 +47,11 @@ def main() -> None:
         variants = {"FP32 MatMul": fp32}
         for bits in (8, 4):
             for level in (0, 4):
-                config = DefaultWeightOnlyQuantConfig(block_size=BLOCK, is_symmetric=False, accuracy_level=level or None, bits=bits)
-                quantizer = MatMulNBitsQuantizer(onnx.load(fp32), bits=bits, block_size=BLOCK, is_symmetric=False,
-                                                 accuracy_level=level or None, algo_config=config)
-                quantizer.process()
+                # the decoder quantize pass's own MatMulNBits run (passes/quantize/weight_only.py), RTN at 4 bits
+                settings = WeightQuantSettings(block_size=BLOCK, symmetric=False, accuracy_level=level)
+                scheme = "int8" if bits == 8 else "int4-rtn"
                 path = Path(tmp) / f"nbits{bits}_level{level}.onnx"
-                quantizer.model.save_model_to_file(str(path))
+                onnx.save(_quantize_nbits(onnx.load(fp32), _matmul_config(scheme, settings, None), settings, []), path)
                 variants[f"MatMulNBits {bits}-bit, accuracy_level {level}"] = path
         rng = np.random.default_rng(1)
         print(f"| variant | M=1 ms | M=128 ms |  (onnxruntime {ort.__version__}, 2 threads)\n|---|---|---|")
