@@ -90,9 +90,12 @@ def predict_with_imports_blocked(bundle: Path, blocked: set[str], texts: list[st
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
-def batched_score(report: dict, batch_size: int = 32) -> float:
-    """The build's gated metric in length-bucketed batches of ``batch_size`` (report["as_deployed"])."""
-    return next(m["score"] for m in report["as_deployed"]["modes"] if m["batch_size"] == batch_size)
+def batched_score(report: dict, batch_size: int | None = None) -> float:
+    """The build's gated metric in length-bucketed batches of ``batch_size`` (report["as_deployed"]);
+    None: the largest batching the gate judged (eval.batch_size by default)."""
+    modes = report["as_deployed"]["modes"]
+    batch_size = max(m["batch_size"] for m in modes) if batch_size is None else batch_size
+    return next(m["score"] for m in modes if m["batch_size"] == batch_size)
 
 
 def tiny_bert_config(labels: list[str]):

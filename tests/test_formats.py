@@ -154,5 +154,5 @@ def test_target_settings_are_values_derived_from_the_recipe():
     with pytest.raises(dataclasses.FrozenInstanceError):
         settings.inference_precision = "f32"
     trt = get_target("tensorrt").settings(recipe.with_overrides(**{"max_length": 64}))
-    assert (trt.max_length, trt.eval_batch_size, trt.config.builder_optimization_level) == (64, 32, 3)
+    assert (trt.max_length, trt.eval_batch_size, trt.config.builder_optimization_level) == (64, 16, 3)
     json.dumps(dataclasses.asdict(get_target("onnx-cpu").settings(recipe)))  # plain values

@@ -187,9 +187,22 @@ def test_deployed_accuracy_of_a_batch_independent_build():
 def test_recipe_batching_defaults_to_alone_and_the_eval_batch_size():
     from mcompress.core.recipe import EvalConfig
 
-    assert EvalConfig().deployed_batchings() == [1, 32]
+    assert EvalConfig().deployed_batchings() == [1, 16]
     assert EvalConfig(batch_size=1).deployed_batchings() == [1]
     assert EvalConfig(batching=[8]).deployed_batchings() == [8]
+
+
+def test_a_bundle_batches_at_the_largest_batch_its_gate_judged():
+    """Bundle.predict's and mcompress serve's default batch, read from the manifest's recipe, is the
+    largest of the recipe's deployed batchings, whatever the recipe says."""
+    from mcompress.bundle.runtime import largest_gated_batch
+    from mcompress.core.recipe import EvalConfig
+
+    for settings in (EvalConfig(), EvalConfig(batch_size=48), EvalConfig(batching=[8, 1]), EvalConfig(batch_size=1),
+                     EvalConfig(batch_size=64, batching=[1, 24])):
+        manifest = {"recipe": {"eval": settings.model_dump(mode="json")}}
+        assert largest_gated_batch(manifest) == max(settings.deployed_batchings())
+    assert largest_gated_batch({}) == max(EvalConfig().deployed_batchings())  # a manifest without its recipe
     for bad in ([], [0], [4, 4]):
         with pytest.raises(ValueError):
             EvalConfig(batching=bad)

@@ -217,8 +217,8 @@ def test_tagger_run_end_to_end_on_conll_subset(tagger_build, tagger):
     assert report["data"]["eval"]["sha256"] == test.content_hash()
     assert report["reference"]["score"] == pytest.approx(evaluate(TorchRunner(torch_model), tokenizer, test, 128).score, abs=1e-6)
     # the build re-scored here from a fresh session gives the report's figure
-    rescored = evaluate(OrtRunner(out / "model.onnx", 1), tokenizer, test, 128)
-    # (evaluate batches by 32, as the gate's batched mode does; the gate took the worse of that and each sentence alone)
+    rescored = evaluate(OrtRunner(out / "model.onnx", 1), tokenizer, test, 128, report["recipe"]["eval"]["batch_size"])
+    # (batched by eval.batch_size, as the gate's batched mode does; the gate took the worse of that and each sentence alone)
     assert batched_score(report) == pytest.approx(rescored.score, abs=1e-6)
     assert report["build"]["score"] == report["build"]["entity_f1"]
     assert report["build"]["score"] == pytest.approx(min(m["score"] for m in report["as_deployed"]["modes"]), abs=1e-6)
@@ -249,7 +249,7 @@ def test_tagger_openvino_cpu_build_gates_entity_f1(tiny_tagger, fast_recipe, tmp
 
     test = load_tagged_sentences(tiny_tagger / "splits", LABEL2ID, "tokens", "tags", "test")
     rescored = evaluate(OpenVINORunner(out / report["artifact"]["model_file"], 1),
-                        AutoTokenizer.from_pretrained(out), test, 128)
+                        AutoTokenizer.from_pretrained(out), test, 128, report["recipe"]["eval"]["batch_size"])
     assert batched_score(report) == pytest.approx(rescored.score, abs=1e-6)
 
 

@@ -222,10 +222,10 @@ def test_a_servers_openvino_session_pads_lengths_to_a_few_shapes_and_answers_the
             return request.get_tensor(port)
 
     served.session.request = Recording()
-    for n in range(1, 12):
-        served.logits([" ".join(["word"] * n)] * n)
-    assert len(shapes) == 11 and {length % SERVER_LENGTH_MULTIPLE for _, length in shapes} == {0}
-    assert {rows for rows, _ in shapes} == {1, 2, 4, 8, 16}
+    for n in range(1, 21):
+        served.logits([" ".join(["word"] * n)] * n, batch_size=32)
+    assert len(shapes) == 20 and {length % SERVER_LENGTH_MULTIPLE for _, length in shapes} == {0}
+    assert {rows for rows, _ in shapes} == {1, 2, 4, 8, 16, 24}  # powers of two up to 8, then steps of 8
     assert len(served.logits(texts[:3])) == 3
 
 

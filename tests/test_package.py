@@ -176,7 +176,9 @@ def test_round_trip_batched_reproduces_the_gated_build(build, bundle_path, test_
     bundle = load(bundle_path)
     report = _report(build)
     tokenizer = AutoTokenizer.from_pretrained(build)
-    expected = predict_logits(OrtRunner(build / "model.onnx", 1), tokenizer, test_texts, report["recipe"]["max_length"], 32)
+    gated = report["recipe"]["eval"]["batch_size"]  # the bundle's default batch: the largest the gate judged
+    assert bundle.largest_gated_batch == gated
+    expected = predict_logits(OrtRunner(build / "model.onnx", 1), tokenizer, test_texts, report["recipe"]["max_length"], gated)
     got = bundle.logits(test_texts)
     np.testing.assert_array_equal(got.argmax(-1), expected.argmax(-1))
     np.testing.assert_allclose(got, expected, atol=1e-5)

@@ -79,7 +79,7 @@ def test_report_contents(tiny_build):
     assert drop["value"] == pytest.approx((report["reference"]["accuracy"] - report["build"]["accuracy"]) * 100, abs=1e-3)
     # Gated as deployed: each text alone and in batches of eval.batch_size; the gate took the worst.
     deployed = report["as_deployed"]
-    assert [m["batch_size"] for m in deployed["modes"]] == [1, 32]
+    assert [m["batch_size"] for m in deployed["modes"]] == [1, 16]
     assert drop["value"] == pytest.approx(max(m["drop"] for m in deployed["modes"]), abs=1e-4)
     gated = next(m for m in deployed["modes"] if m["batch_size"] == deployed["gated_batch_size"])
     assert gated["score"] == pytest.approx(report["build"]["accuracy"], abs=1e-9)
@@ -120,11 +120,15 @@ def test_fresh_session_reproduces_build_accuracy(tiny_build):
     labels = np.array([LABELS.index(r["label"]) for r in rows])
     texts = [r["text"] for r in rows]
     modes = {m["batch_size"]: m["score"] for m in report["as_deployed"]["modes"]}
-    # The 24 test texts fit one batch of 32: the batched mode is one padded batch of all of them,
-    # and the batch-1 mode is each text alone.
-    together = _ort_predictions(out, texts)
+    # The batched mode is the gate's length buckets of eval.batch_size (16): the 24 test texts in
+    # order of length, two batches each padded to its longest; the batch-1 mode is each text alone.
+    from mcompress.calibration.datasets import length_batches
+
+    together = np.empty(len(texts), dtype=np.int64)
+    for idx in length_batches(texts, 16):
+        together[idx] = _ort_predictions(out, [texts[i] for i in idx])
     alone = np.array([_ort_predictions(out, [t])[0] for t in texts])
-    assert (together == labels).mean() == pytest.approx(modes[32], abs=1e-9)
+    assert (together == labels).mean() == pytest.approx(modes[16], abs=1e-9)
     assert (alone == labels).mean() == pytest.approx(modes[1], abs=1e-9)
     assert report["build"]["accuracy"] == min(modes.values())
     assert report["build"]["accuracy"] >= 0.75  # the tiny model learnt its synthetic task

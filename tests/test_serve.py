@@ -111,9 +111,10 @@ def test_served_tagger_answers_entities_equal_to_bundle_predict(tagger_bundle, t
 
     bundle = load(tagger_bundle, threads=1)
     texts = _split_texts(tiny_tagger)
-    expected = bundle.predict(texts, batch_size=32)
+    expected = bundle.predict(texts)  # in batches of the gated batch size, which the server forms by default
     with running(tagger_bundle, tmp_path / "log", "--max-texts", "64") as server:
         got = _predict(server.url, texts)["predictions"]
+        assert httpx.get(f"{server.url}/v1/model").json()["serving"]["max_batch_size"] == bundle.largest_gated_batch
     assert got == expected
     assert sum(len(p["entities"]) for p in got) >= 10
     assert all(texts[i][e["start"]:e["end"]] == e["text"] for i, p in enumerate(got) for e in p["entities"])

@@ -76,7 +76,7 @@ def test_capabilities_and_pipeline(setup):
         target.validate_recipe(setup["recipe"].with_overrides(**{"quantize.mode": "dynamic"}))
     with pytest.raises(InputError, match="unknown compute capability '9.0'"):
         target.validate_recipe(setup["recipe"].with_overrides(**{"tensorrt.compute_capabilities": ["9.0"]}))
-    with pytest.raises(InputError, match="min_batch 64 > max_batch 32"):  # max defaults to eval.batch_size
+    with pytest.raises(InputError, match="min_batch 64 > max_batch 16"):  # max defaults to eval.batch_size
         target.validate_recipe(setup["recipe"].with_overrides(**{"tensorrt.min_batch": 64}))
     with pytest.raises(InputError, match="min_sequence 200 > max_sequence 128"):
         target.validate_recipe(setup["recipe"].with_overrides(**{"tensorrt.min_sequence": 200}))
@@ -215,10 +215,10 @@ def test_ahead_of_time_engine_build(setup, qdq, tmp_path):
     profile = meta["profile"]
     assert profile["inputs"] == ["input_ids", "attention_mask", "token_type_ids"]
     assert profile["sequence"] == {"min": 2, "opt": int(np.median(lengths)), "max": 128}
-    assert profile["batch"] == {"min": 1, "opt": 32, "max": 32}
+    assert profile["batch"] == {"min": 1, "opt": 16, "max": 16}  # eval.batch_size
     command = (out / "trtexec_command.txt").read_text()
     assert command.startswith("tensorrt_rtx --onnx=model.onnx --saveEngine=model.engine")
-    assert "--maxShapes=input_ids:32x128,attention_mask:32x128,token_type_ids:32x128" in command
+    assert "--maxShapes=input_ids:16x128,attention_mask:16x128,token_type_ids:16x128" in command
     # TensorRT-RTX >= 1.2 made timing-cache calls no-ops (it tunes on the user's GPU): none is kept.
     assert meta["build"]["timing_cache_used"] is False and not (cache_dir / "tensorrt").exists()
     if not _cuda():

@@ -17,7 +17,7 @@ from mcompress.bundle.monitoring import reference_from
 from mcompress.core.errors import InputError
 from mcompress.core.task import get_task
 
-DEFAULT_EVAL_BATCH = 32
+DEFAULT_EVAL_BATCH = 16  # core/recipe.py EvalConfig.batch_size
 
 
 def _eval_data(report: dict, task: str, labels: dict[str, str], reference_data: Path | None):

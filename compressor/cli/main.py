@@ -351,7 +351,8 @@ def serve(
     model: Path = typer.Argument(..., help="Bundle (NAME.mcpkg) or build directory (packaged in memory) to serve."),
     host: str = typer.Option("127.0.0.1", help="Address to listen on."),
     port: int = typer.Option(8000, help="Port to listen on."),
-    max_batch_size: int = typer.Option(32, "--max-batch-size", help="Texts per model call (the length-bucket size)."),
+    max_batch_size: Optional[int] = typer.Option(None, "--max-batch-size", help="Texts per model call (the length-bucket "
+                                                 "size; default: the largest batch the bundle was gated at)."),
     max_wait_ms: float = typer.Option(5.0, "--max-wait-ms", help="How long a batch waits for requests still arriving."),
     max_queue: int = typer.Option(256, "--max-queue", help="Requests that may wait for the model; more get 503."),
     max_texts: int = typer.Option(64, "--max-texts", help="Texts per request."),
@@ -419,7 +420,8 @@ def predict(
     texts: Optional[list[str]] = typer.Argument(None, help="Texts to classify or tag, or prompts to continue."),
     input_file: Optional[Path] = typer.Option(None, "--input", help="CSV/TSV/JSONL file of texts to classify (after any TEXTS)."),
     text_column: str = typer.Option("text", help="Text column of the --input file."),
-    batch_size: int = typer.Option(32, "--batch-size", min=1, help="Texts per model call."),
+    batch_size: Optional[int] = typer.Option(None, "--batch-size", min=1, help="Texts per model call (default: the largest "
+                                             "batch the bundle was gated at)."),
     max_new_tokens: Optional[int] = typer.Option(None, "--max-new-tokens", help="Generation: most new tokens (default: the bundle's)."),
     temperature: float = typer.Option(0.0, "--temperature", help="Generation: 0 = greedy; > 0 samples."),
     top_k: Optional[int] = typer.Option(None, "--top-k", help="Generation: sample from the k most probable tokens."),
@@ -459,7 +461,7 @@ def predict(
     _guard(body)
 
 
-def _print_predictions(loaded, texts: list[str], batch_size: int) -> None:
+def _print_predictions(loaded, texts: list[str], batch_size: int | None) -> None:
     import json
 
     for text, result in zip(texts, loaded.predict(texts, batch_size)):

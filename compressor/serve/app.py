@@ -147,6 +147,7 @@ class AppState:
     """Everything the routes share: the bundle, its batcher, metrics and drift monitor."""
 
     def __init__(self, bundle, config: ServeConfig, model_sha256: str, batcher=MicroBatcher):
+        config = config.for_bundle(bundle)
         self.bundle, self.config, self.model_sha256 = bundle, config, model_sha256
         self.metrics = ServerMetrics(config.max_batch_size, bundle.max_sequence_length)
         self.monitor = DriftMonitor(bundle.manifest.get("monitoring"), config.drift_window)
@@ -180,7 +181,7 @@ def create_app(bundle, config: ServeConfig, model_sha256: str, batcher=MicroBatc
     from starlette.exceptions import HTTPException as StarletteHTTPException
 
     state = AppState(bundle, config, model_sha256, batcher)
-    PredictRequest, PredictResponse, Error = _models(config)
+    PredictRequest, PredictResponse, Error = _models(state.config)
 
     @asynccontextmanager
     async def lifespan(app):

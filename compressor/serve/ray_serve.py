@@ -122,7 +122,8 @@ def serve_on_ray(config: ServeConfig, on_ready=None, *, replicas: int = 1, addre
     """Deploy, call ``on_ready(url)``, serve until SIGTERM/SIGINT, then remove the deployment."""
     from mcompress.serve.server import bundle_data, load_model
 
-    load_model(config)  # verify and load once here: a bad bundle fails before any cluster starts
+    # verify and load once here: a bad bundle fails before any cluster starts
+    config = config.for_bundle(load_model(config))
     name, data = bundle_data(config)
     import ray
     from ray import serve
