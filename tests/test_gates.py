@@ -221,6 +221,9 @@ def test_distance_to_limit_rates_and_shares():
     assert rows[0]["reference_gmacs"] == pytest.approx(50.0) and rows[0]["reference_share"] == pytest.approx(0.5)
     assert rows[0]["build_gmacs"] == pytest.approx(62.5) and rows[0]["build_share"] == pytest.approx(0.25)
     assert rows[1]["build_gmacs"] == pytest.approx(100.0)
+    # int4 weights have no GEMM peak of their own: the rate is reported, the share is not
+    int4 = distance_to_limit(1_000_000_000, 500_000_000, pairs, {"fp32": 100.0, "int8": 250.0}, "int4")
+    assert [r["build_share"] for r in int4] == [None, None] and int4[0]["build_gmacs"] == pytest.approx(62.5)
 
 
 def test_measured_gemm_peaks_are_positive():

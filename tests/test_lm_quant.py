@@ -105,12 +105,58 @@ def test_embedding_and_lm_head_choices(llama_onnx, prompt, tmp_path):
     assert any(n.name == weights.lm_head and n.op_type == "MatMul" for n in nodes)
     assert not any(n.op_type == "GatherBlockQuantized" for n in nodes)
     float_embedding, _ = _quantized(llama_onnx, tmp_path / "e", "int4-rtn", embedding="float")
-    dst4, facts4 = _quantized(llama_onnx, tmp_path / "q", "int4-rtn")
+    dst4, facts4 = _quantized(llama_onnx, tmp_path / "q", "int4-rtn", embedding="int4")
     assert facts4["embedding"] == "int4 GatherBlockQuantized"
     # the 4-bit embedding saves most of its FP32 bytes (vocabulary x hidden x 4)
     assert float_embedding.stat().st_size - dst4.stat().st_size > 0.7 * VOCAB * 64 * 4
     # a float lm_head stays tied: one FP32 copy shared with the float embedding
     assert not facts["lm_head_untied"] and dst.stat().st_size < float_embedding.stat().st_size
+
+
+@pytest.mark.parametrize("scheme", ["int8", "int4-rtn"])
+def test_a_tied_embedding_reads_the_lm_heads_quantized_blocks(scheme, llama_onnx, prompt, tmp_path):
+    """embedding: tied — the lookup is a GatherBlockQuantized over the lm_head's own MatMulNBits
+    blocks: no float or separate table is left, each token's row is the dequantized lm_head row
+    (to float rounding), within half a quantization step of the FP32 embedding, and the logits stay
+    within the scheme's tolerance."""
+    import onnx
+    from onnx import helper, numpy_helper
+
+    dst, facts = _quantized(llama_onnx, tmp_path / "tied", scheme, embedding="tied")
+    separate, _ = _quantized(llama_onnx, tmp_path / "separate", scheme, embedding="int4")
+    bits = 8 if scheme == "int8" else 4
+    assert facts["embedding"] == f"int{bits} tied to the lm_head's blocks" and facts["embedding_not_tied"] is None
+    assert dst.stat().st_size < separate.stat().st_size  # the separate int4 table is gone
+    model = onnx.load(str(dst))
+    initializers = {i.name: numpy_helper.to_array(i) for i in model.graph.initializer}
+    gather = next(n for n in model.graph.node if n.op_type == "GatherBlockQuantized")
+    head = next(n for n in model.graph.node if n.op_type == "MatMulNBits" and n.input[2] == gather.input[2])
+    assert not any(list(i.dims) in ([VOCAB, 64], [64, VOCAB]) for i in model.graph.initializer)  # no float table
+    # dequantize the lm_head's blocks by hand: (q - zero) * scale, rows = tokens
+    blocks, scales, zeros = (initializers[name] for name in head.input[1:4])
+    if bits == 4:
+        blocks = np.stack([blocks & 0x0F, blocks >> 4], axis=-1).reshape(*blocks.shape[:2], -1)
+        zeros = np.stack([zeros & 0x0F, zeros >> 4], axis=-1).reshape(zeros.shape[0], -1)[:, :scales.shape[1]]
+    dequantized = ((blocks.astype(np.float32) - zeros[..., None]) * scales[..., None]).reshape(VOCAB, -1)
+    # the graph's own embedding output for the prompt's tokens
+    model.graph.output.append(helper.make_tensor_value_info(gather.output[0], onnx.TensorProto.FLOAT, None))
+    probe = tmp_path / "probe.onnx"
+    onnx.save_model(model, str(probe))
+    session = cpu_session(probe)
+    embedded = session.run([gather.output[0]], prompt_feed(session, prompt))[0][0]
+    np.testing.assert_allclose(embedded, dequantized[prompt[0]], atol=1e-6)
+    table = numpy_helper.to_array(next(i for i in onnx.load(str(llama_onnx)).graph.initializer if i.name == "model.embed_tokens.weight"))
+    block = next(helper.get_attribute_value(a) for a in head.attribute if a.name == "block_size")
+    step = np.repeat(scales, block, axis=1)  # one quantization step per weight
+    assert np.all(np.abs(embedded - table[prompt[0]]) <= 0.5 * step[prompt[0]] + 1e-6)
+    assert np.abs(_logits(dst, prompt) - _logits(llama_onnx, prompt)).max() <= TOLERANCE.get(scheme, 0.35)
+
+
+def test_a_tied_embedding_that_cannot_be_shared_is_int4_and_says_why(llama_onnx, tmp_path):
+    _, hqq = _quantized(llama_onnx, tmp_path / "hqq", "int4-hqq", embedding="tied")
+    assert hqq["embedding"] == "int4 GatherBlockQuantized" and "HQQ" in hqq["embedding_not_tied"]
+    _, symmetric = _quantized(llama_onnx, tmp_path / "sym", "int8", embedding="tied", symmetric=True)
+    assert symmetric["embedding"] == "int4 GatherBlockQuantized" and "zero points" in symmetric["embedding_not_tied"]
 
 
 @pytest.mark.slow

@@ -64,7 +64,11 @@ class DecoderQuantConfig(_Strict):
     # slower than FP32 MatMul, at 4 3.7x faster (benchmarks/bench_matmul_nbits.py; RESULTS.md, issue 15).
     accuracy_level: int = Field(4, ge=0, le=4)
     lm_head: Literal["quantize", "float"] = "quantize"  # the logits MatMul, at the scheme's bits or FP32
-    embedding: Literal["int4", "float"] = "int4"  # token embedding: 4-bit blocks (GatherBlockQuantized) or FP32
+    # token embedding: tied (default): with tied embeddings and a quantized lm_head, the lookup reads
+    # the lm_head's quantized blocks, one copy at the scheme's bits (passes/quantize/weight_only.py
+    # tied_embedding; where that cannot be, and on openvino-cpu, it is int4); int4: its own 4-bit
+    # blocks (GatherBlockQuantized); float: FP32
+    embedding: Literal["tied", "int4", "float"] = "tied"
     # Calibration for GPTQ (Hessians) and NNCF's AWQ/scale estimation: the first N calibration
     # documents, each cut to calibration_tokens tokens.
     calibration_examples: int = Field(16, ge=1, le=10_000)

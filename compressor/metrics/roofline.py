@@ -86,7 +86,8 @@ def distance_to_limit(reference_macs: int, build_macs: int, latency_pairs, peaks
                       build_precision: str) -> list[dict]:
     """Per measured (batch, sequence 128) shape: the original's and the build's GMAC/s (each its
     own MACs at sequence 128: a pruned build does fewer) and their share of the peak of their GEMM
-    precision (the original runs FP32)."""
+    precision (the original runs FP32). The build's share is None for a precision with no measured
+    peak (int4 weights: MatMulNBits computes in int8 or fp32, so no int4 GEMM peak exists to compare)."""
     rows = []
     for reference, build in latency_pairs:
         if reference.sequence_length != 128:
@@ -95,5 +96,6 @@ def distance_to_limit(reference_macs: int, build_macs: int, latency_pairs, peaks
         build_rate = achieved_gmacs(build_macs, build.batch_size, build.p50_ms)
         rows.append({"batch_size": build.batch_size, "sequence_length": 128,
                      "reference_gmacs": round(ref_rate, 2), "reference_share": round(ref_rate / peaks["fp32"], 4),
-                     "build_gmacs": round(build_rate, 2), "build_share": round(build_rate / peaks[build_precision], 4)})
+                     "build_gmacs": round(build_rate, 2),
+                     "build_share": round(build_rate / peaks[build_precision], 4) if build_precision in peaks else None})
     return rows

@@ -178,7 +178,7 @@ class LimitShape(_ReportModel):
     reference_gmacs: Number
     reference_share: Number  # of the FP32 peak
     build_gmacs: Number
-    build_share: Number  # of the peak of the build's precision
+    build_share: Number | None = None  # of the peak of the build's precision; None: no peak measured for it (int4)
 
 
 class DistanceToLimit(_ReportModel):

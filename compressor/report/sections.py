@@ -145,7 +145,7 @@ def _distance_to_limit(report: Report) -> list[Block]:
         return []
     peaks = ", ".join(f"{p.upper()} {v:.0f} GMAC/s" for p, v in limit.peaks_gmacs.items())
     rows = tuple((str(s.batch_size), str(s.sequence_length), f"{s.reference_gmacs:.1f}", f"{s.reference_share:.0%}",
-                  f"{s.build_gmacs:.1f}", f"{s.build_share:.0%}") for s in limit.shapes)
+                  f"{s.build_gmacs:.1f}", "–" if s.build_share is None else f"{s.build_share:.0%}") for s in limit.shapes)
     table = Table("Distance to the limit (GMAC/s at p50)", ("batch", "sequence", "PyTorch FP32", "of FP32 peak",
                                                              f"build ({limit.build_precision.upper()})",
                                                              f"of {limit.build_precision.upper()} peak"), rows)

@@ -7,7 +7,7 @@ Schemes (``quantize.decoder.scheme`` / ``candidates``; the ones this target buil
   per output channel (one scale and zero point per row); activations stay float.
 - ``int4-rtn``: ``INT4_ASYM`` with groups of ``block_size`` along the input axis, round to
   nearest, no data. NNCF keeps the embedding and the last MatMul at its backup precision (INT8_ASYM)
-  unless both ``embedding: int4`` and ``lm_head: quantize`` are set (``all_layers=True``).
+  unless ``embedding`` is ``int4`` or ``tied`` and ``lm_head: quantize`` (``all_layers=True``).
 - ``int4-awq``: ``INT4_ASYM`` with AWQ (Lin et al. 2023: per input channel, scale the weight up
   and the activation down by ``s = mean|x|^alpha``, alpha searched on the calibration text, so the
   salient channels lose less to rounding) and scale estimation (each group's scale refined to
@@ -62,7 +62,7 @@ def compress_decoder_weights(model, scheme: str, cfg, feeds: list[dict] | None):
     else:
         options.update(mode=nncf.CompressWeightsMode.INT4_SYM if cfg.symmetric else nncf.CompressWeightsMode.INT4_ASYM,
                        group_size=cfg.block_size, ratio=1.0,
-                       all_layers=cfg.embedding == "int4" and cfg.lm_head == "quantize")
+                       all_layers=cfg.embedding in ("int4", "tied") and cfg.lm_head == "quantize")
     if scheme == "int4-awq":
         options.update(dataset=nncf.Dataset(feeds), subset_size=len(feeds), awq=True, scale_estimation=True)
     compressed = nncf.compress_weights(model, **options)

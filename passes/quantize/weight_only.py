@@ -29,8 +29,16 @@ lm_head MatMul with the scheme's bits (with tied embeddings Optimum computes its
 ``Transpose(embedding)``; the pass stores that transpose as the lm_head's own initializer first, so
 embedding and lm_head are quantized each for its own use); ``float`` leaves it FP32. ``embedding: int4`` turns the
 embedding Gather into ``GatherBlockQuantized`` (4-bit, blocks of ``block_size`` along the hidden
-axis, the RTN rule above; ORT has no 8-bit Gather block quantizer); ``float`` leaves it FP32. The
-int8-dynamic scheme quantizes the embedding to 8-bit per tensor when it is not ``float``.
+axis, the RTN rule above; ORT has no 8-bit Gather block quantizer); ``float`` leaves it FP32.
+``embedding: tied`` keeps tied weights tied after quantization: the embedding lookup becomes a
+``GatherBlockQuantized`` over the lm_head's own MatMulNBits blocks (row v of the lm_head weight,
+N x K = vocabulary x hidden, is token v's embedding; MatMulNBits stores it as K/block_size blocks
+of block_size values with one scale and one integer zero point each, which is GatherBlockQuantized's
+layout with quantize_axis 1 once the block axis is folded by a Reshape), so the file holds one
+quantized copy at the scheme's bits (tied_embedding). It applies when the checkpoint ties them, the
+lm_head is quantized, K is a multiple of block_size (no padded block) and the zero points are
+integers (not HQQ's floats); otherwise the embedding is quantized to int4 as above and the facts
+say why. The int8-dynamic scheme quantizes the embedding to 8-bit per tensor when it is not ``float``.
 
 The reference SmolLM2 weights came from a Q4_1 GGUF: asymmetric 4-bit with one scale and one minimum
 per block of 32, so int4 with ``block_size: 32`` and asymmetric blocks reproduces them almost
@@ -64,7 +72,7 @@ class WeightQuantSettings:
     symmetric: bool = False
     accuracy_level: int = 0
     lm_head: str = "quantize"  # quantize | float
-    embedding: str = "int4"  # int4 | float
+    embedding: str = "tied"  # tied | int4 | float (recipe quantize.decoder.embedding)
     gptq_percdamp: float = 0.01
     gptq_actorder: bool = False
 
@@ -196,6 +204,42 @@ def _quantize_embedding(model, settings: WeightQuantSettings, embedding: str):
     return _quantize_nbits(model, config, settings, others)
 
 
+def tied_embedding(model, embedding: str, embedding_weight: str) -> str | None:
+    """Make the embedding Gather (node ``embedding``, table ``embedding_weight``) read the lm_head's
+    MatMulNBits blocks: a GatherBlockQuantized of the lm_head's B (reshaped from N x blocks x
+    block bytes to N x K bytes), scales and zero points, at its bits and block size, and drop the
+    float table. None when done, else why it cannot be (the graph is then unchanged)."""
+    from onnx import helper, numpy_helper
+
+    graph = model.graph
+    initializers = {i.name: i for i in graph.initializer}
+    heads = [n for n in graph.node if n.op_type == "MatMulNBits" and n.input[1].startswith(f"{embedding_weight}.lm_head")]
+    if not heads:
+        return "the lm_head is not a MatMulNBits over the embedding's (tied) weights"
+    head = heads[0]
+    attributes = {a.name: helper.get_attribute_value(a) for a in head.attribute}
+    bits, block, hidden, vocabulary = attributes["bits"], attributes["block_size"], attributes["K"], attributes["N"]
+    if hidden % block or (bits == 4 and (hidden // block) % 2):
+        return f"hidden size {hidden} does not split into whole blocks of {block} (packed by {8 // bits})"
+    if len(head.input) < 4 or not head.input[3]:
+        return "symmetric blocks have no zero points to share (MatMulNBits and GatherBlockQuantized default them differently)"
+    if initializers[head.input[3]].data_type != initializers[head.input[1]].data_type:
+        return "the lm_head's zero points are not integers like its weights (HQQ keeps float zero points)"
+    gather = next(n for n in graph.node if n.name == embedding)
+    shape = numpy_helper.from_array(np.array([vocabulary, hidden * bits // 8], dtype=np.int64), f"{head.input[1]}.table_shape")
+    table = f"{head.input[1]}.table"
+    graph.initializer.append(shape)
+    index = list(graph.node).index(gather)
+    graph.node.remove(gather)
+    graph.node.insert(index, helper.make_node("GatherBlockQuantized", [table, gather.input[1], head.input[2], head.input[3]],
+                                              list(gather.output), name=f"{embedding}_tied", domain="com.microsoft",
+                                              gather_axis=0, quantize_axis=1, block_size=block, bits=bits))
+    graph.node.insert(index, helper.make_node("Reshape", [head.input[1], shape.name], [table], name=f"{embedding}_tied_table"))
+    if not any(embedding_weight in n.input for n in graph.node):
+        graph.initializer.remove(initializers[embedding_weight])
+    return None
+
+
 def quantize_decoder_weights(src: Path, dst: Path, scheme: str, settings: WeightQuantSettings, capabilities,
                              feeds: list[dict] | None = None) -> dict:
     """Quantize the decoder graph ``src`` into ``dst`` with ``scheme``; returns the facts of what
@@ -220,11 +264,20 @@ def quantize_decoder_weights(src: Path, dst: Path, scheme: str, settings: Weight
                               op_types=["MatMul", *(["Gather"] if embedding_quantized else [])])
         untied_src.unlink()
     else:
+        table = next((n.input[0] for n in model.graph.node if n.name == weights.embedding), None)
         model = _quantize_nbits(model, _matmul_config(scheme, settings, feeds), settings, exclude)
-        if embedding_quantized:
+        not_tied = None
+        if settings.embedding == "tied" and embedding_quantized:
+            not_tied = (tied_embedding(model, weights.embedding, table) if untied
+                        else "the lm_head is float (lm_head: float)" if settings.lm_head == "float"
+                        else "the checkpoint does not tie them")
+        if embedding_quantized and (settings.embedding != "tied" or not_tied):
             model = _quantize_embedding(model, settings, weights.embedding)
         onnx.save_model(model, str(dst))
-    return {**_facts(dst, scheme, settings, weights, exclude, embedding_quantized), "lm_head_untied": untied, "gemms_rewritten": gemms}
+    facts = _facts(dst, scheme, settings, weights, exclude, embedding_quantized)
+    if settings.embedding == "tied" and scheme != "int8-dynamic":
+        facts["embedding_not_tied"] = not_tied
+    return {**facts, "lm_head_untied": untied, "gemms_rewritten": gemms}
 
 
 def _facts(dst: Path, scheme: str, settings: WeightQuantSettings, weights, exclude, embedding_quantized) -> dict:
@@ -236,8 +289,19 @@ def _facts(dst: Path, scheme: str, settings: WeightQuantSettings, weights, exclu
     facts = {"scheme": scheme, "weight_matmuls": len(weights.matmuls),
              "matmul_nbits": ops.count("MatMulNBits"), "matmul_integer": ops.count("MatMulInteger"),
              "lm_head": "float" if lm_head_float else "quantized",
-             "embedding": ("int4 GatherBlockQuantized" if "GatherBlockQuantized" in ops
+             "embedding": (_embedding_fact(nodes) if "GatherBlockQuantized" in ops
                            else "int8 per tensor" if embedding_quantized and scheme == "int8-dynamic" else "float")}
     if scheme != "int8-dynamic":
         facts.update(block_size=settings.block_size, symmetric=settings.symmetric and scheme != "int4-hqq")
     return facts
+
+
+def _embedding_fact(nodes) -> str:
+    """How the GatherBlockQuantized embedding is stored: "int4 GatherBlockQuantized", or tied to
+    the lm_head ("int8 tied to the lm_head's blocks")."""
+    from onnx import helper
+
+    gather = next(n for n in nodes if n.op_type == "GatherBlockQuantized")
+    bits = next((helper.get_attribute_value(a) for a in gather.attribute if a.name == "bits"), 4)
+    tied = any(n.op_type == "Reshape" and n.output[0] == gather.input[0] for n in nodes)
+    return f"int{bits} tied to the lm_head's blocks" if tied else f"int{bits} GatherBlockQuantized"
